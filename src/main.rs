@@ -1,1 +1,60 @@
-fn main() {}
+//! repmgr-nat: keeps the NAT rules of a PostgreSQL backup/proxy host pointed at the
+//! primary of a repmgr cluster, and barman's replication slot on it.
+//!
+//! The core decides without side effects (`plan`, `ruleset`, `status::assess`); the
+//! adapters act (`firewall`, `nat`, `db`, `barman`, `state`); `handler` and `app` tie
+//! them together.
+
+mod app;
+mod barman;
+mod cli;
+mod config;
+mod db;
+mod event;
+mod exec;
+mod exit;
+mod firewall;
+mod handler;
+mod nat;
+mod pgpass;
+mod plan;
+mod privilege;
+mod ruleset;
+mod state;
+mod status;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging(&cli);
+    match app::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            log::error!("{err:#}");
+            ExitCode::from(exit::code(&err))
+        }
+    }
+}
+
+/// One line per message on stderr, which repmgr copies into its own log.
+fn init_logging(cli: &cli::Cli) {
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => log::LevelFilter::Error,
+        (false, 0) => log::LevelFilter::Info,
+        (false, 1) => log::LevelFilter::Debug,
+        (false, _) => log::LevelFilter::Trace,
+    };
+    let pid = std::process::id();
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format(move |buf, record| {
+            let message = record.args().to_string().replace('\n', " ");
+            writeln!(buf, "{} repmgr-nat[{pid}] {}: {message}", buf.timestamp_millis(), record.level())
+        })
+        .target(env_logger::Target::Stderr)
+        .init();
+}

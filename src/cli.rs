@@ -1,0 +1,108 @@
+//! The command line, as clap parses it. `main` turns it into validated settings.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+use crate::ruleset::Open;
+
+/// Keeps the NAT rules of a PostgreSQL backup/proxy host pointed at the primary of a
+/// repmgr cluster, and barman's replication slot on it.
+#[derive(Parser, Debug)]
+#[command(name = "repmgr-nat", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// Config file (not accepted by `route` through sudo)
+    #[arg(long, global = true, value_name = "PATH", env = "REPMGR_NAT_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print what would be done (rulesets, SQL, commands) and change nothing
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+
+    /// Log more (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Log errors only
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Handle a repmgr event: event_notification_command = 'repmgr-nat event %n %e %s'
+    Event {
+        /// repmgr's %n: the node the event is about
+        #[arg(allow_hyphen_values = true)]
+        node_id: String,
+        /// repmgr's %e: the event name
+        #[arg(allow_hyphen_values = true)]
+        event: String,
+        /// repmgr's %s: 1 if the action succeeded, 0 if not (default 1)
+        #[arg(allow_hyphen_values = true)]
+        success: Option<String>,
+    },
+    /// At boot, as root: turn on forwarding, create the chains and jumps where missing,
+    /// point them at the live primary (or the recorded one when no node answers)
+    Setup,
+    /// Repair after a failover repmgr-nat did not see: ask every node, route to the one
+    /// primary, take the slot off the standbys
+    Reconcile {
+        /// Route to this node even when other nodes claim to be primary too
+        #[arg(long, value_name = "NODE_ID")]
+        primary: Option<String>,
+    },
+    /// Show the nodes, the rules and the recorded primary; exit 4 when they disagree
+    Status {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// As root: remove the jumps and the chains
+    Teardown,
+    /// As root (sudo): switch the chains to a configured node; the one privileged step
+    Route {
+        /// A node id from the root-owned config
+        #[arg(required_unless_present = "show", allow_hyphen_values = true)]
+        node_id: Option<String>,
+        /// Which proxy ports forward to the node
+        #[arg(long, value_enum, required_unless_present = "show")]
+        ports: Option<Open>,
+        /// Print what the chains hold now (iptables-save lines), change nothing
+        #[arg(long, conflicts_with_all = ["node_id", "ports"])]
+        show: bool,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn route_takes_a_node_and_ports_or_show() {
+        let cli = Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "barman"]).unwrap();
+        assert!(matches!(cli.command, Command::Route { node_id: Some(ref n), ports: Some(Open::Barman), show: false } if n == "2"));
+        assert!(Cli::try_parse_from(["repmgr-nat", "route", "--show"]).is_ok());
+        assert!(Cli::try_parse_from(["repmgr-nat", "route", "2"]).is_err());
+        assert!(Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "everything"]).is_err());
+        assert!(Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "all", "--show"]).is_err());
+        assert!(Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "all", "10.0.0.1"]).is_err());
+    }
+
+    #[test]
+    fn event_arguments_reach_validation_as_text() {
+        let cli = Cli::try_parse_from(["repmgr-nat", "event", "-1", "standby_promote", "1"]).unwrap();
+        assert!(matches!(cli.command, Command::Event { ref node_id, .. } if node_id == "-1"));
+        let cli = Cli::try_parse_from(["repmgr-nat", "event", "2", "node_rejoin"]).unwrap();
+        assert!(matches!(cli.command, Command::Event { success: None, .. }));
+    }
+}

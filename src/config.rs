@@ -1,0 +1,543 @@
+//! The configuration file: parsed once, validated once, and handed to the rest of the
+//! program only in its validated form (`Config`). Every value that reaches a command
+//! line, a SQL parameter or a ruleset is checked here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// Where the root-owned configuration lives; `route` reads nothing else.
+pub const DEFAULT_PATH: &str = "/etc/repmgr-nat.toml";
+
+/// A repmgr node id (`node_id` in repmgr.conf): a positive 32-bit integer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct NodeId(pub u32);
+
+impl NodeId {
+    /// Parses a node id as repmgr writes it (`%n`): digits only, no sign, not zero.
+    pub fn parse(text: &str) -> Result<NodeId> {
+        let valid = !text.is_empty() && text.len() <= 10 && text.bytes().all(|b| b.is_ascii_digit());
+        match text.parse::<u32>() {
+            Ok(id) if valid && id > 0 && id <= i32::MAX as u32 => Ok(NodeId(id)),
+            _ => bail!("node id {text:?} is not a positive integer"),
+        }
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// How the PostgreSQL connection negotiates TLS, with libpq's meaning of each mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub proxy: Ipv4Addr,
+    pub ports: Ports,
+    /// Every node repmgr-nat may route to, by repmgr node id.
+    pub nodes: BTreeMap<NodeId, Ipv4Addr>,
+    pub postgres: Postgres,
+    pub barman: Barman,
+    pub nat: Nat,
+    pub state: State,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ports {
+    /// The port PostgreSQL listens on, on every node.
+    pub postgres: u16,
+    /// barman's conninfo and streaming_conninfo point at proxy:barman.
+    pub barman: u16,
+    /// Applications connect to proxy:app; opened last on a promotion.
+    pub app: Vec<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Postgres {
+    pub user: String,
+    pub dbname: String,
+    pub sslmode: SslMode,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Barman {
+    pub server: String,
+    pub slot: String,
+    pub archive_timeout: u32,
+    /// The OS user barman runs as (`sudo -n -u <user>`).
+    pub user: String,
+    /// Absolute path of the barman executable, as named in sudoers.
+    pub command: PathBuf,
+    /// When barman does not confirm the WAL switch: open the application port anyway
+    /// (true, the article's behaviour) or leave it closed until the next event.
+    pub open_app_on_failure: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nat {
+    pub dnat_chain: String,
+    pub snat_chain: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct State {
+    pub dir: PathBuf,
+    pub lock_timeout: Duration,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("bad config {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml's message spans several lines (it quotes the offending line);
+            // keep the first one so the error stays one line in repmgr's log.
+            anyhow::anyhow!("{}", e.message().lines().next().unwrap_or("invalid TOML"))
+        })?;
+        raw.validate()
+    }
+
+    /// The address of a configured node, or an error naming the unknown id.
+    pub fn node(&self, id: NodeId) -> Result<Ipv4Addr> {
+        match self.nodes.get(&id) {
+            Some(addr) => Ok(*addr),
+            None => bail!(
+                "unknown node id {id} (configured: {})",
+                self.nodes.keys().map(|id| id.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The file as written. Unknown keys are errors: a misspelt key must not be ignored.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    proxy: RawProxy,
+    ports: RawPorts,
+    nodes: BTreeMap<String, String>,
+    postgres: RawPostgres,
+    barman: RawBarman,
+    #[serde(default)]
+    nat: RawNat,
+    #[serde(default)]
+    state: RawState,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPorts {
+    postgres: i64,
+    barman: i64,
+    app: OneOrMany,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(i64),
+    Many(Vec<i64>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    user: String,
+    dbname: String,
+    #[serde(default = "default_sslmode")]
+    sslmode: SslMode,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBarman {
+    server: String,
+    slot: String,
+    #[serde(default = "default_archive_timeout")]
+    archive_timeout: i64,
+    #[serde(default = "default_barman_user")]
+    user: String,
+    #[serde(default = "default_barman_command")]
+    command: String,
+    #[serde(default = "default_true")]
+    open_app_on_failure: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNat {
+    #[serde(default = "default_dnat_chain")]
+    dnat_chain: String,
+    #[serde(default = "default_snat_chain")]
+    snat_chain: String,
+}
+
+impl Default for RawNat {
+    fn default() -> Self {
+        RawNat { dnat_chain: default_dnat_chain(), snat_chain: default_snat_chain() }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    #[serde(default = "default_state_dir")]
+    dir: String,
+    #[serde(default = "default_lock_timeout")]
+    lock_timeout: i64,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        RawState { dir: default_state_dir(), lock_timeout: default_lock_timeout() }
+    }
+}
+
+fn default_sslmode() -> SslMode {
+    SslMode::Prefer
+}
+fn default_connect_timeout() -> i64 {
+    3
+}
+fn default_archive_timeout() -> i64 {
+    90
+}
+fn default_barman_user() -> String {
+    "barman".into()
+}
+fn default_barman_command() -> String {
+    "/usr/bin/barman".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_dnat_chain() -> String {
+    "repmgr_dnat".into()
+}
+fn default_snat_chain() -> String {
+    "repmgr_snat".into()
+}
+fn default_state_dir() -> String {
+    "/var/lib/repmgr-nat".into()
+}
+fn default_lock_timeout() -> i64 {
+    30
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config> {
+        let proxy = address("proxy.address", &self.proxy.address)?;
+
+        let postgres_port = port("ports.postgres", self.ports.postgres)?;
+        let barman_port = port("ports.barman", self.ports.barman)?;
+        let app = match self.ports.app {
+            OneOrMany::One(p) => vec![port("ports.app", p)?],
+            OneOrMany::Many(list) => {
+                list.into_iter().map(|p| port("ports.app", p)).collect::<Result<Vec<_>>>()?
+            }
+        };
+        if app.is_empty() {
+            bail!("ports.app: at least one application port is needed");
+        }
+        let mut seen = vec![barman_port];
+        for p in &app {
+            if seen.contains(p) {
+                bail!("ports: port {p} is used twice (barman and app ports must all differ)");
+            }
+            seen.push(*p);
+        }
+
+        if self.nodes.is_empty() {
+            bail!("nodes: at least one node is needed");
+        }
+        let mut nodes = BTreeMap::new();
+        for (key, value) in &self.nodes {
+            let id = NodeId::parse(key).with_context(|| format!("nodes.{key}"))?;
+            let addr = address(&format!("nodes.{key}"), value)?;
+            if addr == proxy {
+                bail!("nodes.{key}: {addr} is the proxy's own address");
+            }
+            if let Some((other, _)) = nodes.iter().find(|(_, a)| **a == addr) {
+                bail!("nodes.{key}: address {addr} is also node {other}'s");
+            }
+            if nodes.insert(id, addr).is_some() {
+                bail!("nodes.{key}: node id {id} is listed twice");
+            }
+        }
+
+        let postgres = Postgres {
+            user: text_value("postgres.user", self.postgres.user)?,
+            dbname: text_value("postgres.dbname", self.postgres.dbname)?,
+            sslmode: self.postgres.sslmode,
+            connect_timeout: seconds("postgres.connect_timeout", self.postgres.connect_timeout, 1, 60)?,
+        };
+
+        let archive_timeout = self.barman.archive_timeout;
+        if !(1..=3600).contains(&archive_timeout) {
+            bail!("barman.archive_timeout: {archive_timeout} is not between 1 and 3600 seconds");
+        }
+        let command = PathBuf::from(&self.barman.command);
+        if !command.is_absolute() {
+            bail!("barman.command: {:?} is not an absolute path", self.barman.command);
+        }
+        let barman = Barman {
+            server: barman_server(self.barman.server)?,
+            slot: slot_name(self.barman.slot)?,
+            archive_timeout: archive_timeout as u32,
+            user: os_user("barman.user", self.barman.user)?,
+            command,
+            open_app_on_failure: self.barman.open_app_on_failure,
+        };
+
+        let nat = Nat {
+            dnat_chain: chain_name("nat.dnat_chain", self.nat.dnat_chain)?,
+            snat_chain: chain_name("nat.snat_chain", self.nat.snat_chain)?,
+        };
+        if nat.dnat_chain == nat.snat_chain {
+            bail!("nat: dnat_chain and snat_chain must differ");
+        }
+
+        let dir = PathBuf::from(&self.state.dir);
+        if !dir.is_absolute() {
+            bail!("state.dir: {:?} is not an absolute path", self.state.dir);
+        }
+        let state = State {
+            dir,
+            lock_timeout: seconds("state.lock_timeout", self.state.lock_timeout, 1, 3600)?,
+        };
+
+        Ok(Config {
+            proxy,
+            ports: Ports { postgres: postgres_port, barman: barman_port, app },
+            nodes,
+            postgres,
+            barman,
+            nat,
+            state,
+        })
+    }
+}
+
+fn address(key: &str, value: &str) -> Result<Ipv4Addr> {
+    let addr: Ipv4Addr = value
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{key}: {value:?} is not an IPv4 address"))?;
+    if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() || addr.is_loopback() {
+        bail!("{key}: {addr} cannot be used (unspecified, loopback, broadcast or multicast)");
+    }
+    Ok(addr)
+}
+
+fn port(key: &str, value: i64) -> Result<u16> {
+    match u16::try_from(value) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => bail!("{key}: {value} is not a port number (1-65535)"),
+    }
+}
+
+fn seconds(key: &str, value: i64, min: i64, max: i64) -> Result<Duration> {
+    if !(min..=max).contains(&value) {
+        bail!("{key}: {value} is not between {min} and {max} seconds");
+    }
+    Ok(Duration::from_secs(value as u64))
+}
+
+/// A value handed to PostgreSQL as a connection parameter (never to a command line).
+fn text_value(key: &str, value: String) -> Result<String> {
+    if value.is_empty() || value.len() > 63 || value.chars().any(|c| c.is_control()) {
+        bail!("{key}: {value:?} must be 1-63 characters without control characters");
+    }
+    Ok(value)
+}
+
+/// PostgreSQL's rule for replication slot names.
+fn slot_name(value: String) -> Result<String> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !ok {
+        bail!("barman.slot: {value:?} must be 1-63 characters of a-z, 0-9 and _");
+    }
+    Ok(value)
+}
+
+/// A barman server name reaches barman's command line: it must not look like an option.
+fn barman_server(value: String) -> Result<String> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && !value.starts_with(['-', '.'])
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if !ok {
+        bail!("barman.server: {value:?} must be letters, digits, _ - . and not start with - or .");
+    }
+    Ok(value)
+}
+
+fn os_user(key: &str, value: String) -> Result<String> {
+    let ok = !value.is_empty()
+        && value.len() <= 32
+        && !value.starts_with('-')
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if !ok {
+        bail!("{key}: {value:?} is not a valid user name");
+    }
+    Ok(value)
+}
+
+/// iptables chain names: at most 28 characters; ours never look like options.
+fn chain_name(key: &str, value: String) -> Result<String> {
+    let ok = !value.is_empty()
+        && value.len() <= 28
+        && !value.starts_with('-')
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let builtin = ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD"].contains(&value.as_str());
+    if !ok || builtin {
+        bail!("{key}: {value:?} must be 1-28 characters of letters, digits, _ and -, not a built-in chain");
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The example of the README, with the article's addresses.
+    pub const EXAMPLE: &str = r#"
+[proxy]
+address = "10.8.3.1"
+[ports]
+postgres = 5432
+barman = 54321
+app = 54322
+[nodes]
+1 = "10.8.1.1"
+2 = "10.8.2.1"
+[postgres]
+user = "repmgr"
+dbname = "repmgr"
+[barman]
+server = "main_backup"
+slot = "barman"
+archive_timeout = 90
+[state]
+dir = "/var/lib/repmgr-nat"
+"#;
+
+    pub fn example() -> Config {
+        Config::parse(EXAMPLE).unwrap()
+    }
+
+    fn error_of(text: &str) -> String {
+        format!("{:#}", Config::parse(text).unwrap_err())
+    }
+
+    fn with(old: &str, new: &str) -> String {
+        assert!(EXAMPLE.contains(old), "{old} not in the example");
+        EXAMPLE.replacen(old, new, 1)
+    }
+
+    #[test]
+    fn example_parses_with_defaults() {
+        let c = example();
+        assert_eq!(c.proxy, Ipv4Addr::new(10, 8, 3, 1));
+        assert_eq!(c.ports, Ports { postgres: 5432, barman: 54321, app: vec![54322] });
+        assert_eq!(c.node(NodeId(2)).unwrap(), Ipv4Addr::new(10, 8, 2, 1));
+        assert_eq!(c.postgres.sslmode, SslMode::Prefer);
+        assert_eq!(c.postgres.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.barman.user, "barman");
+        assert_eq!(c.barman.command, PathBuf::from("/usr/bin/barman"));
+        assert!(c.barman.open_app_on_failure);
+        assert_eq!(c.nat.dnat_chain, "repmgr_dnat");
+        assert_eq!(c.nat.snat_chain, "repmgr_snat");
+        assert_eq!(c.state.lock_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_packaged_example_sets_every_key_to_a_valid_value() {
+        let packaged = Config::parse(include_str!("../packaging/repmgr-nat.toml")).unwrap();
+        assert_eq!(packaged, example());
+    }
+
+    #[test]
+    fn app_may_be_a_list_of_ports() {
+        let c = Config::parse(&with("app = 54322", "app = [54322, 54323]")).unwrap();
+        assert_eq!(c.ports.app, vec![54322, 54323]);
+    }
+
+    #[test]
+    fn unknown_node_is_named_with_the_known_ones() {
+        let err = format!("{}", example().node(NodeId(7)).unwrap_err());
+        assert_eq!(err, "unknown node id 7 (configured: 1, 2)");
+    }
+
+    #[test]
+    fn node_ids_are_positive_integers() {
+        for bad in ["", "0", "-1", "+1", "1.0", "x", "99999999999", "2147483648", " 1"] {
+            assert!(NodeId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(NodeId::parse("2147483647").unwrap(), NodeId(2147483647));
+    }
+
+    #[test]
+    fn validation_errors_name_the_key() {
+        let cases = [
+            (with("10.8.3.1", "10.8.3"), "proxy.address: \"10.8.3\" is not an IPv4 address"),
+            (with("\"10.8.2.1\"", "\"10.8.1.1\""), "nodes.2: address 10.8.1.1 is also node 1's"),
+            (with("\"10.8.2.1\"", "\"10.8.3.1\""), "nodes.2: 10.8.3.1 is the proxy's own address"),
+            (with("2 = ", "two = "), "nodes.two: node id \"two\" is not a positive integer"),
+            (with("barman = 54321", "barman = 70000"), "ports.barman: 70000 is not a port number (1-65535)"),
+            (with("app = 54322", "app = 54321"), "ports: port 54321 is used twice"),
+            (with("app = 54322", "app = []"), "ports.app: at least one application port is needed"),
+            (with("slot = \"barman\"", "slot = \"Barman\""), "barman.slot: \"Barman\" must be"),
+            (with("slot = \"barman\"", "slot = \"x'); drop table t; --\""), "barman.slot:"),
+            (with("main_backup", "--help"), "barman.server: \"--help\" must be"),
+            (with("archive_timeout = 90", "archive_timeout = 0"), "barman.archive_timeout: 0 is not between"),
+            (with("dir = \"/var/lib/repmgr-nat\"", "dir = \"state\""), "state.dir: \"state\" is not an absolute path"),
+            (with("user = \"repmgr\"", "user = \"\""), "postgres.user: \"\" must be"),
+            (with("[state]", "[nat]\ndnat_chain = \"PREROUTING\"\n[state]"), "nat.dnat_chain:"),
+            (with("[state]", "[nat]\nsnat_chain = \"repmgr_dnat\"\n[state]"), "nat: dnat_chain and snat_chain must differ"),
+            (with("[postgres]", "[postgres]\nsslmode = \"verify-everything\""), "unknown variant `verify-everything`"),
+            (with("[proxy]", "[proxy]\nadress = \"x\""), "unknown field `adress`"),
+            (with("[barman]", "[barmen]"), "unknown field `barmen`"),
+            ("[proxy]\naddress = \"10.8.3.1\"".to_string(), "missing field `ports`"),
+            (with("[nodes]\n1 = \"10.8.1.1\"\n2 = \"10.8.2.1\"", "[nodes]"), "nodes: at least one node is needed"),
+            ("this is not toml".to_string(), "expected"),
+        ];
+        for (text, expected) in cases {
+            let err = error_of(&text);
+            assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+            assert!(!err.contains('\n'), "error spans lines: {err:?}");
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! repmgr events as `event_notification_command` passes them (`%n %e %s`).
+
+use anyhow::{Result, bail};
+
+use crate::config::NodeId;
+
+/// What an event means for the NAT rules and the slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `%n` is the new primary: the ports and barman's slot follow it.
+    Promote,
+    /// `%n` is (again) a standby: it must not keep barman's slot.
+    Standby,
+    /// Nothing to do.
+    Other,
+}
+
+pub fn classify(event: &str) -> Kind {
+    match event {
+        "primary_register" | "standby_promote" | "repmgrd_failover_promote" | "standby_switchover" => {
+            Kind::Promote
+        }
+        "standby_register" | "standby_follow" | "repmgrd_failover_follow" | "repmgrd_standby_reconnect"
+        | "node_rejoin" => Kind::Standby,
+        _ => Kind::Other,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub node: NodeId,
+    pub name: String,
+    pub kind: Kind,
+    /// repmgr's `%s`: false when the action the event reports failed.
+    pub success: bool,
+}
+
+impl Event {
+    /// Validates the arguments repmgr passed. `success` is optional (`%n %e` as in the
+    /// article's repmgr.conf line); absent means the event succeeded.
+    pub fn parse(node: &str, name: &str, success: Option<&str>) -> Result<Event> {
+        let node = NodeId::parse(node).map_err(|e| anyhow::anyhow!("malformed event: {e}"))?;
+        let well_formed = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !well_formed {
+            bail!("malformed event: event name {name:?} is not a repmgr event name");
+        }
+        let success = match success {
+            None | Some("1") => true,
+            Some("0") => false,
+            Some(other) => bail!("malformed event: success {other:?} is neither 1 nor 0"),
+        };
+        Ok(Event { node, name: name.to_string(), kind: classify(name), success })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_every_event_repmgr_sends() {
+        for e in ["primary_register", "standby_promote", "repmgrd_failover_promote", "standby_switchover"] {
+            assert_eq!(classify(e), Kind::Promote, "{e}");
+        }
+        for e in [
+            "standby_register",
+            "standby_follow",
+            "repmgrd_failover_follow",
+            "repmgrd_standby_reconnect",
+            "node_rejoin",
+        ] {
+            assert_eq!(classify(e), Kind::Standby, "{e}");
+        }
+        for e in [
+            "standby_clone",
+            "standby_unregister",
+            "primary_unregister",
+            "repmgrd_start",
+            "repmgrd_shutdown",
+            "repmgrd_failover_abort",
+            "repmgrd_upstream_disconnect",
+            "child_node_disconnect",
+            "cluster_created",
+            "witness_register",
+        ] {
+            assert_eq!(classify(e), Kind::Other, "{e}");
+        }
+    }
+
+    #[test]
+    fn parses_what_repmgr_passes() {
+        let e = Event::parse("2", "standby_promote", Some("1")).unwrap();
+        assert_eq!(e, Event { node: NodeId(2), name: "standby_promote".into(), kind: Kind::Promote, success: true });
+        assert!(!Event::parse("2", "standby_promote", Some("0")).unwrap().success);
+        assert!(Event::parse("1", "node_rejoin", None).unwrap().success);
+    }
+
+    #[test]
+    fn rejects_malformed_events_with_one_line() {
+        let cases = [
+            ("x", "standby_promote", Some("1"), "malformed event: node id \"x\" is not a positive integer"),
+            ("", "standby_promote", Some("1"), "malformed event: node id \"\""),
+            ("1", "", Some("1"), "malformed event: event name \"\""),
+            ("1", "standby_promote; rm -rf /", Some("1"), "malformed event: event name"),
+            ("1", "--config", Some("1"), "malformed event: event name"),
+            ("1", "standby_promote", Some("yes"), "malformed event: success \"yes\" is neither 1 nor 0"),
+        ];
+        for (node, name, success, expected) in cases {
+            let err = format!("{:#}", Event::parse(node, name, success).unwrap_err());
+            assert!(err.starts_with(expected), "expected {expected:?}, got {err:?}");
+        }
+    }
+}

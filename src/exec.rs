@@ -1,0 +1,222 @@
+//! Running child processes: always without a shell, with every argument passed as-is,
+//! with a deadline, and with an error that says which command failed and what it printed.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Directories searched for the system tools repmgr-nat runs (iptables, conntrack,
+/// sudo). `PATH` is not used: a caller's environment must not choose what root runs.
+const SYSTEM_DIRS: [&str; 4] = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+
+/// Finds a system tool by name in the fixed system directories.
+pub fn system_tool(name: &str) -> PathBuf {
+    SYSTEM_DIRS
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from(format!("/usr/sbin/{name}")))
+}
+
+/// A command line: a program and its arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cmd {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl Cmd {
+    pub fn new(program: impl Into<PathBuf>) -> Cmd {
+        Cmd { program: program.into(), args: Vec::new() }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Cmd {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Cmd {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+}
+
+/// Shell-quoted, for logs and `--dry-run` only: nothing is ever run through a shell.
+impl fmt::Display for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let quote = |s: &str| {
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b)) {
+                s.to_string()
+            } else {
+                format!("'{}'", s.replace('\'', r"'\''"))
+            }
+        };
+        write!(f, "{}", quote(&self.program.to_string_lossy()))?;
+        for arg in &self.args {
+            write!(f, " {}", quote(arg))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+#[derive(Debug)]
+pub enum ExecError {
+    Spawn { cmd: String, error: std::io::Error },
+    Timeout { cmd: String, after: Duration },
+    Failed { cmd: String, output: Output },
+}
+
+impl fmt::Display for ExecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExecError::Spawn { cmd, error } => write!(f, "cannot run {cmd}: {error}"),
+            ExecError::Timeout { cmd, after } => write!(f, "{cmd} did not finish within {} s; killed", after.as_secs()),
+            ExecError::Failed { cmd, output } => {
+                let status = match output.code() {
+                    Some(code) => format!("exit code {code}"),
+                    None => "killed by a signal".to_string(),
+                };
+                let said = last_line(&output.stderr).or_else(|| last_line(&output.stdout));
+                match said {
+                    Some(line) => write!(f, "{cmd} failed ({status}): {line}"),
+                    None => write!(f, "{cmd} failed ({status})"),
+                }
+            }
+        }
+    }
+}
+
+impl std::error::Error for ExecError {}
+
+fn last_line(text: &str) -> Option<&str> {
+    text.lines().map(str::trim).rfind(|l| !l.is_empty())
+}
+
+/// Runs `cmd` to completion, feeding `stdin`; a non-zero exit is an error.
+pub fn run(cmd: &Cmd, stdin: Option<&str>, timeout: Duration) -> Result<Output, ExecError> {
+    let output = run_status(cmd, stdin, timeout)?;
+    if output.status.success() {
+        Ok(output)
+    } else {
+        Err(ExecError::Failed { cmd: cmd.to_string(), output })
+    }
+}
+
+/// Runs `cmd` to completion and returns its output whatever its exit code.
+pub fn run_status(cmd: &Cmd, stdin: Option<&str>, timeout: Duration) -> Result<Output, ExecError> {
+    let name = cmd.to_string();
+    log::debug!("run: {name}");
+    let mut child = Command::new(&cmd.program)
+        .args(&cmd.args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| ExecError::Spawn { cmd: name.clone(), error })?;
+
+    // Feed and drain on threads so a child writing more than a pipe holds cannot block.
+    let feeder = stdin.map(|text| {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        let text = text.to_string();
+        thread::spawn(move || {
+            let _ = pipe.write_all(text.as_bytes());
+        })
+    });
+    let stdout = drain(child.stdout.take().expect("stdout is piped"));
+    let stderr = drain(child.stderr.take().expect("stderr is piped"));
+
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ExecError::Timeout { cmd: name, after: timeout });
+            }
+            Ok(None) => {
+                thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(error) => return Err(ExecError::Spawn { cmd: name, error }),
+        }
+    };
+    if let Some(feeder) = feeder {
+        let _ = feeder.join();
+    }
+    Ok(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_quotes_for_reading_only() {
+        let cmd = Cmd::new("/usr/bin/barman").args(["switch-wal", "--archive-timeout=90", "main backup", "it's"]);
+        assert_eq!(cmd.to_string(), r"/usr/bin/barman switch-wal --archive-timeout=90 'main backup' 'it'\''s'");
+    }
+
+    #[test]
+    fn arguments_reach_the_child_unchanged() {
+        let tricky = "$(touch /nonexistent); `id` 'x' \"y\" *";
+        let out = run(&Cmd::new("/bin/echo").arg(tricky), None, Duration::from_secs(5)).unwrap();
+        assert_eq!(out.stdout, format!("{tricky}\n"));
+    }
+
+    #[test]
+    fn feeds_stdin_and_reports_failures_with_what_the_child_said() {
+        let out = run(&Cmd::new("/bin/cat"), Some("ruleset\n"), Duration::from_secs(5)).unwrap();
+        assert_eq!(out.stdout, "ruleset\n");
+        let err = run(&Cmd::new("/bin/sh").args(["-c", "echo first >&2; echo 'no such chain' >&2; exit 3"]), None, Duration::from_secs(5))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "/bin/sh -c 'echo first >&2; echo '\\''no such chain'\\'' >&2; exit 3' failed (exit code 3): no such chain");
+    }
+
+    #[test]
+    fn kills_a_child_past_its_deadline() {
+        let err = run(&Cmd::new("/bin/sleep").arg("5"), None, Duration::from_millis(100)).unwrap_err();
+        assert!(matches!(err, ExecError::Timeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn missing_program_is_a_spawn_error() {
+        let err = run(&Cmd::new("/nonexistent/tool"), None, Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().starts_with("cannot run /nonexistent/tool: "), "{err}");
+    }
+
+    #[test]
+    fn large_output_does_not_block() {
+        let out = run(&Cmd::new("/bin/sh").args(["-c", "head -c 1000000 /dev/zero | tr '\\0' x"]), None, Duration::from_secs(10)).unwrap();
+        assert_eq!(out.stdout.len(), 1_000_000);
+    }
+}

@@ -1,0 +1,310 @@
+//! The decisions, as pure functions: what to do for an event given what the node and
+//! the NAT chains look like now. The whole decision table is in `promote`, `standby`
+//! and `choose_primary`; `handler` carries the steps out.
+
+use std::fmt;
+
+use crate::config::NodeId;
+use crate::ruleset::{Open, Route, Routing};
+
+/// What a node answered when asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    pub role: Role,
+    /// barman's replication slot on this node, if it exists.
+    pub slot: Option<Slot>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// `pg_is_in_recovery()` is false.
+    Primary,
+    /// `pg_is_in_recovery()` is true.
+    Standby,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// The walsender streaming from the slot, if one is connected.
+    pub active_pid: Option<i32>,
+}
+
+/// One action, in the order the handler carries them out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Switch the chains to this route in one transaction; connections proxied to any
+    /// other node are cut at the same time.
+    Route(Route),
+    /// `pg_create_physical_replication_slot(slot, true)` on the node.
+    CreateSlot,
+    /// Stop barman's receive-wal, start it again at once, force a WAL switch and wait
+    /// until barman has archived it.
+    RestartBarman,
+    /// `pg_terminate_backend(pid)`: the walsender holding the slot.
+    TerminateWalsender(i32),
+    /// `pg_drop_replication_slot(slot)` on the node.
+    DropSlot,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Route(route) => write!(f, "route {route}"),
+            Step::CreateSlot => f.write_str("create slot"),
+            Step::RestartBarman => f.write_str("restart barman receive-wal and switch WAL"),
+            Step::TerminateWalsender(pid) => write!(f, "terminate walsender {pid}"),
+            Step::DropSlot => f.write_str("drop slot"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Everything is already as it should be, or the event needs nothing.
+    Nothing(String),
+    /// The cluster contradicts the event: change nothing and fail.
+    Refuse(String),
+    /// Carry out these steps (never empty).
+    Act(Vec<Step>),
+}
+
+/// A promote-type event (or reconcile's choice) for `node`.
+///
+/// The barman port moves first with the application port closed, barman is restarted
+/// against the new primary, and the application port opens last, so that no
+/// application write reaches the new primary before barman streams from it.
+pub fn promote(node: NodeId, view: NodeView, routing: &Routing) -> Decision {
+    if view.role != Role::Primary {
+        return Decision::Refuse(format!("node {node} is in recovery, not a primary; nothing changed"));
+    }
+    let all = Routing::To(Route { node, open: Open::All });
+    let barman_only = Routing::To(Route { node, open: Open::Barman });
+    if *routing == all && view.slot.is_some() {
+        return Decision::Nothing(format!("ports already point at node {node} and its slot exists"));
+    }
+    let mut steps = Vec::new();
+    if *routing != all && *routing != barman_only {
+        steps.push(Step::Route(Route { node, open: Open::Barman }));
+    }
+    if view.slot.is_none() {
+        steps.push(Step::CreateSlot);
+    }
+    steps.push(Step::RestartBarman);
+    if *routing != all {
+        steps.push(Step::Route(Route { node, open: Open::All }));
+    }
+    Decision::Act(steps)
+}
+
+/// A standby-type event for `node`: a standby must not keep barman's slot, and the
+/// ports must not point at it.
+pub fn standby(node: NodeId, view: NodeView, routing: &Routing) -> Decision {
+    if view.role != Role::Standby {
+        return Decision::Refuse(format!("node {node} is not in recovery; a primary keeps its slot; nothing changed"));
+    }
+    let mut steps = Vec::new();
+    if let Routing::To(route) = routing
+        && route.node == node
+        && route.open != Open::None
+    {
+        steps.push(Step::Route(Route { node, open: Open::None }));
+    }
+    match view.slot {
+        Some(Slot { active_pid: Some(pid) }) => steps.extend([Step::TerminateWalsender(pid), Step::DropSlot]),
+        Some(Slot { active_pid: None }) => steps.push(Step::DropSlot),
+        None => {}
+    }
+    if steps.is_empty() {
+        Decision::Nothing(format!("node {node} is a standby without the slot"))
+    } else {
+        Decision::Act(steps)
+    }
+}
+
+/// What each node answered: its view, or why it could not be asked.
+pub type Answers = Vec<(NodeId, Result<NodeView, String>)>;
+
+/// Reconcile's choice of primary: the one node that says it is primary, or the node the
+/// operator named, which must say so too.
+pub fn choose_primary(answers: &Answers, named: Option<NodeId>) -> Result<NodeId, String> {
+    if let Some(node) = named {
+        return match answers.iter().find(|(id, _)| *id == node) {
+            Some((_, Ok(view))) if view.role == Role::Primary => Ok(node),
+            Some((_, Ok(_))) => Err(format!("node {node} is in recovery, not a primary; nothing changed")),
+            Some((_, Err(e))) => Err(format!("node {node} cannot be asked ({e}); nothing changed")),
+            None => Err(format!("node {node} is not configured; nothing changed")),
+        };
+    }
+    let primaries: Vec<NodeId> =
+        answers.iter().filter(|(_, a)| matches!(a, Ok(v) if v.role == Role::Primary)).map(|(id, _)| *id).collect();
+    match primaries[..] {
+        [one] => Ok(one),
+        [] => Err(format!("no node is a primary ({}); nothing changed", claims(answers))),
+        _ => Err(format!(
+            "several nodes claim to be primary ({}); nothing changed; name the right one with --primary",
+            claims(answers)
+        )),
+    }
+}
+
+/// "1: primary, 2: standby, 3: unreachable"
+pub fn claims(answers: &Answers) -> String {
+    answers
+        .iter()
+        .map(|(id, a)| match a {
+            Ok(view) => format!("{id}: {}", view.role),
+            Err(_) => format!("{id}: unreachable"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const N1: NodeId = NodeId(1);
+    const N2: NodeId = NodeId(2);
+
+    fn primary(slot: Option<Slot>) -> NodeView {
+        NodeView { role: Role::Primary, slot }
+    }
+    fn standby_view(slot: Option<Slot>) -> NodeView {
+        NodeView { role: Role::Standby, slot }
+    }
+    const IDLE: Option<Slot> = Some(Slot { active_pid: None });
+    const ACTIVE: Option<Slot> = Some(Slot { active_pid: Some(4242) });
+    fn to(node: NodeId, open: Open) -> Routing {
+        Routing::To(Route { node, open })
+    }
+    fn route(node: NodeId, open: Open) -> Step {
+        Step::Route(Route { node, open })
+    }
+
+    #[test]
+    fn promote_decision_table() {
+        use Step::*;
+        let full = |slot: bool| {
+            let mut s = vec![route(N2, Open::Barman)];
+            if !slot {
+                s.push(CreateSlot);
+            }
+            s.extend([RestartBarman, route(N2, Open::All)]);
+            Decision::Act(s)
+        };
+        let cases = [
+            // fresh: no rules at all (first primary_register, or after a reboot)
+            (primary(None), Routing::Nothing, full(false)),
+            // the usual failover: rules point at the former primary
+            (primary(None), to(N1, Open::All), full(false)),
+            (primary(IDLE), to(N1, Open::All), full(true)),
+            (primary(None), to(N1, Open::Barman), full(false)),
+            (primary(None), to(N1, Open::None), full(false)),
+            (primary(None), Routing::Unrecognised, full(false)),
+            // rules pointing at the node through the wrong ports
+            (primary(IDLE), to(N2, Open::None), full(true)),
+            // a promotion interrupted after the barman switch: finish it
+            (primary(IDLE), to(N2, Open::Barman), Decision::Act(vec![RestartBarman, route(N2, Open::All)])),
+            (primary(None), to(N2, Open::Barman), Decision::Act(vec![CreateSlot, RestartBarman, route(N2, Open::All)])),
+            // ports right but slot missing: never close the application port for it
+            (primary(None), to(N2, Open::All), Decision::Act(vec![CreateSlot, RestartBarman])),
+            // already right: the second promote event of a failover costs nothing
+            (primary(IDLE), to(N2, Open::All), Decision::Nothing("ports already point at node 2 and its slot exists".into())),
+            (primary(ACTIVE), to(N2, Open::All), Decision::Nothing("ports already point at node 2 and its slot exists".into())),
+            // stale promote: the node is a standby now
+            (standby_view(None), to(N1, Open::All), Decision::Refuse("node 2 is in recovery, not a primary; nothing changed".into())),
+            (standby_view(IDLE), to(N2, Open::All), Decision::Refuse("node 2 is in recovery, not a primary; nothing changed".into())),
+        ];
+        for (view, routing, expected) in cases {
+            assert_eq!(promote(N2, view, &routing), expected, "view {view:?}, routing {routing:?}");
+        }
+    }
+
+    #[test]
+    fn promote_opens_the_application_port_last() {
+        for routing in [Routing::Nothing, to(N1, Open::All), to(N2, Open::None), Routing::Unrecognised] {
+            let Decision::Act(steps) = promote(N2, primary(None), &routing) else { panic!() };
+            assert_eq!(steps.last(), Some(&route(N2, Open::All)));
+            let opened = steps.iter().position(|s| *s == route(N2, Open::All)).unwrap();
+            let barman = steps.iter().position(|s| *s == Step::RestartBarman).unwrap();
+            assert!(barman < opened);
+            assert_eq!(steps.iter().filter(|s| matches!(s, Step::Route(r) if r.node != N2)).count(), 0);
+        }
+    }
+
+    #[test]
+    fn standby_decision_table() {
+        use Step::*;
+        let cases = [
+            (standby_view(None), to(N1, Open::All), Decision::Nothing("node 2 is a standby without the slot".into())),
+            (standby_view(IDLE), to(N1, Open::All), Decision::Act(vec![DropSlot])),
+            (standby_view(ACTIVE), to(N1, Open::All), Decision::Act(vec![TerminateWalsender(4242), DropSlot])),
+            (standby_view(IDLE), Routing::Nothing, Decision::Act(vec![DropSlot])),
+            // the ports still point at the node that is now a standby: close them
+            (standby_view(ACTIVE), to(N2, Open::All), Decision::Act(vec![route(N2, Open::None), TerminateWalsender(4242), DropSlot])),
+            (standby_view(None), to(N2, Open::Barman), Decision::Act(vec![route(N2, Open::None)])),
+            (standby_view(None), to(N2, Open::None), Decision::Nothing("node 2 is a standby without the slot".into())),
+            // follow on the primary: the slot stays
+            (primary(ACTIVE), to(N2, Open::All), Decision::Refuse("node 2 is not in recovery; a primary keeps its slot; nothing changed".into())),
+            (primary(None), to(N1, Open::All), Decision::Refuse("node 2 is not in recovery; a primary keeps its slot; nothing changed".into())),
+        ];
+        for (view, routing, expected) in cases {
+            assert_eq!(standby(N2, view, &routing), expected, "view {view:?}, routing {routing:?}");
+        }
+    }
+
+    fn answers(list: &[(u32, Option<Role>)]) -> Answers {
+        list.iter()
+            .map(|(id, role)| {
+                let answer = match role {
+                    Some(role) => Ok(NodeView { role: *role, slot: None }),
+                    None => Err("connection refused".to_string()),
+                };
+                (NodeId(*id), answer)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reconcile_chooses_the_one_primary() {
+        use Role::*;
+        let a = answers(&[(1, None), (2, Some(Primary)), (3, Some(Standby))]);
+        assert_eq!(choose_primary(&a, None), Ok(N2));
+        assert_eq!(choose_primary(&a, Some(N2)), Ok(N2));
+    }
+
+    #[test]
+    fn reconcile_refuses_none_or_several_unless_named() {
+        use Role::*;
+        let none = answers(&[(1, None), (2, Some(Standby))]);
+        assert_eq!(
+            choose_primary(&none, None),
+            Err("no node is a primary (1: unreachable, 2: standby); nothing changed".into())
+        );
+        let two = answers(&[(1, Some(Primary)), (2, Some(Primary))]);
+        assert_eq!(
+            choose_primary(&two, None),
+            Err("several nodes claim to be primary (1: primary, 2: primary); nothing changed; name the right one with --primary".into())
+        );
+        assert_eq!(choose_primary(&two, Some(N1)), Ok(N1));
+        assert_eq!(
+            choose_primary(&none, Some(N2)),
+            Err("node 2 is in recovery, not a primary; nothing changed".into())
+        );
+        assert_eq!(
+            choose_primary(&none, Some(N1)),
+            Err("node 1 cannot be asked (connection refused); nothing changed".into())
+        );
+        assert_eq!(choose_primary(&none, Some(NodeId(9))), Err("node 9 is not configured; nothing changed".into()));
+    }
+}
