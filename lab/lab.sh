@@ -1,0 +1,679 @@
+#!/bin/bash
+# The repmgr-nat lab: a whole cluster (PostgreSQL 15 + repmgr/repmgrd on db1 and db2, barman
+# and the NAT on the proxy, a client namespace) in network namespaces on this machine.
+# See lab/README.md. Run `lab.sh help` for the commands.
+set -euo pipefail
+export LC_ALL=C.UTF-8
+umask 022
+
+LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib
+# shellcheck source=lib/common.sh
+source "$LIB/common.sh"
+# shellcheck source=lib/net.sh
+source "$LIB/net.sh"
+# shellcheck source=lib/pg.sh
+source "$LIB/pg.sh"
+# shellcheck source=lib/barman.sh
+source "$LIB/barman.sh"
+# shellcheck source=lib/handler.sh
+source "$LIB/handler.sh"
+
+usage() {
+    cat <<EOF
+usage: lab.sh COMMAND [ARGS]   (as root)
+
+Lifecycle
+  deps                          install the Debian packages the lab needs (only if missing)
+  up [--handler repmgr-nat|scripts] [--no-cron] [--no-assist]
+                                bring the whole lab up (runs \`down\` first); --no-assist:
+                                scripts mode without the bring-up assist (see README)
+  down [--purge-logs]           stop everything, delete the namespaces, remove what the lab
+                                installed; logs are kept in \$LAB_SAVE_LOGS ($LAB_LOGS_SAVE_DEFAULT)
+  status                        one screen: nodes, repmgr, NAT, barman, processes
+
+Cluster
+  psql [-d DB] [-U USER] TARGET SQL
+                                run SQL, print the result unaligned (| separated, no header).
+                                TARGET: db1|db2 (socket, as postgres, db postgres),
+                                proxy-app (from the app namespace to proxy:$APP_PORT, user app),
+                                proxy-barman (from the proxy namespace to proxy:$BARMAN_PORT as
+                                barman, the way barman connects)
+  stop NODE                     pg_ctl stop -m immediate
+  start NODE                    start PostgreSQL on NODE (its own options)
+  pgctl NODE ACTION             the node's pg_ctl wrapper: start|stop|immediate|restart|promote|status
+  wait-primary NODE [TIMEOUT]   until NODE is out of recovery and repmgr records it as primary
+  wait-standby NODE [TIMEOUT]   until NODE is in recovery and streaming from its upstream
+  rejoin NODE                   bring a stopped former primary back as a standby
+  switchover NODE               repmgr standby switchover to NODE (through the ssh stand-in)
+  repmgr NODE ARGS...           run repmgr on NODE as postgres with NODE's config
+  repmgrd start|stop NODE       start/stop repmgrd on NODE
+  barman ARGS...                run barman as the barman user in the proxy namespace
+  cron start|stop|status        the barman cron loop (barman -q cron every minute, second 0)
+  nat                           iptables-save -t nat in the proxy namespace
+
+Events and clients
+  events [--summary]            the events log (every handler run: output, exit code, duration)
+  wait-event EVENT [--node N] [--since-ms T] [--timeout S]
+                                until a handler run for EVENT has ended; prints its summary
+  probe ARGS...                 run lab-probe in the app namespace (builds it if needed)
+  exec NS [--user U] -- CMD...  run a command in a lab namespace (root unless --user)
+  handler ARGS...               run \`repmgr-nat ARGS\` as postgres in the proxy namespace
+  env                           addresses, ports, paths as KEY=VALUE lines
+  logs                          paths of every log
+EOF
+}
+
+# ============================================================================ deps
+DEPS_PKGS=(iptables iproute2 sudo conntrack postgresql-15 postgresql-15-repmgr barman libssl-dev pkg-config)
+
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+cmd_deps() {
+    require_root "$@"
+    local p missing=()
+    for p in "${DEPS_PKGS[@]}"; do pkg_installed "$p" || missing+=("$p"); done
+    if ((${#missing[@]} == 0)); then
+        say "deps: all present (${DEPS_PKGS[*]})"
+    else
+        say "deps: installing ${missing[*]}"
+        # Do not let the packages start services (PostgreSQL's main cluster, ...): a
+        # policy-rc.d that refuses, unless the machine has one already.
+        local policy=/usr/sbin/policy-rc.d made_policy=0
+        if [[ ! -e $policy ]]; then
+            printf '#!/bin/sh\n# %s\nexit 101\n' "$MARKER" >"$policy" && chmod 0755 "$policy" || die "cannot write $policy"
+            made_policy=1
+        fi
+        local rc=0
+        {
+            DEBIAN_FRONTEND=noninteractive apt-get update &&
+                DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${DEPS_PKGS[@]}"
+        } || rc=$?
+        ((made_policy)) && has_marker "$policy" && rm -f "$policy"
+        ((rc == 0)) || die "apt-get failed (exit $rc): see its output above"
+    fi
+    for p in "${DEPS_PKGS[@]}"; do pkg_installed "$p" || die "package $p is still not installed after apt-get"; done
+    # The lab does not use Debian's own clusters: none may be running.
+    if command -v pg_lsclusters >/dev/null; then
+        local ver name
+        while read -r ver name _; do
+            say "deps: stopping Debian's cluster $ver/$name (the lab does not use it)"
+            pg_ctlcluster "$ver" "$name" stop || die "cannot stop Debian's cluster $ver/$name: pg_ctlcluster $ver $name stop"
+        done < <(pg_lsclusters -h | awk '$4 == "online" {print $1, $2}')
+    fi
+    [[ -x $PG_BIN/postgres && -x $PG_BIN/repmgr && -x $PG_BIN/repmgrd && -x /usr/bin/barman ]] ||
+        die "PostgreSQL 15, repmgr or barman binaries are missing under $PG_BIN or /usr/bin"
+    say "deps: ok"
+}
+
+check_deps() {
+    local p missing=()
+    for p in "${DEPS_PKGS[@]}"; do pkg_installed "$p" || missing+=("$p"); done
+    ((${#missing[@]} == 0)) || die "missing Debian packages: ${missing[*]}; run: lab.sh deps"
+    command -v cargo >/dev/null || [[ -n ${REPMGR_NAT_BIN:-} || ${1:-} == scripts ]] ||
+        die "cargo not found (needed to build repmgr-nat): install Rust, or set REPMGR_NAT_BIN"
+}
+
+# ============================================================================ down
+DOWN_LOG=/dev/null
+cmd_down() {
+    require_root "$@"
+    local purge=0
+    while (($#)); do
+        case $1 in
+        --purge-logs) purge=1 ;;
+        *) die "down: unknown option $1" ;;
+        esac
+        shift
+    done
+    local problems=() n
+    [[ -d $LAB_DIR/logs ]] && DOWN_LOG=$LAB_DIR/logs/down.log
+    # 1. the cron loop, barman's receive-wal
+    cron_stop || problems+=("cron loop")
+    if ns_is_lab proxy && [[ -f $BARMAN_CONF ]] && has_marker "$BARMAN_CONF"; then
+        barman_as receive-wal --stop "$BARMAN_SERVER" >>"$DOWN_LOG" 2>&1 || true   # exit 1 = none running
+    fi
+    # 2. repmgrd, PostgreSQL
+    for n in "${NODES[@]}"; do
+        repmgrd_stop "$n" || problems+=("repmgrd $n")
+        if [[ -f $(node_data "$n")/postmaster.pid ]]; then
+            if ns_is_lab "$n"; then
+                as postgres "$n" "$PG_BIN/pg_ctl" -D "$(node_data "$n")" -m immediate -w -t 20 stop >>"$DOWN_LOG" 2>&1 ||
+                    true   # postmaster.pid may be stale; leftover processes are killed below
+            else
+                as postgres - "$PG_BIN/pg_ctl" -D "$(node_data "$n")" -m immediate -w -t 20 stop >>"$DOWN_LOG" 2>&1 || true
+            fi
+        fi
+    done
+    # 3. anything still inside the lab's namespaces (all of it was started by the lab)
+    ns_kill_all || problems+=("processes in the lab's namespaces (ip netns pids NS)")
+    # 4. namespaces
+    net_down || problems+=("namespaces")
+    # 5. files the lab installed
+    local f
+    for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG"; do
+        if [[ -e $f ]] && has_marker "$f"; then rm -f -- "$f" || problems+=("$f"); fi
+    done
+    if [[ -e $BARMAN_SERVER_HOME/.repmgr-nat-lab ]]; then rm -rf -- "$BARMAN_SERVER_HOME" || problems+=("$BARMAN_SERVER_HOME"); fi
+    uninstall_repmgr_nat || problems+=("repmgr-nat files")
+    # 6. keep the logs, then remove the lab directory
+    local save=${LAB_SAVE_LOGS:-$LAB_LOGS_SAVE_DEFAULT}
+    if ((purge)); then
+        rm -rf -- "$LAB_LOGS_SAVE_DEFAULT"
+        [[ -n ${LAB_SAVE_LOGS:-} ]] && rm -rf -- "$LAB_SAVE_LOGS"
+    elif [[ -d $LAB_DIR/logs ]]; then
+        rm -rf -- "$save" && mkdir -p "$save" || problems+=("saving logs to $save")
+        cp -a "$LAB_DIR/logs/." "$save/" 2>/dev/null || true
+        if [[ -f $EVENTS_LOG ]]; then cp -a "$EVENTS_LOG" "$save/" || true; fi
+        for n in "${NODES[@]}"; do
+            for f in "$(node_pglog "$n")" "$(node_repmgrd_log "$n")"; do
+                if [[ -f $f ]]; then cp -a "$f" "$save/$n-$(basename "$f")" || true; fi
+            done
+            if [[ -f $(node_conf "$n") ]]; then cp -a "$(node_conf "$n")" "$save/$n-repmgr.conf" || true; fi
+        done
+    fi
+    if [[ -e $LAB_DIR ]]; then rm -rf -- "$LAB_DIR" || problems+=("$LAB_DIR"); fi
+    # 7. verify
+    for n in "${LAB_NAMESPACES[@]}"; do ns_is_lab "$n" && problems+=("namespace $n still exists"); done
+    for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG"; do [[ -e $f ]] && has_marker "$f" && problems+=("$f still exists"); done
+    if ((${#problems[@]})); then
+        die "down could not clean up: ${problems[*]}"
+    fi
+    return 0
+}
+
+# ============================================================================ up
+UP_DONE=0
+up_cleanup() {
+    local rc=$?
+    ((UP_DONE)) && return 0
+    trap - EXIT INT TERM
+    echo >&2
+    if [[ -n ${LAB_KEEP_ON_FAILURE:-} ]]; then
+        say "up failed (exit $rc); LAB_KEEP_ON_FAILURE is set: the lab is left as it is (lab.sh down removes it)" >&2
+        exit "$rc"
+    fi
+    say "up failed (exit $rc): taking the lab down; logs are saved in ${LAB_SAVE_LOGS:-$LAB_LOGS_SAVE_DEFAULT}" >&2
+    PHASE_NAME=
+    cmd_down || true
+    exit "$rc"
+}
+
+cmd_up() {
+    require_root "$@"
+    local mode=repmgr-nat cron=1 assist=1
+    while (($#)); do
+        case $1 in
+        --no-assist) assist=0 ;;
+        --handler) mode=${2:-}; shift ;;
+        --handler=*) mode=${1#*=} ;;
+        --no-cron) cron=0 ;;
+        *) die "up: unknown option $1 (see lab.sh help)" ;;
+        esac
+        shift
+    done
+    [[ $mode == repmgr-nat || $mode == scripts ]] || die "up: --handler must be repmgr-nat or scripts, not '$mode'"
+    check_deps "$mode"
+    UP_T0=$(now_ms)
+
+    phase "down (previous lab)"
+    cmd_down
+    phase_done
+
+    trap up_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+
+    install -d -o root -g root -m 0755 "$LAB_DIR" "$LAB_DIR/logs" || die "cannot create $LAB_DIR"
+    : >"$LAB_LOG"
+    : >"$CRON_LOG"
+    state_set HANDLER "$mode"
+    state_set STARTED_MS "$UP_T0"
+    state_set ASSIST "$assist"
+
+    if [[ $mode == repmgr-nat ]]; then
+        phase "build repmgr-nat"
+        build_repmgr_nat
+        phase_done "${REPMGR_NAT_BIN:+REPMGR_NAT_BIN=}$RNAT_SRC_BIN"
+    fi
+
+    phase "network"
+    net_up
+    phase_done "namespaces ${LAB_NAMESPACES[*]}, bridge $BRIDGE in $NS_BRIDGE"
+
+    phase "handler: install + boot step"
+    install_lab_bin "$mode"
+    if [[ $mode == scripts ]]; then
+        install_scripts_handler
+        scripts_boot
+    else
+        install_repmgr_nat
+        repmgr_nat_boot
+    fi
+    local fwd
+    fwd=$(ip netns exec proxy sysctl -n net.ipv4.ip_forward)
+    [[ $fwd == 1 ]] || die "after the boot step net.ipv4.ip_forward is $fwd in the proxy namespace (the handler's boot step must set it); look at $LAB_LOG"
+    phase_done "$mode; proxy ip_forward=1, root namespace ip_forward=$(sysctl -n net.ipv4.ip_forward)"
+
+    phase "barman config"
+    barman_configure
+    phase_done "$BARMAN_CONF"
+
+    phase "db1: initdb, start, users"
+    node_dirs db1
+    node_dirs db2
+    write_bootstrap_sql
+    db1_init
+    write_pgpass_files
+    phase_done
+
+    phase "db1: repmgr primary register" "$EVENTS_LOG"
+    db1_register
+    phase_done "$(event_brief primary_register 1)"
+
+    phase "db2: clone, start, register"
+    db2_clone
+    phase_done "$(event_brief standby_register 2)"
+
+    phase "repmgrd on db1, db2"
+    repmgrd_start db1
+    repmgrd_start db2
+    phase_done
+
+    if ((cron)); then
+        phase "barman cron loop"
+        cron_start
+        phase_done "pid $(cat "$CRON_PID"), log $CRON_LOG"
+    fi
+    state_set CRON "$cron"
+
+    phase "wait: barman check all OK"
+    barman_wait_ok 60
+    phase_done
+
+    phase "wait: app port reaches db1"
+    wait_app_reaches "$DB1_IP" 30
+    phase_done
+
+    UP_DONE=1
+    trap - EXIT INT TERM
+    say "up: done in $(bc_div $(($(now_ms) - UP_T0))) s (handler $mode, cron $( ((cron)) && echo on || echo off)); \`lab.sh status\` shows it, \`lab.sh down\` removes it"
+}
+
+# Summary of the most recent handler run for EVENT on NODE (for up's phase lines).
+event_brief() {
+    local ev=$1 node=$2
+    awk -v ev="$ev" -v node="$node" '
+        $3 == "begin" && $5 == "event=" ev && $4 == "node=" node { id = $2 }
+        $3 == "end" && $2 == id { r = $4 " " $5 }
+        END { if (r == "") print "no " ev " event logged"; else print ev " handler: " r }' "$EVENTS_LOG"
+}
+
+wait_app_reaches() {
+    local want=$1 timeout=$2 t0 got=
+    t0=$(now_ms)
+    while :; do
+        got=$(app_psql "select inet_server_addr()" 2>&1) && [[ $got == "$want" ]] && return 0
+        (($(now_ms) - t0 > timeout * 1000)) && break
+        sleep 0.2
+    done
+    die "a query through $PROXY_IP:$APP_PORT from the app namespace did not reach $want within ${timeout}s (last answer: $got); check: lab.sh nat, $EVENTS_LOG"
+}
+
+app_psql() {
+    ip netns exec app env -i PATH="$SYS_PATH" LANG=C.UTF-8 PGPASSWORD="$PW_APP" PGCONNECT_TIMEOUT=2 \
+        "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$PROXY_IP" -p "$APP_PORT" -U app -d "${APP_DB:-app}" -c "$1"
+}
+
+# ============================================================================ cluster commands
+cmd_psql() {
+    require_root "$@"
+    local db= user=
+    while (($#)); do
+        case $1 in
+        -d) db=$2; shift 2 ;;
+        -U) user=$2; shift 2 ;;
+        *) break ;;
+        esac
+    done
+    (($# == 2)) || die "usage: lab.sh psql [-d DB] [-U USER] db1|db2|proxy-app|proxy-barman SQL"
+    local target=$1 sql=$2
+    require_up
+    case $target in
+    db1 | db2)
+        pg_as "$target" "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$(node_sock "$target")" -p "$PG_PORT" \
+            -U "${user:-postgres}" -d "${db:-postgres}" -c "$sql"
+        ;;
+    proxy-app)
+        ip netns exec app env -i PATH="$SYS_PATH" LANG=C.UTF-8 PGPASSWORD="$PW_APP" PGCONNECT_TIMEOUT=2 \
+            "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$PROXY_IP" -p "$APP_PORT" -U "${user:-app}" -d "${db:-app}" -c "$sql"
+        ;;
+    proxy-barman)
+        as barman proxy env PGCONNECT_TIMEOUT=2 "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$PROXY_IP" -p "$BARMAN_PORT" \
+            -U "${user:-barman}" -d "${db:-postgres}" -c "$sql"
+        ;;
+    *) die "psql: unknown target '$target' (db1, db2, proxy-app, proxy-barman)" ;;
+    esac
+}
+
+cmd_stop() {
+    require_root "$@"; (($# == 1)) || die "usage: lab.sh stop NODE"; check_node "$1"; require_up
+    pg_as "$1" "$(node_pgctl "$1")" immediate || die "pg_ctl stop -m immediate failed on $1; look at $(node_pglog "$1")"
+}
+
+cmd_start() {
+    require_root "$@"; (($# == 1)) || die "usage: lab.sh start NODE"; check_node "$1"; require_up
+    pg_as "$1" "$(node_pgctl "$1")" start || die "PostgreSQL did not start on $1; look at $(node_pglog "$1")"
+}
+
+cmd_pgctl() {
+    require_root "$@"; (($# == 2)) || die "usage: lab.sh pgctl NODE ACTION"; check_node "$1"; require_up
+    pg_as "$1" "$(node_pgctl "$1")" "$2"
+}
+
+cmd_repmgr() {
+    require_root "$@"; (($# >= 1)) || die "usage: lab.sh repmgr NODE ARGS..."; check_node "$1"; require_up
+    node_repmgr "$@"
+}
+
+cmd_repmgrd() {
+    require_root "$@"; (($# == 2)) || die "usage: lab.sh repmgrd start|stop NODE"; check_node "$2"; require_up
+    case $1 in
+    start) repmgrd_start "$2" ;;
+    stop) repmgrd_stop "$2" ;;
+    *) die "usage: lab.sh repmgrd start|stop NODE" ;;
+    esac
+}
+
+# in_recovery NODE -> t|f (empty when the node does not answer)
+in_recovery() { node_psql "$1" postgres "select pg_is_in_recovery()" 2>/dev/null || true; }
+
+cmd_wait_primary() {
+    require_root "$@"; (($# >= 1)) || die "usage: lab.sh wait-primary NODE [TIMEOUT]"; check_node "$1"; require_up
+    local n=$1 timeout=${2:-30} t0 rec= typ=
+    t0=$(now_ms)
+    while :; do
+        rec=$(in_recovery "$n")
+        if [[ $rec == f ]]; then
+            typ=$(node_psql "$n" repmgr "select type from repmgr.nodes where node_id = $(node_id "$n") and active" 2>/dev/null || true)
+            [[ $typ == primary ]] && { say "$n is primary ($(bc_div $(($(now_ms) - t0))) s)"; return 0; }
+        fi
+        (($(now_ms) - t0 > timeout * 1000)) && break
+        sleep 0.2
+    done
+    node_repmgr "$n" cluster show >&2 || true
+    die "$n is not primary after ${timeout}s (in recovery: ${rec:-no answer}; repmgr type: ${typ:-?}); look at $(node_repmgrd_log db1) $(node_repmgrd_log db2) $EVENTS_LOG"
+}
+
+cmd_wait_standby() {
+    require_root "$@"; (($# >= 1)) || die "usage: lab.sh wait-standby NODE [TIMEOUT]"; check_node "$1"; require_up
+    local n=$1 timeout=${2:-30} t0 rec= st=
+    t0=$(now_ms)
+    while :; do
+        rec=$(in_recovery "$n")
+        if [[ $rec == t ]]; then
+            st=$(node_psql "$n" postgres "select status from pg_stat_wal_receiver" 2>/dev/null || true)
+            [[ $st == streaming ]] && { say "$n is a streaming standby ($(bc_div $(($(now_ms) - t0))) s)"; return 0; }
+        fi
+        (($(now_ms) - t0 > timeout * 1000)) && break
+        sleep 0.2
+    done
+    die "$n is not a streaming standby after ${timeout}s (in recovery: ${rec:-no answer}; wal receiver: ${st:-none}); look at $(node_pglog "$n") $(node_repmgrd_log "$n")"
+}
+
+current_primary() { # the node that is out of recovery (exactly one), else fail
+    local n found=()
+    for n in "${NODES[@]}"; do [[ $(in_recovery "$n") == f ]] && found+=("$n"); done
+    ((${#found[@]} == 1)) || die "expected exactly one primary, found: ${found[*]:-none}"
+    echo "${found[0]}"
+}
+
+cmd_rejoin() {
+    require_root "$@"; (($# == 1)) || die "usage: lab.sh rejoin NODE"; check_node "$1"; require_up
+    local n=$1 p
+    p=$(node_other "$n")
+    [[ $(in_recovery "$p") == f ]] || die "rejoin $n: $p is not a running primary"
+    if node_running "$n"; then
+        [[ $(in_recovery "$n") == t ]] && { say "$n is already a running standby"; return 0; }
+        say "rejoin $n: it runs as a primary: stopping it (fast)"
+        pg_as "$n" "$(node_pgctl "$n")" stop || die "cannot stop $n; look at $(node_pglog "$n")"
+    fi
+    local state
+    state=$(pg_as "$n" "$PG_BIN/pg_controldata" "$(node_data "$n")" | sed -n 's/^Database cluster state: *//p')
+    if [[ $state != "shut down" ]]; then
+        say "rejoin $n: cluster state '$state': crash recovery in single-user mode first"
+        pg_as "$n" "$(node_pgctl "$n")" single >>"$(node_pglog "$n")" 2>&1 || die "single-user crash recovery failed on $n; look at $(node_pglog "$n")"
+    fi
+    local out rc=0
+    out=$(node_repmgr "$n" node rejoin -d "host=$(node_ip "$p") port=$PG_PORT user=repmgr dbname=repmgr connect_timeout=2" \
+        --force-rewind --verbose 2>&1) || rc=$?
+    printf '%s\n' "$out" >>"$(node_repmgrd_log "$n")"
+    if ((rc == 0)); then
+        say "rejoin $n: repmgr node rejoin done (standby of $p)"
+    else
+        warn "repmgr node rejoin failed on $n (exit $rc; output in $(node_repmgrd_log "$n")): fresh clone instead"
+        printf '%s\n' "$out" | tail -n 5 | sed 's/^/    /' >&2
+        node_running "$n" && pg_as "$n" "$(node_pgctl "$n")" immediate
+        rm -rf -- "$(node_data "$n")"
+        node_repmgr "$n" -h "$(node_ip "$p")" -p "$PG_PORT" -U repmgr -d repmgr standby clone --fast-checkpoint -F ||
+            die "standby clone of $n from $p failed; look at $(node_repmgrd_log "$n")"
+        pg_as "$n" "$(node_pgctl "$n")" start || die "$n did not start after the clone; look at $(node_pglog "$n")"
+        node_repmgr "$n" standby register -F || die "standby register -F failed on $n"
+        say "rejoin $n: cloned from $p and registered (event standby_register, not node_rejoin)"
+    fi
+    cmd_wait_standby "$n" 30
+}
+
+cmd_switchover() {
+    require_root "$@"; (($# == 1)) || die "usage: lab.sh switchover NODE (the standby that becomes primary)"; check_node "$1"; require_up
+    local n=$1 old
+    old=$(node_other "$n")
+    [[ $(in_recovery "$n") == t ]] || die "switchover: $n is not a running standby"
+    [[ $(in_recovery "$old") == f ]] || die "switchover: $old is not the running primary"
+    node_repmgr "$n" standby switchover --force-rewind --verbose ||
+        die "repmgr standby switchover to $n failed; look at $(node_repmgrd_log "$n") $(node_repmgrd_log "$old") $EVENTS_LOG"
+    cmd_wait_primary "$n" 30
+    cmd_wait_standby "$old" 30
+}
+
+cmd_barman() { require_root "$@"; require_up; barman_as "$@"; }
+
+cmd_cron() {
+    require_root "$@"; require_up
+    case ${1:-} in
+    start) cron_start; say "cron loop running (pid $(cat "$CRON_PID"))" ;;
+    stop) cron_stop; say "cron loop stopped" ;;
+    status) if [[ -s $CRON_PID ]] && kill -0 "$(cat "$CRON_PID")" 2>/dev/null; then echo "running $(cat "$CRON_PID")"; else echo stopped; return 1; fi ;;
+    *) die "usage: lab.sh cron start|stop|status" ;;
+    esac
+}
+
+cmd_nat() { require_root "$@"; require_up; ip netns exec proxy iptables-save -t nat; }
+
+# ============================================================================ events, clients
+cmd_events() {
+    require_root "$@"; require_up
+    if [[ ${1:-} == --summary ]]; then
+        events_summary
+    else
+        cat "$EVENTS_LOG"
+    fi
+}
+
+# One line per handler run: <begin ms> <id> node=N event=E success=S from=NS exit=RC ms=DURATION
+events_summary() {
+    awk '
+        $3 == "begin" { b[$2] = $1 " " $2 " " $4 " " $5 " " $6 " " $7; order[++n] = $2 }
+        $3 == "end" { e[$2] = $4 " " $5 }
+        END { for (i = 1; i <= n; i++) { id = order[i]; print b[id] " " (id in e ? e[id] : "running") } }' "$EVENTS_LOG"
+}
+
+cmd_wait_event() {
+    require_root "$@"; require_up
+    local ev= node= since=0 timeout=30
+    (($#)) || die "usage: lab.sh wait-event EVENT [--node N] [--since-ms T] [--timeout S]"
+    ev=$1; shift
+    while (($#)); do
+        case $1 in
+        --node) node=$2; shift 2 ;;
+        --since-ms) since=$2; shift 2 ;;
+        --timeout) timeout=$2; shift 2 ;;
+        *) die "wait-event: unknown option $1" ;;
+        esac
+    done
+    local t0 line
+    t0=$(now_ms)
+    while :; do
+        line=$(events_summary | awk -v ev="event=$ev" -v node="${node:+node=$node}" -v since="$since" \
+            '$1 >= since && $4 == ev && (node == "" || $3 == node) && $7 ~ /^exit=/ { l = $0 } END { print l }')
+        [[ -n $line ]] && { echo "$line"; return 0; }
+        (($(now_ms) - t0 > timeout * 1000)) && break
+        sleep 0.1
+    done
+    die "no finished handler run for event $ev${node:+ on node $node} since $since within ${timeout}s; see lab.sh events"
+}
+
+probe_bin() {
+    local bin=$REPO_ROOT/target/release/lab-probe
+    if [[ -n ${LAB_PROBE_BIN:-} ]]; then
+        bin=$LAB_PROBE_BIN
+    else
+        cargo build --release -q --manifest-path "$REPO_ROOT/Cargo.toml" -p lab-probe >&2 || die "cargo build -p lab-probe failed"
+    fi
+    [[ -x $bin ]] || die "lab-probe not found at $bin"
+    echo "$bin"
+}
+
+cmd_probe() {
+    require_root "$@"
+    local bin
+    bin=$(probe_bin)
+    # summary reads a file and needs no namespace
+    if [[ ${1:-} == summary ]]; then exec "$bin" "$@"; fi
+    require_up
+    exec ip netns exec app "$bin" "$@"
+}
+
+cmd_exec() {
+    require_root "$@"
+    local ns=${1:-} user=
+    shift || true
+    [[ -n $ns ]] || die "usage: lab.sh exec NS [--user U] -- CMD..."
+    ns_is_lab "$ns" || die "exec: $ns is not one of the lab's namespaces (${LAB_NAMESPACES[*]}); is the lab up?"
+    while (($#)); do
+        case $1 in
+        --user) user=$2; shift 2 ;;
+        --) shift; break ;;
+        *) break ;;
+        esac
+    done
+    (($#)) || die "usage: lab.sh exec NS [--user U] -- CMD..."
+    if [[ -n $user ]]; then
+        as "$user" "$ns" "$@"
+    else
+        exec ip netns exec "$ns" "$@"
+    fi
+}
+
+cmd_handler() { require_root "$@"; require_up; as postgres proxy "$RNAT_BIN" "$@"; }
+
+cmd_env() {
+    local kv
+    for kv in \
+        "LAB_DIR=$LAB_DIR" "LAB_NET=$LAB_NET" \
+        "PROXY_IP=$PROXY_IP" "DB1_IP=$DB1_IP" "DB2_IP=$DB2_IP" "APP_IP=$APP_IP" \
+        "PG_PORT=$PG_PORT" "BARMAN_PORT=$BARMAN_PORT" "APP_PORT=$APP_PORT" \
+        "NAMESPACES=${LAB_NAMESPACES[*]}" "NS_BRIDGE=$NS_BRIDGE" \
+        "PG_BIN=$PG_BIN" "HANDLER=$(state_get HANDLER)" \
+        "DB1_ID=1" "DB2_ID=2" \
+        "DB1_DATA=$(node_data db1)" "DB2_DATA=$(node_data db2)" \
+        "DB1_SOCKET_DIR=$(node_sock db1)" "DB2_SOCKET_DIR=$(node_sock db2)" \
+        "DB1_REPMGR_CONF=$(node_conf db1)" "DB2_REPMGR_CONF=$(node_conf db2)" \
+        "DB1_PG_LOG=$(node_pglog db1)" "DB2_PG_LOG=$(node_pglog db2)" \
+        "DB1_REPMGRD_LOG=$(node_repmgrd_log db1)" "DB2_REPMGRD_LOG=$(node_repmgrd_log db2)" \
+        "EVENTS_LOG=$EVENTS_LOG" "LAB_LOG=$LAB_LOG" "CRON_LOG=$CRON_LOG" "LOGS_SAVED_TO=${LAB_SAVE_LOGS:-$LAB_LOGS_SAVE_DEFAULT}" \
+        "BARMAN_SERVER=$BARMAN_SERVER" "BARMAN_SLOT=$BARMAN_SLOT" "BARMAN_CONF=$BARMAN_CONF" \
+        "BARMAN_HOME=$BARMAN_SERVER_HOME" \
+        "REPMGR_NAT_BIN=$RNAT_BIN" "REPMGR_NAT_CONFIG=$RNAT_CONFIG" "REPMGR_NAT_STATE_DIR=$RNAT_STATE_DIR" \
+        "SCRIPTS_DIR=$SCRIPTS_DIR" \
+        "APP_USER=app" "APP_DB=app" "APP_PASSWORD=$PW_APP" "APP_TABLE=$APP_TABLE" \
+        "APP_CONNINFO=host=$PROXY_IP port=$APP_PORT user=app password=$PW_APP dbname=app connect_timeout=1" \
+        "REPMGR_PASSWORD=$PW_REPMGR" "BARMAN_PASSWORD=$PW_BARMAN" "STREAMING_BARMAN_PASSWORD=$PW_STREAMING" \
+        "PROBE_BIN=${LAB_PROBE_BIN:-$REPO_ROOT/target/release/lab-probe}" \
+        "LAB_SH=$LAB_ROOT/lab.sh"; do
+        local k=${kv%%=*} v=${kv#*=}
+        if [[ $v == *' '* ]]; then printf "%s='%s'\n" "$k" "$v"; else printf '%s=%s\n' "$k" "$v"; fi
+    done
+}
+
+cmd_logs() {
+    local n
+    echo "lab:        $LAB_LOG"
+    echo "events:     $EVENTS_LOG"
+    echo "cron loop:  $CRON_LOG"
+    for n in "${NODES[@]}"; do
+        echo "$n pg:     $(node_pglog "$n")"
+        echo "$n repmgr: $(node_repmgrd_log "$n")"
+    done
+    echo "barman:     /var/log/barman/barman.log"
+    echo "after down: ${LAB_SAVE_LOGS:-$LAB_LOGS_SAVE_DEFAULT}"
+}
+
+cmd_status() {
+    require_root "$@"; require_up
+    local n
+    echo "== lab (handler $(state_get HANDLER), cron $(state_get CRON))"
+    for n in "${NODES[@]}"; do
+        local r
+        r=$(in_recovery "$n")
+        printf '%s %-15s %s\n' "$n" "$(node_ip "$n")" "$(case $r in t) echo standby ;; f) echo primary ;; *) echo 'down / not answering' ;; esac)"
+    done
+    echo "== repmgr cluster show"
+    for n in "${NODES[@]}"; do
+        node_running "$n" && { node_repmgr "$n" cluster show 2>&1 || true; break; }
+    done
+    echo "== app port: $(app_psql 'select inet_server_addr()' 2>&1 | head -n1)"
+    echo "== nat (proxy)"
+    ip netns exec proxy iptables-save -t nat | grep -E '^(-A|:repmgr)' || true
+    echo "== slots"
+    for n in "${NODES[@]}"; do echo "$n: $(node_psql "$n" postgres "select string_agg(slot_name || case when active then ' (active)' else '' end, ', ') from pg_replication_slots" 2>/dev/null || echo '?')"; done
+    echo "== barman check"
+    barman_as check "$BARMAN_SERVER" 2>&1 || true
+    echo "== handler runs"
+    events_summary | tail -n 10
+}
+
+# ============================================================================ main
+main() {
+    local cmd=${1:-help}
+    shift || true
+    case $cmd in
+    deps) cmd_deps "$@" ;;
+    up) cmd_up "$@" ;;
+    down) cmd_down "$@" && say "down: clean" ;;
+    status) cmd_status "$@" ;;
+    psql) cmd_psql "$@" ;;
+    stop) cmd_stop "$@" ;;
+    start) cmd_start "$@" ;;
+    pgctl) cmd_pgctl "$@" ;;
+    wait-primary) cmd_wait_primary "$@" ;;
+    wait-standby) cmd_wait_standby "$@" ;;
+    rejoin) cmd_rejoin "$@" ;;
+    switchover) cmd_switchover "$@" ;;
+    repmgr) cmd_repmgr "$@" ;;
+    repmgrd) cmd_repmgrd "$@" ;;
+    barman) cmd_barman "$@" ;;
+    cron) cmd_cron "$@" ;;
+    nat) cmd_nat "$@" ;;
+    events) cmd_events "$@" ;;
+    wait-event) cmd_wait_event "$@" ;;
+    probe) cmd_probe "$@" ;;
+    exec) cmd_exec "$@" ;;
+    handler) cmd_handler "$@" ;;
+    env) cmd_env "$@" ;;
+    logs) cmd_logs "$@" ;;
+    help | -h | --help) usage ;;
+    *) usage >&2; die "unknown command: $cmd" ;;
+    esac
+}
+
+main "$@"

@@ -1,0 +1,161 @@
+# shellcheck shell=bash
+# Shared constants and helpers of the repmgr-nat lab. Sourced by lab/lab.sh.
+
+# ---- topology (the only addresses the lab ever uses) -------------------------------------
+LAB_NET=198.51.100.0/24
+PROXY_IP=198.51.100.3
+DB1_IP=198.51.100.11
+DB2_IP=198.51.100.12
+APP_IP=198.51.100.20
+PG_PORT=5432
+BARMAN_PORT=54321
+APP_PORT=54322
+NODES=(db1 db2)
+NS_BRIDGE=rnlab                 # namespace that holds the bridge
+BRIDGE=rnlab-br0
+LAB_NAMESPACES=(db1 db2 proxy app "$NS_BRIDGE")
+
+# ---- paths ----------------------------------------------------------------------------
+LAB_DIR=/var/tmp/repmgr-nat-lab          # fixed: the sudoers entries name files in it
+LAB_LOGS_SAVE_DEFAULT=/var/tmp/repmgr-nat-lab.logs
+PG_BIN=/usr/lib/postgresql/15/bin
+EVENTS_LOG=$LAB_DIR/events.log
+LAB_LOG=$LAB_DIR/logs/lab.log
+CRON_LOG=$LAB_DIR/logs/cron.log
+CRON_PID=$LAB_DIR/cron.pid
+STATE_FILE=$LAB_DIR/lab.env
+INSTALLED_LIST=$LAB_DIR/installed.list   # product files the lab installed (path + sha256)
+SYS_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+# System files the lab writes itself; each carries MARKER.
+MARKER='repmgr-nat-lab: written by lab/lab.sh; `lab.sh down` removes it'
+PGPASS_POSTGRES=/var/lib/postgresql/.pgpass
+PGPASS_BARMAN=/var/lib/barman/.pgpass
+BARMAN_SERVER=main_backup
+BARMAN_SLOT=barman
+BARMAN_CONF=/etc/barman.d/$BARMAN_SERVER.conf
+BARMAN_SERVER_HOME=/var/lib/barman/$BARMAN_SERVER   # marker: a file named .repmgr-nat-lab inside
+SUDOERS_LAB=/etc/sudoers.d/repmgr-nat-lab
+SUDOERS_SCRIPTS=/etc/sudoers.d/repmgr-nat-lab-scripts
+MARKED_FILES=("$SUDOERS_LAB" "$SUDOERS_SCRIPTS" "$BARMAN_CONF" "$PGPASS_POSTGRES" "$PGPASS_BARMAN")
+
+# What repmgr-nat's README tells a user to install (handler mode repmgr-nat).
+RNAT_BIN=/usr/local/bin/repmgr-nat
+RNAT_CONFIG=/etc/repmgr-nat.toml
+RNAT_SUDOERS=/etc/sudoers.d/repmgr-nat
+RNAT_STATE_DIR=/var/lib/repmgr-nat
+
+# Lab passwords (the network is private to the lab's namespaces).
+PW_REPMGR=lab-repmgr-pw
+PW_BARMAN=lab-barman-pw
+PW_STREAMING=lab-streaming-pw
+PW_APP=lab-app-pw
+APP_TABLE=writes
+
+LAB_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)   # .../lab
+REPO_ROOT=$(cd "$LAB_ROOT/.." && pwd)
+
+# ---- node helpers ----------------------------------------------------------------------
+node_ip() { case $1 in db1) echo "$DB1_IP" ;; db2) echo "$DB2_IP" ;; *) die "unknown node '$1' (db1 or db2)" ;; esac; }
+node_id() { case $1 in db1) echo 1 ;; db2) echo 2 ;; *) die "unknown node '$1' (db1 or db2)" ;; esac; }
+node_other() { case $1 in db1) echo db2 ;; db2) echo db1 ;; *) die "unknown node '$1' (db1 or db2)" ;; esac; }
+node_by_ip() { case $1 in "$DB1_IP") echo db1 ;; "$DB2_IP") echo db2 ;; *) return 1 ;; esac; }
+check_node() { [[ $1 == db1 || $1 == db2 ]] || die "unknown node '$1' (expected db1 or db2)"; }
+node_dir() { echo "$LAB_DIR/$1"; }
+node_data() { echo "$LAB_DIR/$1/data"; }
+node_sock() { echo "$LAB_DIR/$1/run"; }
+node_conf() { echo "$LAB_DIR/$1/repmgr.conf"; }
+node_pglog() { echo "$LAB_DIR/$1/postgresql.log"; }
+node_repmgrd_log() { echo "$LAB_DIR/$1/repmgrd.log"; }
+node_repmgrd_pid() { echo "$LAB_DIR/$1/repmgrd.pid"; }
+node_pgctl() { echo "$LAB_DIR/$1/pgctl"; }
+
+# ---- output ----------------------------------------------------------------------------
+now_ms() { local t=$EPOCHREALTIME; echo $(( ${t/./} / 1000 )); }
+say() { printf '[lab] %s\n' "$*"; }
+warn() { printf '[lab] WARNING: %s\n' "$*" >&2; }
+# Extra "where to look" hint printed by die(); phases set it.
+HINT=
+die() {
+    printf '[lab] ERROR%s: %s\n' "${PHASE_NAME:+ (during: $PHASE_NAME)}" "$*" >&2
+    [[ -n $HINT ]] && printf '[lab]   look at: %s\n' "$HINT" >&2
+    exit 1
+}
+
+require_root() {
+    [[ $(id -u) -eq 0 ]] || die "lab.sh must run as root (it creates network namespaces, runs PostgreSQL as postgres and installs files under /etc); try: sudo $0 $*"
+}
+
+# run CMD...: append the command and its output to the lab log; fail loudly with the tail.
+run() {
+    local rc=0
+    printf '+ %s\n' "$*" >>"$LAB_LOG"
+    "$@" >>"$LAB_LOG" 2>&1 </dev/null || rc=$?
+    if ((rc != 0)); then
+        printf '[lab] ERROR%s: command failed (exit %d): %s\n' "${PHASE_NAME:+ (during: $PHASE_NAME)}" "$rc" "$*" >&2
+        printf '[lab] last lines of %s:\n' "$LAB_LOG" >&2
+        tail -n 25 "$LAB_LOG" | sed 's/^/    /' >&2
+        [[ -n $HINT ]] && printf '[lab]   also look at: %s\n' "$HINT" >&2
+        exit 1
+    fi
+}
+
+# as USER NS CMD...: run CMD as USER inside namespace NS (NS "-" = root namespace) with a clean
+# environment, the way a login through ssh would give it.
+as() {
+    local user=$1 ns=$2; shift 2
+    local home
+    home=$(getent passwd "$user" | cut -d: -f6) || die "no such user: $user"
+    local -a envv=(env -i "HOME=$home" "USER=$user" "LOGNAME=$user" "PATH=$SYS_PATH" LANG=C.UTF-8)
+    [[ -n ${AS_EXTRA_ENV:-} ]] && envv+=($AS_EXTRA_ENV)
+    if [[ $ns == - ]]; then
+        runuser -u "$user" -- "${envv[@]}" "$@"
+    else
+        ip netns exec "$ns" runuser -u "$user" -- "${envv[@]}" "$@"
+    fi
+}
+
+# ---- marked system files ---------------------------------------------------------------
+has_marker() { [[ -f $1 ]] && grep -qF "$MARKER" "$1"; }
+
+# claim_path PATH: refuse to go on when PATH exists and the lab did not write it.
+claim_path() {
+    local p=$1
+    if [[ -e $p ]] && ! has_marker "$p"; then
+        die "$p exists and was not written by the lab (no marker line '$MARKER'); it belongs to someone else: move it away (or remove it) and run up again"
+    fi
+}
+
+# write_marked PATH MODE OWNER COMMENT_PREFIX < content: write a file carrying the marker.
+write_marked() {
+    local p=$1 mode=$2 owner=$3 cprefix=$4 tmp
+    claim_path "$p"
+    tmp=$(mktemp "$(dirname "$p")/.lab.XXXXXX") || die "cannot create a temporary file next to $p"
+    { printf '%s %s\n' "$cprefix" "$MARKER"; cat; } >"$tmp" || die "cannot write $tmp"
+    chmod "$mode" "$tmp" && chown "$owner" "$tmp" && mv -f "$tmp" "$p" || die "cannot install $p"
+}
+
+state_get() { # state_get KEY -> value from the lab state file (empty when absent)
+    [[ -f $STATE_FILE ]] || return 0
+    sed -n "s/^$1=//p" "$STATE_FILE" | tail -n1
+}
+state_set() { echo "$1=$2" >>"$STATE_FILE"; }
+
+require_up() {
+    [[ -f $STATE_FILE ]] || die "the lab is not up (no $STATE_FILE); run: lab.sh up"
+}
+
+# timer helpers for phases
+PHASE_T0=0
+UP_T0=0
+PHASE_NAME=
+phase() {
+    PHASE_NAME=$1 PHASE_T0=$(now_ms) HINT=${2:-}
+    if [[ -f $LAB_LOG ]]; then printf '+++ phase: %s\n' "$1" >>"$LAB_LOG"; fi
+}
+phase_done() {
+    local t; t=$(now_ms)
+    printf '[lab] %6s s  %s%s\n' "$(bc_div $((t - PHASE_T0)))" "$PHASE_NAME" "${1:+ ($1)}"
+    PHASE_NAME= HINT=
+}
+bc_div() { printf '%d.%02d' $(($1 / 1000)) $(($1 % 1000 / 10)); }   # ms -> s.cc

@@ -1,0 +1,58 @@
+# lab-event: repmgr's event_notification_command on the database nodes (runs as root through
+# `sudo -n`, from the node's namespace). It crosses to the proxy the way ssh would in
+# production and runs the handler there as postgres, logging what the run printed, its exit
+# code and duration to the events log. Installed by lab.sh with HANDLER_MODE, HANDLER_CMD,
+# EVENTS_LOG and SYS_PATH defined above this line.
+set -u
+
+node=${1:-} event=${2:-} success=${3:-}
+if (($# < 2 || $# > 3)) || [[ ! $node =~ ^[0-9]{1,6}$ || ! $event =~ ^[a-z_]{1,64}$ || ! $success =~ ^[01]?$ ]]; then
+    echo "lab-event: refused: expected <node_id> <event> [<success>], got: $*" >&2
+    exit 2
+fi
+
+ms() { local t=$EPOCHREALTIME; REPLY=$(( ${t/./} / 1000 )); }
+from=$(ip netns identify $$ 2>/dev/null)
+id=$$
+ms; t0=$REPLY
+echo "$t0 $id begin node=$node event=$event success=${success:-?} from=${from:-root} handler=$HANDLER_MODE" >>"$EVENTS_LOG"
+
+case $HANDLER_MODE in
+scripts) args=("$node" "$event") ;;       # the article's handler takes %n %e
+*) args=("$node" "$event" ${success:+"$success"}) ;;
+esac
+
+# Timestamp every line the handler prints; also pass it on to repmgr's log (stderr).
+stamp() {
+    local line
+    while IFS= read -r line || [[ -n $line ]]; do
+        ms
+        printf '%s %s out %s\n' "$REPLY" "$id" "$line" >>"$EVENTS_LOG"
+        printf '%s\n' "$line" >&2
+    done
+}
+
+fifo_dir=$(mktemp -d "${EVENTS_LOG%/*}/tmp/event.XXXXXX") || exit 1
+mkfifo "$fifo_dir/out" || exit 1
+stamp <"$fifo_dir/out" &
+stamp_pid=$!
+ip netns exec proxy runuser -u postgres -- env -i HOME=/var/lib/postgresql USER=postgres LOGNAME=postgres \
+    PATH="$SYS_PATH" LANG=C.UTF-8 ${HANDLER_ENV[@]+"${HANDLER_ENV[@]}"} \
+    "${HANDLER_CMD[@]}" "${args[@]}" </dev/null >"$fifo_dir/out" 2>&1
+rc=$?
+rm -rf "$fifo_dir"
+ms; t1=$REPLY
+# ssh would wait until the remote side closes its output: a handler that leaves a process
+# holding it open would hang repmgr there. Wait a bounded time and say so.
+held=0
+for _ in $(seq 500); do
+    kill -0 "$stamp_pid" 2>/dev/null || break
+    sleep 0.01
+    held=1
+done
+if ((held)) && kill -0 "$stamp_pid" 2>/dev/null; then
+    ms
+    echo "$REPLY $id warn the handler exited but a process it started still holds its output open (over ssh, repmgr would hang here)" >>"$EVENTS_LOG"
+fi
+echo "$t1 $id end exit=$rc ms=$((t1 - t0))" >>"$EVENTS_LOG"
+exit "$rc"

@@ -1,0 +1,217 @@
+# shellcheck shell=bash
+# PostgreSQL 15 + repmgr on the database nodes.
+
+# Per-node settings go on the command line (pg_ctl -o), never in postgresql.conf: `repmgr
+# standby clone` and pg_rewind copy postgresql.conf from the other node.
+node_pg_opts() {
+    local n=$1
+    printf -- "-c listen_addresses=%s -c port=%s -c unix_socket_directories=%s -c cluster_name=%s -c synchronous_commit=on -c 'synchronous_standby_names=FIRST 1 (%s, barman_receive_wal)'" \
+        "$(node_ip "$n")" "$PG_PORT" "$(node_sock "$n")" "$n" "$(node_other "$n")"
+}
+
+# The per-node pg_ctl wrapper: used by the lab and by repmgr's service_*_command, so every
+# start (also repmgr's, also after a clone or a rewind) passes the node's own options.
+write_pgctl() {
+    local n=$1 f
+    f=$(node_pgctl "$n")
+    cat >"$f" <<EOF
+#!/bin/sh
+# $MARKER
+# pg_ctl for lab node $n: starts always pass the node's own address, socket directory and
+# synchronous_standby_names (a clone or pg_rewind copies postgresql.conf from the other node).
+PGDATA='$(node_data "$n")'
+LOG='$(node_pglog "$n")'
+OPTS="$(node_pg_opts "$n")"
+BIN='$PG_BIN'
+case "\$1" in
+start)     exec "\$BIN/pg_ctl" -D "\$PGDATA" -l "\$LOG" -w -t 60 -o "\$OPTS" start ;;
+stop)      exec "\$BIN/pg_ctl" -D "\$PGDATA" -w -t 60 -m fast stop ;;
+immediate) exec "\$BIN/pg_ctl" -D "\$PGDATA" -w -t 60 -m immediate stop ;;
+restart)   exec "\$BIN/pg_ctl" -D "\$PGDATA" -l "\$LOG" -w -t 60 -m fast -o "\$OPTS" restart ;;
+reload)    exec "\$BIN/pg_ctl" -D "\$PGDATA" reload ;;
+promote)   exec "\$BIN/pg_ctl" -D "\$PGDATA" -w -t 60 promote ;;
+status)    exec "\$BIN/pg_ctl" -D "\$PGDATA" status ;;
+single)    # crash recovery without accepting connections (leaves a clean shutdown)
+           eval "exec \"\$BIN/postgres\" --single -D \"\$PGDATA\" \$OPTS postgres" </dev/null ;;
+*) echo "usage: \$0 start|stop|immediate|restart|reload|promote|status|single" >&2; exit 2 ;;
+esac
+EOF
+    chmod 0755 "$f"
+}
+
+write_repmgr_conf() {
+    local n=$1 conf sshpath
+    conf=$(node_conf "$n")
+    cat >"$conf" <<EOF
+# $MARKER
+node_id=$(node_id "$n")
+node_name='$n'
+conninfo='host=$(node_ip "$n") port=$PG_PORT user=repmgr dbname=repmgr connect_timeout=2'
+data_directory='$(node_data "$n")'
+pg_bindir='$PG_BIN'
+repmgr_bindir='$PG_BIN'
+log_file='$(node_repmgrd_log "$n")'
+log_level=INFO
+failover=automatic
+promote_command='$PG_BIN/repmgr standby promote -f $conf --log-to-file'
+follow_command='$PG_BIN/repmgr standby follow -f $conf --log-to-file --upstream-node-id=%n'
+# fast failover for the lab (LAB-NOTES)
+reconnect_attempts=2
+reconnect_interval=1
+monitor_interval_secs=1
+service_start_command='$(node_pgctl "$n") start'
+service_stop_command='$(node_pgctl "$n") stop'
+service_restart_command='$(node_pgctl "$n") restart'
+service_reload_command='$(node_pgctl "$n") reload'
+service_promote_command='$(node_pgctl "$n") promote'
+# The event crosses to the proxy as it would over ssh: sudo + ip netns exec stand in for ssh.
+event_notification_command='sudo -n $LAB_DIR/bin/lab-event %n %e %s'
+# repmgr's ssh calls (switchover) go through the lab's ssh stand-in on PATH.
+ssh_options='-q -o ConnectTimeout=10'
+EOF
+    chmod 0644 "$conf"
+}
+
+# pg as postgres inside the node's namespace
+pg_as() { local n=$1; shift; as postgres "$n" "$@"; }
+
+node_psql() { # node_psql NODE DB SQL  (socket, superuser postgres; unaligned, tuples only)
+    local n=$1 db=$2 sql=$3
+    pg_as "$n" "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$(node_sock "$n")" -p "$PG_PORT" -U postgres -d "$db" -c "$sql"
+}
+
+node_running() { [[ -f $(node_data "$1")/postmaster.pid ]] && pg_as "$1" "$(node_pgctl "$1")" status >/dev/null 2>&1; }
+
+node_dirs() {
+    local n=$1
+    install -d -o postgres -g postgres -m 0755 "$(node_dir "$n")" "$(node_sock "$n")" || die "cannot create $(node_dir "$n")"
+    : >"$(node_pglog "$n")" && chown postgres:postgres "$(node_pglog "$n")"
+    : >"$(node_repmgrd_log "$n")" && chown postgres:postgres "$(node_repmgrd_log "$n")"
+    write_pgctl "$n"
+    write_repmgr_conf "$n"
+}
+
+db1_init() {
+    local n=db1 data
+    data=$(node_data $n)
+    HINT="$LAB_LOG"
+    run as postgres $n "$PG_BIN/initdb" -D "$data" -U postgres -E UTF8 --no-locale -N \
+        --auth-local=trust --auth-host=scram-sha-256
+    cat >"$data/pg_hba.conf" <<EOF
+# $MARKER
+# TYPE  DATABASE     USER  ADDRESS          METHOD
+local   all          all                    trust
+local   replication  all                    trust
+host    all          all   $LAB_NET  scram-sha-256
+host    replication  all   $LAB_NET  scram-sha-256
+EOF
+    cat >>"$data/postgresql.conf" <<EOF
+
+# ---- repmgr-nat lab (copied to db2 by the clone; per-node settings are on pg_ctl's command line)
+shared_preload_libraries = 'repmgr'
+wal_level = replica
+wal_log_hints = on
+max_wal_senders = 10
+max_replication_slots = 10
+wal_keep_size = 256MB
+hot_standby = on
+shared_buffers = 32MB
+password_encryption = scram-sha-256
+log_line_prefix = '%m [%p] %q%u@%d '
+EOF
+    chown postgres:postgres "$data/pg_hba.conf"
+    HINT=$(node_pglog $n)
+    run as postgres $n "$(node_pgctl $n)" start
+    # No synchronous standby exists yet: bootstrap writes commit locally.
+    HINT=$(node_pglog $n)
+    run as postgres $n env "PGOPTIONS=-c synchronous_commit=local" "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 \
+        -h "$(node_sock $n)" -p "$PG_PORT" -U postgres -d postgres -f "$LAB_DIR/bootstrap.sql"
+}
+
+write_bootstrap_sql() {
+    cat >"$LAB_DIR/bootstrap.sql" <<EOF
+CREATE ROLE repmgr LOGIN SUPERUSER PASSWORD '$PW_REPMGR';
+ALTER ROLE repmgr SET search_path TO repmgr, "\$user", public;
+CREATE DATABASE repmgr OWNER repmgr;
+CREATE ROLE barman LOGIN SUPERUSER PASSWORD '$PW_BARMAN';
+CREATE ROLE streaming_barman LOGIN REPLICATION PASSWORD '$PW_STREAMING';
+CREATE ROLE app LOGIN PASSWORD '$PW_APP';
+CREATE DATABASE app OWNER app;
+\\connect app
+SET ROLE app;
+CREATE TABLE $APP_TABLE (
+    id         bigserial PRIMARY KEY,
+    payload    text,
+    server     inet DEFAULT inet_server_addr(),
+    written_at timestamptz DEFAULT clock_timestamp()
+);
+EOF
+    chmod 0644 "$LAB_DIR/bootstrap.sql"
+}
+
+write_pgpass_files() {
+    # libpq skips lines starting with '#' in a password file (checked by `up`: the marker
+    # line sits in the file every lab connection uses).
+    write_marked "$PGPASS_POSTGRES" 0600 postgres:postgres '#' <<EOF
+*:*:*:repmgr:$PW_REPMGR
+*:*:*:barman:$PW_BARMAN
+*:*:*:streaming_barman:$PW_STREAMING
+*:*:*:app:$PW_APP
+EOF
+    write_marked "$PGPASS_BARMAN" 0600 barman:barman '#' <<EOF
+*:*:*:barman:$PW_BARMAN
+*:*:*:streaming_barman:$PW_STREAMING
+EOF
+}
+
+# repmgr as postgres on NODE, its own config, ssh stand-in on PATH.
+node_repmgr() {
+    local n=$1; shift
+    AS_EXTRA_ENV="PATH=$LAB_DIR/sshbin:$SYS_PATH ${REPMGR_ENV:-}" as postgres "$n" "$PG_BIN/repmgr" -f "$(node_conf "$n")" "$@"
+}
+
+db1_register() {
+    HINT="$(node_repmgrd_log db1) $EVENTS_LOG"
+    # Until a synchronous standby (db2 or barman's receive-wal) is connected, commits on db1
+    # would wait: registration writes commit locally.
+    [[ $(state_get HANDLER) == scripts && $(state_get ASSIST) == 1 ]] && scripts_assist_start
+    REPMGR_ENV='PGOPTIONS=-csynchronous_commit=local' run node_repmgr db1 primary register
+}
+
+db2_clone() {
+    local n=db2
+    HINT="$LAB_LOG $(node_pglog db1)"
+    run node_repmgr $n -h "$DB1_IP" -p "$PG_PORT" -U repmgr -d repmgr standby clone --fast-checkpoint
+    HINT=$(node_pglog $n)
+    run as postgres $n "$(node_pgctl $n)" start
+    HINT="$(node_repmgrd_log $n) $EVENTS_LOG"
+    run node_repmgr $n standby register
+}
+
+repmgrd_start() {
+    local n=$1 pidf
+    pidf=$(node_repmgrd_pid "$n")
+    HINT=$(node_repmgrd_log "$n")
+    run ip netns exec "$n" runuser -u postgres -- env -i HOME=/var/lib/postgresql USER=postgres LOGNAME=postgres \
+        "PATH=$LAB_DIR/sshbin:$SYS_PATH" LANG=C.UTF-8 \
+        "$PG_BIN/repmgrd" -f "$(node_conf "$n")" --pid-file "$pidf" --daemonize
+    local i
+    for i in $(seq 50); do
+        [[ -s $pidf ]] && kill -0 "$(cat "$pidf")" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "repmgrd on $n did not start (no live pid in $pidf); look at $(node_repmgrd_log "$n")"
+}
+
+repmgrd_stop() {
+    local n=$1 pidf pid i
+    pidf=$(node_repmgrd_pid "$n")
+    [[ -s $pidf ]] || return 0
+    pid=$(cat "$pidf")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"
+        for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && { kill -KILL "$pid"; sleep 0.1; }
+    fi
+    rm -f "$pidf"
+}
