@@ -127,23 +127,28 @@ cmd_down() {
     done
     local problems=() n
     [[ -d $LAB_DIR/logs ]] && DOWN_LOG=$LAB_DIR/logs/down.log
-    # 1. the cron loop, barman's receive-wal
-    cron_stop || problems+=("cron loop")
-    if ns_is_lab proxy && [[ -f $BARMAN_CONF ]] && has_marker "$BARMAN_CONF"; then
-        barman_as receive-wal --stop "$BARMAN_SERVER" >>"$DOWN_LOG" 2>&1 || true   # exit 1 = none running
-    fi
-    # 2. repmgrd, PostgreSQL
-    for n in "${NODES[@]}"; do
-        repmgrd_stop "$n" || problems+=("repmgrd $n")
-        if [[ -f $(node_data "$n")/postmaster.pid ]]; then
-            if ns_is_lab "$n"; then
-                as postgres "$n" "$PG_BIN/pg_ctl" -D "$(node_data "$n")" -m immediate -w -t 20 stop >>"$DOWN_LOG" 2>&1 ||
-                    true   # postmaster.pid may be stale; leftover processes are killed below
-            else
-                as postgres - "$PG_BIN/pg_ctl" -D "$(node_data "$n")" -m immediate -w -t 20 stop >>"$DOWN_LOG" 2>&1 || true
-            fi
-        fi
+    # 1. what the lab started, by pid file: the cron loop and repmgrd get TERM (waited for
+    #    below, with everything else in the namespaces); PostgreSQL: pg_ctl stop -m immediate
+    local pidf pid
+    for pidf in "$CRON_PID" "$(node_repmgrd_pid db1)" "$(node_repmgrd_pid db2)" "$LAB_DIR"/*/heartbeat.pid; do
+        [[ -s $pidf ]] || continue
+        pid=$(cat "$pidf")
+        [[ $pid =~ ^[0-9]+$ ]] && kill -TERM "$pid" 2>/dev/null
+        echo "down: kill -TERM $pid ($pidf)" >>"$DOWN_LOG"
+        rm -f "$pidf"
     done
+    local -a jobs=()
+    for n in "${NODES[@]}"; do
+        [[ -f $(node_data "$n")/postmaster.pid ]] || continue
+        # (a stale postmaster.pid makes pg_ctl fail; leftovers are killed below)
+        if ns_is_lab "$n"; then
+            as postgres "$n" "$PG_BIN/pg_ctl" -D "$(node_data "$n")" -m immediate -w -t 20 stop >>"$DOWN_LOG" 2>&1 &
+        else
+            as postgres - "$PG_BIN/pg_ctl" -D "$(node_data "$n")" -m immediate -w -t 20 stop >>"$DOWN_LOG" 2>&1 &
+        fi
+        jobs+=($!)
+    done
+    ((${#jobs[@]})) && { wait "${jobs[@]}" || true; }
     # 3. anything still inside the lab's namespaces (all of it was started by the lab)
     ns_kill_all || problems+=("processes in the lab's namespaces (ip netns pids NS)")
     # 4. namespaces

@@ -170,12 +170,35 @@ node_repmgr() {
     AS_EXTRA_ENV="PATH=$LAB_DIR/sshbin:$SYS_PATH ${REPMGR_ENV:-}" as postgres "$n" "$PG_BIN/repmgr" -f "$(node_conf "$n")" "$@"
 }
 
+# Bring-up assist (both handlers, only during `up`, off with --no-assist): barman keeps the
+# newest complete WAL file in its streaming directory until a newer one has begun, so the
+# handler's `switch-wal --archive` returns only after the primary writes its next WAL record;
+# on the lab's idle db1 that is ~20 s later (bgwriter's standby snapshot). Until the
+# primary_register handler run returns, a WAL record is written every 0.5 s, standing in for
+# the write traffic of a production primary. No transaction, no commit: it never waits for a
+# synchronous standby.
+nudge_start() {
+    rm -f "$LAB_DIR/db1/nudge.stop"
+    as postgres db1 bash -c '
+        for _ in $(seq 240); do
+            [[ -e $1/nudge.stop ]] && exit 0
+            "$2/psql" -X -q -A -t -h "$3" -p "$4" -U postgres -d postgres \
+                -c "select pg_logical_emit_message(false, '\''repmgr-nat-lab'\'', '\''bring-up'\'')" >/dev/null 2>&1
+            sleep 0.5
+        done' nudge "$LAB_DIR/db1" "$PG_BIN" "$(node_sock db1)" "$PG_PORT" </dev/null >/dev/null 2>&1 &
+}
+nudge_stop() { touch "$LAB_DIR/db1/nudge.stop"; }
+
 db1_register() {
     HINT="$(node_repmgrd_log db1) $EVENTS_LOG"
+    if [[ $(state_get ASSIST) == 1 ]]; then
+        [[ $(state_get HANDLER) == scripts ]] && scripts_assist_start
+        nudge_start
+    fi
     # Until a synchronous standby (db2 or barman's receive-wal) is connected, commits on db1
     # would wait: registration writes commit locally.
-    [[ $(state_get HANDLER) == scripts && $(state_get ASSIST) == 1 ]] && scripts_assist_start
     REPMGR_ENV='PGOPTIONS=-csynchronous_commit=local' run node_repmgr db1 primary register
+    nudge_stop
 }
 
 db2_clone() {
