@@ -453,6 +453,32 @@ fn summary(o: &Opts) -> Result<(), String> {
             kv.push_str(" longest_failure_ms=0 longest_failure_probes=0");
         }
     }
+    // Whole outage: from the last success before the first failure (at or after T0) to the
+    // first success after the last failure, however many isolated answers came in between.
+    let first_err = samples.iter().position(|(ts, o)| *ts >= t0 && matches!(o, Outcome::Err(_)));
+    let last_err = samples.iter().rposition(|(_, o)| matches!(o, Outcome::Err(_)));
+    if let (Some(fe), Some(le)) = (first_err, last_err) {
+        let before = samples[..fe].iter().rev().find(|(_, o)| matches!(o, Outcome::Ok(_))).map(|(ts, _)| *ts);
+        let after = samples[le..].iter().find(|(_, o)| matches!(o, Outcome::Ok(_))).map(|(ts, _)| *ts);
+        let from = before.unwrap_or(samples[fe].0);
+        let to = after.unwrap_or(samples[le].0);
+        let oks_between = samples[fe..=le].iter().filter(|(_, o)| matches!(o, Outcome::Ok(_))).count();
+        out.push_str(&format!(
+            "outage: {} from {} (last ok before the first failure) to {} (first ok after the last failure){}; {} answers in between\n",
+            fmt_dur(to.saturating_sub(from)),
+            before.map(|b| fmt_rel(b, t0)).unwrap_or("-".into()),
+            after.map(|a| fmt_rel(a, t0)).unwrap_or("- (still failing at the end)".into()),
+            if after.is_none() { " [not recovered]" } else { "" },
+            oks_between
+        ));
+        kv.push_str(&format!(
+            " outage_ms={} outage_answers={oks_between} recovered={}",
+            to.saturating_sub(from),
+            after.is_some()
+        ));
+    } else {
+        kv.push_str(" outage_ms=0 outage_answers=0 recovered=true");
+    }
     if let Some(since) = o.since_ms {
         match samples.iter().find(|(ts, o)| *ts >= since && matches!(o, Outcome::Ok(_))) {
             Some((ts, Outcome::Ok(s))) => {
