@@ -158,7 +158,11 @@ cmd_down() {
     for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG"; do
         if [[ -e $f ]] && has_marker "$f"; then rm -f -- "$f" || problems+=("$f"); fi
     done
-    if [[ -e $BARMAN_SERVER_HOME/.repmgr-nat-lab ]]; then rm -rf -- "$BARMAN_SERVER_HOME" || problems+=("$BARMAN_SERVER_HOME"); fi
+    if [[ -e $BARMAN_SERVER_HOME/.repmgr-nat-lab ]]; then
+        rm -rf -- "$BARMAN_SERVER_HOME" || problems+=("$BARMAN_SERVER_HOME")
+        # barman's lock files for the server live next to its directory
+        rm -f -- /var/lib/barman/."$BARMAN_SERVER"-*.lock || problems+=("barman lock files")
+    fi
     uninstall_repmgr_nat || problems+=("repmgr-nat files")
     # 6. keep the logs, then remove the lab directory
     local save=${LAB_SAVE_LOGS:-$LAB_LOGS_SAVE_DEFAULT}
@@ -222,6 +226,10 @@ cmd_up() {
 
     phase "down (previous lab)"
     cmd_down
+    phase_done
+
+    phase "preflight"
+    preflight "$mode"
     phase_done
 
     trap up_cleanup EXIT
@@ -302,6 +310,26 @@ cmd_up() {
     UP_DONE=1
     trap - EXIT INT TERM
     say "up: done in $(bc_div $(($(now_ms) - UP_T0))) s (handler $mode, cron $( ((cron)) && echo on || echo off)); \`lab.sh status\` shows it, \`lab.sh down\` removes it"
+}
+
+# Refuse early (before anything is created) when a path the lab would write belongs to
+# somebody else.
+preflight() {
+    local mode=$1 f
+    for f in "$SUDOERS_LAB" "$BARMAN_CONF" "$PGPASS_POSTGRES" "$PGPASS_BARMAN"; do claim_path "$f"; done
+    if [[ $mode == scripts ]]; then
+        claim_path "$SUDOERS_SCRIPTS"
+        [[ -d $(seed_dir) ]] || die "the article's scripts are missing: $(seed_dir) does not exist (set SEED_SCRIPTS)"
+    else
+        claim_path "$RNAT_CONFIG"
+        for f in "$RNAT_BIN" "$RNAT_SUDOERS" "$RNAT_STATE_DIR"; do claim_product_path "$f"; done
+    fi
+    if [[ -e $BARMAN_SERVER_HOME && ! -e $BARMAN_SERVER_HOME/.repmgr-nat-lab ]]; then
+        die "$BARMAN_SERVER_HOME exists and was not made by the lab (no .repmgr-nat-lab inside): it holds somebody's barman data for '$BARMAN_SERVER'; move it away and run up again"
+    fi
+    [[ -e $LAB_DIR ]] && die "$LAB_DIR still exists after down; remove it"
+    getent passwd postgres >/dev/null && getent passwd barman >/dev/null || die "the postgres or barman OS user is missing: run lab.sh deps"
+    return 0
 }
 
 # Summary of the most recent handler run for EVENT on NODE (for up's phase lines).
@@ -648,6 +676,7 @@ cmd_status() {
 }
 
 # ============================================================================ main
+ORIG_ARGS=("$@")
 main() {
     local cmd=${1:-help}
     shift || true

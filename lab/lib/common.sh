@@ -83,7 +83,7 @@ die() {
 }
 
 require_root() {
-    [[ $(id -u) -eq 0 ]] || die "lab.sh must run as root (it creates network namespaces, runs PostgreSQL as postgres and installs files under /etc); try: sudo $0 $*"
+    [[ $(id -u) -eq 0 ]] || die "lab.sh must run as root (it creates network namespaces, runs PostgreSQL as postgres and installs files under /etc); try: sudo $0 ${ORIG_ARGS[*]:-}"
 }
 
 # run CMD...: append the command and its output to the lab log; fail loudly with the tail.
