@@ -26,7 +26,7 @@ Lifecycle
   deps                          install the Debian packages the lab needs (only if missing)
   up [--handler repmgr-nat|scripts] [--no-cron] [--no-assist]
                                 bring the whole lab up (runs \`down\` first); --no-assist:
-                                scripts mode without the bring-up assist (see README)
+                                no bring-up assist (README: "Bring-up assist")
   down [--purge-logs]           stop everything, delete the namespaces, remove what the lab
                                 installed; logs are kept in \$LAB_SAVE_LOGS ($LAB_LOGS_SAVE_DEFAULT)
   status                        one screen: nodes, repmgr, NAT, barman, processes
@@ -43,11 +43,15 @@ Cluster
   pgctl NODE ACTION             the node's pg_ctl wrapper: start|stop|immediate|restart|promote|status
   wait-primary NODE [TIMEOUT]   until NODE is out of recovery and repmgr records it as primary
   wait-standby NODE [TIMEOUT]   until NODE is in recovery and streaming from its upstream
-  rejoin NODE                   bring a stopped former primary back as a standby
+  rejoin NODE [--clone]         bring a stopped former primary back as a standby (repmgr node
+                                rejoin --force-rewind, else/with --clone: standby clone -F +
+                                standby register -F)
   switchover NODE               repmgr standby switchover to NODE (through the ssh stand-in)
   repmgr NODE ARGS...           run repmgr on NODE as postgres with NODE's config
   repmgrd start|stop NODE       start/stop repmgrd on NODE
   barman ARGS...                run barman as the barman user in the proxy namespace
+  event NODE ID EVENT [SUCCESS] run the event handler as repmgr on NODE would (logged)
+  article-chains                run the article's chains script (rewritten) on the proxy
   cron start|stop|status        the barman cron loop (barman -q cron every minute, second 0)
   nat                           iptables-save -t nat in the proxy namespace
 
@@ -60,6 +64,14 @@ Events and clients
   handler ARGS...               run \`repmgr-nat ARGS\` as postgres in the proxy namespace
   env                           addresses, ports, paths as KEY=VALUE lines
   logs                          paths of every log
+
+Environment
+  REPMGR_NAT_BIN=PATH           install this repmgr-nat instead of building it
+  SEED_SCRIPTS=DIR              the article's scripts (default: <repo>/../shared/seed-scripts)
+  LAB_SAVE_LOGS=DIR             where \`down\` keeps the logs (default $LAB_LOGS_SAVE_DEFAULT)
+  LAB_KEEP_ON_FAILURE=1         a failing \`up\` leaves the lab as it is (for debugging)
+  LAB_HANDLER_ENV="K=V ..."     extra environment for every handler run (e.g. RUST_LOG=debug)
+  LAB_PROBE_BIN=PATH            use this lab-probe instead of building it
 EOF
 }
 
@@ -461,7 +473,10 @@ current_primary() { # the node that is out of recovery (exactly one), else fail
 }
 
 cmd_rejoin() {
-    require_root "$@"; (($# == 1)) || die "usage: lab.sh rejoin NODE"; check_node "$1"; require_up
+    require_root "$@"
+    local clone=0
+    [[ ${2:-} == --clone ]] && { clone=1; set -- "$1"; }
+    (($# == 1)) || die "usage: lab.sh rejoin NODE [--clone]"; check_node "$1"; require_up
     local n=$1 p
     p=$(node_other "$n")
     [[ $(in_recovery "$p") == f ]] || die "rejoin $n: $p is not a running primary"
@@ -477,15 +492,21 @@ cmd_rejoin() {
         pg_as "$n" "$(node_pgctl "$n")" single >>"$(node_pglog "$n")" 2>&1 || die "single-user crash recovery failed on $n; look at $(node_pglog "$n")"
     fi
     local out rc=0
-    out=$(node_repmgr "$n" node rejoin -d "host=$(node_ip "$p") port=$PG_PORT user=repmgr dbname=repmgr connect_timeout=2" \
-        --force-rewind --verbose 2>&1) || rc=$?
+    if ((clone)); then
+        rc=1 out="(--clone: no node rejoin attempted)"
+    else
+        out=$(node_repmgr "$n" node rejoin -d "host=$(node_ip "$p") port=$PG_PORT user=repmgr dbname=repmgr connect_timeout=2" \
+            --force-rewind --verbose 2>&1) || rc=$?
+    fi
     printf '%s\n' "$out" >>"$(node_repmgrd_log "$n")"
     if ((rc == 0)); then
         say "rejoin $n: repmgr node rejoin done (standby of $p)"
     else
-        warn "repmgr node rejoin failed on $n (exit $rc; output in $(node_repmgrd_log "$n")): fresh clone instead"
-        printf '%s\n' "$out" | tail -n 5 | sed 's/^/    /' >&2
-        node_running "$n" && pg_as "$n" "$(node_pgctl "$n")" immediate
+        ((clone)) || {
+            warn "repmgr node rejoin failed on $n (exit $rc; output in $(node_repmgrd_log "$n")): fresh clone instead"
+            printf '%s\n' "$out" | tail -n 5 | sed 's/^/    /' >&2
+        }
+        if node_running "$n"; then pg_as "$n" "$(node_pgctl "$n")" immediate || die "cannot stop $n before the clone"; fi
         rm -rf -- "$(node_data "$n")"
         node_repmgr "$n" -h "$(node_ip "$p")" -p "$PG_PORT" -U repmgr -d repmgr standby clone --fast-checkpoint -F ||
             die "standby clone of $n from $p failed; look at $(node_repmgrd_log "$n")"
@@ -509,6 +530,25 @@ cmd_switchover() {
 }
 
 cmd_barman() { require_root "$@"; require_up; barman_as "$@"; }
+
+# Fire the event handler as repmgr would: from NODE's namespace, as postgres, through the
+# crossing (logged in the events log like any other run). Exit code: the handler's.
+cmd_event() {
+    require_root "$@"
+    (($# == 3 || $# == 4)) || die "usage: lab.sh event NODE NODE_ID EVENT [SUCCESS]  (e.g. lab.sh event db2 2 standby_promote 1)"
+    check_node "$1"; require_up
+    local n=$1; shift
+    as postgres "$n" sudo -n "$LAB_DIR/bin/lab-event" "$@"
+}
+
+# The article's chains script (its @reboot step), rewritten for the lab, run as root on the
+# proxy: in repmgr-nat mode this leaves the scripts' chains and jumps for `setup` to adopt.
+cmd_article_chains() {
+    require_root "$@"; require_up
+    HINT=$LAB_LOG
+    write_article_scripts
+    ip netns exec proxy "$SCRIPTS_DIR/repmgr_iptables_chains.sh"
+}
 
 cmd_cron() {
     require_root "$@"; require_up
@@ -623,7 +663,7 @@ cmd_env() {
         "DB1_REPMGR_CONF=$(node_conf db1)" "DB2_REPMGR_CONF=$(node_conf db2)" \
         "DB1_PG_LOG=$(node_pglog db1)" "DB2_PG_LOG=$(node_pglog db2)" \
         "DB1_REPMGRD_LOG=$(node_repmgrd_log db1)" "DB2_REPMGRD_LOG=$(node_repmgrd_log db2)" \
-        "EVENTS_LOG=$EVENTS_LOG" "LAB_LOG=$LAB_LOG" "CRON_LOG=$CRON_LOG" "LOGS_SAVED_TO=${LAB_SAVE_LOGS:-$LAB_LOGS_SAVE_DEFAULT}" \
+        "EVENTS_LOG=$EVENTS_LOG" "LAB_LOG=$LAB_LOG" "CRON_LOG=$CRON_LOG" "SSH_LOG=$LAB_DIR/logs/ssh.log" "LOGS_SAVED_TO=${LAB_SAVE_LOGS:-$LAB_LOGS_SAVE_DEFAULT}" \
         "BARMAN_SERVER=$BARMAN_SERVER" "BARMAN_SLOT=$BARMAN_SLOT" "BARMAN_CONF=$BARMAN_CONF" \
         "BARMAN_HOME=$BARMAN_SERVER_HOME" \
         "REPMGR_NAT_BIN=$RNAT_BIN" "REPMGR_NAT_CONFIG=$RNAT_CONFIG" "REPMGR_NAT_STATE_DIR=$RNAT_STATE_DIR" \
@@ -696,6 +736,8 @@ main() {
     repmgr) cmd_repmgr "$@" ;;
     repmgrd) cmd_repmgrd "$@" ;;
     barman) cmd_barman "$@" ;;
+    event) cmd_event "$@" ;;
+    article-chains) cmd_article_chains "$@" ;;
     cron) cmd_cron "$@" ;;
     nat) cmd_nat "$@" ;;
     events) cmd_events "$@" ;;

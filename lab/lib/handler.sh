@@ -64,7 +64,8 @@ EOF
 # ---- handler: the article's scripts -------------------------------------------------------
 seed_dir() { echo "${SEED_SCRIPTS:-$REPO_ROOT/../shared/seed-scripts}"; }
 
-install_scripts_handler() {
+# The article's three scripts, rewritten for the lab into $SCRIPTS_DIR (never into the repo).
+write_article_scripts() {
     local src f
     src=$(seed_dir)
     for f in repmgr_handler.sh repmgr_iptables.sh repmgr_iptables_chains.sh pg_sudoers; do
@@ -72,23 +73,28 @@ install_scripts_handler() {
     done
     install -d -o root -g root -m 0755 "$SCRIPTS_DIR"
     install -d -o postgres -g postgres -m 0755 "$SCRIPTS_STATE"
-    # Addresses and paths rewritten for the lab; nothing else changes.
-    local -a subst=(
-        -e "s#10\.8\.1\.1#$DB1_IP#g" -e "s#10\.8\.2\.1#$DB2_IP#g" -e "s#10\.8\.3\.1#$PROXY_IP#g"
-        -e "s#/usr/local/bin/repmgr_master#$SCRIPTS_STATE/repmgr_master#g"
-        -e "s#/usr/local/bin/repmgr_#$SCRIPTS_DIR/repmgr_#g"
-    )
     for f in repmgr_handler.sh repmgr_iptables.sh repmgr_iptables_chains.sh; do
-        sed "${subst[@]}" "$src/$f" >"$SCRIPTS_DIR/$f" || die "cannot rewrite $src/$f into $SCRIPTS_DIR"
+        sed "${ARTICLE_SUBST[@]}" "$src/$f" >"$SCRIPTS_DIR/$f" || die "cannot rewrite $src/$f into $SCRIPTS_DIR"
         chmod 0755 "$SCRIPTS_DIR/$f"
         if grep -qE '10\.8\.[0-9]+\.[0-9]+|/usr/local/bin/repmgr_' "$SCRIPTS_DIR/$f"; then
             die "$SCRIPTS_DIR/$f still names an article address or path after the rewrite"
         fi
     done
+}
+
+# Addresses and paths rewritten for the lab; nothing else changes.
+ARTICLE_SUBST=(
+    -e "s#10\.8\.1\.1#$DB1_IP#g" -e "s#10\.8\.2\.1#$DB2_IP#g" -e "s#10\.8\.3\.1#$PROXY_IP#g"
+    -e "s#/usr/local/bin/repmgr_master#$SCRIPTS_STATE/repmgr_master#g"
+    -e "s#/usr/local/bin/repmgr_#$SCRIPTS_DIR/repmgr_#g"
+)
+
+install_scripts_handler() {
+    write_article_scripts
     local tmp
     tmp=$(mktemp) || die "mktemp failed"
-    { echo "# $MARKER"; echo "# the article's pg_sudoers, paths rewritten for the lab"; sed "${subst[@]}" "$src/pg_sudoers"; } >"$tmp"
-    visudo -cqf "$tmp" >/dev/null || { rm -f "$tmp"; die "the rewritten pg_sudoers does not pass visudo -cf ($src/pg_sudoers)"; }
+    { echo "# $MARKER"; echo "# the article's pg_sudoers, paths rewritten for the lab"; sed "${ARTICLE_SUBST[@]}" "$(seed_dir)/pg_sudoers"; } >"$tmp"
+    visudo -cqf "$tmp" >/dev/null || { rm -f "$tmp"; die "the rewritten pg_sudoers does not pass visudo -cf ($(seed_dir)/pg_sudoers)"; }
     write_marked "$SUDOERS_SCRIPTS" 0440 root:root '#' < <(tail -n +2 "$tmp")
     rm -f "$tmp"
 }
