@@ -609,7 +609,8 @@ probe_bin() {
     local bin=$REPO_ROOT/target/release/lab-probe
     if [[ -n ${LAB_PROBE_BIN:-} ]]; then
         bin=$LAB_PROBE_BIN
-    else
+    elif [[ ! -x $bin || -n $(find "$LAB_ROOT/probe" -newer "$bin" -type f -print -quit) ]]; then
+        command -v cargo >/dev/null || die "cargo not found: cannot build lab-probe (or set LAB_PROBE_BIN)"
         cargo build --release -q --manifest-path "$REPO_ROOT/Cargo.toml" -p lab-probe >&2 || die "cargo build -p lab-probe failed"
     fi
     [[ -x $bin ]] || die "lab-probe not found at $bin"
