@@ -90,7 +90,7 @@ cmd_deps() {
         say "deps: installing ${missing[*]}"
         # Do not let the packages start services (PostgreSQL's main cluster, ...): a
         # policy-rc.d that refuses, unless the machine has one already.
-        local policy=/usr/sbin/policy-rc.d made_policy=0
+        local policy=$POLICY_RC_D made_policy=0
         if [[ ! -e $policy ]]; then
             printf '#!/bin/sh\n# %s\nexit 101\n' "$MARKER" >"$policy" && chmod 0755 "$policy" || die "cannot write $policy"
             made_policy=1
@@ -124,6 +124,26 @@ check_deps() {
     command -v cargo >/dev/null || [[ -n ${REPMGR_NAT_BIN:-} || ${1:-} == scripts ]] ||
         die "cargo not found (needed to build repmgr-nat): install Rust, or set REPMGR_NAT_BIN"
 }
+
+# ============================================================================ lock
+# One up/down at a time (two at once would tear each other's lab apart). A directory in
+# /run holds the owner's pid while up or down runs; a stale one (dead pid) is taken over.
+LOCK_DIR=/run/repmgr-nat-lab.lock
+LOCK_HELD=0
+lab_lock() {
+    local other
+    if ! mkdir "$LOCK_DIR" 2>/dev/null; then
+        other=$(cat "$LOCK_DIR/pid" 2>/dev/null || true)
+        if [[ -n $other ]] && kill -0 "$other" 2>/dev/null; then
+            die "another lab.sh up/down is running (pid $other); wait for it (lock: $LOCK_DIR)"
+        fi
+        rm -rf -- "$LOCK_DIR"
+        mkdir "$LOCK_DIR" || die "cannot take the lock $LOCK_DIR"
+    fi
+    echo $$ >"$LOCK_DIR/pid"
+    LOCK_HELD=1
+}
+lab_unlock() { ((LOCK_HELD)) && rm -rf -- "$LOCK_DIR"; LOCK_HELD=0; }
 
 # ============================================================================ down
 DOWN_LOG=/dev/null
@@ -206,16 +226,18 @@ cmd_down() {
 UP_DONE=0
 up_cleanup() {
     local rc=$?
-    ((UP_DONE)) && return 0
+    ((UP_DONE)) && { lab_unlock; return 0; }
     trap - EXIT INT TERM
     echo >&2
     if [[ -n ${LAB_KEEP_ON_FAILURE:-} ]]; then
         say "up failed (exit $rc); LAB_KEEP_ON_FAILURE is set: the lab is left as it is (lab.sh down removes it)" >&2
+        lab_unlock
         exit "$rc"
     fi
     say "up failed (exit $rc): taking the lab down; logs are saved in ${LAB_SAVE_LOGS:-$LAB_LOGS_SAVE_DEFAULT}" >&2
     PHASE_NAME=
     cmd_down || true
+    lab_unlock
     exit "$rc"
 }
 
@@ -321,6 +343,7 @@ cmd_up() {
 
     UP_DONE=1
     trap - EXIT INT TERM
+    lab_unlock
     say "up: done in $(bc_div $(($(now_ms) - UP_T0))) s (handler $mode, cron $( ((cron)) && echo on || echo off)); \`lab.sh status\` shows it, \`lab.sh down\` removes it"
 }
 
@@ -723,8 +746,19 @@ main() {
     shift || true
     case $cmd in
     deps) cmd_deps "$@" ;;
-    up) cmd_up "$@" ;;
-    down) cmd_down "$@" && say "down: clean" ;;
+    up)
+        require_root "$@"
+        lab_lock
+        trap lab_unlock EXIT   # replaced by up's own trap once the lab starts to exist
+        cmd_up "$@"
+        ;;
+    down)
+        require_root "$@"
+        lab_lock
+        trap lab_unlock EXIT
+        cmd_down "$@"
+        say "down: clean"
+        ;;
     status) cmd_status "$@" ;;
     psql) cmd_psql "$@" ;;
     stop) cmd_stop "$@" ;;

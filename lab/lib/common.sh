@@ -37,7 +37,8 @@ BARMAN_CONF=/etc/barman.d/$BARMAN_SERVER.conf
 BARMAN_SERVER_HOME=/var/lib/barman/$BARMAN_SERVER   # marker: a file named .repmgr-nat-lab inside
 SUDOERS_LAB=/etc/sudoers.d/repmgr-nat-lab
 SUDOERS_SCRIPTS=/etc/sudoers.d/repmgr-nat-lab-scripts
-MARKED_FILES=("$SUDOERS_LAB" "$SUDOERS_SCRIPTS" "$BARMAN_CONF" "$PGPASS_POSTGRES" "$PGPASS_BARMAN")
+POLICY_RC_D=/usr/sbin/policy-rc.d             # only while `deps` installs, only if absent
+MARKED_FILES=("$SUDOERS_LAB" "$SUDOERS_SCRIPTS" "$BARMAN_CONF" "$PGPASS_POSTGRES" "$PGPASS_BARMAN" "$POLICY_RC_D")
 
 # What repmgr-nat's README tells a user to install (handler mode repmgr-nat).
 RNAT_BIN=/usr/local/bin/repmgr-nat
