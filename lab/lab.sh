@@ -162,7 +162,7 @@ cmd_down() {
     # 1. what the lab started, by pid file: the cron loop and repmgrd get TERM (waited for
     #    below, with everything else in the namespaces); PostgreSQL: pg_ctl stop -m immediate
     local pidf pid
-    for pidf in "$CRON_PID" "$(node_repmgrd_pid db1)" "$(node_repmgrd_pid db2)" "$LAB_DIR"/*/heartbeat.pid; do
+    for pidf in "$CRON_PID" "$(node_repmgrd_pid db1)" "$(node_repmgrd_pid db2)"; do
         [[ -s $pidf ]] || continue
         pid=$(cat "$pidf")
         [[ $pid =~ ^[0-9]+$ ]] && kill -TERM "$pid" 2>/dev/null
@@ -181,11 +181,11 @@ cmd_down() {
         jobs+=($!)
     done
     ((${#jobs[@]})) && { wait "${jobs[@]}" || true; }
-    # 3. anything still inside the lab's namespaces (all of it was started by the lab)
+    # 2. anything still inside the lab's namespaces (all of it was started by the lab)
     ns_kill_all || problems+=("processes in the lab's namespaces (ip netns pids NS)")
-    # 4. namespaces
+    # 3. namespaces
     net_down || problems+=("namespaces")
-    # 5. files the lab installed
+    # 4. files the lab installed
     local f
     for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG"; do
         if [[ -e $f ]] && has_marker "$f"; then rm -f -- "$f" || problems+=("$f"); fi
@@ -196,7 +196,7 @@ cmd_down() {
         rm -f -- /var/lib/barman/."$BARMAN_SERVER"-*.lock || problems+=("barman lock files")
     fi
     uninstall_repmgr_nat || problems+=("repmgr-nat files")
-    # 6. keep the logs, then remove the lab directory
+    # 5. keep the logs, then remove the lab directory
     local save=${LAB_SAVE_LOGS:-$LAB_LOGS_SAVE_DEFAULT}
     if ((purge)); then
         rm -rf -- "$LAB_LOGS_SAVE_DEFAULT"
@@ -213,7 +213,7 @@ cmd_down() {
         done
     fi
     if [[ -e $LAB_DIR ]]; then rm -rf -- "$LAB_DIR" || problems+=("$LAB_DIR"); fi
-    # 7. verify
+    # 6. verify
     for n in "${LAB_NAMESPACES[@]}"; do ns_is_lab "$n" && problems+=("namespace $n still exists"); done
     for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG"; do [[ -e $f ]] && has_marker "$f" && problems+=("$f still exists"); done
     if ((${#problems[@]})); then
@@ -412,7 +412,8 @@ cmd_psql() {
             -U "${user:-postgres}" -d "${db:-postgres}" -c "$sql"
         ;;
     proxy-app)
-        ip netns exec app env -i PATH="$SYS_PATH" LANG=C.UTF-8 PGPASSWORD="$PW_APP" PGCONNECT_TIMEOUT=2 \
+        # any lab user: the passwords come from postgres' pgpass (read by root here)
+        ip netns exec app env -i PATH="$SYS_PATH" LANG=C.UTF-8 PGPASSFILE="$PGPASS_POSTGRES" PGCONNECT_TIMEOUT=2 \
             "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$PROXY_IP" -p "$APP_PORT" -U "${user:-app}" -d "${db:-app}" -c "$sql"
         ;;
     proxy-barman)
