@@ -1,21 +1,23 @@
 //! The commands: each loads what it needs, takes the lock where it changes anything,
 //! builds the adapters and hands over to the handler.
 
-use std::path::PathBuf;
+use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::barman::Barman;
 use crate::cli::{Cli, Command};
 use crate::config::{self, Config, NodeId};
 use crate::db::Postgres;
+use crate::dryrun::{PrintBackup, PrintCluster, PrintFirewall, PrintNat};
 use crate::event::{Event, Kind};
 use crate::exit::{BadInput, Inconsistent};
 use crate::firewall::{Firewall, Iptables};
 use crate::handler::{self, Effects};
-use crate::nat::{Direct, Nat, ViaSudo};
+use crate::nat::{self, Direct, Nat, ViaSudo};
+use crate::plan::NoAnswer;
 use crate::privilege;
-use crate::ruleset::{self, Live, Open, Route};
+use crate::ruleset::{Live, Route};
 use crate::state::{Lock, StateDir};
 use crate::status;
 
@@ -32,47 +34,55 @@ pub fn run(cli: Cli) -> Result<()> {
                 log::warn!("node {} {}: repmgr reports it failed (success 0); ignored", event.node, event.name);
                 return Ok(());
             }
-            let cfg = load(cli.config)?;
+            let cfg = load(cli.config.as_deref())?;
             cfg.node(event.node).map_err(bad_input)?;
             let _lock = lock(&cfg, dry_run)?;
-            with_effects(&cfg, dry_run, |fx| handler::event(&cfg, fx, &event))
+            with_effects(&cfg, cli.config.as_deref(), dry_run, |fx| handler::event(&cfg, fx, &event))
         }
         Command::Reconcile { primary } => {
-            let cfg = load(cli.config)?;
-            let named = match primary {
-                Some(text) => Some(node_id(&cfg, &text)?),
-                None => None,
-            };
+            let cfg = load(cli.config.as_deref())?;
+            let named = primary.map(|text| node_id(&cfg, &text)).transpose()?;
             let _lock = lock(&cfg, dry_run)?;
-            with_effects(&cfg, dry_run, |fx| handler::reconcile(&cfg, fx, fx.cluster.inspect_all(), named))
+            with_effects(&cfg, cli.config.as_deref(), dry_run, |fx| {
+                handler::reconcile(&cfg, fx, fx.cluster.inspect_all(), named)
+            })
         }
         Command::Status { json } => {
-            let cfg = load(cli.config)?;
-            status(&cfg, json)
+            let cfg = load(cli.config.as_deref())?;
+            status(&cfg, cli.config.as_deref(), json)
         }
         Command::Setup => {
             require_root("setup")?;
-            let cfg = load(cli.config)?;
-            setup(&cfg, dry_run)
+            let cfg = load(cli.config.as_deref())?;
+            setup(&cfg, cli.config.as_deref(), dry_run)
         }
         Command::Teardown => {
             require_root("teardown")?;
-            let cfg = load(cli.config)?;
+            let cfg = load(cli.config.as_deref())?;
             teardown(&cfg, dry_run)
         }
         Command::Route { node_id: node, ports, show } => {
-            let path = privilege::route_config(cli.config.as_deref())?;
-            let cfg = load_from(&path)?;
+            privilege::require_root_for_route()?;
+            if let Some(path) = &cli.config {
+                return Err(BadInput(format!(
+                    "route reads only {}; --config {} and REPMGR_NAT_CONFIG are refused",
+                    config::DEFAULT_PATH,
+                    path.display()
+                ))
+                .into());
+            }
+            let cfg = load(None)?;
             let fw = Iptables::new();
             let state = StateDir::new(&cfg.state.dir);
-            let direct = Direct { cfg: &cfg, fw: &fw, state: &state, dry_run };
+            let direct = Direct { cfg: &cfg, fw: &fw, state: &state };
             if show {
                 print!("{}", direct.live()?.render(&cfg));
                 return Ok(());
             }
             let (Some(node), Some(open)) = (node, ports) else { unreachable!("clap requires both without --show") };
             let route = Route { node: node_id(&cfg, &node)?, open };
-            let changed = direct.switch(route)?;
+            let changed =
+                if dry_run { PrintNat { cfg: &cfg, real: &direct }.switch(route)? } else { direct.switch(route)? };
             println!("{}", if changed { "changed" } else { "unchanged" });
             Ok(())
         }
@@ -89,13 +99,12 @@ fn node_id(cfg: &Config, text: &str) -> Result<NodeId> {
     Ok(node)
 }
 
-fn load(requested: Option<PathBuf>) -> Result<Config> {
-    load_from(&requested.unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH)))
-}
-
-fn load_from(path: &std::path::Path) -> Result<Config> {
-    privilege::check_trusted(path).map_err(bad_input)?;
-    Config::load(path).map_err(bad_input)
+/// The config at `requested`, or at the default path; as root, only a file only root
+/// can change.
+fn load(requested: Option<&Path>) -> Result<Config> {
+    let path = requested.unwrap_or(Path::new(config::DEFAULT_PATH));
+    let text = privilege::read_trusted(path).map_err(bad_input)?;
+    Config::parse(&text).map_err(|e| bad_input(e.context(format!("bad config {}", path.display()))))
 }
 
 fn require_root(command: &str) -> Result<()> {
@@ -114,30 +123,66 @@ fn lock(cfg: &Config, dry_run: bool) -> Result<Option<Lock>> {
     StateDir::new(&cfg.state.dir).lock(cfg.state.lock_timeout).map(Some)
 }
 
-/// Builds the adapters: NAT changes in this process as root, through sudo otherwise.
-fn with_effects<T>(cfg: &Config, dry_run: bool, f: impl FnOnce(&Effects) -> Result<T>) -> Result<T> {
-    let cluster = Postgres::new(cfg, dry_run);
-    let backup = Barman::new(&cfg.barman, dry_run);
+/// Builds the adapters: NAT changes in this process as root, through sudo otherwise;
+/// wrapped in the printing adapter for a dry run.
+fn with_effects<T>(
+    cfg: &Config,
+    requested: Option<&Path>,
+    dry_run: bool,
+    f: impl FnOnce(&Effects) -> Result<T>,
+) -> Result<T> {
+    let cluster = Postgres::new(cfg);
+    let backup = Barman::new(&cfg.barman);
     let fw = Iptables::new();
     let state = StateDir::new(&cfg.state.dir);
     let direct;
     let via_sudo;
     let nat: &dyn Nat = if privilege::is_root() {
-        direct = Direct { cfg, fw: &fw, state: &state, dry_run };
+        direct = Direct { cfg, fw: &fw, state: &state };
         &direct
     } else {
-        let exe = std::env::current_exe().context("cannot find this program's own path for sudo")?;
-        via_sudo = ViaSudo { cfg, exe, dry_run };
+        same_as_routes_config(cfg, requested)?;
+        via_sudo = ViaSudo { cfg };
         &via_sudo
     };
-    f(&Effects { nat, cluster: &cluster, backup: &backup })
+    if dry_run {
+        let nat = PrintNat { cfg, real: nat };
+        let cluster = PrintCluster { cfg, real: &cluster };
+        f(&Effects { nat: &nat, cluster: &cluster, backup: &PrintBackup(&cfg.barman), dry_run })
+    } else {
+        f(&Effects { nat, cluster: &cluster, backup: &backup, dry_run })
+    }
 }
 
-fn status(cfg: &Config, json: bool) -> Result<()> {
-    let report = with_effects(cfg, false, |fx| {
+/// Through sudo, `route` acts on /etc/repmgr-nat.toml whatever this run was given; a
+/// run on another config must agree with it on everything the two sides share, or the
+/// node this run checked would not be the node root routes to.
+fn same_as_routes_config(cfg: &Config, requested: Option<&Path>) -> Result<()> {
+    let Some(path) = requested.filter(|p| *p != Path::new(config::DEFAULT_PATH)) else { return Ok(()) };
+    let routes = load(None).map_err(|e| {
+        e.context(format!("--config {} needs {} to compare with", path.display(), config::DEFAULT_PATH))
+    })?;
+    let same = cfg.proxy == routes.proxy
+        && cfg.ports == routes.ports
+        && cfg.nodes == routes.nodes
+        && cfg.nat == routes.nat
+        && cfg.state.dir == routes.state.dir;
+    if !same {
+        return Err(BadInput(format!(
+            "{} and {} (the config route reads as root) differ in proxy, ports, nodes, nat or state.dir",
+            path.display(),
+            config::DEFAULT_PATH
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn status(cfg: &Config, requested: Option<&Path>, json: bool) -> Result<()> {
+    let report = with_effects(cfg, requested, false, |fx| {
         let answers = fx.cluster.inspect_all();
         let live = fx.nat.live().map_err(|e| format!("{e:#}"));
-        let recorded = StateDir::new(&cfg.state.dir).primary().map_err(|e| format!("{e:#}"));
+        let recorded = StateDir::new(&cfg.state.dir).recorded().map_err(|e| format!("{e:#}"));
         Ok(status::assess(cfg, &answers, live, recorded))
     })?;
     if json {
@@ -153,99 +198,46 @@ fn status(cfg: &Config, json: bool) -> Result<()> {
 }
 
 /// Boot: forwarding on, chains and jumps where missing (duplicates removed), then the
-/// live primary, or the recorded one when no node answers.
-fn setup(cfg: &Config, dry_run: bool) -> Result<()> {
+/// live primary; when no node answers at all, the route recorded before the reboot.
+fn setup(cfg: &Config, requested: Option<&Path>, dry_run: bool) -> Result<()> {
     let state = StateDir::new(&cfg.state.dir);
     if !dry_run {
         state.create()?;
     }
     let _lock = lock(cfg, dry_run)?;
-    let fw = Iptables::new();
-    if dry_run {
-        println!("sysctl -w net.ipv4.ip_forward=1");
-    } else if fw.enable_forwarding()? {
+    let iptables = Iptables::new();
+    let printing = PrintFirewall(&iptables);
+    let fw: &dyn Firewall = if dry_run { &printing } else { &iptables };
+    if fw.enable_forwarding()? {
         log::info!("setup: turned on IPv4 forwarding");
     }
-    let live = Live::parse(cfg, &fw.save()?);
-    ensure_chains(cfg, &fw, &live, dry_run)?;
+    nat::install(cfg, fw, &Live::parse(cfg, &fw.save()?))?;
 
-    with_effects(cfg, dry_run, |fx| {
+    with_effects(cfg, requested, dry_run, |fx| {
         let answers = fx.cluster.inspect_all();
-        if answers.iter().any(|(_, a)| a.is_ok()) {
+        let replied = |answer: &Result<_, NoAnswer>| answer.as_ref().map_or_else(|e| e.replied, |_| true);
+        if answers.iter().any(|(_, answer)| replied(answer)) {
             return handler::reconcile(cfg, fx, answers, None);
         }
-        match state.primary()? {
-            Some(node) => {
-                log::warn!("setup: no node answered; pointing the ports at the recorded primary, node {node}");
-                fx.nat.switch(Route { node, open: Open::All }).map(drop)
+        match state.recorded()? {
+            Some(route) => {
+                log::warn!("setup: no node answered; restoring the route recorded before: {route}");
+                fx.nat.switch(route).map(drop)
             }
             None => {
-                log::warn!("setup: no node answered and no primary is recorded; the ports stay closed");
+                log::warn!("setup: no node answered and no route is recorded; the ports stay closed");
                 Ok(())
             }
         }
     })
 }
 
-fn ensure_chains(cfg: &Config, fw: &dyn Firewall, live: &Live, dry_run: bool) -> Result<()> {
-    for (present, chain) in [(live.dnat_chain, &cfg.nat.dnat_chain), (live.snat_chain, &cfg.nat.snat_chain)] {
-        if present {
-            continue;
-        }
-        if dry_run {
-            println!("iptables -t nat -N {chain}");
-        } else {
-            fw.new_chain(chain)?;
-            log::info!("setup: created chain {chain}");
-        }
-    }
-    for ((builtin, chain), count) in ruleset::hooks(cfg).iter().zip(live.jumps) {
-        match count {
-            0 if dry_run => println!("iptables -t nat -A {builtin} -j {chain}"),
-            0 => {
-                fw.add_jump(builtin, chain)?;
-                log::info!("setup: added -A {builtin} -j {chain}");
-            }
-            1 => {}
-            extra => {
-                for _ in 1..extra {
-                    if dry_run {
-                        println!("iptables -t nat -D {builtin} -j {chain}");
-                    } else {
-                        fw.delete_jump(builtin, chain)?;
-                    }
-                }
-                log::info!("setup: removed {} duplicate(s) of -A {builtin} -j {chain}", extra - 1);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Removes the jumps and the chains; the recorded primary stays for the next setup.
+/// Removes the jumps and the chains; the recorded route stays for the next setup.
 fn teardown(cfg: &Config, dry_run: bool) -> Result<()> {
     let state = StateDir::new(&cfg.state.dir);
     let _lock = if state.path().is_dir() { lock(cfg, dry_run)? } else { None };
-    let fw = Iptables::new();
-    let live = Live::parse(cfg, &fw.save()?);
-    for ((builtin, chain), count) in ruleset::hooks(cfg).iter().zip(live.jumps) {
-        for _ in 0..count {
-            if dry_run {
-                println!("iptables -t nat -D {builtin} -j {chain}");
-            } else {
-                fw.delete_jump(builtin, chain)?;
-            }
-        }
-    }
-    for chain in [&cfg.nat.dnat_chain, &cfg.nat.snat_chain] {
-        if dry_run {
-            println!("iptables -t nat -F {chain}\niptables -t nat -X {chain}");
-        } else {
-            fw.delete_chain(chain)?;
-        }
-    }
-    if !dry_run {
-        log::info!("teardown: removed the jumps and the chains {} and {}", cfg.nat.dnat_chain, cfg.nat.snat_chain);
-    }
-    Ok(())
+    let iptables = Iptables::new();
+    let printing = PrintFirewall(&iptables);
+    let fw: &dyn Firewall = if dry_run { &printing } else { &iptables };
+    nat::uninstall(cfg, fw, &Live::parse(cfg, &fw.save()?))
 }

@@ -90,7 +90,9 @@ mod tests {
     #[test]
     fn route_takes_a_node_and_ports_or_show() {
         let cli = Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "barman"]).unwrap();
-        assert!(matches!(cli.command, Command::Route { node_id: Some(ref n), ports: Some(Open::Barman), show: false } if n == "2"));
+        assert!(
+            matches!(cli.command, Command::Route { node_id: Some(ref n), ports: Some(Open::Barman), show: false } if n == "2")
+        );
         assert!(Cli::try_parse_from(["repmgr-nat", "route", "--show"]).is_ok());
         assert!(Cli::try_parse_from(["repmgr-nat", "route", "2"]).is_err());
         assert!(Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "everything"]).is_err());

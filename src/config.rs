@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -102,13 +102,6 @@ pub struct State {
 }
 
 impl Config {
-    /// Reads and validates the file at `path`.
-    pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        Config::parse(&text).with_context(|| format!("bad config {}", path.display()))
-    }
-
     pub fn parse(text: &str) -> Result<Config> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             // toml's message spans several lines (it quotes the offending line);
@@ -214,13 +207,12 @@ impl Default for RawNat {
 struct RawState {
     #[serde(default = "default_state_dir")]
     dir: String,
-    #[serde(default = "default_lock_timeout")]
-    lock_timeout: i64,
+    lock_timeout: Option<i64>,
 }
 
 impl Default for RawState {
     fn default() -> Self {
-        RawState { dir: default_state_dir(), lock_timeout: default_lock_timeout() }
+        RawState { dir: default_state_dir(), lock_timeout: None }
     }
 }
 
@@ -251,9 +243,6 @@ fn default_snat_chain() -> String {
 fn default_state_dir() -> String {
     "/var/lib/repmgr-nat".into()
 }
-fn default_lock_timeout() -> i64 {
-    30
-}
 
 impl RawConfig {
     fn validate(self) -> Result<Config> {
@@ -263,9 +252,7 @@ impl RawConfig {
         let barman_port = port("ports.barman", self.ports.barman)?;
         let app = match self.ports.app {
             OneOrMany::One(p) => vec![port("ports.app", p)?],
-            OneOrMany::Many(list) => {
-                list.into_iter().map(|p| port("ports.app", p)).collect::<Result<Vec<_>>>()?
-            }
+            OneOrMany::Many(list) => list.into_iter().map(|p| port("ports.app", p)).collect::<Result<Vec<_>>>()?,
         };
         if app.is_empty() {
             bail!("ports.app: at least one application port is needed");
@@ -332,10 +319,13 @@ impl RawConfig {
         if !dir.is_absolute() {
             bail!("state.dir: {:?} is not an absolute path", self.state.dir);
         }
-        let state = State {
-            dir,
-            lock_timeout: seconds("state.lock_timeout", self.state.lock_timeout, 1, 3600)?,
+        // By default a run waits as long as a promotion can hold the lock, so that an
+        // event arriving during one is handled after it rather than failing.
+        let lock_timeout = match self.state.lock_timeout {
+            Some(secs) => seconds("state.lock_timeout", secs, 1, 3600)?,
+            None => crate::barman::worst_case(&barman) + Duration::from_secs(20),
         };
+        let state = State { dir, lock_timeout };
 
         Ok(Config {
             proxy,
@@ -350,9 +340,7 @@ impl RawConfig {
 }
 
 fn address(key: &str, value: &str) -> Result<Ipv4Addr> {
-    let addr: Ipv4Addr = value
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{key}: {value:?} is not an IPv4 address"))?;
+    let addr: Ipv4Addr = value.parse().map_err(|_| anyhow::anyhow!("{key}: {value:?} is not an IPv4 address"))?;
     if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() || addr.is_loopback() {
         bail!("{key}: {addr} cannot be used (unspecified, loopback, broadcast or multicast)");
     }
@@ -480,13 +468,16 @@ dir = "/var/lib/repmgr-nat"
         assert!(c.barman.open_app_on_failure);
         assert_eq!(c.nat.dnat_chain, "repmgr_dnat");
         assert_eq!(c.nat.snat_chain, "repmgr_snat");
-        assert_eq!(c.state.lock_timeout, Duration::from_secs(30));
+        assert_eq!(c.state.lock_timeout, Duration::from_secs(150), "archive_timeout 90 + 60");
     }
 
     #[test]
     fn the_packaged_example_sets_every_key_to_a_valid_value() {
         let packaged = Config::parse(include_str!("../packaging/repmgr-nat.toml")).unwrap();
-        assert_eq!(packaged, example());
+        assert_eq!(
+            packaged,
+            Config { state: State { lock_timeout: Duration::from_secs(150), ..packaged.state.clone() }, ..example() }
+        );
     }
 
     #[test]
@@ -526,7 +517,10 @@ dir = "/var/lib/repmgr-nat"
             (with("dir = \"/var/lib/repmgr-nat\"", "dir = \"state\""), "state.dir: \"state\" is not an absolute path"),
             (with("user = \"repmgr\"", "user = \"\""), "postgres.user: \"\" must be"),
             (with("[state]", "[nat]\ndnat_chain = \"PREROUTING\"\n[state]"), "nat.dnat_chain:"),
-            (with("[state]", "[nat]\nsnat_chain = \"repmgr_dnat\"\n[state]"), "nat: dnat_chain and snat_chain must differ"),
+            (
+                with("[state]", "[nat]\nsnat_chain = \"repmgr_dnat\"\n[state]"),
+                "nat: dnat_chain and snat_chain must differ",
+            ),
             (with("[postgres]", "[postgres]\nsslmode = \"verify-everything\""), "unknown variant `verify-everything`"),
             (with("[proxy]", "[proxy]\nadress = \"x\""), "unknown field `adress`"),
             (with("[barman]", "[barmen]"), "unknown field `barmen`"),

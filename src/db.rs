@@ -3,8 +3,9 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::net::Ipv4Addr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use postgres::error::SqlState;
@@ -12,7 +13,7 @@ use postgres::{Client, NoTls};
 
 use crate::config::{Config, NodeId, SslMode};
 use crate::pgpass;
-use crate::plan::{Answers, NodeView, Role, Slot};
+use crate::plan::{Answers, NoAnswer, NodeView, Role, Slot};
 
 pub const INSPECT_SQL: &str = "SELECT pg_is_in_recovery(), \
      EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1), \
@@ -44,20 +45,19 @@ pub trait Cluster {
 /// promotion asks and acts over one connection.
 pub struct Postgres<'a> {
     cfg: &'a Config,
-    dry_run: bool,
     clients: RefCell<BTreeMap<NodeId, Client>>,
 }
 
 impl<'a> Postgres<'a> {
-    pub fn new(cfg: &'a Config, dry_run: bool) -> Postgres<'a> {
-        Postgres { cfg, dry_run, clients: RefCell::new(BTreeMap::new()) }
+    pub fn new(cfg: &'a Config) -> Postgres<'a> {
+        Postgres { cfg, clients: RefCell::new(BTreeMap::new()) }
     }
 
     fn with_client<T>(&self, node: NodeId, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
         let mut clients = self.clients.borrow_mut();
         let client = match clients.entry(node) {
-            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::btree_map::Entry::Vacant(entry) => entry.insert(connect(self.cfg, node)?),
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => entry.insert(connect(self.cfg, node).map_err(|e| anyhow!("{e}"))?),
         };
         let result = f(client);
         if client.is_closed() {
@@ -65,69 +65,55 @@ impl<'a> Postgres<'a> {
         }
         result
     }
-
-    fn execute(&self, node: NodeId, sql: &str, shown: &str, f: impl FnOnce(&mut Client) -> Result<()>) -> Result<()> {
-        if self.dry_run {
-            println!("node {node}: {sql}  -- {shown}");
-            return Ok(());
-        }
-        self.with_client(node, f)
-    }
 }
 
 impl Cluster for Postgres<'_> {
     fn inspect(&self, node: NodeId) -> Result<NodeView> {
-        self.with_client(node, |client| inspect(client, &self.cfg.barman.slot))
+        self.with_client(node, |client| inspect(client, &self.cfg.barman.slot).map_err(|e| anyhow!("{e}")))
             .with_context(|| node_label(self.cfg, node))
     }
 
     fn inspect_all(&self) -> Answers {
-        let (cfg, slot) = (self.cfg, self.cfg.barman.slot.as_str());
-        let asked: Vec<(NodeId, Result<(NodeView, Client)>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = self
-                .cfg
-                .nodes
-                .keys()
-                .map(|&node| {
-                    let handle = scope.spawn(move || {
-                        let mut client = connect(cfg, node)?;
-                        let view = inspect(&mut client, slot)?;
-                        Ok((view, client))
-                    });
-                    (node, handle)
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|(node, h)| (node, h.join().unwrap_or_else(|_| Err(anyhow!("inspection panicked")))))
-                .collect()
+        let cfg = self.cfg;
+        let ask = |node: NodeId| -> Result<(NodeView, Client), NoAnswer> {
+            let mut client = connect(cfg, node)?;
+            Ok((inspect(&mut client, &cfg.barman.slot)?, client))
+        };
+        let asked: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = cfg.nodes.keys().map(|&node| (node, scope.spawn(move || ask(node)))).collect();
+            handles.into_iter().map(|(node, handle)| (node, handle.join())).collect()
         });
         let mut clients = self.clients.borrow_mut();
         asked
             .into_iter()
-            .map(|(node, result)| match result {
-                Ok((view, client)) => {
-                    clients.insert(node, client);
-                    (node, Ok(view))
-                }
-                Err(e) => (node, Err(format!("{:#}", e.context(node_label(self.cfg, node))))),
+            .map(|(node, joined)| {
+                let answer = match joined {
+                    Ok(Ok((view, client))) => {
+                        clients.insert(node, client);
+                        Ok(view)
+                    }
+                    Ok(Err(e)) => Err(NoAnswer { error: format!("{}: {}", node_label(cfg, node), e.error), ..e }),
+                    Err(_) => Err(NoAnswer {
+                        error: format!("{}: asking it panicked", node_label(cfg, node)),
+                        replied: false,
+                    }),
+                };
+                (node, answer)
             })
             .collect()
     }
 
     fn create_slot(&self, node: NodeId) -> Result<()> {
         let slot = &self.cfg.barman.slot;
-        self.execute(node, CREATE_SLOT_SQL, &format!("$1 = '{slot}'"), |client| {
-            match client.execute(CREATE_SLOT_SQL, &[slot]) {
-                Ok(_) => Ok(()),
-                Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => Ok(()),
-                Err(e) => Err(anyhow!("cannot create slot {slot} on node {node}: {}", pg_message(&e))),
-            }
+        self.with_client(node, |client| match client.execute(CREATE_SLOT_SQL, &[slot]) {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => Ok(()),
+            Err(e) => Err(anyhow!("cannot create slot {slot} on node {node}: {}", pg_message(&e))),
         })
     }
 
     fn terminate(&self, node: NodeId, pid: i32) -> Result<()> {
-        self.execute(node, TERMINATE_SQL, &format!("$1 = {pid}"), |client| {
+        self.with_client(node, |client| {
             client
                 .execute(TERMINATE_SQL, &[&pid])
                 .map(drop)
@@ -137,14 +123,14 @@ impl Cluster for Postgres<'_> {
 
     fn drop_slot(&self, node: NodeId) -> Result<()> {
         let slot = &self.cfg.barman.slot;
-        self.execute(node, DROP_SLOT_SQL, &format!("$1 = '{slot}'"), |client| {
+        self.with_client(node, |client| {
             // A terminated walsender takes a moment to exit and release the slot.
-            let deadline = std::time::Instant::now() + SLOT_RELEASE_WAIT;
+            let deadline = Instant::now() + SLOT_RELEASE_WAIT;
             loop {
                 match client.execute(DROP_SLOT_SQL, &[slot]) {
                     Ok(_) => return Ok(()),
                     Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => return Ok(()),
-                    Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) && std::time::Instant::now() < deadline => {
+                    Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) && Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(20));
                     }
                     Err(e) => return Err(anyhow!("cannot drop slot {slot} on node {node}: {}", pg_message(&e))),
@@ -161,8 +147,8 @@ fn node_label(cfg: &Config, node: NodeId) -> String {
     }
 }
 
-fn inspect(client: &mut Client, slot: &str) -> Result<NodeView> {
-    let row = client.query_one(INSPECT_SQL, &[&slot]).map_err(|e| anyhow!("{}", pg_message(&e)))?;
+fn inspect(client: &mut Client, slot: &str) -> Result<NodeView, NoAnswer> {
+    let row = client.query_one(INSPECT_SQL, &[&slot]).map_err(|e| no_answer(&e))?;
     let in_recovery: bool = row.get(0);
     let exists: bool = row.get(1);
     let active_pid: Option<i32> = row.get(2);
@@ -189,8 +175,14 @@ fn pg_message(e: &postgres::Error) -> String {
     text.replace('\n', " ")
 }
 
-fn connect(cfg: &Config, node: NodeId) -> Result<Client> {
-    let addr: Ipv4Addr = cfg.node(node)?;
+/// A failure to ask a node; the server replied if it sent an error of its own.
+fn no_answer(e: &postgres::Error) -> NoAnswer {
+    NoAnswer { error: pg_message(e), replied: e.as_db_error().is_some() }
+}
+
+fn connect(cfg: &Config, node: NodeId) -> Result<Client, NoAnswer> {
+    let unconfigured = |e: anyhow::Error| NoAnswer { error: format!("{e:#}"), replied: false };
+    let addr: Ipv4Addr = cfg.node(node).map_err(unconfigured)?;
     let host = addr.to_string();
     let pg = &cfg.postgres;
     let mut conf = postgres::Config::new();
@@ -208,10 +200,10 @@ fn connect(cfg: &Config, node: NodeId) -> Result<Client> {
     }
     let client = match pg.sslmode {
         SslMode::Disable => conf.ssl_mode(postgres::config::SslMode::Disable).connect(NoTls),
-        SslMode::Prefer => conf.ssl_mode(postgres::config::SslMode::Prefer).connect(tls()?),
-        SslMode::Require => conf.ssl_mode(postgres::config::SslMode::Require).connect(tls()?),
+        SslMode::Prefer => conf.ssl_mode(postgres::config::SslMode::Prefer).connect(tls().map_err(unconfigured)?),
+        SslMode::Require => conf.ssl_mode(postgres::config::SslMode::Require).connect(tls().map_err(unconfigured)?),
     };
-    client.map_err(|e| anyhow!("cannot connect: {}", pg_message(&e)))
+    client.map_err(|e| NoAnswer { error: format!("cannot connect: {}", pg_message(&e)), ..no_answer(&e) })
 }
 
 /// libpq's `prefer` and `require` encrypt without checking the server's certificate;

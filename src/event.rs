@@ -17,10 +17,11 @@ pub enum Kind {
 
 pub fn classify(event: &str) -> Kind {
     match event {
-        "primary_register" | "standby_promote" | "repmgrd_failover_promote" | "standby_switchover" => {
-            Kind::Promote
-        }
-        "standby_register" | "standby_follow" | "repmgrd_failover_follow" | "repmgrd_standby_reconnect"
+        "primary_register" | "standby_promote" | "repmgrd_failover_promote" | "standby_switchover" => Kind::Promote,
+        "standby_register"
+        | "standby_follow"
+        | "repmgrd_failover_follow"
+        | "repmgrd_standby_reconnect"
         | "node_rejoin" => Kind::Standby,
         _ => Kind::Other,
     }

@@ -1,5 +1,7 @@
 //! Running child processes: always without a shell, with every argument passed as-is,
-//! with a deadline, and with an error that says which command failed and what it printed.
+//! with a minimal environment of our own (nothing of the caller's reaches iptables or
+//! sudo), with a deadline, and with an error that says which command failed and what it
+//! printed.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -11,6 +13,10 @@ use std::time::{Duration, Instant};
 /// Directories searched for the system tools repmgr-nat runs (iptables, conntrack,
 /// sudo). `PATH` is not used: a caller's environment must not choose what root runs.
 const SYSTEM_DIRS: [&str; 4] = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+const SYSTEM_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+/// After its deadline a child gets SIGTERM (which sudo passes on to its command), then
+/// this long to exit before SIGKILL.
+const GRACE: Duration = Duration::from_secs(2);
 
 /// Finds a system tool by name in the fixed system directories.
 pub fn system_tool(name: &str) -> PathBuf {
@@ -111,11 +117,7 @@ fn last_line(text: &str) -> Option<&str> {
 /// Runs `cmd` to completion, feeding `stdin`; a non-zero exit is an error.
 pub fn run(cmd: &Cmd, stdin: Option<&str>, timeout: Duration) -> Result<Output, ExecError> {
     let output = run_status(cmd, stdin, timeout)?;
-    if output.status.success() {
-        Ok(output)
-    } else {
-        Err(ExecError::Failed { cmd: cmd.to_string(), output })
-    }
+    if output.status.success() { Ok(output) } else { Err(ExecError::Failed { cmd: cmd.to_string(), output }) }
 }
 
 /// Runs `cmd` to completion and returns its output whatever its exit code.
@@ -124,6 +126,9 @@ pub fn run_status(cmd: &Cmd, stdin: Option<&str>, timeout: Duration) -> Result<O
     log::debug!("run: {name}");
     let mut child = Command::new(&cmd.program)
         .args(&cmd.args)
+        .env_clear()
+        .env("PATH", SYSTEM_PATH)
+        .env("LC_ALL", "C")
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -143,10 +148,21 @@ pub fn run_status(cmd: &Cmd, stdin: Option<&str>, timeout: Duration) -> Result<O
 
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(1);
+    let mut terminated = false;
     let status = loop {
         match child.try_wait() {
+            Ok(Some(status)) if terminated => {
+                log::debug!("{name} ended after SIGTERM: {status}");
+                return Err(ExecError::Timeout { cmd: name, after: timeout });
+            }
             Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() >= deadline => {
+            Ok(None) if !terminated && Instant::now() >= deadline => {
+                // SAFETY: kill(2) on the pid of our own child, which has not been
+                // reaped yet (try_wait returned None), so the pid is still its.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                terminated = true;
+            }
+            Ok(None) if terminated && Instant::now() >= deadline + GRACE => {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(ExecError::Timeout { cmd: name, after: timeout });
@@ -161,11 +177,7 @@ pub fn run_status(cmd: &Cmd, stdin: Option<&str>, timeout: Duration) -> Result<O
     if let Some(feeder) = feeder {
         let _ = feeder.join();
     }
-    Ok(Output {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    })
+    Ok(Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() })
 }
 
 fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
@@ -187,6 +199,14 @@ mod tests {
     }
 
     #[test]
+    fn the_child_gets_our_environment_not_the_callers() {
+        let out = run(&Cmd::new("/usr/bin/env"), None, Duration::from_secs(5)).unwrap();
+        let mut lines: Vec<&str> = out.stdout.lines().collect();
+        lines.sort();
+        assert_eq!(lines, ["LC_ALL=C", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
+    }
+
+    #[test]
     fn arguments_reach_the_child_unchanged() {
         let tricky = "$(touch /nonexistent); `id` 'x' \"y\" *";
         let out = run(&Cmd::new("/bin/echo").arg(tricky), None, Duration::from_secs(5)).unwrap();
@@ -197,9 +217,16 @@ mod tests {
     fn feeds_stdin_and_reports_failures_with_what_the_child_said() {
         let out = run(&Cmd::new("/bin/cat"), Some("ruleset\n"), Duration::from_secs(5)).unwrap();
         assert_eq!(out.stdout, "ruleset\n");
-        let err = run(&Cmd::new("/bin/sh").args(["-c", "echo first >&2; echo 'no such chain' >&2; exit 3"]), None, Duration::from_secs(5))
-            .unwrap_err();
-        assert_eq!(err.to_string(), "/bin/sh -c 'echo first >&2; echo '\\''no such chain'\\'' >&2; exit 3' failed (exit code 3): no such chain");
+        let err = run(
+            &Cmd::new("/bin/sh").args(["-c", "echo first >&2; echo 'no such chain' >&2; exit 3"]),
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/bin/sh -c 'echo first >&2; echo '\\''no such chain'\\'' >&2; exit 3' failed (exit code 3): no such chain"
+        );
     }
 
     #[test]
@@ -216,7 +243,12 @@ mod tests {
 
     #[test]
     fn large_output_does_not_block() {
-        let out = run(&Cmd::new("/bin/sh").args(["-c", "head -c 1000000 /dev/zero | tr '\\0' x"]), None, Duration::from_secs(10)).unwrap();
+        let out = run(
+            &Cmd::new("/bin/sh").args(["-c", "head -c 1000000 /dev/zero | tr '\\0' x"]),
+            None,
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert_eq!(out.stdout.len(), 1_000_000);
     }
 }

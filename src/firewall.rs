@@ -2,6 +2,7 @@
 //! this host. Only `route`, `setup` and `teardown` (as root) use it.
 
 use std::net::Ipv4Addr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
@@ -23,7 +24,7 @@ pub trait Firewall {
     fn forget(&self, proxy: Ipv4Addr, port: Option<u16>, node: Ipv4Addr) -> Result<bool>;
     /// Creates a chain in the nat table; an existing chain is success.
     fn new_chain(&self, chain: &str) -> Result<()>;
-    /// Appends `-j chain` to a built-in nat chain.
+    /// Appends `-j chain` to a built-in nat chain unless it is there.
     fn add_jump(&self, hook: &str, chain: &str) -> Result<()>;
     /// Deletes one `-j chain` rule from a built-in nat chain.
     fn delete_jump(&self, hook: &str, chain: &str) -> Result<()>;
@@ -41,18 +42,30 @@ pub struct Iptables {
 
 impl Iptables {
     pub fn new() -> Iptables {
-        let path = exec::system_tool("iptables").to_string_lossy().into_owned();
+        static PATH: OnceLock<String> = OnceLock::new();
+        let path = PATH.get_or_init(|| exec::system_tool("iptables").to_string_lossy().into_owned());
         Iptables {
             // Built directly rather than with `iptables::new`, which would look the
             // binary up on PATH and run `iptables --version` to learn what 1.8 has.
-            ipt: iptables::IPTables {
-                cmd: Box::leak(path.into_boxed_str()),
-                has_check: true,
-                has_wait: true,
-                is_numeric: true,
-            },
+            ipt: iptables::IPTables { cmd: path.as_str(), has_check: true, has_wait: true, is_numeric: true },
         }
     }
+}
+
+/// `conntrack -D` for the connections to `proxy` (on `port`, or any port) that were
+/// forwarded to `node`.
+pub fn forget_cmd(proxy: Ipv4Addr, port: Option<u16>, node: Ipv4Addr) -> Cmd {
+    let mut cmd =
+        Cmd::new(exec::system_tool("conntrack")).args(["-D", "-p", "tcp", "--orig-dst"]).arg(proxy.to_string());
+    if let Some(port) = port {
+        cmd = cmd.arg("--orig-port-dst").arg(port.to_string());
+    }
+    cmd.arg("--reply-src").arg(node.to_string())
+}
+
+/// `iptables-restore --noflush -w 5`: replaces the declared chains in one transaction.
+pub fn restore_cmd() -> Cmd {
+    Cmd::new(exec::system_tool("iptables-restore")).args(["--noflush", "-w", XTABLES_WAIT])
 }
 
 fn crate_error(what: String) -> impl FnOnce(Box<dyn std::error::Error>) -> anyhow::Error {
@@ -66,19 +79,12 @@ impl Firewall for Iptables {
     }
 
     fn restore(&self, text: &str) -> Result<()> {
-        let cmd = Cmd::new(exec::system_tool("iptables-restore")).args(["--noflush", "-w", XTABLES_WAIT]);
-        exec::run(&cmd, Some(text), TIMEOUT)?;
+        exec::run(&restore_cmd(), Some(text), TIMEOUT)?;
         Ok(())
     }
 
     fn forget(&self, proxy: Ipv4Addr, port: Option<u16>, node: Ipv4Addr) -> Result<bool> {
-        let mut cmd = Cmd::new(exec::system_tool("conntrack"))
-            .args(["-D", "-p", "tcp", "--orig-dst"])
-            .arg(proxy.to_string());
-        if let Some(port) = port {
-            cmd = cmd.arg("--orig-port-dst").arg(port.to_string());
-        }
-        cmd = cmd.arg("--reply-src").arg(node.to_string());
+        let cmd = forget_cmd(proxy, port, node);
         let out = exec::run_status(&cmd, None, TIMEOUT)?;
         match out.code() {
             Some(0) => Ok(true),
@@ -97,10 +103,15 @@ impl Firewall for Iptables {
         }
     }
 
+    /// Checks (`iptables -C`) before adding, so a jump that appeared since the caller
+    /// looked is not added twice.
     fn add_jump(&self, hook: &str, chain: &str) -> Result<()> {
-        self.ipt
-            .append("nat", hook, &format!("-j {chain}"))
-            .map_err(crate_error(format!("cannot add -A {hook} -j {chain}")))
+        let rule = format!("-j {chain}");
+        let what = format!("cannot add -A {hook} -j {chain}");
+        if self.ipt.exists("nat", hook, &rule).map_err(crate_error(what.clone()))? {
+            return Ok(());
+        }
+        self.ipt.append("nat", hook, &rule).map_err(crate_error(what))
     }
 
     fn delete_jump(&self, hook: &str, chain: &str) -> Result<()> {

@@ -29,6 +29,8 @@ pub struct Effects<'a> {
     pub nat: &'a dyn Nat,
     pub cluster: &'a dyn Cluster,
     pub backup: &'a dyn Backup,
+    /// The adapters print the changes instead of making them (`--dry-run`).
+    pub dry_run: bool,
 }
 
 /// `repmgr-nat event`: the caller holds the lock.
@@ -49,12 +51,15 @@ pub fn event(cfg: &Config, fx: &Effects, event: &Event) -> Result<()> {
 pub fn reconcile(cfg: &Config, fx: &Effects, answers: Answers, named: Option<NodeId>) -> Result<()> {
     for (node, answer) in &answers {
         match answer {
-            Ok(view) => log::info!("node {node}: {}{}", view.role, if view.slot.is_some() { ", has the slot" } else { "" }),
+            Ok(view) => {
+                log::info!("node {node}: {}{}", view.role, if view.slot.is_some() { ", has the slot" } else { "" })
+            }
             Err(e) => log::warn!("node {node}: {e}"),
         }
     }
     let primary = plan::choose_primary(&answers, named).map_err(|why| Refused(format!("reconcile: {why}")))?;
-    let view = answers.iter().find(|(id, _)| *id == primary).and_then(|(_, a)| a.clone().ok()).expect("chosen from answers");
+    let view =
+        answers.iter().find(|(id, _)| *id == primary).and_then(|(_, a)| a.clone().ok()).expect("chosen from answers");
     let routing = fx.nat.live()?.routing(cfg);
     let label = format!("node {primary} reconcile");
     let promoted = carry_out(cfg, fx, primary, &label, plan::promote(primary, view, &routing));
@@ -125,6 +130,7 @@ pub fn execute(cfg: &Config, fx: &Effects, node: NodeId, label: &str, steps: &[S
         };
         let ms = step_started.elapsed().as_millis();
         match result {
+            Ok(()) if fx.dry_run => log::info!("{label}: would {step}"),
             Ok(()) => log::info!("{label}: {step} ({ms} ms)"),
             // barman's side: the promotion goes on (see open_app_on_failure).
             Err(e) if matches!(step, Step::CreateSlot | Step::RestartBarman) => {
@@ -134,7 +140,9 @@ pub fn execute(cfg: &Config, fx: &Effects, node: NodeId, label: &str, steps: &[S
             Err(e) => return Err(e.context(format!("{label}: {step} failed ({ms} ms)"))),
         }
     }
-    log::info!("{label}: done in {} ms", started.elapsed().as_millis());
+    if !fx.dry_run {
+        log::info!("{label}: done in {} ms", started.elapsed().as_millis());
+    }
     match unconfirmed {
         Some(e) => Err(e.context(format!("{label}: barman did not confirm the new primary"))),
         None => Ok(()),
@@ -154,7 +162,7 @@ mod tests {
     use super::*;
     use crate::config::tests::example;
     use crate::exit;
-    use crate::plan::{NodeView, Slot};
+    use crate::plan::{NoAnswer, NodeView, Slot};
     use crate::ruleset::{Live, restore_text};
 
     /// A node as the fake answers for it: role and slot, or unreachable.
@@ -164,7 +172,7 @@ mod tests {
     struct Fake {
         calls: RefCell<Vec<String>>,
         routing: RefCell<Routing>,
-        views: Vec<(NodeId, Result<NodeView, String>)>,
+        views: Answers,
         failing: Vec<&'static str>,
     }
 
@@ -175,7 +183,7 @@ mod tests {
                 .map(|(id, v)| {
                     let answer = match v {
                         Some((role, slot)) => Ok(NodeView { role: *role, slot: *slot }),
-                        None => Err("connection refused".to_string()),
+                        None => Err(NoAnswer { error: "connection refused".to_string(), replied: false }),
                     };
                     (NodeId(*id), answer)
                 })
@@ -255,7 +263,7 @@ mod tests {
     const IDLE: Option<Slot> = Some(Slot { active_pid: None });
 
     fn run_event(cfg: &Config, fake: &Fake, node: u32, name: &str) -> Result<()> {
-        let fx = Effects { nat: fake, cluster: fake, backup: fake };
+        let fx = Effects { nat: fake, cluster: fake, backup: fake, dry_run: false };
         event(cfg, &fx, &Event::parse(&node.to_string(), name, Some("1")).unwrap())
     }
 
@@ -284,7 +292,11 @@ mod tests {
         let fake = Fake::new(to(1, Open::All), &[(2, Some((Role::Primary, None)))]);
         run_event(&cfg, &fake, 2, "standby_promote").unwrap();
         let after_first = fake.calls().len();
-        let fake = Fake { calls: RefCell::new(Vec::new()), views: vec![(NodeId(2), Ok(NodeView { role: Role::Primary, slot: IDLE }))], ..fake };
+        let fake = Fake {
+            calls: RefCell::new(Vec::new()),
+            views: vec![(NodeId(2), Ok(NodeView { role: Role::Primary, slot: IDLE }))],
+            ..fake
+        };
         run_event(&cfg, &fake, 2, "repmgrd_failover_promote").unwrap();
         assert_eq!(after_first, FAILOVER.len());
         assert_eq!(fake.calls(), ["inspect 2"]);
@@ -309,7 +321,8 @@ mod tests {
     #[test]
     fn a_failed_nat_switch_stops_before_the_slot_and_barman() {
         let cfg = example();
-        let fake = Fake::new(to(1, Open::All), &[(2, Some((Role::Primary, None)))]).failing(&["route node 2 ports barman"]);
+        let fake =
+            Fake::new(to(1, Open::All), &[(2, Some((Role::Primary, None)))]).failing(&["route node 2 ports barman"]);
         let err = run_event(&cfg, &fake, 2, "standby_promote").unwrap_err();
         assert_eq!(exit::code(&err), exit::FAILED);
         assert_eq!(fake.calls(), ["inspect 2", "route node 2 ports barman"]);
@@ -376,7 +389,7 @@ mod tests {
     }
 
     fn run_reconcile(cfg: &Config, fake: &Fake, named: Option<u32>) -> Result<()> {
-        let fx = Effects { nat: fake, cluster: fake, backup: fake };
+        let fx = Effects { nat: fake, cluster: fake, backup: fake, dry_run: false };
         reconcile(cfg, &fx, fake.inspect_all(), named.map(NodeId))
     }
 

@@ -10,6 +10,7 @@ mod barman;
 mod cli;
 mod config;
 mod db;
+mod dryrun;
 mod event;
 mod exec;
 mod exit;

@@ -131,8 +131,23 @@ pub fn standby(node: NodeId, view: NodeView, routing: &Routing) -> Decision {
     }
 }
 
+/// Why a node could not be asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoAnswer {
+    pub error: String,
+    /// The server replied but could not be used (it refused the login, say): the node is
+    /// up, so this is not "no node answers".
+    pub replied: bool,
+}
+
+impl fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
 /// What each node answered: its view, or why it could not be asked.
-pub type Answers = Vec<(NodeId, Result<NodeView, String>)>;
+pub type Answers = Vec<(NodeId, Result<NodeView, NoAnswer>)>;
 
 /// Reconcile's choice of primary: the one node that says it is primary, or the node the
 /// operator named, which must say so too.
@@ -163,6 +178,7 @@ pub fn claims(answers: &Answers) -> String {
         .iter()
         .map(|(id, a)| match a {
             Ok(view) => format!("{id}: {}", view.role),
+            Err(e) if e.replied => format!("{id}: cannot be asked"),
             Err(_) => format!("{id}: unreachable"),
         })
         .collect::<Vec<_>>()
@@ -219,11 +235,27 @@ mod tests {
             // ports right but slot missing: never close the application port for it
             (primary(None), to(N2, Open::All), Decision::Act(vec![CreateSlot, RestartBarman])),
             // already right: the second promote event of a failover costs nothing
-            (primary(IDLE), to(N2, Open::All), Decision::Nothing("ports already point at node 2 and its slot exists".into())),
-            (primary(ACTIVE), to(N2, Open::All), Decision::Nothing("ports already point at node 2 and its slot exists".into())),
+            (
+                primary(IDLE),
+                to(N2, Open::All),
+                Decision::Nothing("ports already point at node 2 and its slot exists".into()),
+            ),
+            (
+                primary(ACTIVE),
+                to(N2, Open::All),
+                Decision::Nothing("ports already point at node 2 and its slot exists".into()),
+            ),
             // stale promote: the node is a standby now
-            (standby_view(None), to(N1, Open::All), Decision::Refuse("node 2 is in recovery, not a primary; nothing changed".into())),
-            (standby_view(IDLE), to(N2, Open::All), Decision::Refuse("node 2 is in recovery, not a primary; nothing changed".into())),
+            (
+                standby_view(None),
+                to(N1, Open::All),
+                Decision::Refuse("node 2 is in recovery, not a primary; nothing changed".into()),
+            ),
+            (
+                standby_view(IDLE),
+                to(N2, Open::All),
+                Decision::Refuse("node 2 is in recovery, not a primary; nothing changed".into()),
+            ),
         ];
         for (view, routing, expected) in cases {
             assert_eq!(promote(N2, view, &routing), expected, "view {view:?}, routing {routing:?}");
@@ -251,12 +283,24 @@ mod tests {
             (standby_view(ACTIVE), to(N1, Open::All), Decision::Act(vec![TerminateWalsender(4242), DropSlot])),
             (standby_view(IDLE), Routing::Nothing, Decision::Act(vec![DropSlot])),
             // the ports still point at the node that is now a standby: close them
-            (standby_view(ACTIVE), to(N2, Open::All), Decision::Act(vec![route(N2, Open::None), TerminateWalsender(4242), DropSlot])),
+            (
+                standby_view(ACTIVE),
+                to(N2, Open::All),
+                Decision::Act(vec![route(N2, Open::None), TerminateWalsender(4242), DropSlot]),
+            ),
             (standby_view(None), to(N2, Open::Barman), Decision::Act(vec![route(N2, Open::None)])),
             (standby_view(None), to(N2, Open::None), Decision::Nothing("node 2 is a standby without the slot".into())),
             // follow on the primary: the slot stays
-            (primary(ACTIVE), to(N2, Open::All), Decision::Refuse("node 2 is not in recovery; a primary keeps its slot; nothing changed".into())),
-            (primary(None), to(N1, Open::All), Decision::Refuse("node 2 is not in recovery; a primary keeps its slot; nothing changed".into())),
+            (
+                primary(ACTIVE),
+                to(N2, Open::All),
+                Decision::Refuse("node 2 is not in recovery; a primary keeps its slot; nothing changed".into()),
+            ),
+            (
+                primary(None),
+                to(N1, Open::All),
+                Decision::Refuse("node 2 is not in recovery; a primary keeps its slot; nothing changed".into()),
+            ),
         ];
         for (view, routing, expected) in cases {
             assert_eq!(standby(N2, view, &routing), expected, "view {view:?}, routing {routing:?}");
@@ -268,7 +312,7 @@ mod tests {
             .map(|(id, role)| {
                 let answer = match role {
                     Some(role) => Ok(NodeView { role: *role, slot: None }),
-                    None => Err("connection refused".to_string()),
+                    None => Err(NoAnswer { error: "connection refused".to_string(), replied: false }),
                 };
                 (NodeId(*id), answer)
             })

@@ -1,68 +1,93 @@
 //! Who is running, and what root may trust. Root acts only on a config that only root
-//! can change; `route`, the one command repmgr's OS user may run as root, reads only
-//! the config at its fixed path.
+//! can change; `route`, the one command repmgr's OS user may run as root, reads only the
+//! config at its fixed path (the caller refuses `--config` for it).
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-
-use crate::config::DEFAULT_PATH;
-use crate::exit::BadInput;
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail and has no side effects.
     unsafe { libc::geteuid() == 0 }
 }
 
-fn real_uid() -> u32 {
-    // SAFETY: getuid cannot fail and has no side effects.
-    unsafe { libc::getuid() }
-}
-
-/// True when another user's request runs with root's rights: through sudo, or with a
-/// real user id that is not root's.
-pub fn on_behalf_of_another_user() -> bool {
-    std::env::var_os("SUDO_UID").is_some() || std::env::var_os("SUDO_USER").is_some() || real_uid() != 0
-}
-
-/// The config `route` may read: the fixed path, unless root itself, by hand, names
-/// another one.
-pub fn route_config(requested: Option<&Path>) -> Result<PathBuf> {
+pub fn require_root_for_route() -> Result<()> {
     if !is_root() {
-        bail!("route changes the nat table and must run as root: sudo -n repmgr-nat route ...");
-    }
-    match requested {
-        Some(path) if on_behalf_of_another_user() => Err(BadInput(format!(
-            "route reads only {DEFAULT_PATH} when run through sudo; --config {} and REPMGR_NAT_CONFIG are refused",
-            path.display()
-        ))
-        .into()),
-        Some(path) => Ok(path.to_path_buf()),
-        None => Ok(PathBuf::from(DEFAULT_PATH)),
-    }
-}
-
-/// Refuses a config that anyone but root could have written, when running as root.
-pub fn check_trusted(path: &Path) -> Result<()> {
-    if !is_root() {
-        return Ok(());
-    }
-    let canonical = path.canonicalize().with_context(|| format!("cannot read config {}", path.display()))?;
-    let untrusted = |p: &Path| -> Result<bool> {
-        let meta = std::fs::metadata(p).with_context(|| format!("cannot stat {}", p.display()))?;
-        let sticky_dir = meta.is_dir() && meta.mode() & 0o1000 != 0;
-        Ok(meta.uid() != 0 || (meta.mode() & 0o022 != 0 && !sticky_dir))
-    };
-    for p in canonical.ancestors() {
-        if untrusted(p)? {
-            return Err(BadInput(format!(
-                "config {} is not trusted: {} must be owned by root and writable only by root",
-                path.display(),
-                p.display()
-            ))
-            .into());
-        }
+        bail!("route changes the nat table and must run as root: sudo -n /usr/local/bin/repmgr-nat route ...");
     }
     Ok(())
+}
+
+/// Reads a config file. As root, the file must be owned by root and writable only by
+/// root, and so must every directory above it (a sticky directory such as /tmp is
+/// allowed): otherwise another user could have chosen what root acts on. The file that
+/// is checked is the file that is read: it is opened once, without following a final
+/// symbolic link.
+pub fn read_trusted(path: &Path) -> Result<String> {
+    let read = |file: &mut File| -> Result<String> {
+        let mut text = String::new();
+        file.read_to_string(&mut text).with_context(|| format!("cannot read config {}", path.display()))?;
+        Ok(text)
+    };
+    if !is_root() {
+        let mut file = File::open(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        return read(&mut file);
+    }
+    let canonical = path.canonicalize().with_context(|| format!("cannot read config {}", path.display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&canonical)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        bail!("config {} is not trusted: it must be a file owned by root and writable only by root", path.display());
+    }
+    for dir in canonical.ancestors().skip(1) {
+        let meta = std::fs::metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
+        let sticky = meta.mode() & 0o1000 != 0;
+        if meta.uid() != 0 || (meta.mode() & 0o022 != 0 && !sticky) {
+            bail!(
+                "config {} is not trusted: {} must be owned by root and writable only by root",
+                path.display(),
+                dir.display()
+            );
+        }
+    }
+    read(&mut file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As root, refused; as another user (who cannot act as root with it), just read.
+    #[test]
+    fn a_config_others_can_write_is_refused_as_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("repmgr-nat-test-trust-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let file = dir.join("config.toml");
+        std::fs::write(&file, "x").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(read_trusted(&file).unwrap(), "x");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let world_writable_file = read_trusted(&file);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let world_writable_dir = read_trusted(&file);
+        std::fs::remove_dir_all(&dir).unwrap();
+        if is_root() {
+            assert!(world_writable_file.unwrap_err().to_string().contains("is not trusted"));
+            let err = world_writable_dir.unwrap_err().to_string();
+            assert!(err.contains("must be owned by root and writable only by root"), "{err}");
+        } else {
+            assert_eq!(world_writable_file.unwrap(), "x");
+            assert_eq!(world_writable_dir.unwrap(), "x");
+        }
+    }
 }

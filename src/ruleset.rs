@@ -52,6 +52,15 @@ pub fn hooks(cfg: &Config) -> [(&'static str, &str); 3] {
     ]
 }
 
+/// The proxy ports that forward for `open`: barman's first, then the application's.
+pub fn forwarded(cfg: &Config, open: Open) -> Vec<u16> {
+    match open {
+        Open::None => vec![],
+        Open::Barman => vec![cfg.ports.barman],
+        Open::All => std::iter::once(cfg.ports.barman).chain(cfg.ports.app.iter().copied()).collect(),
+    }
+}
+
 /// The rules of our two chains for `route`, in the form `iptables-save` prints them.
 /// Unknown node ids render nothing; callers validate ids against the config first.
 pub fn rules(cfg: &Config, route: Route) -> Rules {
@@ -59,21 +68,15 @@ pub fn rules(cfg: &Config, route: Route) -> Rules {
     let Some(node) = cfg.nodes.get(&route.node) else { return rules };
     let pg = cfg.ports.postgres;
     let proxy = cfg.proxy;
-    let forwarded: Vec<u16> = match route.open {
-        Open::None => vec![],
-        Open::Barman => vec![cfg.ports.barman],
-        Open::All => std::iter::once(cfg.ports.barman).chain(cfg.ports.app.iter().copied()).collect(),
-    };
-    for port in forwarded {
+    for port in forwarded(cfg, route.open) {
         rules.dnat.push(format!(
             "-A {} -d {proxy}/32 -p tcp -m tcp --dport {port} -j DNAT --to-destination {node}:{pg}",
             cfg.nat.dnat_chain
         ));
     }
-    rules.snat.push(format!(
-        "-A {} -d {node}/32 -p tcp -m tcp --dport {pg} -j SNAT --to-source {proxy}",
-        cfg.nat.snat_chain
-    ));
+    rules
+        .snat
+        .push(format!("-A {} -d {node}/32 -p tcp -m tcp --dport {pg} -j SNAT --to-source {proxy}", cfg.nat.snat_chain));
     rules
 }
 
@@ -183,6 +186,11 @@ impl Live {
         Routing::Unrecognised
     }
 
+    /// Each built-in chain, our chain it should jump to, and how many such jumps it has.
+    pub fn jumps<'c>(&self, cfg: &'c Config) -> impl Iterator<Item = (&'static str, &'c str, usize)> {
+        hooks(cfg).into_iter().zip(self.jumps).map(|((hook, chain), count)| (hook, chain, count))
+    }
+
     pub fn chains_and_jumps_in_place(&self) -> bool {
         self.dnat_chain && self.snat_chain && self.jumps.iter().all(|n| *n == 1)
     }
@@ -197,7 +205,7 @@ impl Live {
         if self.snat_chain {
             text.push_str(&format!(":{} - [0:0]\n", cfg.nat.snat_chain));
         }
-        for ((hook, chain), count) in hooks(cfg).iter().zip(self.jumps) {
+        for (hook, chain, count) in self.jumps(cfg) {
             for _ in 0..count {
                 text.push_str(&format!("-A {hook} -j {chain}\n"));
             }
@@ -215,20 +223,10 @@ impl Live {
 /// a node through a port that no longer forwards to it. `None` as the port means every
 /// proxied connection to the node. When the old rules are unknown, every other node's.
 pub fn cuts(cfg: &Config, before: &Routing, after: Route) -> Vec<(NodeId, Option<u16>)> {
-    let forwarded = |route: Route| -> Vec<u16> {
-        let mut ports = Vec::new();
-        if route.open != Open::None {
-            ports.push(cfg.ports.barman);
-        }
-        if route.open == Open::All {
-            ports.extend(&cfg.ports.app);
-        }
-        ports
-    };
     match before {
         Routing::To(old) => {
-            let had = forwarded(*old);
-            let keeps = if old.node == after.node { forwarded(after) } else { Vec::new() };
+            let had = forwarded(cfg, old.open);
+            let keeps = if old.node == after.node { forwarded(cfg, after.open) } else { Vec::new() };
             let lost: Vec<u16> = had.iter().copied().filter(|p| !keeps.contains(p)).collect();
             if lost.is_empty() {
                 Vec::new()
@@ -310,7 +308,14 @@ COMMIT
                     }
                 }
                 let forwards = text.matches("-j DNAT").count();
-                assert_eq!(forwards, match open { Open::None => 0, Open::Barman => 1, Open::All => 4 });
+                assert_eq!(
+                    forwards,
+                    match open {
+                        Open::None => 0,
+                        Open::Barman => 1,
+                        Open::All => 4,
+                    }
+                );
             }
         }
     }
@@ -359,21 +364,22 @@ COMMIT
         assert_eq!(empty.jumps, [0, 0, 0]);
         assert_eq!(empty.routing(&cfg), Routing::Nothing);
 
-        let doubled = SAVED_BY_SCRIPTS.replace(
-            "-A OUTPUT -j repmgr_dnat\n",
-            "-A OUTPUT -j repmgr_dnat\n-A OUTPUT -j repmgr_dnat\n",
-        );
+        let doubled = SAVED_BY_SCRIPTS
+            .replace("-A OUTPUT -j repmgr_dnat\n", "-A OUTPUT -j repmgr_dnat\n-A OUTPUT -j repmgr_dnat\n");
         let live = Live::parse(&cfg, &doubled);
         assert_eq!(live.jumps, [1, 2, 1]);
         assert!(!live.chains_and_jumps_in_place());
 
         // The scripts' state half-way through a switch: barman port to db2 only, app
         // port added for db1 by hand.
-        let foreign = SAVED_BY_SCRIPTS.replace("54321 -j DNAT --to-destination 10.8.1.1", "54321 -j DNAT --to-destination 10.8.2.1");
+        let foreign = SAVED_BY_SCRIPTS
+            .replace("54321 -j DNAT --to-destination 10.8.1.1", "54321 -j DNAT --to-destination 10.8.2.1");
         assert_eq!(Live::parse(&cfg, &foreign).routing(&cfg), Routing::Unrecognised);
 
         // Rules of other tables and chains are none of our business.
-        let other = format!("*filter\n-A repmgr_dnat -j ACCEPT\nCOMMIT\n{SAVED_BY_SCRIPTS}*mangle\n-A PREROUTING -j repmgr_dnat\nCOMMIT\n");
+        let other = format!(
+            "*filter\n-A repmgr_dnat -j ACCEPT\nCOMMIT\n{SAVED_BY_SCRIPTS}*mangle\n-A PREROUTING -j repmgr_dnat\nCOMMIT\n"
+        );
         assert_eq!(Live::parse(&cfg, &other), Live::parse(&cfg, SAVED_BY_SCRIPTS));
     }
 

@@ -1,10 +1,12 @@
-//! The state directory: the recorded primary (written by root when it opens the ports
-//! to a node, read at boot when no node answers) and the lock that serialises
-//! repmgr-nat runs.
+//! The state directory: the record of the route root last applied (read at boot when no
+//! node answers, and by `status`), and the locks that serialise repmgr-nat runs.
+//!
+//! Only root writes here. Root refuses a directory anyone else could write to, and never
+//! follows a symbolic link inside it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -12,8 +14,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::config::NodeId;
+use crate::ruleset::{Open, Route};
 
-const PRIMARY: &str = "primary";
+/// The route root last applied: "<node id> <none|barman|all>".
+const RECORD: &str = "route";
+/// Taken by root around each switch, beside the run lock its caller holds.
+const ROUTE_LOCK: &str = "route.lock";
 
 pub struct StateDir {
     dir: PathBuf,
@@ -34,76 +40,126 @@ impl StateDir {
         &self.dir
     }
 
-    /// Creates the directory (root only, mode 0755) if it is missing.
+    /// Creates the directory (mode 0755) if it is missing; as root, checks it is root's.
     pub fn create(&self) -> Result<()> {
         match fs::create_dir(&self.dir) {
             Ok(()) => fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755))
-                .with_context(|| format!("cannot set the mode of {}", self.dir.display())),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot create state dir {}", self.dir.display())),
+                .with_context(|| format!("cannot set the mode of {}", self.dir.display()))?,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot create state dir {}", self.dir.display())),
         }
+        self.check_trusted()
     }
 
-    /// The node recorded by the last switch that opened every port, if any.
-    pub fn primary(&self) -> Result<Option<NodeId>> {
-        let path = self.dir.join(PRIMARY);
-        match fs::read_to_string(&path) {
-            Ok(text) => NodeId::parse(text.trim())
-                .map(Some)
-                .with_context(|| format!("bad recorded primary in {}", path.display())),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    /// As root: the directory must be root's and writable by root only, or a record
+    /// planted there could steer root's NAT.
+    fn check_trusted(&self) -> Result<()> {
+        if !crate::privilege::is_root() {
+            return Ok(());
         }
+        let meta = fs::symlink_metadata(&self.dir).with_context(|| format!("cannot stat {}", self.dir.display()))?;
+        if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            bail!("state dir {} must be a directory owned by root and writable only by root", self.dir.display());
+        }
+        Ok(())
     }
 
-    /// Records `node` as the primary: written to a temporary file, flushed, and renamed
-    /// over the old record, so a crash leaves either the old or the new one.
-    pub fn record_primary(&self, node: NodeId) -> Result<()> {
-        let path = self.dir.join(PRIMARY);
-        let tmp = self.dir.join(format!(".{PRIMARY}.{}", std::process::id()));
+    /// The route root last applied, if any.
+    pub fn recorded(&self) -> Result<Option<Route>> {
+        let path = self.dir.join(RECORD);
+        let mut text = String::new();
+        match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
+            Ok(mut file) => {
+                self.check_trusted()?;
+                file.read_to_string(&mut text).with_context(|| format!("cannot read {}", path.display()))?;
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+        parse_record(&text).map(Some).with_context(|| format!("bad record in {}", path.display()))
+    }
+
+    /// Records `route`: written to a new temporary file, flushed, and renamed over the old
+    /// record, so a crash leaves either the old or the new one.
+    pub fn record(&self, route: Route) -> Result<()> {
+        self.create()?;
+        let path = self.dir.join(RECORD);
+        let tmp = self.dir.join(format!(".{RECORD}.{}", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut file = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
-            file.write_all(format!("{node}\n").as_bytes())?;
+            file.write_all(format!("{} {}\n", route.node, route.open).as_bytes())?;
             file.sync_all()?;
             fs::rename(&tmp, &path)?;
             File::open(&self.dir)?.sync_all()
         };
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
-            anyhow::anyhow!("cannot record primary in {}: {e}", path.display())
+            anyhow::anyhow!("cannot record the route in {}: {e}", path.display())
         })
     }
 
-    /// Takes the run lock: an exclusive `flock` on the state directory itself, so that
-    /// the unprivileged user can take it without being able to write there. Waits up
-    /// to `timeout` for another run to finish.
+    /// The run lock: an exclusive `flock` on the state directory itself, which repmgr's
+    /// OS user can take without being able to write there. Waits up to `timeout`.
     pub fn lock(&self, timeout: Duration) -> Result<Lock> {
-        let file = File::open(&self.dir).with_context(|| {
-            format!("cannot open state dir {} (has `repmgr-nat setup` run?)", self.dir.display())
-        })?;
-        let deadline = Instant::now() + timeout;
-        let mut waited = false;
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(Lock { _file: file }),
-                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    if !waited {
-                        log::info!("waiting for another repmgr-nat run to finish (lock on {})", self.dir.display());
-                        waited = true;
-                    }
-                    thread::sleep(Duration::from_millis(10));
+        let file = File::open(&self.dir)
+            .with_context(|| format!("cannot open state dir {} (has `repmgr-nat setup` run?)", self.dir.display()))?;
+        wait_for_lock(file, &self.dir, timeout)
+    }
+
+    /// Root's lock around one switch: `route` runs under the run lock of the event that
+    /// called it, so it cannot take that one; this keeps two switches by hand apart.
+    pub fn route_lock(&self, timeout: Duration) -> Result<Lock> {
+        self.create()?;
+        let path = self.dir.join(ROUTE_LOCK);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        wait_for_lock(file, &path, timeout)
+    }
+}
+
+fn wait_for_lock(file: File, path: &Path, timeout: Duration) -> Result<Lock> {
+    let deadline = Instant::now() + timeout;
+    let mut waited = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Lock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                if !waited {
+                    log::info!("waiting for another repmgr-nat run to finish (lock on {})", path.display());
+                    waited = true;
                 }
-                Err(fs::TryLockError::WouldBlock) => bail!(
-                    "another repmgr-nat run held the lock on {} for more than {} s",
-                    self.dir.display(),
-                    timeout.as_secs()
-                ),
-                Err(fs::TryLockError::Error(e)) => {
-                    return Err(e).with_context(|| format!("cannot lock {}", self.dir.display()));
-                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(fs::TryLockError::WouldBlock) => bail!(
+                "another repmgr-nat run held the lock on {} for more than {} s",
+                path.display(),
+                timeout.as_secs()
+            ),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
             }
         }
     }
+}
+
+fn parse_record(text: &str) -> Result<Route> {
+    let mut words = text.split_whitespace();
+    let (Some(node), Some(open), None) = (words.next(), words.next(), words.next()) else {
+        bail!("expected \"<node id> <none|barman|all>\"");
+    };
+    let open = match open {
+        "none" => Open::None,
+        "barman" => Open::Barman,
+        "all" => Open::All,
+        other => bail!("{other:?} is not none, barman or all"),
+    };
+    Ok(Route { node: NodeId::parse(node)?, open })
 }
 
 #[cfg(test)]
@@ -114,28 +170,40 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("repmgr-nat-test-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         dir
     }
 
     #[test]
-    fn records_and_reads_the_primary() {
+    fn records_and_reads_the_route() {
         let dir = temp_dir("record");
         let state = StateDir::new(&dir);
-        assert_eq!(state.primary().unwrap(), None);
-        state.record_primary(NodeId(2)).unwrap();
-        assert_eq!(state.primary().unwrap(), Some(NodeId(2)));
-        state.record_primary(NodeId(1)).unwrap();
-        assert_eq!(fs::read_to_string(dir.join("primary")).unwrap(), "1\n");
+        assert_eq!(state.recorded().unwrap(), None);
+        state.record(Route { node: NodeId(2), open: Open::Barman }).unwrap();
+        assert_eq!(state.recorded().unwrap(), Some(Route { node: NodeId(2), open: Open::Barman }));
+        state.record(Route { node: NodeId(1), open: Open::All }).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("route")).unwrap(), "1 all\n");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "temporary file left behind");
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn a_damaged_record_is_an_error_not_a_node() {
+    fn a_damaged_record_is_an_error_not_a_route() {
         let dir = temp_dir("damaged");
-        fs::write(dir.join("primary"), "1; rm -rf /\n").unwrap();
-        let err = format!("{:#}", StateDir::new(&dir).primary().unwrap_err());
-        assert!(err.starts_with("bad recorded primary in "), "{err}");
+        for bad in ["1; rm -rf /\n", "1\n", "1 all extra\n", "x all\n", "2 everything\n"] {
+            fs::write(dir.join("route"), bad).unwrap();
+            let err = format!("{:#}", StateDir::new(&dir).recorded().unwrap_err());
+            assert!(err.starts_with("bad record in "), "{bad:?}: {err}");
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_symlinked_record_is_not_followed() {
+        let dir = temp_dir("symlink");
+        fs::write(dir.join("elsewhere"), "1 all\n").unwrap();
+        std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join("route")).unwrap();
+        assert!(StateDir::new(&dir).recorded().is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -146,6 +214,8 @@ mod tests {
         let held = state.lock(Duration::from_secs(1)).unwrap();
         let err = state.lock(Duration::from_millis(50)).err().expect("second lock must fail while held");
         assert!(err.to_string().starts_with("another repmgr-nat run held the lock"), "{err}");
+        // root's switch lock is a different lock: `route` runs under its caller's lock
+        let _route = state.route_lock(Duration::from_millis(50)).unwrap();
         drop(held);
         let _again = state.lock(Duration::from_millis(50)).unwrap();
         fs::remove_dir_all(&dir).unwrap();

@@ -13,8 +13,8 @@ use crate::ruleset::{Live, Open, Route, Routing};
 pub struct Report {
     pub nodes: Vec<NodeReport>,
     pub rules: RulesReport,
-    /// The node recorded by the last switch that opened every port.
-    pub recorded_primary: Option<u32>,
+    /// The route root recorded at its last switch.
+    pub recorded: Option<Route>,
     pub recorded_error: Option<String>,
     /// The one node that says it is primary, if exactly one does.
     pub primary: Option<u32>,
@@ -52,7 +52,7 @@ pub fn assess(
     cfg: &Config,
     answers: &Answers,
     live: Result<Live, String>,
-    recorded: Result<Option<NodeId>, String>,
+    recorded: Result<Option<Route>, String>,
 ) -> Report {
     let mut problems = Vec::new();
 
@@ -77,7 +77,7 @@ pub fn assess(
                     role: None,
                     slot: false,
                     slot_active_pid: None,
-                    error: Some(e.clone()),
+                    error: Some(e.error.clone()),
                 },
             }
         })
@@ -97,11 +97,24 @@ pub fn assess(
     };
     for node in &nodes {
         match node.role {
-            Some(Role::Primary) if !node.slot => problems.push(format!("primary node {} has no slot {}", node.id, cfg.barman.slot)),
-            Some(Role::Standby) if node.slot => problems.push(format!("standby node {} still has slot {}", node.id, cfg.barman.slot)),
+            Some(Role::Primary) if !node.slot => {
+                problems.push(format!("primary node {} has no slot {}", node.id, cfg.barman.slot))
+            }
+            Some(Role::Standby) if node.slot => {
+                problems.push(format!("standby node {} still has slot {}", node.id, cfg.barman.slot))
+            }
             _ => {}
         }
     }
+
+    let (recorded, recorded_error) = match recorded {
+        Ok(r) => (r, None),
+        Err(e) => {
+            problems.push(format!("cannot read the recorded route: {e}"));
+            (None, Some(e))
+        }
+    };
+    let recorded_text = recorded.map_or("nothing".to_string(), |r| r.to_string());
 
     let rules = match live {
         Ok(live) => {
@@ -119,6 +132,10 @@ pub fn assess(
                 if routing != wanted {
                     problems.push(format!("the rules hold {routing}; the primary is node {p}"));
                 }
+            }
+            let as_recorded = recorded.map_or(Routing::Nothing, Routing::To);
+            if recorded_error.is_none() && routing != as_recorded {
+                problems.push(format!("the rules hold {routing}; the record says {recorded_text}"));
             }
             RulesReport {
                 readable: true,
@@ -145,22 +162,14 @@ pub fn assess(
         }
     };
 
-    let (recorded_primary, recorded_error) = match recorded {
-        Ok(r) => (r.map(|n| n.0), None),
-        Err(e) => {
-            problems.push(format!("cannot read the recorded primary: {e}"));
-            (None, Some(e))
-        }
-    };
     if let Some(p) = primary
         && recorded_error.is_none()
-        && recorded_primary != Some(p)
+        && recorded != Some(Route { node: NodeId(p), open: Open::All })
     {
-        let recorded = recorded_primary.map_or("nothing".to_string(), |r| format!("node {r}"));
-        problems.push(format!("the record says {recorded}; the primary is node {p}"));
+        problems.push(format!("the record says {recorded_text}; the primary is node {p}"));
     }
 
-    Report { nodes, rules, recorded_primary, recorded_error, primary, consistent: problems.is_empty(), problems }
+    Report { nodes, rules, recorded, recorded_error, primary, consistent: problems.is_empty(), problems }
 }
 
 impl Report {
@@ -175,17 +184,29 @@ impl Report {
                 (false, _) if n.reachable => "absent".to_string(),
                 (false, _) => "-".to_string(),
             };
-            let _ = writeln!(out, "{:<6} {:<16} {:<9} {:<8} {slot}", n.id, n.address, if n.reachable { "yes" } else { "no" }, role);
+            let _ = writeln!(
+                out,
+                "{:<6} {:<16} {:<9} {:<8} {slot}",
+                n.id,
+                n.address,
+                if n.reachable { "yes" } else { "no" },
+                role
+            );
             if let Some(e) = &n.error {
                 let _ = writeln!(out, "       {e}");
             }
         }
-        let _ = writeln!(out, "rules: {}{}", self.rules.summary, if self.rules.chains_and_jumps { "" } else { " (chains or jumps not in place)" });
+        let _ = writeln!(
+            out,
+            "rules: {}{}",
+            self.rules.summary,
+            if self.rules.chains_and_jumps { "" } else { " (chains or jumps not in place)" }
+        );
         for line in &self.rules.lines {
             let _ = writeln!(out, "  {line}");
         }
-        let recorded = self.recorded_primary.map_or("none".to_string(), |r| format!("node {r}"));
-        let _ = writeln!(out, "recorded primary: {recorded}");
+        let recorded = self.recorded.map_or("nothing".to_string(), |r| r.to_string());
+        let _ = writeln!(out, "recorded route: {recorded}");
         if self.consistent {
             let _ = writeln!(out, "consistent: yes");
         } else {
@@ -202,24 +223,32 @@ impl Report {
 mod tests {
     use super::*;
     use crate::config::tests::example;
-    use crate::plan::{NodeView, Slot};
+    use crate::plan::{NoAnswer, NodeView, Slot};
     use crate::ruleset::restore_text;
 
-    fn view(role: Role, slot: bool) -> Result<NodeView, String> {
+    fn view(role: Role, slot: bool) -> Result<NodeView, NoAnswer> {
         Ok(NodeView { role, slot: slot.then_some(Slot { active_pid: None }) })
+    }
+
+    fn down(error: &str) -> Result<NodeView, NoAnswer> {
+        Err(NoAnswer { error: error.to_string(), replied: false })
     }
 
     fn live_to(cfg: &Config, node: u32, open: Open) -> Result<Live, String> {
         let mut text = restore_text(cfg, Route { node: NodeId(node), open });
-        text = text.replace("COMMIT\n", "-A PREROUTING -j repmgr_dnat\n-A OUTPUT -j repmgr_dnat\n-A POSTROUTING -j repmgr_snat\nCOMMIT\n");
+        text = text.replace(
+            "COMMIT\n",
+            "-A PREROUTING -j repmgr_dnat\n-A OUTPUT -j repmgr_dnat\n-A POSTROUTING -j repmgr_snat\nCOMMIT\n",
+        );
         Ok(Live::parse(cfg, &text))
     }
 
     #[test]
     fn consistent_after_a_failover_with_the_old_primary_down() {
         let cfg = example();
-        let answers = vec![(NodeId(1), Err("connection refused".into())), (NodeId(2), view(Role::Primary, true))];
-        let report = assess(&cfg, &answers, live_to(&cfg, 2, Open::All), Ok(Some(NodeId(2))));
+        let answers = vec![(NodeId(1), down("connection refused")), (NodeId(2), view(Role::Primary, true))];
+        let report =
+            assess(&cfg, &answers, live_to(&cfg, 2, Open::All), Ok(Some(Route { node: NodeId(2), open: Open::All })));
         assert!(report.consistent, "{:?}", report.problems);
         assert_eq!(report.primary, Some(2));
         let text = report.to_text();
@@ -231,7 +260,8 @@ mod tests {
     fn names_every_disagreement() {
         let cfg = example();
         let answers = vec![(NodeId(1), view(Role::Standby, true)), (NodeId(2), view(Role::Primary, false))];
-        let report = assess(&cfg, &answers, live_to(&cfg, 1, Open::All), Ok(Some(NodeId(1))));
+        let report =
+            assess(&cfg, &answers, live_to(&cfg, 1, Open::All), Ok(Some(Route { node: NodeId(1), open: Open::All })));
         assert!(!report.consistent);
         assert_eq!(
             report.problems,
@@ -239,7 +269,7 @@ mod tests {
                 "standby node 1 still has slot barman",
                 "primary node 2 has no slot barman",
                 "the rules hold node 1 ports all; the primary is node 2",
-                "the record says node 1; the primary is node 2",
+                "the record says node 1 ports all; the primary is node 2",
             ]
         );
     }
@@ -250,8 +280,23 @@ mod tests {
         let answers = vec![(NodeId(1), view(Role::Primary, true)), (NodeId(2), view(Role::Primary, true))];
         let report = assess(&cfg, &answers, Err("sudo: a password is required".into()), Ok(None));
         assert!(!report.consistent);
-        assert_eq!(report.problems, ["several nodes are primary: [1, 2]", "cannot read the rules: sudo: a password is required"]);
-        let none = vec![(NodeId(1), Err("timeout".into())), (NodeId(2), view(Role::Standby, false))];
+        assert_eq!(
+            report.problems,
+            ["several nodes are primary: [1, 2]", "cannot read the rules: sudo: a password is required"]
+        );
+        // with no node reachable, the rules are still checked against the record
+        let unreachable = vec![(NodeId(1), down("timeout")), (NodeId(2), down("timeout"))];
+        let report = assess(
+            &cfg,
+            &unreachable,
+            live_to(&cfg, 2, Open::Barman),
+            Ok(Some(Route { node: NodeId(1), open: Open::All })),
+        );
+        assert_eq!(
+            report.problems,
+            ["no reachable node is a primary", "the rules hold node 2 ports barman; the record says node 1 ports all"]
+        );
+        let none = vec![(NodeId(1), down("timeout")), (NodeId(2), view(Role::Standby, false))];
         let report = assess(&cfg, &none, Ok(Live::default()), Ok(None));
         assert!(report.problems.contains(&"no reachable node is a primary".to_string()));
         assert!(report.problems.iter().any(|p| p.starts_with("chains or jumps not in place")));
@@ -261,7 +306,8 @@ mod tests {
     fn json_names_the_fields_monitoring_reads() {
         let cfg = example();
         let answers = vec![(NodeId(1), view(Role::Primary, true)), (NodeId(2), view(Role::Standby, false))];
-        let report = assess(&cfg, &answers, live_to(&cfg, 1, Open::All), Ok(Some(NodeId(1))));
+        let report =
+            assess(&cfg, &answers, live_to(&cfg, 1, Open::All), Ok(Some(Route { node: NodeId(1), open: Open::All })));
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         assert_eq!(json["consistent"], true);
         assert_eq!(json["primary"], 1);
