@@ -426,7 +426,11 @@ fn summary(o: &Opts) -> Result<(), String> {
             servers.push(r.server.clone());
         }
     }
-    let mut kv = format!("summary probes={total} ok={oks} err={} servers={}", total - oks, if servers.is_empty() { "-".into() } else { servers.join(",") });
+    let mut kv = format!(
+        "summary probes={total} ok={oks} err={} servers={}",
+        total - oks,
+        if servers.is_empty() { "-".into() } else { servers.join(",") }
+    );
     match longest {
         Some((i, len)) => {
             let r = &runs[i];
