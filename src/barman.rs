@@ -1,10 +1,9 @@
 //! The barman adapter: barman runs as its own OS user through `sudo -n -u`, with the
 //! server name validated by the config so it can never be taken for an option.
 
-use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::config;
 use crate::exec::{self, Cmd, ExecError};
@@ -12,12 +11,12 @@ use crate::exec::{self, Cmd, ExecError};
 pub trait Backup {
     /// Stops receive-wal; not running is success.
     fn stop_receive_wal(&self) -> Result<()>;
-    /// Starts receive-wal now rather than at the next cron run (`barman cron` starts
-    /// it in the background, exactly as the cron job would).
+    /// Starts receive-wal in the background now, rather than at the next cron run.
     fn start_receive_wal(&self) -> Result<()>;
     /// Forces a WAL switch on the primary and waits until barman has archived that
-    /// WAL file: proof that barman streams from the new primary.
-    fn switch_wal(&self) -> Result<()>;
+    /// WAL file: proof that barman streams from the new primary. `while_waiting` is
+    /// called every few milliseconds until then.
+    fn switch_wal(&self, while_waiting: &mut dyn FnMut()) -> Result<()>;
 }
 
 /// `sudo -n -u barman /usr/bin/barman ARGS...`: the form sudoers.d/repmgr-nat allows.
@@ -29,8 +28,9 @@ pub fn stop_cmd(cfg: &config::Barman) -> Cmd {
     command(cfg, ["receive-wal", "--stop", &cfg.server])
 }
 
-pub fn cron_cmd(cfg: &config::Barman) -> Cmd {
-    command(cfg, ["cron"])
+/// Runs in the foreground until stopped; started detached.
+pub fn start_cmd(cfg: &config::Barman) -> Cmd {
+    command(cfg, ["receive-wal", &cfg.server])
 }
 
 pub fn switch_cmd(cfg: &config::Barman) -> Cmd {
@@ -38,14 +38,12 @@ pub fn switch_cmd(cfg: &config::Barman) -> Cmd {
     command(cfg, ["switch-wal", "--force", "--archive", &timeout, &cfg.server])
 }
 
-/// The longest the three commands may take together; the run lock must outlast it.
+/// The longest the barman commands may take together; the run lock must outlast it.
 pub fn worst_case(cfg: &config::Barman) -> Duration {
-    STOP_TIMEOUT + CRON_TIMEOUT + switch_timeout(cfg)
+    STOP_TIMEOUT + switch_timeout(cfg)
 }
 
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-/// Includes the retries while another `barman cron` holds barman's cron lock.
-const CRON_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn switch_timeout(cfg: &config::Barman) -> Duration {
     Duration::from_secs(u64::from(cfg.archive_timeout) + 10)
@@ -60,12 +58,12 @@ impl<'a> Barman<'a> {
         Barman { cfg }
     }
 
-    fn run(&self, cmd: &Cmd, timeout: Duration) -> Result<exec::Output> {
+    fn run(&self, cmd: &Cmd, timeout: Duration, while_waiting: &mut dyn FnMut()) -> Result<exec::Output> {
         let started = Instant::now();
-        let out = exec::run_status(cmd, None, timeout)?;
+        let out = exec::run_watching(cmd, None, timeout, while_waiting)?;
         log::info!(
             "barman: {} exited {} ({} ms)",
-            cmd.args[3..].join(" "),
+            cmd.args[4..].join(" "),
             out.code().map_or("on a signal".to_string(), |c| c.to_string()),
             started.elapsed().as_millis()
         );
@@ -85,36 +83,24 @@ fn failed(cmd: &Cmd, output: exec::Output) -> anyhow::Error {
 impl Backup for Barman<'_> {
     fn stop_receive_wal(&self) -> Result<()> {
         let cmd = stop_cmd(self.cfg);
-        let out = self.run(&cmd, STOP_TIMEOUT)?;
+        let out = self.run(&cmd, STOP_TIMEOUT, &mut || {})?;
         let not_running = format!("no such process for server {}", self.cfg.server);
         if out.status.success() || said(&out, &not_running) { Ok(()) } else { Err(failed(&cmd, out)) }
     }
 
-    /// barman's own cron job may hold the server's cron lock for a moment; then our run
-    /// only says "Another cron process is already running" and starts nothing, so it is
-    /// tried again.
+    /// barman's receive-wal takes a lock of its own: if barman's cron started one in the
+    /// meantime, this one exits at once and the running one streams. `switch_wal` is what
+    /// confirms that one does.
     fn start_receive_wal(&self) -> Result<()> {
-        let cmd = cron_cmd(self.cfg);
-        let deadline = Instant::now() + CRON_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let out = self.run(&cmd, left.max(Duration::from_secs(1)))?;
-            if !out.status.success() {
-                return Err(failed(&cmd, out));
-            }
-            if !said(&out, "Another cron process is already running") {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("{cmd}: another barman cron held the cron lock for {} s", CRON_TIMEOUT.as_secs());
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
+        let cmd = start_cmd(self.cfg);
+        let pid = exec::spawn_detached(&cmd)?;
+        log::info!("barman: started receive-wal {} in the background (pid {pid})", self.cfg.server);
+        Ok(())
     }
 
-    fn switch_wal(&self) -> Result<()> {
+    fn switch_wal(&self, while_waiting: &mut dyn FnMut()) -> Result<()> {
         let cmd = switch_cmd(self.cfg);
-        let out = self.run(&cmd, switch_timeout(self.cfg))?;
+        let out = self.run(&cmd, switch_timeout(self.cfg), while_waiting)?;
         if out.status.success() { Ok(()) } else { Err(failed(&cmd, out)) }
     }
 }
@@ -146,6 +132,9 @@ mod tests {
                 "main_backup"
             ]
         );
-        assert_eq!(cron_cmd(&cfg.barman).args, ["-n", "-u", "barman", "/usr/bin/barman", "cron"]);
+        assert_eq!(
+            start_cmd(&cfg.barman).args,
+            ["-n", "-u", "barman", "/usr/bin/barman", "receive-wal", "main_backup"]
+        );
     }
 }

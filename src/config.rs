@@ -323,7 +323,7 @@ impl RawConfig {
         // event arriving during one is handled after it rather than failing.
         let lock_timeout = match self.state.lock_timeout {
             Some(secs) => seconds("state.lock_timeout", secs, 1, 3600)?,
-            None => crate::barman::worst_case(&barman) + Duration::from_secs(20),
+            None => crate::barman::worst_case(&barman) + Duration::from_secs(35),
         };
         let state = State { dir, lock_timeout };
 

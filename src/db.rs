@@ -21,6 +21,10 @@ pub const INSPECT_SQL: &str = "SELECT pg_is_in_recovery(), \
 pub const CREATE_SLOT_SQL: &str = "SELECT pg_create_physical_replication_slot($1, true)";
 pub const TERMINATE_SQL: &str = "SELECT pg_terminate_backend($1)";
 pub const DROP_SLOT_SQL: &str = "SELECT pg_drop_replication_slot($1)";
+/// One small WAL record, committed and flushed at once without waiting for a
+/// synchronous standby (barman's receive-wal may be that standby, and is restarting).
+pub const EMIT_WAL_SQL: &str = "BEGIN; SET LOCAL synchronous_commit TO local; \
+     SELECT pg_logical_emit_message(true, 'repmgr-nat', 'barman switch-wal'); COMMIT";
 
 /// How long `drop_slot` waits for a terminated walsender to let go of the slot.
 const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(3);
@@ -39,6 +43,8 @@ pub trait Cluster {
     fn terminate(&self, node: NodeId, pid: i32) -> Result<()>;
     /// Drops barman's slot; a missing slot is success.
     fn drop_slot(&self, node: NodeId) -> Result<()>;
+    /// Writes one small WAL record on the node.
+    fn emit_wal(&self, node: NodeId) -> Result<()>;
 }
 
 /// Connections to the nodes, opened on first use and kept for the run, so that a
@@ -136,6 +142,14 @@ impl Cluster for Postgres<'_> {
                     Err(e) => return Err(anyhow!("cannot drop slot {slot} on node {node}: {}", pg_message(&e))),
                 }
             }
+        })
+    }
+
+    fn emit_wal(&self, node: NodeId) -> Result<()> {
+        self.with_client(node, |client| {
+            client
+                .batch_execute(EMIT_WAL_SQL)
+                .map_err(|e| anyhow!("cannot write WAL on node {node}: {}", pg_message(&e)))
         })
     }
 }

@@ -109,6 +109,15 @@ impl Cluster for PrintCluster<'_> {
     fn drop_slot(&self, node: NodeId) -> Result<()> {
         self.sql(node, db::DROP_SLOT_SQL, &format!("'{}'", self.cfg.barman.slot))
     }
+    fn emit_wal(&self, node: NodeId) -> Result<()> {
+        let every = crate::handler::NUDGE_EVERY.as_millis();
+        println!(
+            "node {node} ({}): {};  -- every {every} ms while barman waits",
+            self.cfg.node(node)?,
+            db::EMIT_WAL_SQL
+        );
+        Ok(())
+    }
 }
 
 pub struct PrintBackup<'a>(pub &'a config::Barman);
@@ -119,11 +128,12 @@ impl Backup for PrintBackup<'_> {
         Ok(())
     }
     fn start_receive_wal(&self) -> Result<()> {
-        println!("{}", barman::cron_cmd(self.0));
+        println!("{} &", barman::start_cmd(self.0));
         Ok(())
     }
-    fn switch_wal(&self) -> Result<()> {
+    fn switch_wal(&self, while_waiting: &mut dyn FnMut()) -> Result<()> {
         println!("{}", barman::switch_cmd(self.0));
+        while_waiting();
         Ok(())
     }
 }

@@ -122,6 +122,16 @@ pub fn run(cmd: &Cmd, stdin: Option<&str>, timeout: Duration) -> Result<Output, 
 
 /// Runs `cmd` to completion and returns its output whatever its exit code.
 pub fn run_status(cmd: &Cmd, stdin: Option<&str>, timeout: Duration) -> Result<Output, ExecError> {
+    run_watching(cmd, stdin, timeout, &mut || {})
+}
+
+/// Like `run_status`, calling `tick` every few milliseconds while the child runs.
+pub fn run_watching(
+    cmd: &Cmd,
+    stdin: Option<&str>,
+    timeout: Duration,
+    tick: &mut dyn FnMut(),
+) -> Result<Output, ExecError> {
     let name = cmd.to_string();
     log::debug!("run: {name}");
     let mut child = Command::new(&cmd.program)
@@ -168,6 +178,7 @@ pub fn run_status(cmd: &Cmd, stdin: Option<&str>, timeout: Duration) -> Result<O
                 return Err(ExecError::Timeout { cmd: name, after: timeout });
             }
             Ok(None) => {
+                tick();
                 thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(20));
             }
@@ -178,6 +189,26 @@ pub fn run_status(cmd: &Cmd, stdin: Option<&str>, timeout: Duration) -> Result<O
         let _ = feeder.join();
     }
     Ok(Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() })
+}
+
+/// Starts `cmd` in a process group of its own, with no input and its output discarded,
+/// and does not wait for it: it outlives this program (and holds nothing of repmgr's or
+/// ssh's open, so neither waits for it).
+pub fn spawn_detached(cmd: &Cmd) -> Result<u32, ExecError> {
+    use std::os::unix::process::CommandExt;
+    log::debug!("start: {cmd}");
+    let child = Command::new(&cmd.program)
+        .args(&cmd.args)
+        .env_clear()
+        .env("PATH", SYSTEM_PATH)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|error| ExecError::Spawn { cmd: cmd.to_string(), error })?;
+    Ok(child.id())
 }
 
 fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {

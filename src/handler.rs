@@ -11,7 +11,7 @@
 //! | terminate / drop slot   | stop; exit 1                                                   |
 //! | cut old connections     | logged as an error; the switch stands                          |
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
 
@@ -28,7 +28,7 @@ use crate::ruleset::{Open, Route, Routing};
 pub struct Effects<'a> {
     pub nat: &'a dyn Nat,
     pub cluster: &'a dyn Cluster,
-    pub backup: &'a dyn Backup,
+    pub backup: &'a (dyn Backup + Sync),
     /// The adapters print the changes instead of making them (`--dry-run`).
     pub dry_run: bool,
 }
@@ -101,6 +101,25 @@ fn carry_out(cfg: &Config, fx: &Effects, node: NodeId, label: &str, decision: De
 
 /// Runs the steps in order with the failure policy in this module's table.
 pub fn execute(cfg: &Config, fx: &Effects, node: NodeId, label: &str, steps: &[Step]) -> Result<()> {
+    std::thread::scope(|scope| {
+        // Stopping barman's receive-wal needs nothing from the steps before it: it runs
+        // beside them, and the restart waits for it.
+        let stopping =
+            (steps.contains(&Step::RestartBarman) && !fx.dry_run).then(|| scope.spawn(|| fx.backup.stop_receive_wal()));
+        execute_steps(cfg, fx, node, label, steps, stopping)
+    })
+}
+
+type Stopping<'scope> = std::thread::ScopedJoinHandle<'scope, Result<()>>;
+
+fn execute_steps(
+    cfg: &Config,
+    fx: &Effects,
+    node: NodeId,
+    label: &str,
+    steps: &[Step],
+    mut stopping: Option<Stopping>,
+) -> Result<()> {
     let started = Instant::now();
     // Set when barman could not be brought to confirm the new primary.
     let mut unconfirmed: Option<anyhow::Error> = None;
@@ -124,7 +143,13 @@ pub fn execute(cfg: &Config, fx: &Effects, node: NodeId, label: &str, steps: &[S
                 log::warn!("{label}: barman not restarted: there is no slot to stream from");
                 continue;
             }
-            Step::RestartBarman => restart_barman(fx.backup),
+            Step::RestartBarman => {
+                let stopped = match stopping.take() {
+                    Some(handle) => handle.join().unwrap_or_else(|_| Err(anyhow!("stopping receive-wal panicked"))),
+                    None => fx.backup.stop_receive_wal(),
+                };
+                stopped.and_then(|()| restart_barman(fx, node))
+            }
             Step::TerminateWalsender(pid) => fx.cluster.terminate(node, pid),
             Step::DropSlot => fx.cluster.drop_slot(node),
         };
@@ -149,15 +174,28 @@ pub fn execute(cfg: &Config, fx: &Effects, node: NodeId, label: &str, steps: &[S
     }
 }
 
-fn restart_barman(backup: &dyn Backup) -> Result<()> {
-    backup.stop_receive_wal()?;
-    backup.start_receive_wal()?;
-    backup.switch_wal()
+/// How often the new primary writes a WAL record while barman waits for its switched
+/// WAL file: barman archives a streamed file only once the next one has begun, and a
+/// primary with the application port still closed may write nothing for seconds.
+pub const NUDGE_EVERY: Duration = Duration::from_millis(50);
+
+/// receive-wal is stopped by then: start it, and have barman confirm a WAL switch.
+fn restart_barman(fx: &Effects, node: NodeId) -> Result<()> {
+    fx.backup.start_receive_wal()?;
+    let mut last = Instant::now() - NUDGE_EVERY;
+    fx.backup.switch_wal(&mut || {
+        if last.elapsed() >= NUDGE_EVERY {
+            if let Err(e) = fx.cluster.emit_wal(node) {
+                log::debug!("{e:#}");
+            }
+            last = Instant::now();
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
+    use std::sync::Mutex;
 
     use super::*;
     use crate::config::tests::example;
@@ -170,8 +208,8 @@ mod tests {
 
     /// Records every call; fails the calls named in `failing`.
     struct Fake {
-        calls: RefCell<Vec<String>>,
-        routing: RefCell<Routing>,
+        calls: Mutex<Vec<String>>,
+        routing: Mutex<Routing>,
         views: Answers,
         failing: Vec<&'static str>,
     }
@@ -188,7 +226,7 @@ mod tests {
                     (NodeId(*id), answer)
                 })
                 .collect();
-            Fake { calls: RefCell::new(Vec::new()), routing: RefCell::new(routing), views, failing: Vec::new() }
+            Fake { calls: Mutex::new(Vec::new()), routing: Mutex::new(routing), views, failing: Vec::new() }
         }
 
         fn failing(mut self, calls: &[&'static str]) -> Fake {
@@ -198,19 +236,32 @@ mod tests {
 
         fn call(&self, name: String) -> Result<()> {
             let fails = self.failing.iter().any(|f| *f == name);
-            self.calls.borrow_mut().push(name.clone());
+            self.calls.lock().unwrap().push(name.clone());
             if fails { Err(anyhow!("{name}: injected failure")) } else { Ok(()) }
         }
 
+        /// The calls in order, but for "barman stop", which runs beside the first steps:
+        /// it is checked to come before "barman start" and left out.
         fn calls(&self) -> Vec<String> {
-            self.calls.borrow().clone()
+            let calls = self.calls.lock().unwrap().clone();
+            let stop = calls.iter().position(|c| c == "barman stop");
+            let start = calls.iter().position(|c| c == "barman start");
+            if let (Some(stop), Some(start)) = (stop, start) {
+                assert!(stop < start, "receive-wal started before it was stopped: {calls:?}");
+            }
+            assert!(start.is_none() || stop.is_some(), "receive-wal started without a stop: {calls:?}");
+            calls.into_iter().filter(|c| c != "barman stop").collect()
+        }
+
+        fn stopped_barman(&self) -> bool {
+            self.calls.lock().unwrap().iter().any(|c| c == "barman stop")
         }
     }
 
     impl Nat for Fake {
         fn live(&self) -> Result<Live> {
             let cfg = example();
-            Ok(match *self.routing.borrow() {
+            Ok(match *self.routing.lock().unwrap() {
                 Routing::To(route) => Live::parse(&cfg, &restore_text(&cfg, route)),
                 Routing::Nothing => Live::default(),
                 Routing::Unrecognised => Live::parse(&cfg, "*nat\n-A repmgr_dnat -j ACCEPT\nCOMMIT\n"),
@@ -218,8 +269,8 @@ mod tests {
         }
         fn switch(&self, route: Route) -> Result<bool> {
             self.call(format!("route {route}"))?;
-            let changed = *self.routing.borrow() != Routing::To(route);
-            *self.routing.borrow_mut() = Routing::To(route);
+            let changed = *self.routing.lock().unwrap() != Routing::To(route);
+            *self.routing.lock().unwrap() = Routing::To(route);
             Ok(changed)
         }
     }
@@ -231,7 +282,7 @@ mod tests {
             answer.map_err(|e| anyhow!("node {node}: {e}"))
         }
         fn inspect_all(&self) -> Answers {
-            self.calls.borrow_mut().push("inspect all".into());
+            self.calls.lock().unwrap().push("inspect all".into());
             self.views.clone()
         }
         fn create_slot(&self, node: NodeId) -> Result<()> {
@@ -243,6 +294,9 @@ mod tests {
         fn drop_slot(&self, node: NodeId) -> Result<()> {
             self.call(format!("drop slot {node}"))
         }
+        fn emit_wal(&self, node: NodeId) -> Result<()> {
+            self.call(format!("emit wal {node}"))
+        }
     }
 
     impl Backup for Fake {
@@ -252,7 +306,8 @@ mod tests {
         fn start_receive_wal(&self) -> Result<()> {
             self.call("barman start".into())
         }
-        fn switch_wal(&self) -> Result<()> {
+        fn switch_wal(&self, while_waiting: &mut dyn FnMut()) -> Result<()> {
+            while_waiting();
             self.call("barman switch-wal".into())
         }
     }
@@ -271,8 +326,8 @@ mod tests {
         "inspect 2",
         "route node 2 ports barman",
         "create slot 2",
-        "barman stop",
         "barman start",
+        "emit wal 2",
         "barman switch-wal",
         "route node 2 ports all",
     ];
@@ -283,23 +338,22 @@ mod tests {
         let fake = Fake::new(to(1, Open::All), &[(2, Some((Role::Primary, None)))]);
         run_event(&cfg, &fake, 2, "standby_promote").unwrap();
         assert_eq!(fake.calls(), FAILOVER);
-        assert_eq!(*fake.routing.borrow(), to(2, Open::All));
+        assert_eq!(*fake.routing.lock().unwrap(), to(2, Open::All));
     }
 
     #[test]
     fn the_second_promote_event_of_a_failover_changes_nothing() {
         let cfg = example();
-        let fake = Fake::new(to(1, Open::All), &[(2, Some((Role::Primary, None)))]);
-        run_event(&cfg, &fake, 2, "standby_promote").unwrap();
-        let after_first = fake.calls().len();
-        let fake = Fake {
-            calls: RefCell::new(Vec::new()),
-            views: vec![(NodeId(2), Ok(NodeView { role: Role::Primary, slot: IDLE }))],
-            ..fake
-        };
-        run_event(&cfg, &fake, 2, "repmgrd_failover_promote").unwrap();
-        assert_eq!(after_first, FAILOVER.len());
-        assert_eq!(fake.calls(), ["inspect 2"]);
+        let first = Fake::new(to(1, Open::All), &[(2, Some((Role::Primary, None)))]);
+        run_event(&cfg, &first, 2, "standby_promote").unwrap();
+        assert_eq!(first.calls(), FAILOVER);
+        assert!(first.stopped_barman());
+        // repmgrd_failover_promote follows: the node now has the slot, the ports point at it
+        let routing = first.routing.lock().unwrap().clone();
+        let second = Fake::new(routing, &[(2, Some((Role::Primary, IDLE)))]);
+        run_event(&cfg, &second, 2, "repmgrd_failover_promote").unwrap();
+        assert_eq!(second.calls(), ["inspect 2"]);
+        assert!(!second.stopped_barman());
     }
 
     #[test]
@@ -325,20 +379,26 @@ mod tests {
             Fake::new(to(1, Open::All), &[(2, Some((Role::Primary, None)))]).failing(&["route node 2 ports barman"]);
         let err = run_event(&cfg, &fake, 2, "standby_promote").unwrap_err();
         assert_eq!(exit::code(&err), exit::FAILED);
+        // receive-wal may have been stopped beside the switch; barman's cron restarts it
         assert_eq!(fake.calls(), ["inspect 2", "route node 2 ports barman"]);
-        assert_eq!(*fake.routing.borrow(), to(1, Open::All));
+        assert_eq!(*fake.routing.lock().unwrap(), to(1, Open::All));
     }
 
     #[test]
     fn barman_failures_open_the_application_port_anyway_by_default() {
         let cfg = example();
-        for failing in ["barman switch-wal", "barman start", "barman stop"] {
+        for (failing, last_barman_call) in [
+            ("barman switch-wal", "barman switch-wal"),
+            ("barman start", "barman start"),
+            ("barman stop", "create slot 2"),
+        ] {
             let fake = Fake::new(to(1, Open::All), &[(2, Some((Role::Primary, None)))]).failing(&[failing]);
             let err = run_event(&cfg, &fake, 2, "standby_promote").unwrap_err();
             assert_eq!(exit::code(&err), exit::FAILED);
             assert!(format!("{err:#}").contains("barman did not confirm the new primary"), "{err:#}");
-            assert_eq!(fake.calls().last().unwrap(), "route node 2 ports all", "after {failing}");
-            assert!(!fake.calls().iter().skip_while(|c| *c != failing).skip(1).any(|c| c.starts_with("barman")));
+            let calls = fake.calls();
+            assert_eq!(calls.last().unwrap(), "route node 2 ports all", "after {failing}");
+            assert_eq!(calls[calls.len() - 2], last_barman_call, "after {failing}: nothing more of barman");
         }
     }
 
@@ -351,7 +411,7 @@ mod tests {
         assert_eq!(exit::code(&err), exit::FAILED);
         assert!(format!("{err:#}").contains("application port left closed"), "{err:#}");
         assert_eq!(fake.calls(), &FAILOVER[..6]);
-        assert_eq!(*fake.routing.borrow(), to(2, Open::Barman));
+        assert_eq!(*fake.routing.lock().unwrap(), to(2, Open::Barman));
     }
 
     #[test]
