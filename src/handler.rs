@@ -54,7 +54,7 @@ pub fn reconcile(cfg: &Config, fx: &Effects, answers: Answers, named: Option<Nod
             Ok(view) => {
                 log::info!("node {node}: {}{}", view.role, if view.slot.is_some() { ", has the slot" } else { "" })
             }
-            Err(e) => log::warn!("node {node}: {e}"),
+            Err(e) => log::warn!("{e}"),
         }
     }
     let primary = plan::choose_primary(&answers, named).map_err(|why| Refused(format!("reconcile: {why}")))?;

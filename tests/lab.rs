@@ -1,1 +1,452 @@
+//! Integration tests against the real things repmgr-nat drives: PostgreSQL 15, repmgr and
+//! repmgrd, barman and iptables, in network namespaces (`lab/lab.sh`). Each test brings a
+//! fresh lab up (db1 primary, db2 standby, barman streaming through the proxy's NAT) and
+//! takes it down, also when it fails. Run by `tests/run` (as root), never silently skipped.
 
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{DB1, DB2, Lab, Restore, Wal, now_ms};
+
+const PROXY: &str = "198.51.100.3";
+
+/// Our chains for a route, with the jumps, as `iptables-save` prints them (sorted).
+fn routed_to(node: &str, ports: &[u16]) -> Vec<String> {
+    let mut lines = vec![
+        ":repmgr_dnat - [0:0]".to_string(),
+        ":repmgr_snat - [0:0]".to_string(),
+        "-A PREROUTING -j repmgr_dnat".to_string(),
+        "-A OUTPUT -j repmgr_dnat".to_string(),
+        "-A POSTROUTING -j repmgr_snat".to_string(),
+        format!("-A repmgr_snat -d {node}/32 -p tcp -m tcp --dport 5432 -j SNAT --to-source {PROXY}"),
+    ];
+    for port in ports {
+        lines.push(format!(
+            "-A repmgr_dnat -d {PROXY}/32 -p tcp -m tcp --dport {port} -j DNAT --to-destination {node}:5432"
+        ));
+    }
+    lines.sort();
+    lines
+}
+
+fn sorted(mut lines: Vec<String>) -> Vec<String> {
+    lines.sort();
+    lines
+}
+
+const BOTH: &[u16] = &[54321, 54322];
+
+/// Everything that must not move when repmgr-nat refuses or ignores something.
+fn snapshot(lab: &Lab) -> (String, Vec<String>, Vec<String>) {
+    (lab.nat(), lab.slots("db1"), lab.slots("db2"))
+}
+
+#[test]
+fn primary_register_on_a_fresh_cluster_points_both_ports_at_db1() {
+    let lab = Lab::up();
+    let run = lab.wait_event("primary_register", "1", 0, 5);
+    assert_eq!(run.exit, 0, "{}", lab.event_output(&run.id));
+    assert_eq!(sorted(lab.our_rules()), routed_to(DB1, BOTH));
+    assert_eq!(lab.app_reaches().unwrap(), DB1);
+    assert_eq!(lab.barman_reaches().unwrap(), DB1);
+    assert_eq!(lab.slots("db1"), ["barman"]);
+    assert_eq!(lab.slots("db2"), Vec::<String>::new());
+    lab.wait_barman_ok(Duration::from_secs(30));
+    let status = lab.repmgr_nat("postgres", &["status"]).expect(0, "status");
+    assert!(status.stdout.contains("rules: node 1 ports all"), "{}", status.stdout);
+    assert!(status.stdout.contains("consistent: yes"), "{}", status.stdout);
+    let json = lab.repmgr_nat("postgres", &["status", "--json"]).expect(0, "status --json");
+    assert!(json.stdout.contains("\"consistent\": true"), "{}", json.stdout);
+}
+
+#[test]
+fn setup_is_idempotent_and_restores_the_rules_after_a_reboot() {
+    let lab = Lab::up();
+    let before = lab.nat();
+
+    // twice more: nothing changes, no second jump
+    for _ in 0..2 {
+        lab.repmgr_nat("root", &["setup"]).expect(0, "setup again");
+        assert_eq!(lab.nat(), before);
+    }
+
+    // the nat table as after a reboot: empty
+    lab.ok(&["exec", "proxy", "--", "iptables", "-t", "nat", "-F"]);
+    lab.ok(&["exec", "proxy", "--", "iptables", "-t", "nat", "-X"]);
+    assert_eq!(lab.our_rules(), Vec::<String>::new());
+    assert!(lab.app_reaches().is_err(), "the application port answers with no rules");
+    let setup = lab.repmgr_nat("root", &["setup"]).expect(0, "setup after the flush");
+    assert!(setup.stderr.contains("node 1 reconcile"), "setup asks the live cluster:\n{}", setup.stderr);
+    assert_eq!(sorted(lab.our_rules()), routed_to(DB1, BOTH));
+    assert_eq!(lab.app_reaches().unwrap(), DB1);
+
+    // no node answers: the route recorded before the reboot comes back, unverified
+    lab.ok(&["stop", "db2"]);
+    lab.ok(&["stop", "db1"]);
+    lab.ok(&["exec", "proxy", "--", "iptables", "-t", "nat", "-F"]);
+    let setup = lab.repmgr_nat("root", &["setup"]).expect(0, "setup with every node down");
+    assert!(
+        setup.stderr.contains("no node answered; restoring the route recorded before: node 1 ports all"),
+        "{}",
+        setup.stderr
+    );
+    assert_eq!(sorted(lab.our_rules()), routed_to(DB1, BOTH));
+}
+
+#[test]
+fn setup_adopts_the_chains_and_jumps_of_the_article_script() {
+    let lab = Lab::up();
+    lab.repmgr_nat("root", &["teardown"]).expect(0, "teardown");
+    assert_eq!(lab.our_rules(), Vec::<String>::new(), "teardown leaves nothing");
+
+    // the article's @reboot script, run twice as a careless reboot sequence would: the
+    // second run cannot create the chains again but appends the jumps again
+    lab.ok(&["article-chains"]);
+    lab.ok(&["article-chains"]);
+    let jumps = lab.our_rules().iter().filter(|l| l.starts_with("-A PREROUTING")).count();
+    assert_eq!(jumps, 2, "the script duplicated its jump: {:?}", lab.our_rules());
+
+    lab.repmgr_nat("root", &["setup"]).expect(0, "setup over the script's chains");
+    assert_eq!(sorted(lab.our_rules()), routed_to(DB1, BOTH));
+    assert_eq!(lab.app_reaches().unwrap(), DB1);
+}
+
+#[test]
+fn automatic_failover_moves_ports_slot_and_barman_and_loses_nothing() {
+    let lab = Lab::up();
+    lab.wait_barman_ok(Duration::from_secs(30));
+    let writes_file = std::env::temp_dir().join("repmgr-nat-lab-writes.txt");
+    let conninfo = &lab.env["APP_CONNINFO"];
+    let writer = lab
+        .spawn(&["probe", "write", "--conninfo", conninfo, "--count", "1000000", "--interval-ms", "20"], &writes_file);
+    std::thread::sleep(Duration::from_secs(2));
+
+    let t0 = now_ms();
+    lab.ok(&["stop", "db1"]);
+    let promote = lab.wait_event("standby_promote", "2", t0, 60);
+    assert_eq!(promote.exit, 0, "{}", lab.event_output(&promote.id));
+    let after_first = lab.nat();
+    let second = lab.wait_event("repmgrd_failover_promote", "2", t0, 60);
+    assert_eq!(second.exit, 0, "{}", lab.event_output(&second.id));
+    let said = lab.event_output(&second.id);
+    assert!(said.contains("nothing to do: ports already point at node 2 and its slot exists"), "{said}");
+    assert!(!said.contains("nat:") && !said.contains("barman:"), "the second promote event acted:\n{said}");
+    assert_eq!(lab.nat(), after_first, "the second promote event changed a rule");
+
+    assert_eq!(sorted(lab.our_rules()), routed_to(DB2, BOTH));
+    assert_eq!(lab.app_reaches().unwrap(), DB2);
+    assert_eq!(lab.barman_reaches().unwrap(), DB2);
+    assert_eq!(lab.slots("db2"), ["barman"]);
+    lab.wait_barman_ok(Duration::from_secs(30));
+
+    // some writes after the switch, then every acknowledged commit must be on db2
+    std::thread::sleep(Duration::from_secs(2));
+    lab.stop(writer);
+    let written = std::fs::read_to_string(&writes_file).unwrap();
+    let acked: BTreeSet<i64> =
+        written.lines().filter_map(|l| l.split(" id=").nth(1)).map(|id| id.trim().parse().unwrap()).collect();
+    let after_switch = written.lines().filter(|l| l.contains(&format!("ok {DB2} id="))).count();
+    assert!(after_switch > 0, "no write reached db2 through the application port:\n{written}");
+    let on_db2: BTreeSet<i64> =
+        lab.ok(&["psql", "-d", "app", "db2", "select id from writes"]).lines().map(|l| l.parse().unwrap()).collect();
+    let lost: Vec<&i64> = acked.difference(&on_db2).collect();
+    assert!(lost.is_empty(), "acknowledged commits missing on the new primary: {lost:?}");
+
+    // barman's WAL: no gap across the timeline switch
+    let history = lab.barman_history("00000002.history");
+    let switch_lsn = history.split_whitespace().nth(1).unwrap_or_else(|| panic!("bad history {history:?}"));
+    let switch = Wal::segment_of(switch_lsn);
+    let (wals, _) = lab.barman_wals();
+    let on = |tli: u32| -> Vec<u64> { wals.iter().filter(|w| w.timeline == tli).map(|w| w.segment).collect() };
+    let (tli1, tli2) = (on(1), on(2));
+    for (tli, segs) in [(1, &tli1), (2, &tli2)] {
+        assert!(!segs.is_empty(), "no WAL of timeline {tli} in barman: {wals:?}");
+        let contiguous = segs.windows(2).all(|w| w[1] == w[0] + 1 || w[1] == w[0]);
+        assert!(contiguous, "gap in timeline {tli}: {segs:?}");
+    }
+    assert!(*tli1.last().unwrap() + 1 >= switch, "timeline 1 ends before the switch at {switch_lsn}: {tli1:?}");
+    assert!(tli2[0] <= switch, "timeline 2 starts after the switch at {switch_lsn}: {tli2:?}");
+
+    // the old primary comes back as a standby: it must not keep barman's slot
+    let t1 = now_ms();
+    lab.ok(&["rejoin", "db1"]);
+    let rejoin = lab.wait_event("node_rejoin", "1", t1, 60);
+    assert_eq!(rejoin.exit, 0, "{}", lab.event_output(&rejoin.id));
+    lab.wait_until("db1 without the slot", Duration::from_secs(10), || lab.slots("db1").is_empty());
+    assert_eq!(lab.slots("db2"), ["barman"]);
+    lab.repmgr_nat("postgres", &["status"]).expect(0, "status after the rejoin");
+}
+
+#[test]
+fn switchover_moves_everything_and_the_old_primary_loses_the_slot() {
+    let lab = Lab::up();
+    let t0 = now_ms();
+    lab.ok(&["switchover", "db2"]);
+    let promote = lab.wait_event("standby_promote", "2", t0, 60);
+    assert_eq!(promote.exit, 0, "{}", lab.event_output(&promote.id));
+    let done = lab.wait_event("standby_switchover", "2", t0, 60);
+    assert_eq!(done.exit, 0, "{}", lab.event_output(&done.id));
+    // repmgr 5.3 rejoins the old primary with --no-wait, which sends no node_rejoin; its
+    // repmgrd reports the reconnection instead
+    let back = lab.wait_event("repmgrd_standby_reconnect", "1", t0, 60);
+    assert_eq!(back.exit, 0, "{}", lab.event_output(&back.id));
+    lab.wait_until("db1 without the slot", Duration::from_secs(10), || lab.slots("db1").is_empty());
+    assert_eq!(lab.slots("db2"), ["barman"]);
+    assert_eq!(sorted(lab.our_rules()), routed_to(DB2, BOTH));
+    assert_eq!(lab.app_reaches().unwrap(), DB2);
+    lab.wait_barman_ok(Duration::from_secs(30));
+    lab.repmgr_nat("postgres", &["status"]).expect(0, "status after the switchover");
+}
+
+#[test]
+fn a_connection_held_to_the_old_primary_is_cut_when_the_rules_move() {
+    let lab = Lab::up();
+    lab.ok(&["repmgrd", "stop", "db1"]);
+    lab.ok(&["repmgrd", "stop", "db2"]);
+    let held_file = std::env::temp_dir().join("repmgr-nat-lab-held.txt");
+    let conninfo = &lab.env["APP_CONNINFO"];
+    let held = lab.spawn(&["probe", "hold", "--conninfo", conninfo, "--interval-ms", "50"], &held_file);
+    std::thread::sleep(Duration::from_secs(1));
+
+    // db2 promoted while db1 still runs: the held connection still talks to db1
+    lab.ok(&["pgctl", "db2", "promote"]);
+    lab.wait_until("db2 promoted", Duration::from_secs(20), || lab.sql("db2", "select pg_is_in_recovery()") == "f");
+    let switched = now_ms();
+    lab.event("db2", "2", "standby_promote", "1").expect(0, "standby_promote for db2");
+    std::thread::sleep(Duration::from_secs(2));
+    lab.stop(held);
+
+    let lines: Vec<(u64, String)> = std::fs::read_to_string(&held_file)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(t, rest)| (t.parse().unwrap(), rest.to_string())))
+        .collect();
+    let before: Vec<&String> = lines.iter().filter(|(t, _)| *t < switched).map(|(_, l)| l).collect();
+    assert!(before.iter().any(|l| l.starts_with(&format!("ok {DB1} conn=1"))), "not held to db1 first: {lines:?}");
+    let after: Vec<&String> = lines.iter().filter(|(t, _)| *t >= switched).map(|(_, l)| l).collect();
+    let cut = after.iter().position(|l| l.starts_with("err")).unwrap_or_else(|| panic!("never cut: {after:?}"));
+    assert!(
+        after[cut + 1..].iter().any(|l| l.starts_with(&format!("ok {DB2}"))),
+        "no new connection to db2: {after:?}"
+    );
+    let last = after.last().unwrap();
+    assert!(last.starts_with(&format!("ok {DB2}")), "still answered by {last}");
+    assert!(!after.iter().skip(cut).any(|l| l.contains(DB1)), "db1 answered after the cut: {after:?}");
+}
+
+#[test]
+fn reconcile_follows_a_promotion_behind_repmgrs_back_and_refuses_two_primaries() {
+    let lab = Lab::up();
+    lab.ok(&["repmgrd", "stop", "db1"]);
+    lab.ok(&["repmgrd", "stop", "db2"]);
+    lab.ok(&["pgctl", "db1", "stop"]);
+    lab.ok(&["pgctl", "db2", "promote"]);
+    lab.wait_until("db2 promoted", Duration::from_secs(20), || lab.sql("db2", "select pg_is_in_recovery()") == "f");
+
+    let run = lab.repmgr_nat("postgres", &["reconcile"]).expect(0, "reconcile");
+    assert!(run.stderr.contains("node 1 (198.51.100.11:5432): cannot connect"), "{}", run.stderr);
+    assert_eq!(sorted(lab.our_rules()), routed_to(DB2, BOTH));
+    assert_eq!(lab.slots("db2"), ["barman"]);
+    assert_eq!(lab.app_reaches().unwrap(), DB2);
+    lab.wait_barman_ok(Duration::from_secs(30));
+
+    // the old primary starts again as a primary: two claim to be primary
+    lab.ok(&["pgctl", "db1", "start"]);
+    lab.wait_until("db1 answers", Duration::from_secs(20), || lab.try_sql("db1", "select 1").is_ok());
+    let before = snapshot(&lab);
+    let run = lab.repmgr_nat("postgres", &["reconcile"]).expect(3, "reconcile with two primaries");
+    assert!(
+        run.stderr.contains("several nodes claim to be primary (1: primary, 2: primary); nothing changed"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(snapshot(&lab), before);
+    lab.repmgr_nat("postgres", &["status"]).expect(4, "status with two primaries");
+
+    // the operator names the right one: db2 stays, db1 (a primary) keeps its slot
+    let run = lab.repmgr_nat("postgres", &["reconcile", "--primary", "2"]).expect(0, "reconcile --primary 2");
+    assert!(run.stderr.contains("node 1 also claims to be primary; left alone"), "{}", run.stderr);
+    assert_eq!(sorted(lab.our_rules()), routed_to(DB2, BOTH));
+    assert_eq!(lab.slots("db1"), ["barman"]);
+}
+
+#[test]
+fn stale_failed_and_malformed_events_change_nothing() {
+    let lab = Lab::up();
+    let before = snapshot(&lab);
+    let cases: &[(&str, &str, &str, &str, i32, &str)] = &[
+        // a replayed promote for a node that is a standby now
+        ("db2", "2", "standby_promote", "1", 3, "node 2 is in recovery, not a primary; nothing changed"),
+        // a standby-type event naming the primary: its slot stays
+        ("db1", "1", "standby_follow", "1", 3, "node 1 is not in recovery; a primary keeps its slot"),
+        ("db1", "1", "node_rejoin", "1", 3, "node 1 is not in recovery; a primary keeps its slot"),
+        // repmgr reports the action failed
+        ("db2", "2", "standby_promote", "0", 0, "repmgr reports it failed (success 0); ignored"),
+        // not an event repmgr-nat acts on
+        ("db1", "1", "repmgrd_start", "1", 0, ""),
+        // a node the config does not know
+        ("db2", "7", "standby_promote", "1", 2, "unknown node id 7 (configured: 1, 2)"),
+    ];
+    for (node, id, event, success, code, says) in cases {
+        let run = lab.event(node, id, event, success).expect(*code, &format!("event {id} {event} {success}"));
+        assert!(run.stderr.contains(says), "event {id} {event}: {}", run.stderr);
+        assert_eq!(snapshot(&lab), before, "event {id} {event} {success} changed something");
+    }
+
+    // malformed arguments straight to the handler: one line, exit 2
+    for args in [
+        &["event", "x", "standby_promote", "1"][..],
+        &["event", "1", "standby promote", "1"],
+        &["event", "1", "standby_promote", "yes"],
+    ] {
+        let run = lab.repmgr_nat("postgres", args).expect(2, &format!("{args:?}"));
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(run.stderr.contains("malformed event"), "{}", run.stderr);
+    }
+
+    // an unreachable node
+    lab.ok(&["repmgrd", "stop", "db2"]);
+    lab.ok(&["stop", "db2"]);
+    let before = snapshot(&lab);
+    let run =
+        lab.repmgr_nat("postgres", &["event", "2", "standby_promote", "1"]).expect(1, "promote of a stopped node");
+    assert!(run.stderr.contains("cannot connect"), "{}", run.stderr);
+    assert_eq!(snapshot(&lab), before);
+
+    // a malformed config
+    let _config = Restore::file("/etc/repmgr-nat.toml");
+    std::fs::write("/etc/repmgr-nat.toml", "[proxy]\naddress = \"198.51.100\"\n").unwrap();
+    let run = lab.repmgr_nat("postgres", &["event", "1", "primary_register", "1"]).expect(2, "bad config");
+    assert!(run.stderr.contains("bad config /etc/repmgr-nat.toml"), "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert_eq!(snapshot(&lab), before);
+}
+
+#[test]
+fn when_barman_fails_the_application_port_follows_the_configured_policy() {
+    let lab = Lab::up();
+    let config = Restore::file("/etc/repmgr-nat.toml");
+    let _barman = Restore::file("/etc/barman.d/main_backup.conf");
+    std::fs::remove_file("/etc/barman.d/main_backup.conf").unwrap();
+
+    // the application port is closed (as after an interrupted promotion): the next
+    // promote event restarts barman, which fails; by default the port opens anyway
+    lab.repmgr_nat("root", &["route", "1", "--ports", "barman"]).expect(0, "close the application port");
+    assert!(lab.app_reaches().is_err());
+    let run =
+        lab.repmgr_nat("postgres", &["event", "1", "primary_register", "1"]).expect(1, "promote with barman broken");
+    assert!(run.stderr.contains("opening the application port although barman did not confirm"), "{}", run.stderr);
+    assert_eq!(lab.app_reaches().unwrap(), DB1);
+
+    // open_app_on_failure = false: the port stays closed
+    let text = std::fs::read_to_string("/etc/repmgr-nat.toml").unwrap();
+    std::fs::write("/etc/repmgr-nat.toml", text.replace("[barman]\n", "[barman]\nopen_app_on_failure = false\n"))
+        .unwrap();
+    lab.repmgr_nat("root", &["route", "1", "--ports", "barman"]).expect(0, "close the application port");
+    let run = lab.repmgr_nat("postgres", &["event", "1", "primary_register", "1"]).expect(1, "promote, keep closed");
+    assert!(run.stderr.contains("application port left closed (barman.open_app_on_failure = false)"), "{}", run.stderr);
+    assert!(lab.app_reaches().is_err(), "the application port opened");
+    assert_eq!(lab.barman_reaches().unwrap(), DB1);
+    drop(config);
+}
+
+#[test]
+fn two_events_at_once_end_in_one_consistent_state() {
+    let lab = Lab::up();
+    let t0 = now_ms();
+    lab.ok(&["stop", "db1"]);
+    lab.wait_event("repmgrd_failover_promote", "2", t0, 60);
+    lab.ok(&["rejoin", "db1"]);
+    lab.wait_event("node_rejoin", "1", t0, 60);
+
+    // the state a lost event would leave: ports on db1 (now a standby), a slot on it
+    lab.repmgr_nat("root", &["route", "1", "--ports", "all"]).expect(0, "route back to db1");
+    lab.sql("db1", "select pg_create_physical_replication_slot('barman', true)");
+    assert_eq!(lab.slots("db1"), ["barman"]);
+
+    // the promote of db2 and the follow of db1 arrive together, twice each
+    let runs: Vec<_> = std::thread::scope(|s| {
+        let handles = [
+            s.spawn(|| lab.event("db2", "2", "standby_promote", "1")),
+            s.spawn(|| lab.event("db1", "1", "standby_follow", "1")),
+            s.spawn(|| lab.event("db2", "2", "repmgrd_failover_promote", "1")),
+            s.spawn(|| lab.event("db1", "1", "repmgrd_failover_follow", "1")),
+        ];
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for run in runs {
+        run.expect(0, "concurrent event");
+    }
+    assert_eq!(sorted(lab.our_rules()), routed_to(DB2, BOTH));
+    assert_eq!(lab.slots("db1"), Vec::<String>::new());
+    assert_eq!(lab.slots("db2"), ["barman"]);
+    assert_eq!(lab.app_reaches().unwrap(), DB2);
+    lab.repmgr_nat("postgres", &["status"]).expect(0, "status after concurrent events");
+}
+
+#[test]
+fn the_postgres_user_cannot_steer_root_beyond_the_config() {
+    let lab = Lab::up();
+    let visudo = std::process::Command::new("visudo")
+        .args(["-cf", "sudoers.d/repmgr-nat"])
+        .current_dir(common::repo())
+        .output()
+        .unwrap();
+    assert!(visudo.status.success(), "visudo -cf: {}", String::from_utf8_lossy(&visudo.stderr));
+
+    let evil = "/tmp/repmgr-nat-evil.toml";
+    let _evil = Restore::file(evil);
+    let own = std::fs::read_to_string("/etc/repmgr-nat.toml").unwrap();
+    std::fs::write(evil, own.replace("1 = \"198.51.100.11\"", "1 = \"198.51.100.99\"")).unwrap();
+    let before = snapshot(&lab);
+    let sudo = |args: &[&str]| lab.in_proxy("postgres", &[], "sudo", args);
+    let route = "/usr/local/bin/repmgr-nat";
+
+    // sudo allows route with a node id and the ports, or --show; nothing else
+    for args in [
+        &["-n", route, "route", "1", "--ports", "all", "--config", evil][..],
+        &["-n", route, "--config", evil, "route", "1", "--ports", "all"],
+        &["-n", route, "route", "198.51.100.99", "--ports", "all"],
+        &["-n", route, "setup"],
+        &["-n", route, "teardown"],
+        &["-n", "/usr/sbin/iptables", "-t", "nat", "-F"],
+        &["-n", "-u", "barman", "/usr/bin/barman", "backup", "main_backup"],
+        &["-n", "-u", "barman", "/usr/bin/barman", "receive-wal", "--stop", "all"],
+        &["-n", "-u", "barman", "/usr/bin/barman", "switch-wal", "--force", "--archive", "--archive-timeout=1", "all"],
+    ] {
+        let run = sudo(args).expect(1, &format!("sudo {args:?}"));
+        assert!(run.stderr.starts_with("sudo: "), "refused by sudo, not later: {args:?}: {}", run.stderr);
+    }
+    // an id the config does not list: sudo lets it through, route refuses it
+    let run = sudo(&["-n", route, "route", "7", "--ports", "all"]).expect(2, "unknown node id");
+    assert!(run.stderr.contains("unknown node id 7"), "{}", run.stderr);
+    // an environment override does not survive sudo: route reads its own config
+    let with_env = |args: &[&str]| lab.in_proxy("postgres", &[("REPMGR_NAT_CONFIG", evil)], "sudo", args);
+    let run = with_env(&["-n", route, "route", "1", "--ports", "all"]);
+    assert_eq!(run.expect(0, "route with REPMGR_NAT_CONFIG set").stdout.trim(), "unchanged");
+    // and asking sudo to keep it is refused, by sudo or else by route
+    let run = with_env(&["-n", "--preserve-env=REPMGR_NAT_CONFIG", route, "route", "1", "--ports", "all"]);
+    assert_ne!(run.code, 0, "sudo --preserve-env=REPMGR_NAT_CONFIG: {}{}", run.stdout, run.stderr);
+    assert!(run.stderr.starts_with("sudo: ") || run.stderr.contains("route reads only"), "{}", run.stderr);
+    assert_eq!(snapshot(&lab), before);
+    assert_eq!(lab.app_reaches().unwrap(), DB1);
+
+    // root itself: route never takes another config, and nothing acts on a config
+    // another user could have written
+    let run =
+        lab.repmgr_nat("root", &["--config", evil, "route", "1", "--ports", "all"]).expect(2, "route --config as root");
+    assert!(run.stderr.contains("route reads only /etc/repmgr-nat.toml"), "{}", run.stderr);
+    let _config = Restore::file("/etc/repmgr-nat.toml");
+    let postgres_uid: u32 =
+        String::from_utf8(std::process::Command::new("id").args(["-u", "postgres"]).output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    std::os::unix::fs::chown("/etc/repmgr-nat.toml", Some(postgres_uid), None).unwrap_or_else(|e| panic!("chown: {e}"));
+    let run = lab.repmgr_nat("root", &["setup"]).expect(2, "setup with a config root does not own");
+    assert!(run.stderr.contains("is not trusted"), "{}", run.stderr);
+    assert_eq!(snapshot(&lab), before);
+}

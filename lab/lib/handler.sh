@@ -186,9 +186,9 @@ EOF
     record_installed "$RNAT_STATE_DIR" dir
 }
 
-repmgr_nat_boot() { # the boot step: `repmgr-nat setup` as root on the proxy
+repmgr_nat_boot() { # the boot step, as packaging/repmgr-nat-setup.service runs it: as root on the proxy
     HINT=$LAB_LOG
-    run ip netns exec proxy "$RNAT_BIN" setup
+    run ip netns exec proxy env -i PATH="$SYS_PATH" PGPASSFILE="$PGPASS_POSTGRES" "$RNAT_BIN" setup
 }
 
 # Remove what the lab installed of repmgr-nat (only files recorded with the same content).
