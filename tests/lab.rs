@@ -101,12 +101,36 @@ fn setup_adopts_the_chains_and_jumps_of_the_article_script() {
     lab.repmgr_nat("root", &["teardown"]).expect(0, "teardown");
     assert_eq!(lab.our_rules(), Vec::<String>::new(), "teardown leaves nothing");
 
-    // the article's @reboot script, run twice as a careless reboot sequence would: the
-    // second run cannot create the chains again but appends the jumps again
-    lab.ok(&["article-chains"]);
-    lab.ok(&["article-chains"]);
+    // what the article's @reboot script (repmgr_iptables_chains.sh) does, run twice as a
+    // careless reboot sequence would: the second run cannot create the chains again but
+    // appends the jumps again; then what its repmgr_iptables.sh leaves for db1
+    let iptables = |rule: &str| {
+        let args: Vec<&str> =
+            ["exec", "proxy", "--", "iptables", "-t", "nat"].into_iter().chain(rule.split(' ')).collect();
+        lab.lab(&args)
+    };
+    for _ in 0..2 {
+        for rule in [
+            "-N repmgr_dnat",
+            "-A OUTPUT -j repmgr_dnat",
+            "-A PREROUTING -j repmgr_dnat",
+            "-N repmgr_snat",
+            "-A POSTROUTING -j repmgr_snat",
+        ] {
+            iptables(rule);
+        }
+    }
+    for rule in [
+        format!("-A repmgr_snat -p tcp -d {DB1} --dport 5432 -j SNAT --to-source {PROXY}"),
+        format!("-A repmgr_dnat -p tcp -d {PROXY} --dport 54321 -j DNAT --to-destination {DB1}:5432"),
+        format!("-A repmgr_dnat -p tcp -d {PROXY} --dport 54322 -j DNAT --to-destination {DB1}:5432"),
+    ] {
+        iptables(&rule).expect(0, &rule);
+    }
     let jumps = lab.our_rules().iter().filter(|l| l.starts_with("-A PREROUTING")).count();
-    assert_eq!(jumps, 2, "the script duplicated its jump: {:?}", lab.our_rules());
+    assert_eq!(jumps, 2, "the script's jump twice: {:?}", lab.our_rules());
+    let status = lab.repmgr_nat("postgres", &["status"]).expect(4, "status over the script's chains");
+    assert!(status.stdout.contains("rules: node 1 ports all (chains or jumps not in place)"), "{}", status.stdout);
 
     lab.repmgr_nat("root", &["setup"]).expect(0, "setup over the script's chains");
     assert_eq!(sorted(lab.our_rules()), routed_to(DB1, BOTH));
