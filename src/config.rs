@@ -369,51 +369,35 @@ fn text_value(key: &str, value: String) -> Result<String> {
     Ok(value)
 }
 
-/// PostgreSQL's rule for replication slot names.
-fn slot_name(value: String) -> Result<String> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+/// A name that reaches a command line, SQL or a ruleset: 1 to `max` characters that
+/// `allowed` accepts, never starting like an option (`-`) or a hidden file (`.`).
+fn name(key: &str, value: String, max: usize, allowed: fn(u8) -> bool, which: &str) -> Result<String> {
+    let ok = !value.is_empty() && value.len() <= max && !value.starts_with(['-', '.']) && value.bytes().all(allowed);
     if !ok {
-        bail!("barman.slot: {value:?} must be 1-63 characters of a-z, 0-9 and _");
+        bail!("{key}: {value:?} must be 1-{max} characters of {which}, not starting with - or .");
     }
     Ok(value)
 }
 
-/// A barman server name reaches barman's command line: it must not look like an option.
+/// PostgreSQL's rule for replication slot names.
+fn slot_name(value: String) -> Result<String> {
+    name("barman.slot", value, 63, |b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_', "a-z, 0-9 and _")
+}
+
 fn barman_server(value: String) -> Result<String> {
-    let ok = !value.is_empty()
-        && value.len() <= 64
-        && !value.starts_with(['-', '.'])
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-    if !ok {
-        bail!("barman.server: {value:?} must be letters, digits, _ - . and not start with - or .");
-    }
-    Ok(value)
+    name("barman.server", value, 64, |b| b.is_ascii_alphanumeric() || b"_-.".contains(&b), "letters, digits, _ - .")
 }
 
 fn os_user(key: &str, value: String) -> Result<String> {
-    let ok = !value.is_empty()
-        && value.len() <= 32
-        && !value.starts_with('-')
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-    if !ok {
-        bail!("{key}: {value:?} is not a valid user name");
-    }
-    Ok(value)
+    name(key, value, 32, |b| b.is_ascii_alphanumeric() || b"_-.".contains(&b), "letters, digits, _ - .")
 }
 
-/// iptables chain names: at most 28 characters; ours never look like options.
+/// iptables chain names: at most 28 characters, and not one of the built-in chains.
 fn chain_name(key: &str, value: String) -> Result<String> {
-    let ok = !value.is_empty()
-        && value.len() <= 28
-        && !value.starts_with('-')
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    let builtin = ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD"].contains(&value.as_str());
-    if !ok || builtin {
-        bail!("{key}: {value:?} must be 1-28 characters of letters, digits, _ and -, not a built-in chain");
+    if ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD"].contains(&value.as_str()) {
+        bail!("{key}: {value:?} is a built-in chain");
     }
-    Ok(value)
+    name(key, value, 28, |b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-', "letters, digits, _ and -")
 }
 
 #[cfg(test)]
