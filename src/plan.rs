@@ -207,55 +207,47 @@ mod tests {
         Step::Route(Route { node, open })
     }
 
+    const ALREADY: &str = "ports already point at node 2 and its slot exists";
+    const IN_RECOVERY: &str = "node 2 is in recovery, not a primary; nothing changed";
+    const KEEPS_SLOT: &str = "node 2 is not in recovery; a primary keeps its slot; nothing changed";
+    const NO_SLOT: &str = "node 2 is a standby without the slot";
+    fn nothing(why: &str) -> Decision {
+        Decision::Nothing(why.into())
+    }
+    fn refuse(why: &str) -> Decision {
+        Decision::Refuse(why.into())
+    }
+
+    /// node 2's view, what the chains hold -> what a promote event for node 2 does.
     #[test]
+    #[rustfmt::skip]
     fn promote_decision_table() {
         use Step::*;
-        let full = |slot: bool| {
-            let mut s = vec![route(N2, Open::Barman)];
-            if !slot {
-                s.push(CreateSlot);
-            }
-            s.extend([RestartBarman, route(N2, Open::All)]);
-            Decision::Act(s)
-        };
+        let (barman, all) = (route(N2, Open::Barman), route(N2, Open::All));
+        let full = Decision::Act(vec![barman, CreateSlot, RestartBarman, all]);
+        let full_with_slot = Decision::Act(vec![barman, RestartBarman, all]);
         let cases = [
             // fresh: no rules at all (first primary_register, or after a reboot)
-            (primary(None), Routing::Nothing, full(false)),
-            // the usual failover: rules point at the former primary
-            (primary(None), to(N1, Open::All), full(false)),
-            (primary(IDLE), to(N1, Open::All), full(true)),
-            (primary(None), to(N1, Open::Barman), full(false)),
-            (primary(None), to(N1, Open::None), full(false)),
-            (primary(None), Routing::Unrecognised, full(false)),
-            // rules pointing at the node through the wrong ports
-            (primary(IDLE), to(N2, Open::None), full(true)),
+            (primary(None),        Routing::Nothing,         full.clone()),
+            // the usual failover: the rules point at the former primary
+            (primary(None),        to(N1, Open::All),        full.clone()),
+            (primary(IDLE),        to(N1, Open::All),        full_with_slot.clone()),
+            (primary(None),        to(N1, Open::Barman),     full.clone()),
+            (primary(None),        to(N1, Open::None),       full.clone()),
+            (primary(None),        Routing::Unrecognised,    full.clone()),
+            // the rules point at the node through the wrong ports
+            (primary(IDLE),        to(N2, Open::None),       full_with_slot),
             // a promotion interrupted after the barman switch: finish it
-            (primary(IDLE), to(N2, Open::Barman), Decision::Act(vec![RestartBarman, route(N2, Open::All)])),
-            (primary(None), to(N2, Open::Barman), Decision::Act(vec![CreateSlot, RestartBarman, route(N2, Open::All)])),
+            (primary(IDLE),        to(N2, Open::Barman),     Decision::Act(vec![RestartBarman, all])),
+            (primary(None),        to(N2, Open::Barman),     Decision::Act(vec![CreateSlot, RestartBarman, all])),
             // ports right but slot missing: never close the application port for it
-            (primary(None), to(N2, Open::All), Decision::Act(vec![CreateSlot, RestartBarman])),
+            (primary(None),        to(N2, Open::All),        Decision::Act(vec![CreateSlot, RestartBarman])),
             // already right: the second promote event of a failover costs nothing
-            (
-                primary(IDLE),
-                to(N2, Open::All),
-                Decision::Nothing("ports already point at node 2 and its slot exists".into()),
-            ),
-            (
-                primary(ACTIVE),
-                to(N2, Open::All),
-                Decision::Nothing("ports already point at node 2 and its slot exists".into()),
-            ),
+            (primary(IDLE),        to(N2, Open::All),        nothing(ALREADY)),
+            (primary(ACTIVE),      to(N2, Open::All),        nothing(ALREADY)),
             // stale promote: the node is a standby now
-            (
-                standby_view(None),
-                to(N1, Open::All),
-                Decision::Refuse("node 2 is in recovery, not a primary; nothing changed".into()),
-            ),
-            (
-                standby_view(IDLE),
-                to(N2, Open::All),
-                Decision::Refuse("node 2 is in recovery, not a primary; nothing changed".into()),
-            ),
+            (standby_view(None),   to(N1, Open::All),        refuse(IN_RECOVERY)),
+            (standby_view(IDLE),   to(N2, Open::All),        refuse(IN_RECOVERY)),
         ];
         for (view, routing, expected) in cases {
             assert_eq!(promote(N2, view, &routing), expected, "view {view:?}, routing {routing:?}");
@@ -274,33 +266,24 @@ mod tests {
         }
     }
 
+    /// node 2's view, what the chains hold -> what a standby-type event for node 2 does.
     #[test]
+    #[rustfmt::skip]
     fn standby_decision_table() {
         use Step::*;
+        let close = route(N2, Open::None);
         let cases = [
-            (standby_view(None), to(N1, Open::All), Decision::Nothing("node 2 is a standby without the slot".into())),
-            (standby_view(IDLE), to(N1, Open::All), Decision::Act(vec![DropSlot])),
-            (standby_view(ACTIVE), to(N1, Open::All), Decision::Act(vec![TerminateWalsender(4242), DropSlot])),
-            (standby_view(IDLE), Routing::Nothing, Decision::Act(vec![DropSlot])),
-            // the ports still point at the node that is now a standby: close them
-            (
-                standby_view(ACTIVE),
-                to(N2, Open::All),
-                Decision::Act(vec![route(N2, Open::None), TerminateWalsender(4242), DropSlot]),
-            ),
-            (standby_view(None), to(N2, Open::Barman), Decision::Act(vec![route(N2, Open::None)])),
-            (standby_view(None), to(N2, Open::None), Decision::Nothing("node 2 is a standby without the slot".into())),
-            // follow on the primary: the slot stays
-            (
-                primary(ACTIVE),
-                to(N2, Open::All),
-                Decision::Refuse("node 2 is not in recovery; a primary keeps its slot; nothing changed".into()),
-            ),
-            (
-                primary(None),
-                to(N1, Open::All),
-                Decision::Refuse("node 2 is not in recovery; a primary keeps its slot; nothing changed".into()),
-            ),
+            (standby_view(None),   to(N1, Open::All),        nothing(NO_SLOT)),
+            (standby_view(IDLE),   to(N1, Open::All),        Decision::Act(vec![DropSlot])),
+            (standby_view(ACTIVE), to(N1, Open::All),        Decision::Act(vec![TerminateWalsender(4242), DropSlot])),
+            (standby_view(IDLE),   Routing::Nothing,         Decision::Act(vec![DropSlot])),
+            // the ports still point at the node that is a standby now: close them
+            (standby_view(ACTIVE), to(N2, Open::All),        Decision::Act(vec![close, TerminateWalsender(4242), DropSlot])),
+            (standby_view(None),   to(N2, Open::Barman),     Decision::Act(vec![close])),
+            (standby_view(None),   to(N2, Open::None),       nothing(NO_SLOT)),
+            // a standby-type event for the primary: the slot stays
+            (primary(ACTIVE),      to(N2, Open::All),        refuse(KEEPS_SLOT)),
+            (primary(None),        to(N1, Open::All),        refuse(KEEPS_SLOT)),
         ];
         for (view, routing, expected) in cases {
             assert_eq!(standby(N2, view, &routing), expected, "view {view:?}, routing {routing:?}");
