@@ -10,12 +10,12 @@ use crate::cli::{Cli, Command};
 use crate::config::{self, Config, NodeId};
 use crate::db::Postgres;
 use crate::dryrun::{PrintBackup, PrintCluster, PrintFirewall, PrintNat};
-use crate::event::{Event, Kind};
+use crate::event::Event;
 use crate::exit::{BadInput, Inconsistent};
 use crate::firewall::{Firewall, Iptables};
 use crate::handler::{self, Effects};
 use crate::nat::{self, Direct, Nat, ViaSudo};
-use crate::plan::NoAnswer;
+use crate::plan::{self, NoAnswer, Triage};
 use crate::privilege;
 use crate::ruleset::{Live, Route};
 use crate::state::{Lock, StateDir};
@@ -26,12 +26,9 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Event { node_id, event, success } => {
             let event = Event::parse(&node_id, &event, success.as_deref()).map_err(bad_input)?;
-            if event.kind == Kind::Other {
-                log::debug!("node {} {}: not an event repmgr-nat acts on", event.node, event.name);
-                return Ok(());
-            }
-            if !event.success {
-                log::warn!("node {} {}: repmgr reports it failed (success 0); ignored", event.node, event.name);
+            if let Triage::Ignore { why, warn } = plan::triage(&event) {
+                let level = if warn { log::Level::Warn } else { log::Level::Debug };
+                log::log!(level, "node {} {}: {why}", event.node, event.name);
                 return Ok(());
             }
             let cfg = load(cli.config.as_deref())?;

@@ -18,10 +18,10 @@ use anyhow::{Result, anyhow, bail};
 use crate::barman::Backup;
 use crate::config::{Config, NodeId};
 use crate::db::Cluster;
-use crate::event::{Event, Kind};
+use crate::event::Event;
 use crate::exit::Refused;
 use crate::nat::Nat;
-use crate::plan::{self, Answers, Decision, Role, Step};
+use crate::plan::{self, Answers, Decision, Role, Step, Triage};
 use crate::ruleset::{Open, Route, Routing};
 
 /// The adapters a run acts through.
@@ -38,10 +38,10 @@ pub fn event(cfg: &Config, fx: &Effects, event: &Event) -> Result<()> {
     let label = format!("node {} {}", event.node, event.name);
     let view = fx.cluster.inspect(event.node).map_err(|e| anyhow!("{label}: {e:#}; nothing changed"))?;
     let routing = fx.nat.live()?.routing(cfg);
-    let decision = match event.kind {
-        Kind::Promote => plan::promote(event.node, view, &routing),
-        Kind::Standby => plan::standby(event.node, view, &routing),
-        Kind::Other => unreachable!("the caller ignores other events"),
+    let decision = match plan::triage(event) {
+        Triage::Promote => plan::promote(event.node, view, &routing),
+        Triage::Standby => plan::standby(event.node, view, &routing),
+        Triage::Ignore { why, .. } => Decision::Nothing(why),
     };
     carry_out(cfg, fx, event.node, &label, decision)
 }

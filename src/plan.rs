@@ -5,6 +5,7 @@
 use std::fmt;
 
 use crate::config::NodeId;
+use crate::event::{Event, Kind};
 use crate::ruleset::{Open, Route, Routing};
 
 /// What a node answered when asked.
@@ -76,6 +77,27 @@ pub enum Decision {
     Refuse(String),
     /// Carry out these steps (never empty).
     Act(Vec<Step>),
+}
+
+/// What an event asks for, before anything is looked at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Triage {
+    /// Nothing to do; `warn` when repmgr reported a failure.
+    Ignore {
+        why: String,
+        warn: bool,
+    },
+    Promote,
+    Standby,
+}
+
+pub fn triage(event: &Event) -> Triage {
+    match (event.kind, event.success) {
+        (Kind::Other, _) => Triage::Ignore { why: "not an event repmgr-nat acts on".into(), warn: false },
+        (_, false) => Triage::Ignore { why: "repmgr reports it failed (success 0); ignored".into(), warn: true },
+        (Kind::Promote, true) => Triage::Promote,
+        (Kind::Standby, true) => Triage::Standby,
+    }
 }
 
 /// A promote-type event (or reconcile's choice) for `node`.
@@ -216,6 +238,21 @@ mod tests {
     }
     fn refuse(why: &str) -> Decision {
         Decision::Refuse(why.into())
+    }
+
+    #[test]
+    fn failed_and_other_events_are_ignored_before_anything_is_asked() {
+        let triage_of = |name: &str, success: &str| triage(&Event::parse("2", name, Some(success)).unwrap());
+        assert_eq!(triage_of("standby_promote", "1"), Triage::Promote);
+        assert_eq!(triage_of("node_rejoin", "1"), Triage::Standby);
+        for (name, success, warn) in
+            [("standby_promote", "0", true), ("standby_follow", "0", true), ("repmgrd_start", "1", false)]
+        {
+            let Triage::Ignore { warn: warned, .. } = triage_of(name, success) else {
+                panic!("{name} {success} not ignored")
+            };
+            assert_eq!(warned, warn, "{name} {success}");
+        }
     }
 
     /// node 2's view, what the chains hold -> what a promote event for node 2 does.
