@@ -43,8 +43,8 @@ pub struct Slot {
 /// One action, in the order the handler carries them out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Switch the chains to this route in one transaction; connections proxied to any
-    /// other node are cut at the same time.
+    /// Switch the chains to this route in one transaction; connections proxied through
+    /// ports that stop forwarding (to the former primary, say) are cut right after.
     Route(Route),
     /// `pg_create_physical_replication_slot(slot, true)` on the node.
     CreateSlot,
