@@ -7,6 +7,7 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,8 @@ const SYSTEM_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 /// After its deadline a child gets SIGTERM (which sudo passes on to its command), then
 /// this long to exit before SIGKILL.
 const GRACE: Duration = Duration::from_secs(2);
+/// How often `run_watching` calls its `tick` while the child runs.
+const TICK: Duration = Duration::from_millis(10);
 
 /// Finds a system tool by name in the fixed system directories.
 pub fn system_tool(name: &str) -> PathBuf {
@@ -156,33 +159,39 @@ pub fn run_watching(
     let stdout = drain(child.stdout.take().expect("stdout is piped"));
     let stderr = drain(child.stderr.take().expect("stderr is piped"));
 
+    // A thread blocks in wait(2), so the exit is noticed the moment it happens; this one
+    // keeps the deadline and calls `tick` in between.
+    let pid = child.id() as libc::pid_t;
+    let (done, exited) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = done.send(child.wait());
+    });
     let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(1);
     let mut terminated = false;
     let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) if terminated => {
+        let limit = if terminated { deadline + GRACE } else { deadline };
+        match exited.recv_timeout(limit.saturating_duration_since(Instant::now()).min(TICK)) {
+            Ok(Ok(status)) if terminated => {
                 log::debug!("{name} ended after SIGTERM: {status}");
                 return Err(ExecError::Timeout { cmd: name, after: timeout });
             }
-            Ok(Some(status)) => break status,
-            Ok(None) if !terminated && Instant::now() >= deadline => {
-                // SAFETY: kill(2) on the pid of our own child, which has not been
-                // reaped yet (try_wait returned None), so the pid is still its.
-                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            Ok(Ok(status)) => break status,
+            Ok(Err(error)) => return Err(ExecError::Spawn { cmd: name, error }),
+            Err(RecvTimeoutError::Timeout) if Instant::now() < limit => tick(),
+            Err(RecvTimeoutError::Timeout) => {
+                // SAFETY: kill(2) on our own child's pid; it has not been reaped, since
+                // the thread that reaps it has not reported.
+                unsafe { libc::kill(pid, if terminated { libc::SIGKILL } else { libc::SIGTERM }) };
+                if terminated {
+                    let _ = exited.recv();
+                    return Err(ExecError::Timeout { cmd: name, after: timeout });
+                }
                 terminated = true;
             }
-            Ok(None) if terminated && Instant::now() >= deadline + GRACE => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(ExecError::Timeout { cmd: name, after: timeout });
+            Err(RecvTimeoutError::Disconnected) => {
+                let error = std::io::Error::other("the thread waiting for it stopped");
+                return Err(ExecError::Spawn { cmd: name, error });
             }
-            Ok(None) => {
-                tick();
-                thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(20));
-            }
-            Err(error) => return Err(ExecError::Spawn { cmd: name, error }),
         }
     };
     if let Some(feeder) = feeder {
@@ -264,6 +273,20 @@ mod tests {
     fn kills_a_child_past_its_deadline() {
         let err = run(&Cmd::new("/bin/sleep").arg("5"), None, Duration::from_millis(100)).unwrap_err();
         assert!(matches!(err, ExecError::Timeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_child_ignoring_sigterm_is_killed_after_the_grace() {
+        let cmd = Cmd::new("/bin/sh").args(["-c", "trap '' TERM; sleep 30"]);
+        let err = run(&cmd, None, Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(err, ExecError::Timeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn tick_runs_while_the_child_runs() {
+        let mut ticks = 0;
+        run_watching(&Cmd::new("/bin/sleep").arg("0.2"), None, Duration::from_secs(5), &mut || ticks += 1).unwrap();
+        assert!(ticks > 0);
     }
 
     #[test]
