@@ -76,7 +76,7 @@ EOF
 }
 
 # ============================================================================ deps
-DEPS_PKGS=(iptables iproute2 sudo conntrack postgresql-15 postgresql-15-repmgr barman libssl-dev pkg-config)
+DEPS_PKGS=(iptables iproute2 sudo conntrack postgresql-15 postgresql-15-repmgr barman libssl-dev pkg-config openssl)
 
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
@@ -308,6 +308,7 @@ cmd_up() {
     phase "db1: initdb, start, users"
     node_dirs db1
     node_dirs db2
+    write_tls_cert
     write_bootstrap_sql
     db1_init
     write_pgpass_files

@@ -474,3 +474,25 @@ fn the_postgres_user_cannot_steer_root_beyond_the_config() {
     assert!(run.stderr.contains("is not trusted"), "{}", run.stderr);
     assert_eq!(snapshot(&lab), before);
 }
+
+#[test]
+fn repmgr_nat_reaches_the_nodes_over_tls_as_configured() {
+    let lab = Lab::up();
+    // the lab's nodes refuse repmgr's user from the proxy without TLS (pg_hba hostnossl
+    // reject), and the lab's config says sslmode = "require": every event already used TLS
+    lab.repmgr_nat("postgres", &["status"]).expect(0, "status with sslmode = require");
+    let _config = Restore::file("/etc/repmgr-nat.toml");
+    let text = std::fs::read_to_string("/etc/repmgr-nat.toml").unwrap();
+    for (mode, code) in [("disable", 4), ("prefer", 0)] {
+        std::fs::write("/etc/repmgr-nat.toml", text.replace("sslmode = \"require\"", &format!("sslmode = \"{mode}\"")))
+            .unwrap();
+        let run = lab.repmgr_nat("postgres", &["status"]).expect(code, &format!("status with sslmode = {mode}"));
+        if mode == "disable" {
+            assert!(
+                run.stdout.contains("no encryption"),
+                "the server must refuse the plain connection:\n{}",
+                run.stdout
+            );
+        }
+    }
+}

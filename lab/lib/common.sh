@@ -20,6 +20,7 @@ LAB_DIR=/var/tmp/repmgr-nat-lab          # fixed: the sudoers entries name files
 LAB_LOGS_SAVE_DEFAULT=/var/tmp/repmgr-nat-lab.logs
 PG_BIN=/usr/lib/postgresql/15/bin
 EVENTS_LOG=$LAB_DIR/events.log
+TLS_DIR=$LAB_DIR/tls                     # the nodes' self-signed certificate and key
 LAB_LOG=$LAB_DIR/logs/lab.log
 CRON_LOG=$LAB_DIR/logs/cron.log
 CRON_PID=$LAB_DIR/cron.pid

@@ -165,6 +165,7 @@ app = $APP_PORT
 [postgres]
 user = "repmgr"
 dbname = "repmgr"
+sslmode = "require"
 connect_timeout = 2
 [barman]
 server = "$BARMAN_SERVER"

@@ -5,8 +5,19 @@
 # standby clone` and pg_rewind copy postgresql.conf from the other node.
 node_pg_opts() {
     local n=$1
-    printf -- "-c listen_addresses=%s -c port=%s -c unix_socket_directories=%s -c cluster_name=%s -c synchronous_commit=on -c 'synchronous_standby_names=FIRST 1 (%s, barman_receive_wal)'" \
-        "$(node_ip "$n")" "$PG_PORT" "$(node_sock "$n")" "$n" "$(node_other "$n")"
+    printf -- "-c listen_addresses=%s -c port=%s -c unix_socket_directories=%s -c cluster_name=%s -c synchronous_commit=on -c 'synchronous_standby_names=FIRST 1 (%s, barman_receive_wal)' -c ssl=on -c ssl_cert_file=%s -c ssl_key_file=%s" \
+        "$(node_ip "$n")" "$PG_PORT" "$(node_sock "$n")" "$n" "$(node_other "$n")" "$TLS_DIR/server.crt" "$TLS_DIR/server.key"
+}
+
+# One self-signed certificate for both nodes (outside the data directories, which clones
+# and rewinds replace): TLS for every client that asks, required for repmgr-nat's user.
+write_tls_cert() {
+    install -d -o postgres -g postgres -m 0700 "$TLS_DIR" || die "cannot create $TLS_DIR"
+    HINT=$LAB_LOG
+    run openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=repmgr-nat-lab" \
+        -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.crt"
+    chown postgres:postgres "$TLS_DIR/server.key" "$TLS_DIR/server.crt" && chmod 0600 "$TLS_DIR/server.key" ||
+        die "cannot set the owner of the lab's TLS key"
 }
 
 # The per-node pg_ctl wrapper: used by the lab and by repmgr's service_*_command, so every
@@ -99,11 +110,13 @@ db1_init() {
         --auth-local=trust --auth-host=scram-sha-256
     cat >"$data/pg_hba.conf" <<EOF
 # $MARKER
-# TYPE  DATABASE     USER  ADDRESS          METHOD
-local   all          all                    trust
-local   replication  all                    trust
-host    all          all   $LAB_NET  scram-sha-256
-host    replication  all   $LAB_NET  scram-sha-256
+# TYPE     DATABASE     USER    ADDRESS          METHOD
+local      all          all                      trust
+local      replication  all                      trust
+# repmgr-nat (repmgr's user, from the proxy) must come over TLS: every test proves it does
+hostnossl  all          repmgr  $PROXY_IP/32   reject
+host       all          all     $LAB_NET  scram-sha-256
+host       replication  all     $LAB_NET  scram-sha-256
 EOF
     cat >>"$data/postgresql.conf" <<EOF
 
