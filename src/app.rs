@@ -59,7 +59,7 @@ pub fn run(cli: Cli) -> Result<()> {
             teardown(&cfg, dry_run)
         }
         Command::Route { node_id: node, ports, show } => {
-            privilege::require_root_for_route()?;
+            require_root("route")?;
             if let Some(path) = &cli.config {
                 return Err(BadInput(format!(
                     "route reads only {}; --config {} and REPMGR_NAT_CONFIG are refused",

@@ -14,13 +14,6 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-pub fn require_root_for_route() -> Result<()> {
-    if !is_root() {
-        bail!("route changes the nat table and must run as root: sudo -n /usr/local/bin/repmgr-nat route ...");
-    }
-    Ok(())
-}
-
 /// Reads a config file. As root, the file must be owned by root and writable only by
 /// root, and so must every directory above it (a sticky directory such as /tmp is
 /// allowed): otherwise another user could have chosen what root acts on. The file that
