@@ -145,7 +145,8 @@ fn automatic_failover_moves_ports_slot_and_barman_and_loses_nothing() {
     let conninfo = &lab.env["APP_CONNINFO"];
     let writer = lab
         .spawn(&["probe", "write", "--conninfo", conninfo, "--count", "1000000", "--interval-ms", "20"], &writes_file);
-    std::thread::sleep(Duration::from_secs(2));
+    lab.wait_for_line(&writes_file, &format!("ok {DB1} id="));
+    std::thread::sleep(Duration::from_secs(1));
 
     let t0 = now_ms();
     lab.ok(&["stop", "db1"]);
@@ -232,7 +233,7 @@ fn a_connection_held_to_the_old_primary_is_cut_when_the_rules_move() {
     let held_file = std::env::temp_dir().join("repmgr-nat-lab-held.txt");
     let conninfo = &lab.env["APP_CONNINFO"];
     let held = lab.spawn(&["probe", "hold", "--conninfo", conninfo, "--interval-ms", "50"], &held_file);
-    std::thread::sleep(Duration::from_secs(1));
+    lab.wait_for_line(&held_file, &format!("ok {DB1} conn=1"));
 
     // db2 promoted while db1 still runs: the held connection still talks to db1
     lab.ok(&["pgctl", "db2", "promote"]);

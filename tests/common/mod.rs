@@ -262,6 +262,15 @@ impl Lab {
         text
     }
 
+    /// Waits until a background probe's output has a line containing `text` (the probe
+    /// may first be built).
+    #[track_caller]
+    pub fn wait_for_line(&self, file: &Path, text: &str) {
+        self.wait_until(&format!("a line with {text:?} in {}", file.display()), Duration::from_secs(120), || {
+            std::fs::read_to_string(file).is_ok_and(|out| out.contains(text))
+        });
+    }
+
     /// Stops a background lab-probe (SIGTERM; it flushes and exits) and waits for it.
     pub fn stop(&self, mut child: Child) {
         let pid = child.id().to_string();

@@ -190,16 +190,27 @@ fn strip_mask(addr: &str) -> String {
 
 fn watch(o: &Opts) -> Result<(), String> {
     let conninfo = need_conninfo(o)?;
-    let start = Instant::now();
-    let mut next = Instant::now();
-    while !finished(start, o) {
-        let t = now_ms();
+    every_interval(o, |t| {
         let ci = conninfo.clone();
         match with_timeout(o.timeout, move || probe_once(&ci)) {
             Some(Ok(addr)) => emit(&format!("{t} ok {addr}")),
             Some(Err(r)) => emit(&format!("{t} err {r}")),
-            None if stopped() => break,
+            None if stopped() => return false,
             None => emit(&format!("{t} err timeout after {} ms", o.timeout.as_millis())),
+        }
+        true
+    });
+    Ok(())
+}
+
+/// Calls `attempt` with the time in epoch ms every interval, until the duration is over,
+/// a signal came, or `attempt` says to stop.
+fn every_interval(o: &Opts, mut attempt: impl FnMut(u128) -> bool) {
+    let start = Instant::now();
+    let mut next = Instant::now();
+    while !finished(start, o) {
+        if !attempt(now_ms()) {
+            break;
         }
         next += o.interval;
         if next < Instant::now() {
@@ -207,18 +218,14 @@ fn watch(o: &Opts) -> Result<(), String> {
         }
         sleep_until(next);
     }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------- hold
 fn hold(o: &Opts) -> Result<(), String> {
     let conninfo = need_conninfo(o)?;
-    let start = Instant::now();
-    let mut next = Instant::now();
     let mut client: Option<Client> = None;
     let mut conn_no = 0u64;
-    while !finished(start, o) {
-        let t = now_ms();
+    every_interval(o, |t| {
         let ci = conninfo.clone();
         let had = client.take();
         let fresh = had.is_none();
@@ -244,15 +251,11 @@ fn hold(o: &Opts) -> Result<(), String> {
                 emit(&format!("{t} ok {addr} conn={conn_no}"));
             }
             Some(Err(r)) => emit(&format!("{t} err {r}")),
-            None if stopped() => break,
+            None if stopped() => return false,
             None => emit(&format!("{t} err timeout after {} ms", o.timeout.as_millis())),
         }
-        next += o.interval;
-        if next < Instant::now() {
-            next = Instant::now();
-        }
-        sleep_until(next);
-    }
+        true
+    });
     if let Some(c) = client {
         let _ = c.close();
     }
