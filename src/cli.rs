@@ -46,7 +46,7 @@ pub enum Command {
         success: Option<String>,
     },
     /// At boot, as root: turn on forwarding, create the chains and jumps where missing,
-    /// point them at the live primary (or the recorded one when no node answers)
+    /// point them at the live primary (or the route recorded before when no node answers)
     Setup,
     /// Repair after a failover repmgr-nat did not see: ask every node, route to the one
     /// primary, take the slot off the standbys
@@ -55,7 +55,7 @@ pub enum Command {
         #[arg(long, value_name = "NODE_ID")]
         primary: Option<String>,
     },
-    /// Show the nodes, the rules and the recorded primary; exit 4 when they disagree
+    /// Show the nodes, the rules and the recorded route; exit 4 when they disagree
     Status {
         /// Print JSON
         #[arg(long)]
