@@ -78,8 +78,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             let (Some(node), Some(open)) = (node, ports) else { unreachable!("clap requires both without --show") };
             let route = Route { node: node_id(&cfg, &node)?, open };
-            let changed =
-                if dry_run { PrintNat { cfg: &cfg, real: &direct }.switch(route)? } else { direct.switch(route)? };
+            let changed = if dry_run { PrintNat::new(&cfg, &direct).switch(route)? } else { direct.switch(route)? };
             println!("{}", if changed { "changed" } else { "unchanged" });
             Ok(())
         }
@@ -143,7 +142,7 @@ fn with_effects<T>(
         &via_sudo
     };
     if dry_run {
-        let nat = PrintNat { cfg, real: nat };
+        let nat = PrintNat::new(cfg, nat);
         let cluster = PrintCluster { cfg, real: &cluster };
         f(&Effects { nat: &nat, cluster: &cluster, backup: &PrintBackup(&cfg.barman), dry_run })
     } else {
@@ -236,5 +235,9 @@ fn teardown(cfg: &Config, dry_run: bool) -> Result<()> {
     let iptables = Iptables::new();
     let printing = PrintFirewall(&iptables);
     let fw: &dyn Firewall = if dry_run { &printing } else { &iptables };
-    nat::uninstall(cfg, fw, &Live::parse(cfg, &fw.save()?))
+    nat::uninstall(cfg, fw, &Live::parse(cfg, &fw.save()?))?;
+    if !dry_run {
+        log::info!("teardown: removed the jumps and the chains {} and {}", cfg.nat.dnat_chain, cfg.nat.snat_chain);
+    }
+    Ok(())
 }

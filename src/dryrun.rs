@@ -2,6 +2,7 @@
 //! print every change instead of making it: the ruleset transaction, the conntrack
 //! commands, the SQL with its parameters and the barman commands.
 
+use std::cell::RefCell;
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
@@ -18,6 +19,14 @@ use crate::ruleset::{self, Live, Route, Routing};
 pub struct PrintNat<'a> {
     pub cfg: &'a Config,
     pub real: &'a dyn Nat,
+    /// What the chains would hold after the switches printed so far.
+    pub after: RefCell<Option<Route>>,
+}
+
+impl<'a> PrintNat<'a> {
+    pub fn new(cfg: &'a Config, real: &'a dyn Nat) -> PrintNat<'a> {
+        PrintNat { cfg, real, after: RefCell::new(None) }
+    }
 }
 
 impl Nat for PrintNat<'_> {
@@ -27,7 +36,11 @@ impl Nat for PrintNat<'_> {
 
     fn switch(&self, route: Route) -> Result<bool> {
         let cfg = self.cfg;
-        let before = self.real.live()?.routing(cfg);
+        let before = match *self.after.borrow() {
+            Some(printed) => Routing::To(printed),
+            None => self.real.live()?.routing(cfg),
+        };
+        *self.after.borrow_mut() = Some(route);
         if before == Routing::To(route) {
             println!("# the chains already hold {route}");
             return Ok(false);

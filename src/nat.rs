@@ -78,12 +78,12 @@ impl Nat for Direct<'_> {
 pub fn fix_jumps(cfg: &Config, fw: &dyn Firewall, live: &Live) -> Result<()> {
     for (hook, chain, count) in live.jumps(cfg) {
         if count == 0 {
+            log::info!("nat: -A {hook} -j {chain} is missing: adding it");
             fw.add_jump(hook, chain)?;
-            log::info!("nat: added -A {hook} -j {chain}");
         }
         for _ in 1..count {
+            log::info!("nat: -A {hook} -j {chain} is there {count} times: removing one");
             fw.delete_jump(hook, chain)?;
-            log::info!("nat: removed a duplicate -A {hook} -j {chain}");
         }
     }
     Ok(())
@@ -94,8 +94,8 @@ pub fn fix_jumps(cfg: &Config, fw: &dyn Firewall, live: &Live) -> Result<()> {
 pub fn install(cfg: &Config, fw: &dyn Firewall, live: &Live) -> Result<()> {
     for (present, chain) in [(live.dnat_chain, &cfg.nat.dnat_chain), (live.snat_chain, &cfg.nat.snat_chain)] {
         if !present {
+            log::info!("nat: chain {chain} is missing: creating it");
             fw.new_chain(chain)?;
-            log::info!("nat: created chain {chain}");
         }
     }
     fix_jumps(cfg, fw, live)
@@ -111,7 +111,6 @@ pub fn uninstall(cfg: &Config, fw: &dyn Firewall, live: &Live) -> Result<()> {
     for chain in [&cfg.nat.dnat_chain, &cfg.nat.snat_chain] {
         fw.delete_chain(chain)?;
     }
-    log::info!("nat: removed the jumps and the chains {} and {}", cfg.nat.dnat_chain, cfg.nat.snat_chain);
     Ok(())
 }
 
