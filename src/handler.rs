@@ -36,12 +36,15 @@ pub struct Effects<'a> {
 /// `repmgr-nat event`: the caller holds the lock.
 pub fn event(cfg: &Config, fx: &Effects, event: &Event) -> Result<()> {
     let label = format!("node {} {}", event.node, event.name);
+    let triage = plan::triage(event);
+    if let Triage::Ignore { why, .. } = triage {
+        return carry_out(cfg, fx, event.node, &label, Decision::Nothing(why));
+    }
     let view = fx.cluster.inspect(event.node).map_err(|e| anyhow!("{label}: {e:#}; nothing changed"))?;
     let routing = fx.nat.live()?.routing(cfg);
-    let decision = match plan::triage(event) {
+    let decision = match triage {
         Triage::Promote => plan::promote(event.node, view, &routing),
-        Triage::Standby => plan::standby(event.node, view, &routing),
-        Triage::Ignore { why, .. } => Decision::Nothing(why),
+        _ => plan::standby(event.node, view, &routing),
     };
     carry_out(cfg, fx, event.node, &label, decision)
 }

@@ -80,9 +80,9 @@ impl StateDir {
     }
 
     /// Records `route`: written to a new temporary file, flushed, and renamed over the old
-    /// record, so a crash leaves either the old or the new one.
+    /// record, so a crash leaves either the old or the new one. The caller holds
+    /// `route_lock`, which made sure the directory exists and is root's.
     pub fn record(&self, route: Route) -> Result<()> {
-        self.create()?;
         let path = self.dir.join(RECORD);
         let tmp = self.dir.join(format!(".{RECORD}.{}", std::process::id()));
         let write = || -> std::io::Result<()> {
