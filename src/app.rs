@@ -5,21 +5,21 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::barman::Barman;
+use crate::effects::barman::Barman;
 use crate::cli::{Cli, Command};
-use crate::config::{self, Config, NodeId};
-use crate::db::Postgres;
-use crate::dryrun::{PrintBackup, PrintCluster, PrintFirewall, PrintNat};
-use crate::event::Event;
+use crate::core::config::{self, Config, NodeId};
+use crate::effects::db::Postgres;
+use crate::effects::dryrun::{PrintBackup, PrintCluster, PrintFirewall, PrintNat};
+use crate::core::event::Event;
 use crate::exit::{BadInput, Inconsistent};
-use crate::firewall::{Firewall, Iptables};
+use crate::effects::firewall::{Firewall, Iptables};
 use crate::handler::{self, Effects};
-use crate::nat::{self, Direct, Nat, ViaSudo};
-use crate::plan::{self, NoAnswer, Triage};
-use crate::privilege;
-use crate::ruleset::{Live, Route};
-use crate::state::{Lock, StateDir};
-use crate::status;
+use crate::effects::nat::{self, Direct, Nat, ViaSudo};
+use crate::core::plan::{self, NoAnswer, Triage};
+use crate::effects::privilege;
+use crate::core::ruleset::{Live, Route};
+use crate::effects::state::{Lock, StateDir};
+use crate::core::status;
 
 pub fn run(cli: Cli) -> Result<()> {
     let dry_run = cli.dry_run;

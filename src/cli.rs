@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Parser, Subcommand};
 
-use crate::ruleset::Open;
+use crate::core::ruleset::Open;
 
 /// Keeps the NAT rules of a PostgreSQL backup/proxy host pointed at the primary of a
 /// repmgr cluster, and barman's replication slot on it.

@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
 
-use crate::barman::Backup;
-use crate::config::{Config, NodeId};
-use crate::db::Cluster;
-use crate::event::Event;
+use crate::effects::barman::Backup;
+use crate::core::config::{Config, NodeId};
+use crate::effects::db::Cluster;
+use crate::core::event::Event;
 use crate::exit::Refused;
-use crate::nat::Nat;
-use crate::plan::{self, Answers, Decision, Role, Step, Triage};
-use crate::ruleset::{Open, Route, Routing};
+use crate::effects::nat::Nat;
+use crate::core::plan::{self, Answers, Decision, Role, Step, Triage};
+use crate::core::ruleset::{Open, Route, Routing};
 
 /// The adapters a run acts through.
 pub struct Effects<'a> {
@@ -201,10 +201,10 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::config::tests::example;
+    use crate::core::config::tests::example;
     use crate::exit;
-    use crate::plan::{NoAnswer, NodeView, Slot};
-    use crate::ruleset::{Live, restore_text};
+    use crate::core::plan::{NoAnswer, NodeView, Slot};
+    use crate::core::ruleset::{Live, restore_text};
 
     /// A node as the fake answers for it: role and slot, or unreachable.
     type FakeNode = (u32, Option<(Role, Option<Slot>)>);

@@ -6,23 +6,11 @@
 //! them together.
 
 mod app;
-mod barman;
 mod cli;
-mod config;
-mod db;
-mod dryrun;
-mod event;
-mod exec;
+mod core;
+mod effects;
 mod exit;
-mod firewall;
 mod handler;
-mod nat;
-mod pgpass;
-mod plan;
-mod privilege;
-mod ruleset;
-mod state;
-mod status;
 
 use std::io::Write;
 use std::process::ExitCode;

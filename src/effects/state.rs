@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::config::NodeId;
-use crate::ruleset::{Open, Route};
+use crate::core::config::NodeId;
+use crate::core::ruleset::{Open, Route};
 
 /// The route root last applied: "<node id> <none|barman|all>".
 const RECORD: &str = "route";
@@ -54,7 +54,7 @@ impl StateDir {
     /// As root: the directory must be root's and writable by root only, or a record
     /// planted there could steer root's NAT.
     fn check_trusted(&self) -> Result<()> {
-        if !crate::privilege::is_root() {
+        if !crate::effects::privilege::is_root() {
             return Ok(());
         }
         let meta = fs::symlink_metadata(&self.dir).with_context(|| format!("cannot stat {}", self.dir.display()))?;

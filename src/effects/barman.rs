@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::config;
-use crate::exec::{self, Cmd, ExecError};
+use crate::core::config;
+use crate::effects::exec::{self, Cmd, ExecError};
 
 pub trait Backup {
     /// Stops receive-wal; not running is success.
@@ -108,7 +108,7 @@ impl Backup for Barman<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tests::example;
+    use crate::core::config::tests::example;
 
     #[test]
     fn commands_match_the_sudoers_grant() {

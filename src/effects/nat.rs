@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::config::Config;
-use crate::exec::{self, Cmd};
-use crate::firewall::Firewall;
-use crate::ruleset::{self, Live, Route, Routing};
-use crate::state::StateDir;
+use crate::core::config::Config;
+use crate::effects::exec::{self, Cmd};
+use crate::effects::firewall::Firewall;
+use crate::core::ruleset::{self, Live, Route, Routing};
+use crate::effects::state::StateDir;
 
 /// Where sudoers.d/repmgr-nat expects the program: the unprivileged side asks sudo to run
 /// exactly this path.
@@ -158,9 +158,9 @@ mod tests {
     use anyhow::anyhow;
 
     use super::*;
-    use crate::config::NodeId;
-    use crate::config::tests::example;
-    use crate::ruleset::{Open, restore_text};
+    use crate::core::config::NodeId;
+    use crate::core::config::tests::example;
+    use crate::core::ruleset::{Open, restore_text};
 
     /// A nat table in memory: `save` prints it, `restore` replaces our chains; every call
     /// is recorded and the calls named in `failing` fail.

@@ -4,9 +4,9 @@
 
 use std::fmt;
 
-use crate::config::NodeId;
-use crate::event::{Event, Kind};
-use crate::ruleset::{Open, Route, Routing};
+use crate::core::config::NodeId;
+use crate::core::event::{Event, Kind};
+use crate::core::ruleset::{Open, Route, Routing};
 
 /// What a node answered when asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

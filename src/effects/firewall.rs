@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 
-use crate::exec::{self, Cmd};
+use crate::effects::exec::{self, Cmd};
 
 /// How long to wait for the xtables lock (`iptables-restore -w`), in seconds.
 const XTABLES_WAIT: &str = "5";

@@ -2,7 +2,7 @@
 
 use anyhow::{Result, bail};
 
-use crate::config::NodeId;
+use crate::core::config::NodeId;
 
 /// What an event means for the NAT rules and the slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

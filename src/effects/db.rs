@@ -11,9 +11,9 @@ use anyhow::{Context, Result, anyhow};
 use postgres::error::SqlState;
 use postgres::{Client, NoTls};
 
-use crate::config::{Config, NodeId, SslMode};
-use crate::pgpass;
-use crate::plan::{Answers, NoAnswer, NodeView, Role, Slot};
+use crate::core::config::{Config, NodeId, SslMode};
+use crate::effects::pgpass;
+use crate::core::plan::{Answers, NoAnswer, NodeView, Role, Slot};
 
 pub const INSPECT_SQL: &str = "SELECT pg_is_in_recovery(), \
      EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1), \

@@ -323,7 +323,7 @@ impl RawConfig {
         // event arriving during one is handled after it rather than failing.
         let lock_timeout = match self.state.lock_timeout {
             Some(secs) => seconds("state.lock_timeout", secs, 1, 3600)?,
-            None => crate::barman::worst_case(&barman) + Duration::from_secs(35),
+            None => crate::effects::barman::worst_case(&barman) + Duration::from_secs(35),
         };
         let state = State { dir, lock_timeout };
 
@@ -457,7 +457,7 @@ dir = "/var/lib/repmgr-nat"
 
     #[test]
     fn the_packaged_example_sets_every_key_to_a_valid_value() {
-        let packaged = Config::parse(include_str!("../packaging/repmgr-nat.toml")).unwrap();
+        let packaged = Config::parse(include_str!("../../packaging/repmgr-nat.toml")).unwrap();
         assert_eq!(
             packaged,
             Config { state: State { lock_timeout: Duration::from_secs(150), ..packaged.state.clone() }, ..example() }

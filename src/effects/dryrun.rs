@@ -7,14 +7,14 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 
-use crate::barman::{self, Backup};
-use crate::config::{self, Config, NodeId};
-use crate::db::{self, Cluster};
-use crate::firewall::{self, Firewall};
-use crate::nat::{Nat, ViaSudo};
-use crate::plan::{Answers, NodeView};
-use crate::privilege;
-use crate::ruleset::{self, Live, Route, Routing};
+use crate::effects::barman::{self, Backup};
+use crate::core::config::{self, Config, NodeId};
+use crate::effects::db::{self, Cluster};
+use crate::effects::firewall::{self, Firewall};
+use crate::effects::nat::{Nat, ViaSudo};
+use crate::core::plan::{Answers, NodeView};
+use crate::effects::privilege;
+use crate::core::ruleset::{self, Live, Route, Routing};
 
 pub struct PrintNat<'a> {
     pub cfg: &'a Config,

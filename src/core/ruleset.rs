@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::config::{Config, NodeId};
+use crate::core::config::{Config, NodeId};
 
 /// Which proxy ports forward to the node. The SNAT rule for the node is present in
 /// every case, so a route always names exactly one node.
@@ -249,7 +249,7 @@ fn chain_of(line: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tests::example;
+    use crate::core::config::tests::example;
 
     const TO_2_ALL: &str = "\
 *nat

@@ -5,9 +5,9 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::config::{Config, NodeId};
-use crate::plan::{Answers, Role};
-use crate::ruleset::{Live, Open, Route, Routing};
+use crate::core::config::{Config, NodeId};
+use crate::core::plan::{Answers, Role};
+use crate::core::ruleset::{Live, Open, Route, Routing};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -222,9 +222,9 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tests::example;
-    use crate::plan::{NoAnswer, NodeView, Slot};
-    use crate::ruleset::restore_text;
+    use crate::core::config::tests::example;
+    use crate::core::plan::{NoAnswer, NodeView, Slot};
+    use crate::core::ruleset::restore_text;
 
     fn view(role: Role, slot: bool) -> Result<NodeView, NoAnswer> {
         Ok(NodeView { role, slot: slot.then_some(Slot { active_pid: None }) })

@@ -1,0 +1,8 @@
+//! The pure core: it decides and renders, and never acts. The configuration, repmgr's
+//! events, the view of the cluster, the plan, the rulesets and the status report.
+
+pub mod config;
+pub mod event;
+pub mod plan;
+pub mod ruleset;
+pub mod status;
