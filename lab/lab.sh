@@ -53,7 +53,9 @@ Cluster
   event NODE ID EVENT [SUCCESS] run the event handler as repmgr on NODE would (logged)
   article-chains                run the article's chains script (rewritten) on the proxy
   cron start|stop|status        the barman cron loop (barman -q cron every minute, second 0)
-  nat                           iptables-save -t nat in the proxy namespace
+  watch start|stop|kill|status  repmgr-nat watch as postgres in the proxy namespace (log:
+                                logs/watch.log); kill: SIGKILL, as a crash
+  nat                           iptables-save (every table) in the proxy namespace
 
 Events and clients
   events [--summary]            the events log (every handler run: output, exit code, duration)
@@ -162,7 +164,7 @@ cmd_down() {
     # 1. what the lab started, by pid file: the cron loop and repmgrd get TERM (waited for
     #    below, with everything else in the namespaces); PostgreSQL: pg_ctl stop -m immediate
     local pidf pid
-    for pidf in "$CRON_PID" "$(node_repmgrd_pid db1)" "$(node_repmgrd_pid db2)"; do
+    for pidf in "$WATCH_PID" "$CRON_PID" "$(node_repmgrd_pid db1)" "$(node_repmgrd_pid db2)"; do
         [[ -s $pidf ]] || continue
         pid=$(cat "$pidf")
         [[ $pid =~ ^[0-9]+$ ]] && kill -TERM "$pid" 2>/dev/null
@@ -585,7 +587,18 @@ cmd_cron() {
     esac
 }
 
-cmd_nat() { require_root "$@"; require_up; ip netns exec proxy iptables-save -t nat; }
+cmd_watch() {
+    require_root "$@"; require_up
+    case ${1:-} in
+    start) watch_start; say "watch running (pid $(cat "$WATCH_PID"), log $WATCH_LOG)" ;;
+    stop) watch_stop TERM; say "watch stopped" ;;
+    kill) watch_stop KILL; say "watch killed" ;;
+    status) if watch_running; then echo "running $(cat "$WATCH_PID")"; else echo stopped; return 1; fi ;;
+    *) die "usage: lab.sh watch start|stop|kill|status" ;;
+    esac
+}
+
+cmd_nat() { require_root "$@"; require_up; ip netns exec proxy iptables-save; }
 
 # ============================================================================ events, clients
 cmd_events() {
@@ -689,7 +702,7 @@ cmd_env() {
         "DB1_REPMGR_CONF=$(node_conf db1)" "DB2_REPMGR_CONF=$(node_conf db2)" \
         "DB1_PG_LOG=$(node_pglog db1)" "DB2_PG_LOG=$(node_pglog db2)" \
         "DB1_REPMGRD_LOG=$(node_repmgrd_log db1)" "DB2_REPMGRD_LOG=$(node_repmgrd_log db2)" \
-        "EVENTS_LOG=$EVENTS_LOG" "LAB_LOG=$LAB_LOG" "CRON_LOG=$CRON_LOG" "SSH_LOG=$LAB_DIR/logs/ssh.log" "LOGS_SAVED_TO=${LAB_SAVE_LOGS:-$LAB_LOGS_SAVE_DEFAULT}" \
+        "EVENTS_LOG=$EVENTS_LOG" "LAB_LOG=$LAB_LOG" "CRON_LOG=$CRON_LOG" "WATCH_LOG=$WATCH_LOG" "WATCH_DIR=$WATCH_DIR" "SSH_LOG=$LAB_DIR/logs/ssh.log" "LOGS_SAVED_TO=${LAB_SAVE_LOGS:-$LAB_LOGS_SAVE_DEFAULT}" \
         "BARMAN_SERVER=$BARMAN_SERVER" "BARMAN_SLOT=$BARMAN_SLOT" "BARMAN_CONF=$BARMAN_CONF" \
         "BARMAN_HOME=$BARMAN_SERVER_HOME" \
         "REPMGR_NAT_BIN=$RNAT_BIN" "REPMGR_NAT_CONFIG=$RNAT_CONFIG" "REPMGR_NAT_STATE_DIR=$RNAT_STATE_DIR" \
@@ -776,6 +789,7 @@ main() {
     event) cmd_event "$@" ;;
     article-chains) cmd_article_chains "$@" ;;
     cron) cmd_cron "$@" ;;
+    watch) cmd_watch "$@" ;;
     nat) cmd_nat "$@" ;;
     events) cmd_events "$@" ;;
     wait-event) cmd_wait_event "$@" ;;

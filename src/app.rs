@@ -1,98 +1,98 @@
-//! The commands: each loads what it needs, takes the lock where it changes anything,
-//! builds the adapters and hands over to the handler.
+//! The commands: each loads the config once, takes the run lock where it changes
+//! anything, builds the adapters and hands over to the handler (or to `watch`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::effects::barman::Barman;
 use crate::cli::{Cli, Command};
-use crate::core::config::{self, Config, NodeId};
-use crate::effects::db::Postgres;
-use crate::effects::dryrun::{PrintBackup, PrintCluster, PrintFirewall, PrintNat};
-use crate::core::event::Event;
-use crate::exit::{BadInput, Inconsistent};
-use crate::effects::firewall::{Firewall, Iptables};
-use crate::handler::{self, Effects};
-use crate::effects::nat::{self, Direct, Nat, ViaSudo};
-use crate::core::plan::{self, NoAnswer, Triage};
-use crate::effects::privilege;
-use crate::core::ruleset::{Live, Route};
-use crate::effects::state::{Lock, StateDir};
+use crate::core::config::{self, Config, Node, NodeId};
+use crate::core::event::{Event, Triage};
+use crate::core::plan::Ask;
+use crate::core::ruleset::{self, Open, Record, Route};
 use crate::core::status;
+use crate::effects::barman::Barman;
+use crate::effects::db::{self, Postgres};
+use crate::effects::dryrun::{PrintBackup, PrintCluster, PrintFirewall, PrintNat, Sink};
+use crate::effects::firewall::{Firewall, Iptables};
+use crate::effects::nat::{Direct, Nat, ViaSudo};
+use crate::effects::privilege;
+use crate::effects::state::{Lock, StateDir};
+use crate::exit::{Exit, bad_input};
+use crate::handler::{self, Effects};
+use crate::watch;
+
+/// What every command knows before it starts: decided once.
+pub struct Ctx {
+    pub cfg: Config,
+    /// Whether this process is root: it then switches the chains itself, otherwise
+    /// through `sudo -n repmgr-nat route`.
+    pub root: bool,
+    pub dry_run: bool,
+}
 
 pub fn run(cli: Cli) -> Result<()> {
     let dry_run = cli.dry_run;
+    let root = privilege::is_root();
+    let ctx = |path: Option<PathBuf>| -> Result<Ctx> { Ok(Ctx { cfg: load(path.as_deref())?, root, dry_run }) };
     match cli.command {
         Command::Event { node_id, event, success } => {
             let event = Event::parse(&node_id, &event, success.as_deref()).map_err(bad_input)?;
-            if let Triage::Ignore { why, warn } = plan::triage(&event) {
-                let level = if warn { log::Level::Warn } else { log::Level::Debug };
-                log::log!(level, "node {} {}: {why}", event.node, event.name);
-                return Ok(());
-            }
-            let cfg = load(cli.config.as_deref())?;
-            cfg.node(event.node).map_err(bad_input)?;
-            let _lock = lock(&cfg, dry_run)?;
-            with_effects(&cfg, cli.config.as_deref(), dry_run, |fx| handler::event(&cfg, fx, &event))
-        }
-        Command::Reconcile { primary } => {
-            let cfg = load(cli.config.as_deref())?;
-            let named = primary.map(|text| node_id(&cfg, &text)).transpose()?;
-            let _lock = lock(&cfg, dry_run)?;
-            with_effects(&cfg, cli.config.as_deref(), dry_run, |fx| {
-                handler::reconcile(&cfg, fx, fx.cluster.inspect_all(), named)
+            let claim = match event.triage() {
+                Triage::Ignore { why, warn } => {
+                    let level = if warn { log::Level::Warn } else { log::Level::Debug };
+                    log::log!(level, "node {} {}: {why}", event.node, event.name);
+                    return Ok(());
+                }
+                Triage::Act(claim) => claim,
+            };
+            let ctx = ctx(acting_config(cli.config, root, dry_run)?)?;
+            ctx.cfg.node(event.node).map_err(bad_input)?;
+            let _lock = lock(&ctx)?;
+            with_effects(&ctx, |fx| {
+                handler::run(&ctx.cfg, fx, Ask::Event(claim), &format!("node {} {}", event.node, event.name))
             })
         }
-        Command::Status { json } => {
-            let cfg = load(cli.config.as_deref())?;
-            status(&cfg, cli.config.as_deref(), json)
+        Command::Reconcile { primary } => {
+            let ctx = ctx(acting_config(cli.config, root, dry_run)?)?;
+            let named = primary.map(|text| node(&ctx.cfg, &text)).transpose()?;
+            let _lock = lock(&ctx)?;
+            with_effects(&ctx, |fx| handler::run(&ctx.cfg, fx, Ask::Reconcile { named }, "reconcile"))
         }
+        Command::Watch => {
+            let ctx = ctx(acting_config(cli.config, root, dry_run)?)?;
+            watch::run(&ctx)
+        }
+        Command::Status { json } => status(&ctx(cli.config)?, json),
         Command::Setup => {
-            require_root("setup")?;
-            let cfg = load(cli.config.as_deref())?;
-            setup(&cfg, cli.config.as_deref(), dry_run)
+            require_root("setup", root)?;
+            setup(&ctx(cli.config)?)
         }
         Command::Teardown => {
-            require_root("teardown")?;
-            let cfg = load(cli.config.as_deref())?;
-            teardown(&cfg, dry_run)
+            require_root("teardown", root)?;
+            teardown(&ctx(cli.config)?)
         }
-        Command::Route { node_id: node, ports, show } => {
-            require_root("route")?;
+        Command::Route { node_id, ports, timeline, show } => {
+            require_root("route", root)?;
             if let Some(path) = &cli.config {
-                return Err(BadInput(format!(
+                return Err(Exit::BadInput(format!(
                     "route reads only {}; --config {} and REPMGR_NAT_CONFIG are refused",
                     config::DEFAULT_PATH,
                     path.display()
                 ))
                 .into());
             }
-            let cfg = load(None)?;
-            let fw = Iptables::new();
-            let state = StateDir::new(&cfg.state.dir);
-            let direct = Direct { cfg: &cfg, fw: &fw, state: &state };
-            if show {
-                print!("{}", direct.live()?.render(&cfg));
-                return Ok(());
+            let ctx = ctx(None)?;
+            match (node_id, ports, show) {
+                (_, _, true) => route_show(&ctx),
+                (Some(node_id), Some(open), false) => {
+                    let timeline = timeline.map(|t| ruleset::parse_timeline(&t).map_err(bad_input)).transpose()?;
+                    route(&ctx, node(&ctx.cfg, &node_id)?, open, timeline)
+                }
+                _ => Err(Exit::BadInput("route needs a node id and --ports, or --show".into()).into()),
             }
-            let (Some(node), Some(open)) = (node, ports) else { unreachable!("clap requires both without --show") };
-            let route = Route { node: node_id(&cfg, &node)?, open };
-            let changed = if dry_run { PrintNat::new(&cfg, &direct).switch(route)? } else { direct.switch(route)? };
-            println!("{}", if changed { "changed" } else { "unchanged" });
-            Ok(())
         }
     }
-}
-
-fn bad_input(e: anyhow::Error) -> anyhow::Error {
-    BadInput(format!("{e:#}")).into()
-}
-
-fn node_id(cfg: &Config, text: &str) -> Result<NodeId> {
-    let node = NodeId::parse(text).map_err(bad_input)?;
-    cfg.node(node).map_err(bad_input)?;
-    Ok(node)
 }
 
 /// The config at `requested`, or at the default path; as root, only a file only root
@@ -103,122 +103,114 @@ fn load(requested: Option<&Path>) -> Result<Config> {
     Config::parse(&text).map_err(|e| bad_input(e.context(format!("bad config {}", path.display()))))
 }
 
-fn require_root(command: &str) -> Result<()> {
-    if privilege::is_root() {
+/// A run that changes anything through sudo acts on the config `route` reads as root
+/// (/etc/repmgr-nat.toml): it may not decide from another one. Root, and dry runs, may.
+fn acting_config(requested: Option<PathBuf>, root: bool, dry_run: bool) -> Result<Option<PathBuf>> {
+    match requested {
+        Some(path) if !root && !dry_run && path != Path::new(config::DEFAULT_PATH) => Err(Exit::BadInput(format!(
+            "--config {} (or REPMGR_NAT_CONFIG): a run that switches the rules through sudo must read {}, the \
+             config root routes by; use --dry-run to try another",
+            path.display(),
+            config::DEFAULT_PATH
+        ))
+        .into()),
+        other => Ok(other),
+    }
+}
+
+fn node(cfg: &Config, text: &str) -> Result<Node> {
+    let id = NodeId::parse(text).map_err(bad_input)?;
+    cfg.node(id).map_err(bad_input)
+}
+
+fn require_root(command: &str, root: bool) -> Result<()> {
+    if root {
         Ok(())
     } else {
-        Err(BadInput(format!("{command} changes the nat table and must run as root")).into())
+        Err(Exit::BadInput(format!("{command} changes the nat table and must run as root")).into())
     }
 }
 
 /// The run lock, except for a dry run, which changes nothing.
-fn lock(cfg: &Config, dry_run: bool) -> Result<Option<Lock>> {
-    if dry_run {
+pub fn lock(ctx: &Ctx) -> Result<Option<Lock>> {
+    if ctx.dry_run {
         return Ok(None);
     }
-    StateDir::new(&cfg.state.dir).lock(cfg.state.lock_timeout).map(Some)
+    StateDir::new(&ctx.cfg.state.dir).lock(ctx.cfg.state.lock_timeout).map(Some)
 }
 
-/// Builds the adapters: NAT changes in this process as root, through sudo otherwise;
-/// wrapped in the printing adapter for a dry run.
-fn with_effects<T>(
-    cfg: &Config,
-    requested: Option<&Path>,
-    dry_run: bool,
-    f: impl FnOnce(&Effects) -> Result<T>,
-) -> Result<T> {
-    let cluster = Postgres::new(cfg);
+/// Builds the adapters: the chains switched in this process as root, through sudo
+/// otherwise; wrapped in the printing adapters for a dry run.
+pub fn with_effects<T>(ctx: &Ctx, f: impl FnOnce(&Effects) -> Result<T>) -> Result<T> {
+    let cfg = &ctx.cfg;
+    let rt = db::runtime()?;
+    let cluster = Postgres::new(cfg, &rt);
     let backup = Barman::new(&cfg.barman);
-    let fw = Iptables::new();
+    let fw = Iptables;
     let state = StateDir::new(&cfg.state.dir);
-    let direct;
-    let via_sudo;
-    let nat: &dyn Nat = if privilege::is_root() {
-        direct = Direct { cfg, fw: &fw, state: &state };
-        &direct
+    let direct = Direct { cfg, fw: &fw, state: &state };
+    let via_sudo = ViaSudo { cfg };
+    let nat: &dyn Nat = if ctx.root { &direct } else { &via_sudo };
+    if ctx.dry_run {
+        let out = Sink::Stdout;
+        let nat = PrintNat::new(cfg, nat, !ctx.root, &out);
+        let cluster = PrintCluster { cfg, real: &cluster, out: &out };
+        let backup = PrintBackup { cfg: &cfg.barman, out: &out };
+        f(&Effects { nat: &nat, cluster: &cluster, backup: &backup })
     } else {
-        same_as_routes_config(cfg, requested)?;
-        via_sudo = ViaSudo { cfg };
-        &via_sudo
-    };
-    if dry_run {
-        let nat = PrintNat::new(cfg, nat);
-        let cluster = PrintCluster { cfg, real: &cluster };
-        f(&Effects { nat: &nat, cluster: &cluster, backup: &PrintBackup(&cfg.barman), dry_run })
-    } else {
-        f(&Effects { nat, cluster: &cluster, backup: &backup, dry_run })
+        f(&Effects { nat, cluster: &cluster, backup: &backup })
     }
 }
 
-/// Through sudo, `route` acts on /etc/repmgr-nat.toml whatever this run was given; a
-/// run on another config must agree with it on everything the two sides share, or the
-/// node this run checked would not be the node root routes to.
-fn same_as_routes_config(cfg: &Config, requested: Option<&Path>) -> Result<()> {
-    let Some(path) = requested.filter(|p| *p != Path::new(config::DEFAULT_PATH)) else { return Ok(()) };
-    let routes = load(None).map_err(|e| {
-        e.context(format!("--config {} needs {} to compare with", path.display(), config::DEFAULT_PATH))
-    })?;
-    let same = cfg.proxy == routes.proxy
-        && cfg.ports == routes.ports
-        && cfg.nodes == routes.nodes
-        && cfg.nat == routes.nat
-        && cfg.state.dir == routes.state.dir;
-    if !same {
-        return Err(BadInput(format!(
-            "{} and {} (the config route reads as root) differ in proxy, ports, nodes, nat or state.dir",
-            path.display(),
-            config::DEFAULT_PATH
-        ))
-        .into());
-    }
-    Ok(())
-}
-
-fn status(cfg: &Config, requested: Option<&Path>, json: bool) -> Result<()> {
-    let report = with_effects(cfg, requested, false, |fx| {
-        let answers = fx.cluster.inspect_all();
+fn status(ctx: &Ctx, json: bool) -> Result<()> {
+    let report = with_effects(ctx, |fx| {
+        let view = fx.cluster.view();
         let live = fx.nat.live().map_err(|e| format!("{e:#}"));
-        let recorded = StateDir::new(&cfg.state.dir).recorded().map_err(|e| format!("{e:#}"));
-        Ok(status::assess(cfg, &answers, live, recorded))
+        let recorded = fx.nat.recorded().map_err(|e| format!("{e:#}"));
+        Ok(status::assess(&ctx.cfg, &view, live, recorded))
     })?;
+    let report = status::Report { watch: watch::report(&ctx.cfg), ..report };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.to_text());
+        print!("{}", report.to_text(watch::now_ms()));
     }
     if report.consistent {
         Ok(())
     } else {
-        Err(Inconsistent(format!("status: inconsistent: {}", report.problems.join("; "))).into())
+        Err(Exit::Inconsistent(format!("status: inconsistent: {}", report.problems.join("; "))).into())
     }
 }
 
 /// Boot: forwarding on, chains and jumps where missing (duplicates removed), then the
-/// live primary; when no node answers at all, the route recorded before the reboot.
-fn setup(cfg: &Config, requested: Option<&Path>, dry_run: bool) -> Result<()> {
+/// live cluster; when no node answers at all, the route recorded before the reboot.
+fn setup(ctx: &Ctx) -> Result<()> {
+    let cfg = &ctx.cfg;
     let state = StateDir::new(&cfg.state.dir);
-    if !dry_run {
+    if !ctx.dry_run {
         state.create()?;
     }
-    let _lock = lock(cfg, dry_run)?;
-    let iptables = Iptables::new();
-    let printing = PrintFirewall(&iptables);
-    let fw: &dyn Firewall = if dry_run { &printing } else { &iptables };
+    let _lock = lock(ctx)?;
+    let out = Sink::Stdout;
+    let printing = PrintFirewall { real: &Iptables, out: &out };
+    let fw: &dyn Firewall = if ctx.dry_run { &printing } else { &Iptables };
     if fw.enable_forwarding()? {
         log::info!("setup: turned on IPv4 forwarding");
     }
-    nat::install(cfg, fw, &Live::parse(cfg, &fw.save()?))?;
+    Direct { cfg, fw, state: &state }.install()?;
 
-    with_effects(cfg, requested, dry_run, |fx| {
-        let answers = fx.cluster.inspect_all();
-        let replied = |answer: &Result<_, NoAnswer>| answer.as_ref().map_or_else(|e| e.replied, |_| true);
-        if answers.iter().any(|(_, answer)| replied(answer)) {
-            return handler::reconcile(cfg, fx, answers, None);
+    with_effects(ctx, |fx| {
+        let view = fx.cluster.view();
+        if view.nodes.iter().any(|(_, answer)| answer.replied()) {
+            return handler::act_on(cfg, fx, Ask::Converge, "setup", &view).map(drop);
         }
-        match state.recorded()? {
-            Some(route) => {
-                log::warn!("setup: no node answered; restoring the route recorded before: {route}");
-                fx.nat.switch(route).map(drop)
+        match fx.nat.recorded()? {
+            Some(record) => {
+                log::warn!(
+                    "setup: no node answered ({}); restoring the route recorded before: {record}",
+                    view.describe()
+                );
+                fx.nat.switch(record).map(drop)
             }
             None => {
                 log::warn!("setup: no node answered and no route is recorded; the ports stay closed");
@@ -229,15 +221,44 @@ fn setup(cfg: &Config, requested: Option<&Path>, dry_run: bool) -> Result<()> {
 }
 
 /// Removes the jumps and the chains; the recorded route stays for the next setup.
-fn teardown(cfg: &Config, dry_run: bool) -> Result<()> {
+fn teardown(ctx: &Ctx) -> Result<()> {
+    let cfg = &ctx.cfg;
     let state = StateDir::new(&cfg.state.dir);
-    let _lock = if state.path().is_dir() { lock(cfg, dry_run)? } else { None };
-    let iptables = Iptables::new();
-    let printing = PrintFirewall(&iptables);
-    let fw: &dyn Firewall = if dry_run { &printing } else { &iptables };
-    nat::uninstall(cfg, fw, &Live::parse(cfg, &fw.save()?))?;
-    if !dry_run {
+    let _lock = if state.path().is_dir() { lock(ctx)? } else { None };
+    let out = Sink::Stdout;
+    let printing = PrintFirewall { real: &Iptables, out: &out };
+    let fw: &dyn Firewall = if ctx.dry_run { &printing } else { &Iptables };
+    Direct { cfg, fw, state: &state }.uninstall()?;
+    if !ctx.dry_run {
         log::info!("teardown: removed the jumps and the chains {} and {}", cfg.nat.dnat_chain, cfg.nat.snat_chain);
     }
+    Ok(())
+}
+
+/// `route --show`: the chains, their rules and the jumps, as iptables-save prints them.
+fn route_show(ctx: &Ctx) -> Result<()> {
+    let fw = Iptables;
+    let state = StateDir::new(&ctx.cfg.state.dir);
+    let direct = Direct { cfg: &ctx.cfg, fw: &fw, state: &state };
+    print!("{}", direct.live()?.render());
+    Ok(())
+}
+
+/// The one privileged step: switch the chains to `node`. Without a timeline the recorded
+/// one stays (a switch by hand).
+fn route(ctx: &Ctx, node: Node, open: Open, timeline: Option<u32>) -> Result<()> {
+    let cfg = &ctx.cfg;
+    let fw = Iptables;
+    let state = StateDir::new(&cfg.state.dir);
+    let direct = Direct { cfg, fw: &fw, state: &state };
+    let timeline = match timeline {
+        Some(t) => t,
+        None => direct.recorded().ok().flatten().map_or(0, |r| r.timeline),
+    };
+    let record = Record { route: Route::new(node, open), timeline };
+    let out = Sink::Stdout;
+    let changed =
+        if ctx.dry_run { PrintNat::new(cfg, &direct, false, &out).switch(record)? } else { direct.switch(record)? };
+    println!("{}", if changed { "changed" } else { "unchanged" });
     Ok(())
 }

@@ -48,13 +48,17 @@ pub enum Command {
     /// At boot, as root: turn on forwarding, create the chains and jumps where missing,
     /// point them at the live primary (or the route recorded before when no node answers)
     Setup,
-    /// Repair after a failover repmgr-nat did not see: ask every node, route to the one
-    /// primary, take the slot off the standbys
+    /// Repair after a failover repmgr-nat did not see: ask every node, route to the
+    /// legitimate primary (the highest timeline), take the slot off the standbys
     Reconcile {
-        /// Route to this node even when other nodes claim to be primary too
+        /// Route to this node, which must be a primary, even when another node claims a
+        /// timeline as high or the record names a higher one (a rebuilt cluster)
         #[arg(long, value_name = "NODE_ID")]
         primary: Option<String>,
     },
+    /// The service (as repmgr's OS user): ask every node every watch.interval_ms and
+    /// converge whenever the primary, the rules, the slot or barman disagree
+    Watch,
     /// Show the nodes, the rules and the recorded route; exit 4 when they disagree
     Status {
         /// Print JSON
@@ -71,8 +75,11 @@ pub enum Command {
         /// Which proxy ports forward to the node
         #[arg(long, value_enum, required_unless_present = "show")]
         ports: Option<Open>,
+        /// The timeline of the primary the route is for, recorded with it
+        #[arg(long, value_name = "TIMELINE", requires = "ports", allow_hyphen_values = true)]
+        timeline: Option<String>,
         /// Print what the chains hold now (iptables-save lines), change nothing
-        #[arg(long, conflicts_with_all = ["node_id", "ports"])]
+        #[arg(long, conflicts_with_all = ["node_id", "ports", "timeline"])]
         show: bool,
     },
 }
@@ -91,13 +98,15 @@ mod tests {
     fn route_takes_a_node_and_ports_or_show() {
         let cli = Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "barman"]).unwrap();
         assert!(
-            matches!(cli.command, Command::Route { node_id: Some(ref n), ports: Some(Open::Barman), show: false } if n == "2")
+            matches!(cli.command, Command::Route { node_id: Some(ref n), ports: Some(Open::Barman), timeline: None, show: false } if n == "2")
         );
         assert!(Cli::try_parse_from(["repmgr-nat", "route", "--show"]).is_ok());
         assert!(Cli::try_parse_from(["repmgr-nat", "route", "2"]).is_err());
         assert!(Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "everything"]).is_err());
         assert!(Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "all", "--show"]).is_err());
         assert!(Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "all", "10.0.0.1"]).is_err());
+        assert!(Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "all", "--timeline", "3"]).is_ok());
+        assert!(Cli::try_parse_from(["repmgr-nat", "route", "--show", "--timeline", "3"]).is_err());
     }
 
     #[test]

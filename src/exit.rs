@@ -16,40 +16,40 @@ pub const BAD_INPUT: u8 = 2;
 pub const REFUSED: u8 = 3;
 pub const INCONSISTENT: u8 = 4;
 
-macro_rules! marker {
-    ($name:ident, $doc:literal) => {
-        #[doc = $doc]
-        #[derive(Debug)]
-        pub struct $name(pub String);
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl std::error::Error for $name {}
-    };
+/// An error that selects an exit code other than 1.
+#[derive(Debug)]
+pub enum Exit {
+    /// Bad input: nothing was looked at or changed.
+    BadInput(String),
+    /// The cluster contradicts the request: nothing was changed.
+    Refused(String),
+    /// `status` found disagreement.
+    Inconsistent(String),
 }
 
-marker!(BadInput, "Bad input: nothing was looked at or changed.");
-marker!(Refused, "The cluster contradicts the request: nothing was changed.");
-marker!(Inconsistent, "`status` found disagreement.");
-
-/// The exit code for an error, from the first marker in its chain.
-pub fn code(err: &anyhow::Error) -> u8 {
-    for cause in err.chain() {
-        if cause.is::<BadInput>() {
-            return BAD_INPUT;
-        }
-        if cause.is::<Refused>() {
-            return REFUSED;
-        }
-        if cause.is::<Inconsistent>() {
-            return INCONSISTENT;
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::BadInput(why) | Exit::Refused(why) | Exit::Inconsistent(why) => f.write_str(why),
         }
     }
-    FAILED
+}
+
+impl std::error::Error for Exit {}
+
+/// The exit code for an error, from the first `Exit` in its chain.
+pub fn code(err: &anyhow::Error) -> u8 {
+    match err.chain().find_map(|cause| cause.downcast_ref::<Exit>()) {
+        Some(Exit::BadInput(_)) => BAD_INPUT,
+        Some(Exit::Refused(_)) => REFUSED,
+        Some(Exit::Inconsistent(_)) => INCONSISTENT,
+        None => FAILED,
+    }
+}
+
+/// Any error as bad input (exit 2), on one line.
+pub fn bad_input(e: anyhow::Error) -> anyhow::Error {
+    Exit::BadInput(format!("{e:#}")).into()
 }
 
 #[cfg(test)]
@@ -59,11 +59,11 @@ mod tests {
 
     #[test]
     fn the_marker_anywhere_in_the_chain_picks_the_code() {
-        let refused: anyhow::Error = Refused("node 2 is in recovery".into()).into();
+        let refused: anyhow::Error = Exit::Refused("node 2 is in recovery".into()).into();
         assert_eq!(code(&refused.context("event")), REFUSED);
-        let bad = Err::<(), _>(BadInput("unknown node id 7".into())).context("route").unwrap_err();
+        let bad = Err::<(), _>(Exit::BadInput("unknown node id 7".into())).context("route").unwrap_err();
         assert_eq!(code(&bad), BAD_INPUT);
         assert_eq!(code(&anyhow::anyhow!("iptables-restore failed")), FAILED);
-        assert_eq!(code(&Inconsistent("ports point at node 1".into()).into()), INCONSISTENT);
+        assert_eq!(code(&Exit::Inconsistent("ports point at node 1".into()).into()), INCONSISTENT);
     }
 }

@@ -1,193 +1,154 @@
-//! Carrying out the plans: the promote and standby paths, with the failure policy of
-//! every step, for `event`, `reconcile` and `setup`.
+//! Carrying out a decision: the steps of `plan::decide` in order, with the failure policy
+//! of every step. Events, `reconcile`, `setup` and `watch` all come through here.
 //!
-//! | step                    | when it fails                                                  |
-//! |-------------------------|----------------------------------------------------------------|
-//! | ask the node            | nothing is changed; exit 1                                     |
-//! | route (barman / none)   | stop; the transaction is atomic, the rules are unchanged; exit 1 |
-//! | create slot             | barman is not restarted; counts as barman not confirming       |
-//! | restart barman          | barman did not confirm: see `open_app_on_failure`              |
-//! | route (all)             | with barman unconfirmed: opened anyway and exit 1 (default), or left closed and exit 1 |
-//! | terminate / drop slot   | stop; exit 1                                                   |
-//! | cut old connections     | logged as an error; the switch stands                          |
+//! | step                          | when it fails                                                |
+//! |-------------------------------|--------------------------------------------------------------|
+//! | ask the nodes                 | a node that misses its deadline counts as silent             |
+//! | route (any)                   | stop; the transaction is atomic, the rules are unchanged; exit 1 |
+//! | create slot (the primary)     | barman is not restarted; counts as barman not confirming     |
+//! | restart barman                | barman did not confirm: see `open_app_on_failure`; exit 1     |
+//! | route opening the application port, barman unconfirmed | opened anyway and exit 1 (default), or only barman's port and exit 1 |
+//! | terminate / drop slot (a standby) | logged; the other steps go on; exit 1                    |
+//! | cut old connections           | logged as an error; the switch stands                        |
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Result, anyhow, bail};
 
+use crate::core::config::{Barman, Config, Node};
+use crate::core::plan::{self, Ask, Decision, Nat as NatState, Step};
+use crate::core::ruleset::{Open, Record, Route};
+use crate::core::view::{View, arbitrate};
 use crate::effects::barman::Backup;
-use crate::core::config::{Config, NodeId};
 use crate::effects::db::Cluster;
-use crate::core::event::Event;
-use crate::exit::Refused;
 use crate::effects::nat::Nat;
-use crate::core::plan::{self, Answers, Decision, Role, Step, Triage};
-use crate::core::ruleset::{Open, Route, Routing};
+use crate::exit::Exit;
 
 /// The adapters a run acts through.
 pub struct Effects<'a> {
     pub nat: &'a dyn Nat,
     pub cluster: &'a dyn Cluster,
     pub backup: &'a (dyn Backup + Sync),
-    /// The adapters print the changes instead of making them (`--dry-run`).
-    pub dry_run: bool,
 }
 
-/// `repmgr-nat event`: the caller holds the lock.
-pub fn event(cfg: &Config, fx: &Effects, event: &Event) -> Result<()> {
-    let label = format!("node {} {}", event.node, event.name);
-    let triage = plan::triage(event);
-    if let Triage::Ignore { why, .. } = triage {
-        return carry_out(cfg, fx, event.node, &label, Decision::Nothing(why));
-    }
-    let view = fx.cluster.inspect(event.node).map_err(|e| anyhow!("{label}: {e:#}; nothing changed"))?;
-    let routing = fx.nat.live()?.routing(cfg);
-    let decision = match triage {
-        Triage::Promote => plan::promote(event.node, view, &routing),
-        _ => plan::standby(event.node, view, &routing),
-    };
-    carry_out(cfg, fx, event.node, &label, decision)
+/// Looks at the whole cluster, decides and acts. The caller holds the run lock.
+pub fn run(cfg: &Config, fx: &Effects, ask: Ask, label: &str) -> Result<()> {
+    let view = fx.cluster.view();
+    act_on(cfg, fx, ask, label, &view).map(drop)
 }
 
-/// `repmgr-nat reconcile` and the live part of `setup`: ask every node, route to the
-/// one primary (or the one named), take the slot off every standby.
-pub fn reconcile(cfg: &Config, fx: &Effects, answers: Answers, named: Option<NodeId>) -> Result<()> {
-    for (node, answer) in &answers {
-        match answer {
-            Ok(view) => {
-                log::info!("node {node}: {}{}", view.role, if view.slot.is_some() { ", has the slot" } else { "" })
-            }
-            Err(e) => log::warn!("{e}"),
-        }
+/// Decides from `view` (and the nat table and the record, read now) and acts; returns the
+/// steps carried out.
+pub fn act_on(cfg: &Config, fx: &Effects, ask: Ask, label: &str, view: &View) -> Result<Vec<Step>> {
+    let live = fx.nat.live()?;
+    let routing = live.routing(cfg);
+    let record = fx.nat.recorded()?;
+    let verbose = matches!(ask, Ask::Reconcile { .. });
+    for (node, answer) in &view.nodes {
+        let level = if verbose { log::Level::Info } else { log::Level::Debug };
+        log::log!(level, "{label}: node {}: {}", node.id(), answer.describe());
     }
-    let primary = plan::choose_primary(&answers, named).map_err(|why| Refused(format!("reconcile: {why}")))?;
-    let view =
-        answers.iter().find(|(id, _)| *id == primary).and_then(|(_, a)| a.clone().ok()).expect("chosen from answers");
-    let routing = fx.nat.live()?.routing(cfg);
-    let label = format!("node {primary} reconcile");
-    let promoted = carry_out(cfg, fx, primary, &label, plan::promote(primary, view, &routing));
-
-    // The standbys' slots go whatever happened to the promotion: a slot on a standby
-    // only fills its disk.
-    let mut failures = Vec::new();
-    let after = Routing::To(Route { node: primary, open: Open::All });
-    for (node, answer) in &answers {
-        match answer {
-            Ok(view) if *node != primary && view.role == Role::Standby => {
-                let label = format!("node {node} reconcile");
-                if let Err(e) = carry_out(cfg, fx, *node, &label, plan::standby(*node, *view, &after)) {
-                    log::error!("{e:#}");
-                    failures.push(node.to_string());
-                }
-            }
-            Ok(_) if *node != primary => log::warn!("node {node} also claims to be primary; left alone"),
-            _ => {}
-        }
+    let arbitration = arbitrate(view, record.map_or(0, |r| r.timeline));
+    if !arbitration.stale.is_empty() {
+        log::warn!("{label}: the legitimate primary: {}", arbitration.describe());
     }
-    promoted?;
-    if !failures.is_empty() {
-        bail!("reconcile: could not take the slot off node(s) {}", failures.join(", "));
-    }
-    Ok(())
-}
-
-fn carry_out(cfg: &Config, fx: &Effects, node: NodeId, label: &str, decision: Decision) -> Result<()> {
-    match decision {
+    let nat = NatState { routing: &routing, record, in_place: live.in_place(cfg) };
+    match plan::decide(cfg, ask, view, nat) {
         Decision::Nothing(why) => {
             log::info!("{label}: nothing to do: {why}");
-            Ok(())
+            Ok(Vec::new())
         }
-        Decision::Refuse(why) => Err(Refused(format!("{label}: {why}")).into()),
-        Decision::Act(steps) => execute(cfg, fx, node, label, &steps),
+        Decision::Refuse(why) => Err(Exit::Refused(format!("{label}: {why}")).into()),
+        Decision::Unanswered(why) => bail!("{label}: {why}"),
+        Decision::Act(steps) => execute(cfg, fx, label, &steps).map(|()| steps),
     }
 }
 
 /// Runs the steps in order with the failure policy in this module's table.
-pub fn execute(cfg: &Config, fx: &Effects, node: NodeId, label: &str, steps: &[Step]) -> Result<()> {
+pub fn execute(cfg: &Config, fx: &Effects, label: &str, steps: &[Step]) -> Result<()> {
     std::thread::scope(|scope| {
         // Stopping barman's receive-wal needs nothing from the steps before it: it runs
-        // beside them, and the restart waits for it.
-        let stopping =
-            (steps.contains(&Step::RestartBarman) && !fx.dry_run).then(|| scope.spawn(|| fx.backup.stop_receive_wal()));
-        execute_steps(cfg, fx, node, label, steps, stopping)
+        // beside them (saving its ~0.2 s of Python start-up), and the restart waits for it.
+        let restarts = steps.iter().any(|s| matches!(s, Step::RestartBarman(_)));
+        let mut stopping = restarts.then(|| scope.spawn(|| fx.backup.stop_receive_wal()));
+        let started = Instant::now();
+        // Set when barman could not be brought to confirm the new primary.
+        let mut unconfirmed: Option<anyhow::Error> = None;
+        let mut left_closed = false;
+        let mut failed_elsewhere = Vec::new();
+        for step in steps {
+            let step_started = Instant::now();
+            let result = match *step {
+                Step::Route(record) => {
+                    let record = match &unconfirmed {
+                        Some(_) if record.route.open == Open::All && !cfg.barman.open_app_on_failure => {
+                            left_closed = true;
+                            Record { route: Route::new(record.route.node, Open::Barman), ..record }
+                        }
+                        Some(_) if record.route.open == Open::All => {
+                            log::error!("{label}: opening the application port although barman did not confirm");
+                            record
+                        }
+                        _ => record,
+                    };
+                    fx.nat.switch(record).map(drop)
+                }
+                Step::CreateSlot(node) => fx.cluster.create_slot(node),
+                Step::RestartBarman(_) if unconfirmed.is_some() => {
+                    log::warn!("{label}: barman not restarted: there is no slot to stream from");
+                    continue;
+                }
+                Step::RestartBarman(node) => {
+                    let stopped = match stopping.take() {
+                        Some(handle) => handle.join().unwrap_or_else(|_| Err(anyhow!("stopping receive-wal panicked"))),
+                        None => fx.backup.stop_receive_wal(),
+                    };
+                    stopped.and_then(|()| restart_barman(fx, node))
+                }
+                Step::TerminateWalsender(node, pid) => fx.cluster.terminate(node, pid),
+                Step::DropSlot(node) => fx.cluster.drop_slot(node),
+            };
+            let ms = step_started.elapsed().as_millis();
+            match result {
+                Ok(()) => log::info!("{label}: {step} ({ms} ms)"),
+                // barman's side: the promotion goes on (see open_app_on_failure)
+                Err(e) if matches!(step, Step::CreateSlot(_) | Step::RestartBarman(_)) => {
+                    log::error!("{label}: {step} failed ({ms} ms): {e:#}");
+                    unconfirmed = Some(e);
+                }
+                // another node's housekeeping: the rest goes on
+                Err(e) if !step.is_promotion() => {
+                    log::error!("{label}: {step} failed ({ms} ms): {e:#}");
+                    failed_elsewhere.push(step.to_string());
+                }
+                Err(e) => return Err(e.context(format!("{label}: {step} failed ({ms} ms)"))),
+            }
+        }
+        log::info!("{label}: done in {} ms", started.elapsed().as_millis());
+        if left_closed {
+            let e = unconfirmed.take().expect("left closed because barman did not confirm");
+            bail!(
+                "{label}: barman did not confirm ({e:#}); application port left closed (barman.open_app_on_failure = \
+                 false)"
+            );
+        }
+        if let Some(e) = unconfirmed {
+            return Err(e.context(format!("{label}: barman did not confirm the new primary")));
+        }
+        if !failed_elsewhere.is_empty() {
+            bail!("{label}: failed: {}", failed_elsewhere.join("; "));
+        }
+        Ok(())
     })
 }
 
-type Stopping<'scope> = std::thread::ScopedJoinHandle<'scope, Result<()>>;
-
-fn execute_steps(
-    cfg: &Config,
-    fx: &Effects,
-    node: NodeId,
-    label: &str,
-    steps: &[Step],
-    mut stopping: Option<Stopping>,
-) -> Result<()> {
-    let started = Instant::now();
-    // Set when barman could not be brought to confirm the new primary.
-    let mut unconfirmed: Option<anyhow::Error> = None;
-    for step in steps {
-        let step_started = Instant::now();
-        let result = match *step {
-            Step::Route(route) => {
-                if let (Open::All, Some(e)) = (route.open, &unconfirmed) {
-                    if !cfg.barman.open_app_on_failure {
-                        bail!(
-                            "{label}: barman did not confirm ({e:#}); application port left closed \
-                             (barman.open_app_on_failure = false)"
-                        );
-                    }
-                    log::error!("{label}: opening the application port although barman did not confirm");
-                }
-                fx.nat.switch(route).map(drop)
-            }
-            Step::CreateSlot => fx.cluster.create_slot(node),
-            Step::RestartBarman if unconfirmed.is_some() => {
-                log::warn!("{label}: barman not restarted: there is no slot to stream from");
-                continue;
-            }
-            Step::RestartBarman => {
-                let stopped = match stopping.take() {
-                    Some(handle) => handle.join().unwrap_or_else(|_| Err(anyhow!("stopping receive-wal panicked"))),
-                    None => fx.backup.stop_receive_wal(),
-                };
-                stopped.and_then(|()| restart_barman(fx, node))
-            }
-            Step::TerminateWalsender(pid) => fx.cluster.terminate(node, pid),
-            Step::DropSlot => fx.cluster.drop_slot(node),
-        };
-        let ms = step_started.elapsed().as_millis();
-        match result {
-            Ok(()) if fx.dry_run => log::info!("{label}: would {step}"),
-            Ok(()) => log::info!("{label}: {step} ({ms} ms)"),
-            // barman's side: the promotion goes on (see open_app_on_failure).
-            Err(e) if matches!(step, Step::CreateSlot | Step::RestartBarman) => {
-                log::error!("{label}: {step} failed ({ms} ms): {e:#}");
-                unconfirmed = Some(e);
-            }
-            Err(e) => return Err(e.context(format!("{label}: {step} failed ({ms} ms)"))),
-        }
-    }
-    if !fx.dry_run {
-        log::info!("{label}: done in {} ms", started.elapsed().as_millis());
-    }
-    match unconfirmed {
-        Some(e) => Err(e.context(format!("{label}: barman did not confirm the new primary"))),
-        None => Ok(()),
-    }
-}
-
-/// How often the new primary writes a WAL record while barman waits for its switched
-/// WAL file: barman archives a streamed file only once the next one has begun, and a
-/// primary with the application port still closed may write nothing for seconds.
-pub const NUDGE_EVERY: Duration = Duration::from_millis(50);
-
-/// receive-wal is stopped by then: start it, and have barman confirm a WAL switch.
-fn restart_barman(fx: &Effects, node: NodeId) -> Result<()> {
-    fx.backup.start_receive_wal()?;
-    let mut last = Instant::now() - NUDGE_EVERY;
+/// receive-wal is stopped by then: start it, and have barman confirm a WAL switch while
+/// the new primary writes a tiny WAL record every `Barman::NUDGE_EVERY`.
+fn restart_barman(fx: &Effects, node: Node) -> Result<()> {
+    fx.backup.start_receive_wal(None)?;
+    let mut last = Instant::now() - Barman::NUDGE_EVERY;
     fx.backup.switch_wal(&mut || {
-        if last.elapsed() >= NUDGE_EVERY {
+        if last.elapsed() >= Barman::NUDGE_EVERY {
             if let Err(e) = fx.cluster.emit_wal(node) {
                 log::debug!("{e:#}");
             }
@@ -198,210 +159,197 @@ fn restart_barman(fx: &Effects, node: NodeId) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
     use std::sync::Mutex;
 
     use super::*;
-    use crate::core::config::tests::example;
+    use crate::core::config::NodeId;
+    use crate::core::config::tests::{example, node};
+    use crate::core::event::Claim;
+    use crate::core::ruleset::{Live, Routing};
+    use crate::core::view::tests::view;
+    use crate::core::view::{Answer, Lsn, NodeState, Role, Slot};
+    use crate::effects::dryrun::{PrintBackup, PrintCluster, PrintNat, Sink};
     use crate::exit;
-    use crate::core::plan::{NoAnswer, NodeView, Slot};
-    use crate::core::ruleset::{Live, restore_text};
 
-    /// A node as the fake answers for it: role and slot, or unreachable.
-    type FakeNode = (u32, Option<(Role, Option<Slot>)>);
+    /// What the fake was asked to do, in order.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    enum Call {
+        Switch(u32, Open, u32),
+        CreateSlot(u32),
+        Terminate(u32, i32),
+        DropSlot(u32),
+        EmitWal(u32),
+        BarmanStop,
+        BarmanStart,
+        SwitchWal,
+    }
+    use Call::*;
 
-    /// Records every call; fails the calls named in `failing`.
+    /// The cluster, the nat table and barman in memory; fails the calls in `failing`.
     struct Fake {
-        calls: Mutex<Vec<String>>,
-        routing: Mutex<Routing>,
-        views: Answers,
-        failing: Vec<&'static str>,
+        calls: Mutex<Vec<Call>>,
+        record: Mutex<Option<Record>>,
+        view: View,
+        failing: Vec<Call>,
     }
 
     impl Fake {
-        fn new(routing: Routing, views: &[FakeNode]) -> Fake {
-            let views = views
-                .iter()
-                .map(|(id, v)| {
-                    let answer = match v {
-                        Some((role, slot)) => Ok(NodeView { role: *role, slot: *slot }),
-                        None => Err(NoAnswer { error: "connection refused".to_string(), replied: false }),
-                    };
-                    (NodeId(*id), answer)
-                })
-                .collect();
-            Fake { calls: Mutex::new(Vec::new()), routing: Mutex::new(routing), views, failing: Vec::new() }
+        fn new(record: Option<Record>, view: View) -> Fake {
+            Fake { calls: Mutex::default(), record: Mutex::new(record), view, failing: Vec::new() }
         }
 
-        fn failing(mut self, calls: &[&'static str]) -> Fake {
-            self.failing.extend(calls);
+        fn failing(mut self, calls: &[Call]) -> Fake {
+            self.failing.extend_from_slice(calls);
             self
         }
 
-        fn call(&self, name: String) -> Result<()> {
-            let fails = self.failing.iter().any(|f| *f == name);
-            self.calls.lock().unwrap().push(name.clone());
-            if fails { Err(anyhow!("{name}: injected failure")) } else { Ok(()) }
+        fn call(&self, call: Call) -> Result<()> {
+            let fails = self.failing.contains(&call);
+            self.calls.lock().unwrap().push(call.clone());
+            if fails { Err(anyhow!("{call:?}: injected failure")) } else { Ok(()) }
         }
 
-        /// The calls in order, but for "barman stop", which runs beside the first steps:
-        /// it is checked to come before "barman start" and left out.
-        fn calls(&self) -> Vec<String> {
+        /// The calls in order, but for the stop of receive-wal, which runs beside the
+        /// first steps: it is checked to come before the start, and left out.
+        fn calls(&self) -> Vec<Call> {
             let calls = self.calls.lock().unwrap().clone();
-            let stop = calls.iter().position(|c| c == "barman stop");
-            let start = calls.iter().position(|c| c == "barman start");
-            if let (Some(stop), Some(start)) = (stop, start) {
-                assert!(stop < start, "receive-wal started before it was stopped: {calls:?}");
+            let stop = calls.iter().position(|c| *c == BarmanStop);
+            let start = calls.iter().position(|c| *c == BarmanStart);
+            if let Some(start) = start {
+                assert!(stop.is_some_and(|stop| stop < start), "receive-wal started before it was stopped: {calls:?}");
             }
-            assert!(start.is_none() || stop.is_some(), "receive-wal started without a stop: {calls:?}");
-            calls.into_iter().filter(|c| c != "barman stop").collect()
+            calls.into_iter().filter(|c| *c != BarmanStop).collect()
         }
 
-        fn stopped_barman(&self) -> bool {
-            self.calls.lock().unwrap().iter().any(|c| c == "barman stop")
+        fn routing(&self) -> Routing {
+            self.record.lock().unwrap().map_or(Routing::Nothing, |r| Routing::To(r.route))
         }
     }
 
     impl Nat for Fake {
         fn live(&self) -> Result<Live> {
             let cfg = example();
-            Ok(match *self.routing.lock().unwrap() {
-                Routing::To(route) => Live::parse(&cfg, &restore_text(&cfg, route)),
-                Routing::Nothing => Live::default(),
-                Routing::Unrecognised => Live::parse(&cfg, "*nat\n-A repmgr_dnat -j ACCEPT\nCOMMIT\n"),
+            Ok(match *self.record.lock().unwrap() {
+                Some(record) => Live::installed(&cfg, record.route),
+                None => Live::default(),
             })
         }
-        fn switch(&self, route: Route) -> Result<bool> {
-            self.call(format!("route {route}"))?;
-            let changed = *self.routing.lock().unwrap() != Routing::To(route);
-            *self.routing.lock().unwrap() = Routing::To(route);
-            Ok(changed)
+        fn recorded(&self) -> Result<Option<Record>> {
+            Ok(*self.record.lock().unwrap())
+        }
+        fn switch(&self, record: Record) -> Result<bool> {
+            self.call(Switch(record.route.node.id().into(), record.route.open, record.timeline))?;
+            let before = self.record.lock().unwrap().replace(record);
+            Ok(before.map(|r| r.route) != Some(record.route))
         }
     }
 
     impl Cluster for Fake {
-        fn inspect(&self, node: NodeId) -> Result<NodeView> {
-            self.call(format!("inspect {node}"))?;
-            let answer = self.views.iter().find(|(id, _)| *id == node).map(|(_, a)| a.clone()).unwrap();
-            answer.map_err(|e| anyhow!("node {node}: {e}"))
+        fn view(&self) -> View {
+            self.view.clone()
         }
-        fn inspect_all(&self) -> Answers {
-            self.calls.lock().unwrap().push("inspect all".into());
-            self.views.clone()
+        fn create_slot(&self, node: Node) -> Result<()> {
+            self.call(CreateSlot(node.id().into()))
         }
-        fn create_slot(&self, node: NodeId) -> Result<()> {
-            self.call(format!("create slot {node}"))
+        fn terminate(&self, node: Node, pid: i32) -> Result<()> {
+            self.call(Terminate(node.id().into(), pid))
         }
-        fn terminate(&self, node: NodeId, pid: i32) -> Result<()> {
-            self.call(format!("terminate {pid} on {node}"))
+        fn drop_slot(&self, node: Node) -> Result<()> {
+            self.call(DropSlot(node.id().into()))
         }
-        fn drop_slot(&self, node: NodeId) -> Result<()> {
-            self.call(format!("drop slot {node}"))
-        }
-        fn emit_wal(&self, node: NodeId) -> Result<()> {
-            self.call(format!("emit wal {node}"))
+        fn emit_wal(&self, node: Node) -> Result<()> {
+            self.call(EmitWal(node.id().into()))
         }
     }
 
     impl Backup for Fake {
         fn stop_receive_wal(&self) -> Result<()> {
-            self.call("barman stop".into())
+            self.call(BarmanStop)
         }
-        fn start_receive_wal(&self) -> Result<()> {
-            self.call("barman start".into())
+        fn start_receive_wal(&self, _output: Option<&Path>) -> Result<()> {
+            self.call(BarmanStart)
         }
         fn switch_wal(&self, while_waiting: &mut dyn FnMut()) -> Result<()> {
             while_waiting();
-            self.call("barman switch-wal".into())
+            self.call(SwitchWal)
         }
     }
 
-    fn to(node: u32, open: Open) -> Routing {
-        Routing::To(Route { node: NodeId(node), open })
-    }
-    const IDLE: Option<Slot> = Some(Slot { active_pid: None });
+    const IDLE: Option<Slot> = Some(Slot { active_pid: None, restart_lsn: Some(Lsn(0x300_0000)) });
 
-    fn run_event(cfg: &Config, fake: &Fake, node: u32, name: &str) -> Result<()> {
-        let fx = Effects { nat: fake, cluster: fake, backup: fake, dry_run: false };
-        event(cfg, &fx, &Event::parse(&node.to_string(), name, Some("1")).unwrap())
+    fn primary(timeline: u32, slot: Option<Slot>) -> Answer {
+        Answer::Up(NodeState { role: Role::Primary, timeline, lsn: Lsn(0x300_0060), slot })
+    }
+    fn standby(slot: Option<Slot>) -> Answer {
+        Answer::Up(NodeState { role: Role::Standby, timeline: 1, lsn: Lsn(0x300_0060), slot })
+    }
+    fn down() -> Answer {
+        Answer::Down("connection refused".into())
+    }
+    fn rec(id: u32, open: Open, timeline: u32) -> Option<Record> {
+        Some(Record { route: Route::new(node(id), open), timeline })
     }
 
-    const FAILOVER: [&str; 7] = [
-        "inspect 2",
-        "route node 2 ports barman",
-        "create slot 2",
-        "barman start",
-        "emit wal 2",
-        "barman switch-wal",
-        "route node 2 ports all",
-    ];
+    fn promote(cfg: &Config, fake: &Fake, id: u32) -> Result<()> {
+        let fx = Effects { nat: fake, cluster: fake, backup: fake };
+        run(cfg, &fx, Ask::Event(Claim::Promote(NodeId::new(id))), &format!("node {id} standby_promote"))
+    }
+
+    /// The failover of node 1 to node 2: the slot, the application port, then barman.
+    const FAILOVER: [Call; 5] = [CreateSlot(2), Switch(2, Open::All, 2), BarmanStart, EmitWal(2), SwitchWal];
 
     #[test]
-    fn promote_moves_barman_first_and_opens_the_application_port_last() {
-        let cfg = example();
-        let fake = Fake::new(to(1, Open::All), &[(2, Some((Role::Primary, None)))]);
-        run_event(&cfg, &fake, 2, "standby_promote").unwrap();
+    fn promote_opens_the_application_port_once_the_slot_exists_then_restarts_barman() {
+        let fake = Fake::new(rec(1, Open::All, 1), view(&[(1, down()), (2, primary(2, None))]));
+        promote(&example(), &fake, 2).unwrap();
         assert_eq!(fake.calls(), FAILOVER);
-        assert_eq!(*fake.routing.lock().unwrap(), to(2, Open::All));
+        assert_eq!(fake.routing(), Routing::To(Route::new(node(2), Open::All)));
     }
 
     #[test]
-    fn the_second_promote_event_of_a_failover_changes_nothing() {
+    fn a_refused_or_unanswered_promote_changes_nothing() {
         let cfg = example();
-        let first = Fake::new(to(1, Open::All), &[(2, Some((Role::Primary, None)))]);
-        run_event(&cfg, &first, 2, "standby_promote").unwrap();
-        assert_eq!(first.calls(), FAILOVER);
-        assert!(first.stopped_barman());
-        // repmgrd_failover_promote follows: the node now has the slot, the ports point at it
-        let routing = first.routing.lock().unwrap().clone();
-        let second = Fake::new(routing, &[(2, Some((Role::Primary, IDLE)))]);
-        run_event(&cfg, &second, 2, "repmgrd_failover_promote").unwrap();
-        assert_eq!(second.calls(), ["inspect 2"]);
-        assert!(!second.stopped_barman());
-    }
-
-    #[test]
-    fn a_promote_for_a_standby_or_an_unreachable_node_changes_nothing() {
-        let cfg = example();
-        let fake = Fake::new(to(1, Open::All), &[(2, Some((Role::Standby, None)))]);
-        let err = run_event(&cfg, &fake, 2, "standby_promote").unwrap_err();
+        let fake = Fake::new(rec(1, Open::All, 1), view(&[(1, primary(1, IDLE)), (2, standby(None))]));
+        let err = promote(&cfg, &fake, 2).unwrap_err();
         assert_eq!(exit::code(&err), exit::REFUSED);
         assert_eq!(format!("{err:#}"), "node 2 standby_promote: node 2 is in recovery, not a primary; nothing changed");
-        assert_eq!(fake.calls(), ["inspect 2"]);
+        assert_eq!(fake.calls(), []);
 
-        let fake = Fake::new(to(1, Open::All), &[(2, None)]);
-        let err = run_event(&cfg, &fake, 2, "repmgrd_failover_promote").unwrap_err();
+        let fake = Fake::new(rec(1, Open::All, 1), view(&[(1, primary(1, IDLE)), (2, down())]));
+        let err = promote(&cfg, &fake, 2).unwrap_err();
         assert_eq!(exit::code(&err), exit::FAILED);
-        assert_eq!(format!("{err:#}"), "node 2 repmgrd_failover_promote: node 2: connection refused; nothing changed");
-        assert_eq!(fake.calls(), ["inspect 2"]);
+        assert_eq!(
+            format!("{err:#}"),
+            "node 2 standby_promote: node 2 cannot be asked (down: connection refused); nothing changed"
+        );
+        assert_eq!(fake.calls(), []);
     }
 
     #[test]
-    fn a_failed_nat_switch_stops_before_the_slot_and_barman() {
-        let cfg = example();
-        let fake =
-            Fake::new(to(1, Open::All), &[(2, Some((Role::Primary, None)))]).failing(&["route node 2 ports barman"]);
-        let err = run_event(&cfg, &fake, 2, "standby_promote").unwrap_err();
+    fn a_failed_switch_stops_before_barman() {
+        let fake = Fake::new(rec(1, Open::All, 1), view(&[(1, down()), (2, primary(2, None))])).failing(&[Switch(
+            2,
+            Open::All,
+            2,
+        )]);
+        let err = promote(&example(), &fake, 2).unwrap_err();
         assert_eq!(exit::code(&err), exit::FAILED);
-        // receive-wal may have been stopped beside the switch; barman's cron restarts it
-        assert_eq!(fake.calls(), ["inspect 2", "route node 2 ports barman"]);
-        assert_eq!(*fake.routing.lock().unwrap(), to(1, Open::All));
+        // receive-wal may have been stopped beside the switch: watch or barman's cron restarts it
+        assert_eq!(fake.calls(), [CreateSlot(2), Switch(2, Open::All, 2)]);
     }
 
     #[test]
-    fn barman_failures_open_the_application_port_anyway_by_default() {
-        let cfg = example();
-        for (failing, last_barman_call) in [
-            ("barman switch-wal", "barman switch-wal"),
-            ("barman start", "barman start"),
-            ("barman stop", "create slot 2"),
-        ] {
-            let fake = Fake::new(to(1, Open::All), &[(2, Some((Role::Primary, None)))]).failing(&[failing]);
-            let err = run_event(&cfg, &fake, 2, "standby_promote").unwrap_err();
+    fn barman_failures_after_archive_open_the_application_port_anyway_by_default() {
+        let mut cfg = example();
+        cfg.barman.open_app = crate::core::config::OpenApp::AfterArchive;
+        for failing in [SwitchWal, BarmanStart, BarmanStop, CreateSlot(2)] {
+            let fake = Fake::new(rec(1, Open::All, 1), view(&[(1, down()), (2, primary(2, None))]))
+                .failing(std::slice::from_ref(&failing));
+            let err = promote(&cfg, &fake, 2).unwrap_err();
             assert_eq!(exit::code(&err), exit::FAILED);
             assert!(format!("{err:#}").contains("barman did not confirm the new primary"), "{err:#}");
-            let calls = fake.calls();
-            assert_eq!(calls.last().unwrap(), "route node 2 ports all", "after {failing}");
-            assert_eq!(calls[calls.len() - 2], last_barman_call, "after {failing}: nothing more of barman");
+            assert_eq!(fake.calls().last(), Some(&Switch(2, Open::All, 2)), "after {failing:?}");
         }
     }
 
@@ -409,92 +357,73 @@ mod tests {
     fn barman_failure_can_keep_the_application_port_closed() {
         let mut cfg = example();
         cfg.barman.open_app_on_failure = false;
-        let fake = Fake::new(to(1, Open::All), &[(2, Some((Role::Primary, None)))]).failing(&["barman switch-wal"]);
-        let err = run_event(&cfg, &fake, 2, "standby_promote").unwrap_err();
-        assert_eq!(exit::code(&err), exit::FAILED);
+        // after the slot: a slot that cannot be made leaves only barman's port open
+        let fake =
+            Fake::new(rec(1, Open::All, 1), view(&[(1, down()), (2, primary(2, None))])).failing(&[CreateSlot(2)]);
+        let err = promote(&cfg, &fake, 2).unwrap_err();
         assert!(format!("{err:#}").contains("application port left closed"), "{err:#}");
-        assert_eq!(fake.calls(), &FAILOVER[..6]);
-        assert_eq!(*fake.routing.lock().unwrap(), to(2, Open::Barman));
+        assert_eq!(fake.calls(), [CreateSlot(2), Switch(2, Open::Barman, 2)]);
+        // after the archive: barman's failure too
+        cfg.barman.open_app = crate::core::config::OpenApp::AfterArchive;
+        let fake = Fake::new(rec(1, Open::All, 1), view(&[(1, down()), (2, primary(2, None))])).failing(&[SwitchWal]);
+        let err = promote(&cfg, &fake, 2).unwrap_err();
+        assert!(format!("{err:#}").contains("application port left closed"), "{err:#}");
+        assert_eq!(fake.routing(), Routing::To(Route::new(node(2), Open::Barman)));
     }
 
     #[test]
-    fn no_slot_no_barman_restart() {
-        let cfg = example();
-        let fake = Fake::new(Routing::Nothing, &[(1, Some((Role::Primary, None)))]).failing(&["create slot 1"]);
-        let err = run_event(&cfg, &fake, 1, "primary_register").unwrap_err();
+    fn a_standby_that_keeps_its_slot_does_not_stop_the_promotion() {
+        let fake =
+            Fake::new(rec(1, Open::All, 1), view(&[(1, standby(IDLE)), (2, primary(2, None))])).failing(&[DropSlot(1)]);
+        let err = promote(&example(), &fake, 2).unwrap_err();
         assert_eq!(exit::code(&err), exit::FAILED);
-        assert_eq!(fake.calls(), ["inspect 1", "route node 1 ports barman", "create slot 1", "route node 1 ports all"]);
-    }
-
-    #[test]
-    fn standby_path_terminates_the_walsender_then_drops_the_slot() {
-        let cfg = example();
-        let active = Some(Slot { active_pid: Some(77) });
-        let fake = Fake::new(to(2, Open::All), &[(1, Some((Role::Standby, active)))]);
-        run_event(&cfg, &fake, 1, "node_rejoin").unwrap();
-        assert_eq!(fake.calls(), ["inspect 1", "terminate 77 on 1", "drop slot 1"]);
-
-        let fake = Fake::new(to(2, Open::All), &[(1, Some((Role::Standby, IDLE)))]).failing(&["drop slot 1"]);
-        let err = run_event(&cfg, &fake, 1, "standby_follow").unwrap_err();
-        assert_eq!(exit::code(&err), exit::FAILED);
-        let text = format!("{err:#}");
-        assert!(text.starts_with("node 1 standby_follow: drop slot failed ("), "{text}");
-        assert!(text.ends_with(" ms): drop slot 1: injected failure"), "{text}");
-    }
-
-    #[test]
-    fn a_standby_event_for_the_primary_keeps_its_slot() {
-        let cfg = example();
-        let fake = Fake::new(to(1, Open::All), &[(1, Some((Role::Primary, IDLE)))]);
-        let err = run_event(&cfg, &fake, 1, "standby_register").unwrap_err();
-        assert_eq!(exit::code(&err), exit::REFUSED);
-        assert_eq!(fake.calls(), ["inspect 1"]);
-    }
-
-    fn run_reconcile(cfg: &Config, fake: &Fake, named: Option<u32>) -> Result<()> {
-        let fx = Effects { nat: fake, cluster: fake, backup: fake, dry_run: false };
-        reconcile(cfg, &fx, fake.inspect_all(), named.map(NodeId))
-    }
-
-    #[test]
-    fn reconcile_follows_a_promotion_done_behind_repmgrs_back() {
-        let cfg = example();
-        let fake = Fake::new(to(1, Open::All), &[(1, Some((Role::Standby, IDLE))), (2, Some((Role::Primary, None)))]);
-        run_reconcile(&cfg, &fake, None).unwrap();
-        let mut expected = vec!["inspect all"];
-        expected.extend(&FAILOVER[1..]);
-        expected.push("drop slot 1");
+        assert_eq!(format!("{err:#}"), "node 2 standby_promote: failed: drop slot on node 1");
+        let mut expected = FAILOVER.to_vec();
+        expected.push(DropSlot(1));
         assert_eq!(fake.calls(), expected);
+        assert_eq!(fake.routing(), Routing::To(Route::new(node(2), Open::All)));
     }
 
+    /// `--dry-run` prints every change and makes none: the output is what an operator
+    /// pastes, so it is pinned here.
     #[test]
-    fn reconcile_with_two_primaries_changes_nothing_unless_told() {
+    fn dry_run_prints_the_whole_failover() {
         let cfg = example();
-        let views = [(1, Some((Role::Primary, IDLE))), (2, Some((Role::Primary, None)))];
-        let fake = Fake::new(to(1, Open::All), &views);
-        let err = run_reconcile(&cfg, &fake, None).unwrap_err();
-        assert_eq!(exit::code(&err), exit::REFUSED);
+        let fake = Fake::new(rec(1, Open::All, 1), view(&[(1, standby(IDLE)), (2, primary(2, None))]));
+        let out = Sink::capture();
+        let nat = PrintNat::new(&cfg, &fake, true, &out);
+        let cluster = PrintCluster { cfg: &cfg, real: &fake, out: &out };
+        let backup = PrintBackup { cfg: &cfg.barman, out: &out };
+        let fx = Effects { nat: &nat, cluster: &cluster, backup: &backup };
+        run(&cfg, &fx, Ask::Event(Claim::Promote(NodeId::new(2))), "node 2 standby_promote").unwrap();
+        assert_eq!(fake.calls(), [], "a dry run acted");
+        let sudo = crate::effects::exec::system_tool("sudo");
+        let sudo = sudo.display();
         assert_eq!(
-            format!("{err:#}"),
-            "reconcile: several nodes claim to be primary (1: primary, 2: primary); nothing changed; name the right one with --primary"
+            out.captured(),
+            format!(
+                "\
+node 2 (10.8.2.1): SELECT pg_create_physical_replication_slot($1, true);  -- $1 = 'barman'
+{sudo} -n /usr/local/bin/repmgr-nat route 2 --ports all --timeline 2
+# which runs as root:
+/usr/sbin/iptables-restore --noflush -w 5 <<EOF
+*nat
+:repmgr_dnat - [0:0]
+-A repmgr_dnat -d 10.8.3.1/32 -p tcp -m tcp --dport 54321 -j DNAT --to-destination 10.8.2.1:5432
+-A repmgr_dnat -d 10.8.3.1/32 -p tcp -m tcp --dport 54322 -j DNAT --to-destination 10.8.2.1:5432
+:repmgr_snat - [0:0]
+-A repmgr_snat -d 10.8.2.1/32 -p tcp -m tcp --dport 5432 -j SNAT --to-source 10.8.3.1
+COMMIT
+EOF
+/usr/sbin/conntrack -D -p tcp --orig-dst 10.8.3.1 --reply-src 10.8.1.1
+# and records node 2 ports all (timeline 2)
+{sudo} -n -u barman /usr/bin/barman receive-wal --stop main_backup  # begun beside the steps before
+{sudo} -n -u barman /usr/bin/barman receive-wal main_backup &
+{sudo} -n -u barman /usr/bin/barman switch-wal --force --archive --archive-timeout=90 main_backup
+node 2 (10.8.2.1): BEGIN; SET LOCAL synchronous_commit TO local; SELECT pg_logical_emit_message(true, 'repmgr-nat', 'barman switch-wal'); COMMIT;  -- every 50 ms while barman waits
+node 1 (10.8.1.1): SELECT pg_drop_replication_slot($1);  -- $1 = 'barman'
+"
+            )
         );
-        assert_eq!(fake.calls(), ["inspect all"]);
-
-        let fake = Fake::new(to(1, Open::All), &views);
-        run_reconcile(&cfg, &fake, Some(2)).unwrap();
-        assert_eq!(fake.calls().last().unwrap(), "route node 2 ports all");
-        assert!(!fake.calls().contains(&"drop slot 1".to_string()), "a primary's slot was dropped");
-    }
-
-    #[test]
-    fn reconcile_reports_a_standby_it_could_not_clean() {
-        let cfg = example();
-        let views = [(1, Some((Role::Standby, IDLE))), (2, Some((Role::Primary, IDLE))), (3, None)];
-        let mut cfg3 = cfg.clone();
-        cfg3.nodes.insert(NodeId(3), "10.8.4.1".parse().unwrap());
-        let fake = Fake::new(to(2, Open::All), &views).failing(&["drop slot 1"]);
-        let err = run_reconcile(&cfg3, &fake, None).unwrap_err();
-        assert_eq!(format!("{err:#}"), "reconcile: could not take the slot off node(s) 1");
-        assert_eq!(fake.calls(), ["inspect all", "drop slot 1"]);
     }
 }

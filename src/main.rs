@@ -11,6 +11,7 @@ mod core;
 mod effects;
 mod exit;
 mod handler;
+mod watch;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -12,14 +12,18 @@ use common::{DB1, DB2, Lab, Restore, Wal, now_ms};
 
 const PROXY: &str = "198.51.100.3";
 
-/// Our chains for a route, with the jumps, as `iptables-save` prints them (sorted).
+/// Our chains for a route, with the jumps and the hold, as `iptables-save` prints them
+/// (sorted).
 fn routed_to(node: &str, ports: &[u16]) -> Vec<String> {
     let mut lines = vec![
         ":repmgr_dnat - [0:0]".to_string(),
         ":repmgr_snat - [0:0]".to_string(),
+        ":repmgr_hold - [0:0]".to_string(),
         "-A PREROUTING -j repmgr_dnat".to_string(),
         "-A OUTPUT -j repmgr_dnat".to_string(),
         "-A POSTROUTING -j repmgr_snat".to_string(),
+        "-A INPUT -j repmgr_hold".to_string(),
+        format!("-A repmgr_hold -d {PROXY}/32 -p tcp -m tcp --dport 54322 --tcp-flags FIN,SYN,RST,ACK SYN -j DROP"),
         format!("-A repmgr_snat -d {node}/32 -p tcp -m tcp --dport 5432 -j SNAT --to-source {PROXY}"),
     ];
     for port in ports {
@@ -72,13 +76,15 @@ fn setup_is_idempotent_and_restores_the_rules_after_a_reboot() {
         assert_eq!(lab.nat(), before);
     }
 
-    // the nat table as after a reboot: empty
-    lab.ok(&["exec", "proxy", "--", "iptables", "-t", "nat", "-F"]);
-    lab.ok(&["exec", "proxy", "--", "iptables", "-t", "nat", "-X"]);
+    // the tables as after a reboot: empty
+    for table in ["nat", "filter"] {
+        lab.ok(&["exec", "proxy", "--", "iptables", "-t", table, "-F"]);
+        lab.ok(&["exec", "proxy", "--", "iptables", "-t", table, "-X"]);
+    }
     assert_eq!(lab.our_rules(), Vec::<String>::new());
     assert!(lab.app_reaches().is_err(), "the application port answers with no rules");
     let setup = lab.repmgr_nat("root", &["setup"]).expect(0, "setup after the flush");
-    assert!(setup.stderr.contains("node 1 reconcile"), "setup asks the live cluster:\n{}", setup.stderr);
+    assert!(setup.stderr.contains("setup: route node 1 ports all"), "setup asks the live cluster:\n{}", setup.stderr);
     assert_eq!(sorted(lab.our_rules()), routed_to(DB1, BOTH));
     assert_eq!(lab.app_reaches().unwrap(), DB1);
 
@@ -130,7 +136,11 @@ fn setup_adopts_the_chains_and_jumps_of_the_article_script() {
     let jumps = lab.our_rules().iter().filter(|l| l.starts_with("-A PREROUTING")).count();
     assert_eq!(jumps, 2, "the script's jump twice: {:?}", lab.our_rules());
     let status = lab.repmgr_nat("postgres", &["status"]).expect(4, "status over the script's chains");
-    assert!(status.stdout.contains("rules: node 1 ports all (chains or jumps not in place)"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("rules: node 1 ports all (chains, jumps or hold not in place)"),
+        "{}",
+        status.stdout
+    );
 
     lab.repmgr_nat("root", &["setup"]).expect(0, "setup over the script's chains");
     assert_eq!(sorted(lab.our_rules()), routed_to(DB1, BOTH));
@@ -156,7 +166,7 @@ fn automatic_failover_moves_ports_slot_and_barman_and_loses_nothing() {
     let second = lab.wait_event("repmgrd_failover_promote", "2", t0, 60);
     assert_eq!(second.exit, 0, "{}", lab.event_output(&second.id));
     let said = lab.event_output(&second.id);
-    assert!(said.contains("nothing to do: ports already point at node 2 and its slot exists"), "{said}");
+    assert!(said.contains("nothing to do: ports already point at node 2 (timeline 2) and its slot exists"), "{said}");
     assert!(!said.contains("nat:") && !said.contains("barman:"), "the second promote event acted:\n{said}");
     assert_eq!(lab.nat(), after_first, "the second promote event changed a rule");
 
@@ -262,7 +272,7 @@ fn a_connection_held_to_the_old_primary_is_cut_when_the_rules_move() {
 }
 
 #[test]
-fn reconcile_follows_a_promotion_behind_repmgrs_back_and_refuses_two_primaries() {
+fn an_old_primary_back_on_its_old_timeline_never_gets_the_ports() {
     let lab = Lab::up();
     lab.ok(&["repmgrd", "stop", "db1"]);
     lab.ok(&["repmgrd", "stop", "db2"]);
@@ -270,31 +280,44 @@ fn reconcile_follows_a_promotion_behind_repmgrs_back_and_refuses_two_primaries()
     lab.ok(&["pgctl", "db2", "promote"]);
     lab.wait_until("db2 promoted", Duration::from_secs(20), || lab.sql("db2", "select pg_is_in_recovery()") == "f");
 
+    // a promotion behind repmgr's back: reconcile follows it
     let run = lab.repmgr_nat("postgres", &["reconcile"]).expect(0, "reconcile");
-    assert!(run.stderr.contains("node 1 (198.51.100.11:5432): cannot connect"), "{}", run.stderr);
+    assert!(run.stderr.contains("reconcile: node 1: down: "), "{}", run.stderr);
     assert_eq!(sorted(lab.our_rules()), routed_to(DB2, BOTH));
     assert_eq!(lab.slots("db2"), ["barman"]);
     assert_eq!(lab.app_reaches().unwrap(), DB2);
     lab.wait_barman_ok(Duration::from_secs(30));
 
-    // the old primary starts again as a primary: two claim to be primary
+    // the old primary starts again as a primary, on its old timeline (a host reboot with
+    // PostgreSQL enabled at boot)
     lab.ok(&["pgctl", "db1", "start"]);
     lab.wait_until("db1 answers", Duration::from_secs(20), || lab.try_sql("db1", "select 1").is_ok());
     let before = snapshot(&lab);
-    let run = lab.repmgr_nat("postgres", &["reconcile"]).expect(3, "reconcile with two primaries");
+    let run = lab.event("db1", "1", "standby_promote", "1").expect(3, "a replayed promote for the old primary");
     assert!(
-        run.stderr.contains("several nodes claim to be primary (1: primary, 2: primary); nothing changed"),
+        run.stderr
+            .contains("node 1 is a primary on timeline 1, but node 2 is the primary on timeline 2; nothing changed"),
         "{}",
         run.stderr
     );
     assert_eq!(snapshot(&lab), before);
-    lab.repmgr_nat("postgres", &["status"]).expect(4, "status with two primaries");
-
-    // the operator names the right one: db2 stays, db1 (a primary) keeps its slot
-    let run = lab.repmgr_nat("postgres", &["reconcile", "--primary", "2"]).expect(0, "reconcile --primary 2");
-    assert!(run.stderr.contains("node 1 also claims to be primary; left alone"), "{}", run.stderr);
-    assert_eq!(sorted(lab.our_rules()), routed_to(DB2, BOTH));
-    assert_eq!(lab.slots("db1"), ["barman"]);
+    let run = lab.repmgr_nat("postgres", &["reconcile"]).expect(0, "reconcile with a stale primary");
+    assert!(run.stderr.contains("split brain: stale primary node 1 on timeline 1"), "{}", run.stderr);
+    assert_eq!(snapshot(&lab), before);
+    lab.repmgr_nat("root", &["setup"]).expect(0, "setup with a stale primary");
+    assert_eq!(snapshot(&lab), before);
+    lab.ok(&["watch", "start"]);
+    lab.wait_until("four passes of watch", Duration::from_secs(10), || lab.watch_passes() >= 4);
+    assert_eq!(snapshot(&lab), before);
+    let status = lab.repmgr_nat("postgres", &["status"]).expect(4, "status with a stale primary");
+    assert!(
+        status.stdout.contains(
+            "split brain: node 1 is a primary on timeline 1 besides the legitimate primary node 2 on timeline 2"
+        ),
+        "{}",
+        status.stdout
+    );
+    assert_eq!(lab.app_reaches().unwrap(), DB2);
 }
 
 #[test]
@@ -337,7 +360,7 @@ fn stale_failed_and_malformed_events_change_nothing() {
     let before = snapshot(&lab);
     let run =
         lab.repmgr_nat("postgres", &["event", "2", "standby_promote", "1"]).expect(1, "promote of a stopped node");
-    assert!(run.stderr.contains("cannot connect"), "{}", run.stderr);
+    assert!(run.stderr.contains("node 2 cannot be asked (down: "), "{}", run.stderr);
     assert_eq!(snapshot(&lab), before);
 
     // a malformed config
@@ -354,21 +377,36 @@ fn when_barman_fails_the_application_port_follows_the_configured_policy() {
     let lab = Lab::up();
     let config = Restore::file("/etc/repmgr-nat.toml");
     let _barman = Restore::file("/etc/barman.d/main_backup.conf");
+    // barman's receive-wal stopped (and nobody to start it again), then barman broken
+    lab.ok(&["cron", "stop"]);
+    lab.ok(&["barman", "receive-wal", "--stop", "main_backup"]);
+    lab.wait_until("the slot without walsender", Duration::from_secs(10), || {
+        lab.sql("db1", "select active from pg_replication_slots") == "f"
+    });
     std::fs::remove_file("/etc/barman.d/main_backup.conf").unwrap();
+    let with = |key: &str| {
+        let text = std::fs::read_to_string("/etc/repmgr-nat.toml").unwrap();
+        std::fs::write("/etc/repmgr-nat.toml", text.replace("[barman]\n", &format!("[barman]\n{key}\n"))).unwrap();
+    };
 
-    // the application port is closed (as after an interrupted promotion): the next
-    // promote event restarts barman, which fails; by default the port opens anyway
+    // by default the application port opens as soon as the slot is there; barman's
+    // failure is reported after
     lab.repmgr_nat("root", &["route", "1", "--ports", "barman"]).expect(0, "close the application port");
     assert!(lab.app_reaches().is_err());
     let run =
         lab.repmgr_nat("postgres", &["event", "1", "primary_register", "1"]).expect(1, "promote with barman broken");
+    assert!(run.stderr.contains("barman did not confirm the new primary"), "{}", run.stderr);
+    assert_eq!(lab.app_reaches().unwrap(), DB1);
+
+    // open_app = "after_archive": barman first, and by default the port opens anyway
+    with("open_app = \"after_archive\"");
+    lab.repmgr_nat("root", &["route", "1", "--ports", "barman"]).expect(0, "close the application port");
+    let run = lab.repmgr_nat("postgres", &["event", "1", "primary_register", "1"]).expect(1, "promote, after_archive");
     assert!(run.stderr.contains("opening the application port although barman did not confirm"), "{}", run.stderr);
     assert_eq!(lab.app_reaches().unwrap(), DB1);
 
     // open_app_on_failure = false: the port stays closed
-    let text = std::fs::read_to_string("/etc/repmgr-nat.toml").unwrap();
-    std::fs::write("/etc/repmgr-nat.toml", text.replace("[barman]\n", "[barman]\nopen_app_on_failure = false\n"))
-        .unwrap();
+    with("open_app_on_failure = false");
     lab.repmgr_nat("root", &["route", "1", "--ports", "barman"]).expect(0, "close the application port");
     let run = lab.repmgr_nat("postgres", &["event", "1", "primary_register", "1"]).expect(1, "promote, keep closed");
     assert!(run.stderr.contains("application port left closed (barman.open_app_on_failure = false)"), "{}", run.stderr);

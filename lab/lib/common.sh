@@ -46,6 +46,9 @@ RNAT_BIN=/usr/local/bin/repmgr-nat
 RNAT_CONFIG=/etc/repmgr-nat.toml
 RNAT_SUDOERS=/etc/sudoers.d/repmgr-nat
 RNAT_STATE_DIR=/var/lib/repmgr-nat
+WATCH_DIR=$LAB_DIR/watch                 # the config's watch.dir (the unit's /run/repmgr-nat)
+WATCH_PID=$LAB_DIR/watch.pid
+WATCH_LOG=$LAB_DIR/logs/watch.log
 
 # Lab passwords (the network is private to the lab's namespaces).
 PW_REPMGR=lab-repmgr-pw
@@ -161,3 +164,14 @@ phase_done() {
     PHASE_NAME= HINT=
 }
 bc_div() { printf '%d.%02d' $(($1 / 1000)) $(($1 % 1000 / 10)); }   # ms -> s.cc
+
+# wait_until SECONDS WHAT CMD...: until CMD succeeds (every 0.1 s), or die naming WHAT.
+wait_until() {
+    local timeout=$1 what=$2 t0
+    shift 2
+    t0=$(now_ms)
+    until "$@" >/dev/null 2>&1; do
+        (($(now_ms) - t0 > timeout * 1000)) && die "waited ${timeout}s for $what"
+        sleep 0.1
+    done
+}

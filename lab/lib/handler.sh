@@ -173,6 +173,8 @@ slot = "$BARMAN_SLOT"
 archive_timeout = 30
 [state]
 dir = "$RNAT_STATE_DIR"
+[watch]
+dir = "$WATCH_DIR"
 EOF
     if [[ -f $REPO_ROOT/sudoers.d/repmgr-nat ]]; then
         run visudo -cf "$REPO_ROOT/sudoers.d/repmgr-nat"
@@ -185,6 +187,34 @@ EOF
     fi
     run install -d -m 0755 "$RNAT_STATE_DIR"
     record_installed "$RNAT_STATE_DIR" dir
+    # what the watch unit's RuntimeDirectory= gives it: a directory of repmgr's OS user
+    run install -d -o postgres -g postgres -m 0755 "$WATCH_DIR"
+}
+
+# ---- repmgr-nat watch, as the unit runs it: as postgres, in the proxy namespace ------------
+watch_running() { [[ -s $WATCH_PID ]] && kill -0 "$(cat "$WATCH_PID")" 2>/dev/null; }
+
+watch_start() {
+    watch_running && return 0
+    [[ $(state_get HANDLER) == repmgr-nat ]] || die "watch: the lab runs the article's scripts, not repmgr-nat"
+    local -a extra=()
+    [[ -n ${LAB_HANDLER_ENV:-} ]] && read -r -a extra <<<"$LAB_HANDLER_ENV"
+    # ip netns exec and setpriv exec: the pid is repmgr-nat's own
+    ip netns exec proxy setpriv --reuid=postgres --regid=postgres --init-groups -- \
+        env -i HOME=/var/lib/postgresql USER=postgres LOGNAME=postgres PATH="$SYS_PATH" LANG=C.UTF-8 \
+        ${extra[@]+"${extra[@]}"} "$RNAT_BIN" watch </dev/null >>"$WATCH_LOG" 2>&1 &
+    echo $! >"$WATCH_PID"
+    wait_until 5 "watch's first pass ($WATCH_LOG)" test -s "$WATCH_DIR/watch.json"
+}
+
+# watch_stop [SIGNAL]: TERM (the unit's stop) by default; KILL for a crash.
+watch_stop() {
+    local sig=${1:-TERM} pid
+    watch_running || { rm -f "$WATCH_PID"; return 0; }
+    pid=$(cat "$WATCH_PID")
+    kill -"$sig" "$pid"
+    wait_until 10 "watch (pid $pid) to end" bash -c "! kill -0 $pid 2>/dev/null"
+    rm -f "$WATCH_PID"
 }
 
 repmgr_nat_boot() { # the boot step, as packaging/repmgr-nat-setup.service runs it: as root on the proxy

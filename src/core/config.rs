@@ -14,10 +14,11 @@ use serde::Deserialize;
 /// Where the root-owned configuration lives; `route` reads nothing else.
 pub const DEFAULT_PATH: &str = "/etc/repmgr-nat.toml";
 
-/// A repmgr node id (`node_id` in repmgr.conf): a positive 32-bit integer.
+/// A repmgr node id (`node_id` in repmgr.conf): a positive 32-bit integer. Whether the
+/// config lists it is another matter: only a `Node` is known to be configured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(transparent)]
-pub struct NodeId(pub u32);
+pub struct NodeId(u32);
 
 impl NodeId {
     /// Parses a node id as repmgr writes it (`%n`): digits only, no sign, not zero.
@@ -28,12 +29,70 @@ impl NodeId {
             _ => bail!("node id {text:?} is not a positive integer"),
         }
     }
+
+    #[cfg(test)]
+    pub const fn new(id: u32) -> NodeId {
+        NodeId(id)
+    }
+}
+
+impl From<NodeId> for u32 {
+    fn from(id: NodeId) -> u32 {
+        id.0
+    }
 }
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
+}
+
+/// A node the config lists: its id and its address. Only `Config` makes them, so whatever
+/// holds a `Node` (a route, a ruleset, a connection) names a configured node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Node {
+    id: NodeId,
+    addr: Ipv4Addr,
+}
+
+impl Node {
+    pub fn id(self) -> NodeId {
+        self.id
+    }
+
+    pub fn addr(self) -> Ipv4Addr {
+        self.addr
+    }
+}
+
+/// In JSON a node is its id.
+impl serde::Serialize for Node {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.id.serialize(s)
+    }
+}
+
+/// When the application port opens on a promotion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenApp {
+    /// As soon as the new primary holds barman's slot: from then on it keeps every WAL
+    /// record for barman. barman is restarted and confirms after the port opened.
+    AfterSlot,
+    /// Only once barman has archived a WAL file of the new primary.
+    AfterArchive,
+}
+
+/// What becomes of the application port while no primary answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoPrimary {
+    /// Keep the rules as they are (a primary that does not answer the proxy may still
+    /// serve); the port is closed only when its node is known to serve nobody.
+    Hold,
+    /// Close the application port (new connections are held, not refused).
+    Close,
 }
 
 /// How the PostgreSQL connection negotiates TLS, with libpq's meaning of each mode.
@@ -49,12 +108,13 @@ pub enum SslMode {
 pub struct Config {
     pub proxy: Ipv4Addr,
     pub ports: Ports,
-    /// Every node repmgr-nat may route to, by repmgr node id.
-    pub nodes: BTreeMap<NodeId, Ipv4Addr>,
+    /// Every node repmgr-nat may route to, in node id order.
+    pub nodes: Vec<Node>,
     pub postgres: Postgres,
     pub barman: Barman,
     pub nat: Nat,
     pub state: State,
+    pub watch: Watch,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +132,7 @@ pub struct Postgres {
     pub user: String,
     pub dbname: String,
     pub sslmode: SslMode,
+    /// The deadline of one node's answer: TCP connect, TLS, login and the queries.
     pub connect_timeout: Duration,
 }
 
@@ -84,21 +145,63 @@ pub struct Barman {
     pub user: String,
     /// Absolute path of the barman executable, as named in sudoers.
     pub command: PathBuf,
+    pub open_app: OpenApp,
     /// When barman does not confirm the WAL switch: open the application port anyway
     /// (true, the article's behaviour) or leave it closed until the next event.
     pub open_app_on_failure: bool,
+}
+
+impl Barman {
+    /// How often the new primary writes a WAL record while barman waits for its switched
+    /// WAL file: barman archives a streamed file only once the next one has begun, and a
+    /// new primary may write nothing for seconds.
+    pub const NUDGE_EVERY: Duration = Duration::from_millis(50);
+    /// How long `receive-wal --stop` may take.
+    pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+    /// How long `switch-wal --archive` may take: its own timeout and barman's start-up.
+    pub fn switch_timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.archive_timeout) + 10)
+    }
+
+    /// The longest the barman commands of one promotion may take together.
+    pub fn worst_case(&self) -> Duration {
+        Self::STOP_TIMEOUT + self.switch_timeout()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Nat {
     pub dnat_chain: String,
     pub snat_chain: String,
+    /// Hold new connections to a closed application port (drop their SYN) instead of
+    /// refusing them.
+    pub hold: bool,
+    /// The filter-table chain that holds them (jumped to first from INPUT).
+    pub hold_chain: String,
+    pub no_primary: NoPrimary,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct State {
     pub dir: PathBuf,
     pub lock_timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watch {
+    /// How often `watch` asks every node while the routed primary answers.
+    pub interval: Duration,
+    /// Where `watch` keeps what it saw last (`status` reads it); writable by repmgr's OS user.
+    pub dir: PathBuf,
+}
+
+impl Watch {
+    /// While the routed primary does not answer, a promotion is near: every node is asked
+    /// this often (or at `interval`, if that is shorter).
+    pub const HURRY: Duration = Duration::from_millis(50);
+    /// How often `watch` reads the nat table (through sudo) when nothing else made it.
+    pub const NAT_EVERY: Duration = Duration::from_secs(1);
 }
 
 impl Config {
@@ -111,13 +214,13 @@ impl Config {
         raw.validate()
     }
 
-    /// The address of a configured node, or an error naming the unknown id.
-    pub fn node(&self, id: NodeId) -> Result<Ipv4Addr> {
-        match self.nodes.get(&id) {
-            Some(addr) => Ok(*addr),
+    /// The configured node with this id, or an error naming the known ones.
+    pub fn node(&self, id: NodeId) -> Result<Node> {
+        match self.nodes.iter().find(|n| n.id == id) {
+            Some(node) => Ok(*node),
             None => bail!(
                 "unknown node id {id} (configured: {})",
-                self.nodes.keys().map(|id| id.to_string()).collect::<Vec<_>>().join(", ")
+                self.nodes.iter().map(|n| n.id.to_string()).collect::<Vec<_>>().join(", ")
             ),
         }
     }
@@ -138,6 +241,8 @@ struct RawConfig {
     nat: RawNat,
     #[serde(default)]
     state: RawState,
+    #[serde(default)]
+    watch: RawWatch,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +288,8 @@ struct RawBarman {
     user: String,
     #[serde(default = "default_barman_command")]
     command: String,
+    #[serde(default = "default_open_app")]
+    open_app: OpenApp,
     #[serde(default = "default_true")]
     open_app_on_failure: bool,
 }
@@ -194,11 +301,23 @@ struct RawNat {
     dnat_chain: String,
     #[serde(default = "default_snat_chain")]
     snat_chain: String,
+    #[serde(default = "default_true")]
+    hold: bool,
+    #[serde(default = "default_hold_chain")]
+    hold_chain: String,
+    #[serde(default = "default_no_primary")]
+    no_primary: NoPrimary,
 }
 
 impl Default for RawNat {
     fn default() -> Self {
-        RawNat { dnat_chain: default_dnat_chain(), snat_chain: default_snat_chain() }
+        RawNat {
+            dnat_chain: default_dnat_chain(),
+            snat_chain: default_snat_chain(),
+            hold: true,
+            hold_chain: default_hold_chain(),
+            no_primary: default_no_primary(),
+        }
     }
 }
 
@@ -216,6 +335,33 @@ impl Default for RawState {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    #[serde(default = "default_interval_ms")]
+    interval_ms: i64,
+    #[serde(default = "default_watch_dir")]
+    dir: String,
+}
+
+impl Default for RawWatch {
+    fn default() -> Self {
+        RawWatch { interval_ms: default_interval_ms(), dir: default_watch_dir() }
+    }
+}
+
+fn default_interval_ms() -> i64 {
+    250
+}
+fn default_no_primary() -> NoPrimary {
+    NoPrimary::Hold
+}
+fn default_watch_dir() -> String {
+    "/run/repmgr-nat".into()
+}
+fn default_open_app() -> OpenApp {
+    OpenApp::AfterSlot
+}
 fn default_sslmode() -> SslMode {
     SslMode::Prefer
 }
@@ -239,6 +385,9 @@ fn default_dnat_chain() -> String {
 }
 fn default_snat_chain() -> String {
     "repmgr_snat".into()
+}
+fn default_hold_chain() -> String {
+    "repmgr_hold".into()
 }
 fn default_state_dir() -> String {
     "/var/lib/repmgr-nat".into()
@@ -268,20 +417,21 @@ impl RawConfig {
         if self.nodes.is_empty() {
             bail!("nodes: at least one node is needed");
         }
-        let mut nodes = BTreeMap::new();
+        let mut nodes: BTreeMap<NodeId, Node> = BTreeMap::new();
         for (key, value) in &self.nodes {
             let id = NodeId::parse(key).with_context(|| format!("nodes.{key}"))?;
             let addr = address(&format!("nodes.{key}"), value)?;
             if addr == proxy {
                 bail!("nodes.{key}: {addr} is the proxy's own address");
             }
-            if let Some((other, _)) = nodes.iter().find(|(_, a)| **a == addr) {
-                bail!("nodes.{key}: address {addr} is also node {other}'s");
+            if let Some(other) = nodes.values().find(|n| n.addr == addr) {
+                bail!("nodes.{key}: address {addr} is also node {}'s", other.id);
             }
-            if nodes.insert(id, addr).is_some() {
+            if nodes.insert(id, Node { id, addr }).is_some() {
                 bail!("nodes.{key}: node id {id} is listed twice");
             }
         }
+        let nodes: Vec<Node> = nodes.into_values().collect();
 
         let postgres = Postgres {
             user: text_value("postgres.user", self.postgres.user)?,
@@ -304,12 +454,16 @@ impl RawConfig {
             archive_timeout: archive_timeout as u32,
             user: os_user("barman.user", self.barman.user)?,
             command,
+            open_app: self.barman.open_app,
             open_app_on_failure: self.barman.open_app_on_failure,
         };
 
         let nat = Nat {
             dnat_chain: chain_name("nat.dnat_chain", self.nat.dnat_chain)?,
             snat_chain: chain_name("nat.snat_chain", self.nat.snat_chain)?,
+            hold: self.nat.hold,
+            hold_chain: chain_name("nat.hold_chain", self.nat.hold_chain)?,
+            no_primary: self.nat.no_primary,
         };
         if nat.dnat_chain == nat.snat_chain {
             bail!("nat: dnat_chain and snat_chain must differ");
@@ -323,9 +477,19 @@ impl RawConfig {
         // event arriving during one is handled after it rather than failing.
         let lock_timeout = match self.state.lock_timeout {
             Some(secs) => seconds("state.lock_timeout", secs, 1, 3600)?,
-            None => crate::effects::barman::worst_case(&barman) + Duration::from_secs(35),
+            None => barman.worst_case() + Duration::from_secs(35),
         };
         let state = State { dir, lock_timeout };
+
+        let interval_ms = self.watch.interval_ms;
+        if !(10..=10_000).contains(&interval_ms) {
+            bail!("watch.interval_ms: {interval_ms} is not between 10 and 10000");
+        }
+        let watch_dir = PathBuf::from(&self.watch.dir);
+        if !watch_dir.is_absolute() {
+            bail!("watch.dir: {:?} is not an absolute path", self.watch.dir);
+        }
+        let watch = Watch { interval: Duration::from_millis(interval_ms as u64), dir: watch_dir };
 
         Ok(Config {
             proxy,
@@ -335,6 +499,7 @@ impl RawConfig {
             barman,
             nat,
             state,
+            watch,
         })
     }
 }
@@ -392,10 +557,23 @@ fn os_user(key: &str, value: String) -> Result<String> {
     name(key, value, 32, |b| b.is_ascii_alphanumeric() || b"_-.".contains(&b), "letters, digits, _ - .")
 }
 
-/// iptables chain names: at most 28 characters, and not one of the built-in chains.
+/// Chains of the kernel and of the tools that commonly share a host's tables: repmgr-nat
+/// empties the chains it is given, so it must never be given one of theirs.
+const FOREIGN_CHAINS: [&str; 5] = ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD"];
+const FOREIGN_PREFIXES: [&str; 16] = [
+    "DOCKER", "KUBE-", "CNI-", "CILIUM", "cali-", "FLANNEL", "WEAVE", "LIBVIRT_", "NETAVARK", "ufw-", "ufw6-", "f2b-",
+    "fail2ban", "sshguard", "nixos-", "zone_",
+];
+
+/// iptables chain names: at most 28 characters, and none of the kernel's or other tools'.
 fn chain_name(key: &str, value: String) -> Result<String> {
-    if ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD"].contains(&value.as_str()) {
+    if FOREIGN_CHAINS.contains(&value.as_str()) {
         bail!("{key}: {value:?} is a built-in chain");
+    }
+    if let Some(prefix) =
+        FOREIGN_PREFIXES.iter().find(|p| value.to_ascii_lowercase().starts_with(&p.to_ascii_lowercase()))
+    {
+        bail!("{key}: {value:?} looks like another tool's chain ({prefix}...); choose a name of repmgr-nat's own");
     }
     name(key, value, 28, |b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-', "letters, digits, _ and -")
 }
@@ -430,6 +608,16 @@ dir = "/var/lib/repmgr-nat"
         Config::parse(EXAMPLE).unwrap()
     }
 
+    /// The example with a third node, 10.8.4.1.
+    pub fn three_nodes() -> Config {
+        Config::parse(&EXAMPLE.replace("2 = \"10.8.2.1\"", "2 = \"10.8.2.1\"\n3 = \"10.8.4.1\"")).unwrap()
+    }
+
+    /// A node of the example (of `three_nodes` for 3).
+    pub fn node(id: u32) -> Node {
+        three_nodes().node(NodeId(id)).unwrap()
+    }
+
     fn error_of(text: &str) -> String {
         format!("{:#}", Config::parse(text).unwrap_err())
     }
@@ -444,7 +632,10 @@ dir = "/var/lib/repmgr-nat"
         let c = example();
         assert_eq!(c.proxy, Ipv4Addr::new(10, 8, 3, 1));
         assert_eq!(c.ports, Ports { postgres: 5432, barman: 54321, app: vec![54322] });
-        assert_eq!(c.node(NodeId(2)).unwrap(), Ipv4Addr::new(10, 8, 2, 1));
+        assert_eq!(c.node(NodeId(2)).unwrap().addr(), Ipv4Addr::new(10, 8, 2, 1));
+        assert_eq!(c.barman.open_app, OpenApp::AfterSlot);
+        assert_eq!(c.watch.interval, Duration::from_millis(250));
+        assert_eq!(c.nat.no_primary, NoPrimary::Hold);
         assert_eq!(c.postgres.sslmode, SslMode::Prefer);
         assert_eq!(c.postgres.connect_timeout, Duration::from_secs(3));
         assert_eq!(c.barman.user, "barman");
@@ -501,6 +692,12 @@ dir = "/var/lib/repmgr-nat"
             (with("dir = \"/var/lib/repmgr-nat\"", "dir = \"state\""), "state.dir: \"state\" is not an absolute path"),
             (with("user = \"repmgr\"", "user = \"\""), "postgres.user: \"\" must be"),
             (with("[state]", "[nat]\ndnat_chain = \"PREROUTING\"\n[state]"), "nat.dnat_chain:"),
+            (with("[state]", "[nat]\ndnat_chain = \"DOCKER\"\n[state]"), "looks like another tool's chain (DOCKER...)"),
+            (
+                with("[state]", "[nat]\nsnat_chain = \"KUBE-POSTROUTING\"\n[state]"),
+                "nat.snat_chain: \"KUBE-POSTROUTING\" looks like",
+            ),
+            (with("[state]", "[nat]\nhold_chain = \"f2b-sshd\"\n[state]"), "nat.hold_chain: \"f2b-sshd\" looks like"),
             (
                 with("[state]", "[nat]\nsnat_chain = \"repmgr_dnat\"\n[state]"),
                 "nat: dnat_chain and snat_chain must differ",
@@ -508,6 +705,10 @@ dir = "/var/lib/repmgr-nat"
             (with("[postgres]", "[postgres]\nsslmode = \"verify-everything\""), "unknown variant `verify-everything`"),
             (with("[proxy]", "[proxy]\nadress = \"x\""), "unknown field `adress`"),
             (with("[barman]", "[barmen]"), "unknown field `barmen`"),
+            (with("[barman]", "[barman]\nopen_app = \"first\""), "unknown variant `first`"),
+            (format!("{EXAMPLE}[watch]\ninterval_ms = 5\n"), "watch.interval_ms: 5 is not between 10 and 10000"),
+            (format!("{EXAMPLE}[nat]\nno_primary = \"flap\"\n"), "unknown variant `flap`"),
+            (format!("{EXAMPLE}[watch]\ndir = \"run\"\n"), "watch.dir: \"run\" is not an absolute path"),
             ("[proxy]\naddress = \"10.8.3.1\"".to_string(), "missing field `ports`"),
             (with("[nodes]\n1 = \"10.8.1.1\"\n2 = \"10.8.2.1\"", "[nodes]"), "nodes: at least one node is needed"),
             ("this is not toml".to_string(), "expected"),

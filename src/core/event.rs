@@ -27,6 +27,34 @@ pub fn classify(event: &str) -> Kind {
     }
 }
 
+/// What an event says about a node, for the plan to check against the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The node is the new primary.
+    Promote(NodeId),
+    /// The node is a standby.
+    Standby(NodeId),
+}
+
+impl Claim {
+    pub fn node(self) -> NodeId {
+        match self {
+            Claim::Promote(node) | Claim::Standby(node) => node,
+        }
+    }
+}
+
+/// What an event asks for, decided before anything is looked at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Triage {
+    /// Nothing to do; `warn` when repmgr reported a failure.
+    Ignore {
+        why: String,
+        warn: bool,
+    },
+    Act(Claim),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub node: NodeId,
@@ -53,6 +81,15 @@ impl Event {
             Some(other) => bail!("malformed event: success {other:?} is neither 1 nor 0"),
         };
         Ok(Event { node, name: name.to_string(), kind: classify(name), success })
+    }
+
+    pub fn triage(&self) -> Triage {
+        match (self.kind, self.success) {
+            (Kind::Other, _) => Triage::Ignore { why: "not an event repmgr-nat acts on".into(), warn: false },
+            (_, false) => Triage::Ignore { why: "repmgr reports it failed (success 0); ignored".into(), warn: true },
+            (Kind::Promote, true) => Triage::Act(Claim::Promote(self.node)),
+            (Kind::Standby, true) => Triage::Act(Claim::Standby(self.node)),
+        }
     }
 }
 
@@ -91,9 +128,27 @@ mod tests {
     }
 
     #[test]
+    fn failed_and_other_events_are_ignored_before_anything_is_asked() {
+        let triage_of = |name: &str, success: &str| Event::parse("2", name, Some(success)).unwrap().triage();
+        assert_eq!(triage_of("standby_promote", "1"), Triage::Act(Claim::Promote(NodeId::new(2))));
+        assert_eq!(triage_of("node_rejoin", "1"), Triage::Act(Claim::Standby(NodeId::new(2))));
+        for (name, success, warn) in
+            [("standby_promote", "0", true), ("standby_follow", "0", true), ("repmgrd_start", "1", false)]
+        {
+            let Triage::Ignore { warn: warned, .. } = triage_of(name, success) else {
+                panic!("{name} {success} not ignored")
+            };
+            assert_eq!(warned, warn, "{name} {success}");
+        }
+    }
+
+    #[test]
     fn parses_what_repmgr_passes() {
         let e = Event::parse("2", "standby_promote", Some("1")).unwrap();
-        assert_eq!(e, Event { node: NodeId(2), name: "standby_promote".into(), kind: Kind::Promote, success: true });
+        assert_eq!(
+            e,
+            Event { node: NodeId::new(2), name: "standby_promote".into(), kind: Kind::Promote, success: true }
+        );
         assert!(!Event::parse("2", "standby_promote", Some("0")).unwrap().success);
         assert!(Event::parse("1", "node_rejoin", None).unwrap().success);
     }

@@ -6,3 +6,4 @@ pub mod event;
 pub mod plan;
 pub mod ruleset;
 pub mod status;
+pub mod view;

@@ -1,374 +1,500 @@
-//! The decisions, as pure functions: what to do for an event given what the node and
-//! the NAT chains look like now. The whole decision table is in `promote`, `standby`
-//! and `choose_primary`; `handler` carries the steps out.
+//! The decision: from one view of the whole cluster, what the chains hold and what root
+//! recorded, the steps that point the ports and barman's slot at the legitimate primary.
+//! Events, `reconcile`, `setup` and `watch` all decide here; they differ only in what they
+//! ask (`Ask`) and so in when they refuse.
 
 use std::fmt;
 
-use crate::core::config::NodeId;
-use crate::core::event::{Event, Kind};
-use crate::core::ruleset::{Open, Route, Routing};
+use crate::core::config::{Config, NoPrimary, Node, OpenApp};
+use crate::core::event::Claim;
+use crate::core::ruleset::{Open, Record, Route, Routing};
+use crate::core::view::{Answer, Arbitration, Primary, Role, View, arbitrate, join};
 
-/// What a node answered when asked.
+/// Why the cluster is looked at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NodeView {
-    pub role: Role,
-    /// barman's replication slot on this node, if it exists.
-    pub slot: Option<Slot>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// `pg_is_in_recovery()` is false.
-    Primary,
-    /// `pg_is_in_recovery()` is true.
-    Standby,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Primary => "primary",
-            Role::Standby => "standby",
-        })
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Slot {
-    /// The walsender streaming from the slot, if one is connected.
-    pub active_pid: Option<i32>,
+pub enum Ask {
+    /// A repmgr event: what it claims must hold, or nothing is changed (exit 3).
+    Event(Claim),
+    /// An operator's `reconcile`: refuses when there is no legitimate primary, unless it
+    /// names one (which must be a primary, whatever its timeline).
+    Reconcile { named: Option<Node> },
+    /// `setup` and `watch`: make right what can be made right, refuse nothing.
+    Converge,
 }
 
 /// One action, in the order the handler carries them out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Switch the chains to this route in one transaction; connections proxied through
-    /// ports that stop forwarding (to the former primary, say) are cut right after.
-    Route(Route),
+    /// Switch the chains to the record's route in one transaction (connections proxied
+    /// through ports that stop forwarding are cut right after), and record it.
+    Route(Record),
     /// `pg_create_physical_replication_slot(slot, true)` on the node.
-    CreateSlot,
-    /// Stop barman's receive-wal, start it again at once, force a WAL switch and wait
-    /// until barman has archived it.
-    RestartBarman,
-    /// `pg_terminate_backend(pid)`: the walsender holding the slot.
-    TerminateWalsender(i32),
+    CreateSlot(Node),
+    /// Stop barman's receive-wal, start it again at once against the node, force a WAL
+    /// switch and wait until barman has archived it.
+    RestartBarman(Node),
+    /// `pg_terminate_backend(pid)` on the node: the walsender holding the slot.
+    TerminateWalsender(Node, i32),
     /// `pg_drop_replication_slot(slot)` on the node.
-    DropSlot,
+    DropSlot(Node),
+}
+
+impl Step {
+    /// Steps that concern the promotion (the rest is housekeeping on other nodes, whose
+    /// failure does not stop the run).
+    pub fn is_promotion(&self) -> bool {
+        matches!(self, Step::Route(_) | Step::CreateSlot(_) | Step::RestartBarman(_))
+    }
 }
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Step::Route(route) => write!(f, "route {route}"),
-            Step::CreateSlot => f.write_str("create slot"),
-            Step::RestartBarman => f.write_str("restart barman receive-wal and switch WAL"),
-            Step::TerminateWalsender(pid) => write!(f, "terminate walsender {pid}"),
-            Step::DropSlot => f.write_str("drop slot"),
+            Step::Route(record) => write!(f, "route {record}"),
+            Step::CreateSlot(node) => write!(f, "create slot on node {}", node.id()),
+            Step::RestartBarman(node) => write!(f, "restart barman receive-wal against node {}", node.id()),
+            Step::TerminateWalsender(node, pid) => write!(f, "terminate walsender {pid} on node {}", node.id()),
+            Step::DropSlot(node) => write!(f, "drop slot on node {}", node.id()),
         }
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Everything is already as it should be, or the event needs nothing.
+    /// Everything is already as it should be, or nothing can be made better.
     Nothing(String),
-    /// The cluster contradicts the event: change nothing and fail.
+    /// The cluster contradicts the request: change nothing (exit 3).
     Refuse(String),
+    /// The node the request is about could not be asked: change nothing (exit 1).
+    Unanswered(String),
     /// Carry out these steps (never empty).
     Act(Vec<Step>),
 }
 
-/// What an event asks for, before anything is looked at.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Triage {
-    /// Nothing to do; `warn` when repmgr reported a failure.
-    Ignore {
-        why: String,
-        warn: bool,
-    },
-    Promote,
-    Standby,
+/// What the chains hold and what root recorded with them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nat<'a> {
+    pub routing: &'a Routing,
+    pub record: Option<Record>,
+    /// Our chains, the jumps to them and the hold are all there (else any switch repairs
+    /// them: someone flushed a table, or deleted a jump by hand).
+    pub in_place: bool,
 }
 
-pub fn triage(event: &Event) -> Triage {
-    match (event.kind, event.success) {
-        (Kind::Other, _) => Triage::Ignore { why: "not an event repmgr-nat acts on".into(), warn: false },
-        (_, false) => Triage::Ignore { why: "repmgr reports it failed (success 0); ignored".into(), warn: true },
-        (Kind::Promote, true) => Triage::Promote,
-        (Kind::Standby, true) => Triage::Standby,
+/// The steps that make the cluster right for `ask`, from one view of every node.
+pub fn decide(cfg: &Config, ask: Ask, view: &View, nat: Nat) -> Decision {
+    let arbitration = arbitrate(view, nat.record.map_or(0, |r| r.timeline));
+    let target = match target(ask, view, &arbitration) {
+        Ok(target) => target,
+        Err(decision) => return decision,
+    };
+    let mut steps = match target {
+        Some((primary, timeline)) => promote(cfg, primary, timeline, view, nat),
+        None => without_primary(cfg, view, nat),
+    };
+    steps.extend(standbys(view));
+    if !steps.is_empty() {
+        return Decision::Act(steps);
+    }
+    Decision::Nothing(match target {
+        Some((primary, timeline)) => {
+            format!("ports already point at node {} (timeline {timeline}) and its slot exists", primary.id())
+        }
+        None => format!("no primary to route to ({}); rules left as they are", arbitration.describe()),
+    })
+}
+
+/// The primary to route to, or the decision when the request cannot stand.
+fn target(ask: Ask, view: &View, arbitration: &Arbitration) -> Result<Option<(Node, u32)>, Decision> {
+    let legit = match arbitration.primary {
+        Primary::Legit { node, timeline } => Some((node, timeline)),
+        _ => None,
+    };
+    match ask {
+        Ask::Converge => Ok(legit),
+        Ask::Reconcile { named: None } => legit.map(Some).ok_or_else(|| {
+            Decision::Refuse(format!(
+                "no legitimate primary: {} ({}); nothing changed; name the right one with --primary",
+                arbitration.describe(),
+                view.describe()
+            ))
+        }),
+        Ask::Reconcile { named: Some(node) } => match view.answer(node) {
+            Some(Answer::Up(state)) if state.role == Role::Primary => Ok(Some((node, state.timeline))),
+            Some(Answer::Up(_)) => {
+                Err(Decision::Refuse(format!("node {} is in recovery, not a primary; nothing changed", node.id())))
+            }
+            other => Err(unanswered(node, other)),
+        },
+        Ask::Event(claim) => {
+            let node = view.nodes.iter().map(|(n, _)| *n).find(|n| n.id() == claim.node());
+            let Some(node) = node else {
+                return Err(Decision::Unanswered(format!("node {} is not configured; nothing changed", claim.node())));
+            };
+            match (claim, view.answer(node)) {
+                (Claim::Promote(_), Some(Answer::Up(state))) if state.role == Role::Standby => {
+                    Err(Decision::Refuse(format!("node {} is in recovery, not a primary; nothing changed", node.id())))
+                }
+                (Claim::Promote(_), Some(Answer::Up(state))) => match &arbitration.primary {
+                    Primary::Legit { node: legit, timeline } if *legit == node => Ok(Some((node, *timeline))),
+                    Primary::Legit { node: legit, timeline } => Err(Decision::Refuse(format!(
+                        "node {} is a primary on timeline {}, but node {} is the primary on timeline {timeline}; \
+                         nothing changed",
+                        node.id(),
+                        state.timeline,
+                        legit.id()
+                    ))),
+                    Primary::Ambiguous { nodes, timeline } => Err(Decision::Refuse(format!(
+                        "nodes {} are all primary on timeline {timeline}; nothing changed; name the right one \
+                         with reconcile --primary",
+                        join(nodes)
+                    ))),
+                    Primary::Fenced { timeline, recorded, .. } => Err(Decision::Refuse(format!(
+                        "node {} is a primary on timeline {timeline}, below timeline {recorded} recorded with the \
+                         route; nothing changed",
+                        node.id()
+                    ))),
+                    Primary::None => unreachable!("node {} answered as a primary", node.id()),
+                },
+                (Claim::Standby(_), Some(Answer::Up(state))) if state.role == Role::Primary => Err(Decision::Refuse(
+                    format!("node {} is not in recovery; a primary keeps its slot; nothing changed", node.id()),
+                )),
+                (Claim::Standby(_), Some(Answer::Up(_))) => Ok(legit),
+                (_, other) => Err(unanswered(node, other)),
+            }
+        }
     }
 }
 
-/// A promote-type event (or reconcile's choice) for `node`.
-///
-/// The barman port moves first with the application port closed, barman is restarted
-/// against the new primary, and the application port opens last, so that no
-/// application write reaches the new primary before barman streams from it.
-pub fn promote(node: NodeId, view: NodeView, routing: &Routing) -> Decision {
-    if view.role != Role::Primary {
-        return Decision::Refuse(format!("node {node} is in recovery, not a primary; nothing changed"));
-    }
-    let all = Routing::To(Route { node, open: Open::All });
-    let barman_only = Routing::To(Route { node, open: Open::Barman });
-    if *routing == all && view.slot.is_some() {
-        return Decision::Nothing(format!("ports already point at node {node} and its slot exists"));
-    }
+fn unanswered(node: Node, answer: Option<&Answer>) -> Decision {
+    let why = answer.map_or("not asked".to_string(), Answer::describe);
+    Decision::Unanswered(format!("node {} cannot be asked ({why}); nothing changed", node.id()))
+}
+
+/// Point everything at `primary`. With `OpenApp::AfterSlot` the application port opens as
+/// soon as the primary holds barman's slot (from then on it keeps every WAL record barman
+/// has not received), and barman follows; with `AfterArchive`, only once barman confirmed.
+fn promote(cfg: &Config, primary: Node, timeline: u32, view: &View, nat: Nat) -> Vec<Step> {
+    let slot = view.state(primary).and_then(|s| s.slot);
+    let all = Route::new(primary, Open::All);
+    let record = Record { route: all, timeline };
     let mut steps = Vec::new();
-    if *routing != all && *routing != barman_only {
-        steps.push(Step::Route(Route { node, open: Open::Barman }));
+    if *nat.routing == Routing::To(all) {
+        if !nat.in_place || nat.record != Some(record) {
+            steps.push(Step::Route(record)); // the rules stand; repaired, or the record catches up
+        }
+        if slot.is_none() {
+            // never close the application port for it: the slot comes back behind it
+            steps.extend([Step::CreateSlot(primary), Step::RestartBarman(primary)]);
+        }
+        return steps;
     }
-    if view.slot.is_none() {
-        steps.push(Step::CreateSlot);
+    let barman_there = matches!(nat.routing, Routing::To(r) if r.node == primary && r.open != Open::None);
+    // a walsender on barman's slot there: barman streams from the primary already
+    let streaming = slot.is_some_and(|s| s.active_pid.is_some());
+    match cfg.barman.open_app {
+        OpenApp::AfterSlot => {
+            if slot.is_none() {
+                steps.push(Step::CreateSlot(primary));
+            }
+            steps.push(Step::Route(record));
+            if !streaming {
+                steps.push(Step::RestartBarman(primary));
+            }
+        }
+        OpenApp::AfterArchive => {
+            if !barman_there || matches!(nat.routing, Routing::To(r) if r.open == Open::None) {
+                steps.push(Step::Route(Record { route: Route::new(primary, Open::Barman), timeline }));
+            }
+            if slot.is_none() {
+                steps.push(Step::CreateSlot(primary));
+            }
+            steps.extend([Step::RestartBarman(primary), Step::Route(record)]);
+        }
     }
-    steps.push(Step::RestartBarman);
-    if *routing != all {
-        steps.push(Step::Route(Route { node, open: Open::All }));
-    }
-    Decision::Act(steps)
+    steps
 }
 
-/// A standby-type event for `node`: a standby must not keep barman's slot, and the
-/// ports must not point at it.
-pub fn standby(node: NodeId, view: NodeView, routing: &Routing) -> Decision {
-    if view.role != Role::Standby {
-        return Decision::Refuse(format!("node {node} is not in recovery; a primary keeps its slot; nothing changed"));
+/// No primary to route to: the rules stay (or come back as recorded, after a flush), but
+/// for the ports of a node that cannot take the application's writes. A standby gets no
+/// port at all; a node that serves nobody (down, or by `nat.no_primary = "close"` one that
+/// does not answer) keeps barman's port and loses the application's, whose new
+/// connections are then held, not refused.
+fn without_primary(cfg: &Config, view: &View, nat: Nat) -> Vec<Step> {
+    let current = match *nat.routing {
+        Routing::To(route) => Some(route),
+        Routing::Nothing | Routing::Unrecognised => nat.record.map(|r| r.route),
+    };
+    let Some(route) = current else { return Vec::new() };
+    let open = match view.answer(route.node) {
+        Some(Answer::Up(state)) if state.role == Role::Standby => Open::None,
+        Some(Answer::Down(_)) if route.open == Open::All => Open::Barman,
+        Some(Answer::Silent(_) | Answer::Rejected(_))
+            if route.open == Open::All && cfg.nat.no_primary == NoPrimary::Close =>
+        {
+            Open::Barman
+        }
+        _ => route.open,
+    };
+    let wanted = Route::new(route.node, open);
+    if *nat.routing == Routing::To(wanted) && nat.in_place {
+        return Vec::new();
     }
+    vec![Step::Route(Record { route: wanted, timeline: nat.record.map_or(0, |r| r.timeline) })]
+}
+
+/// A standby must not keep barman's slot: nothing advances it there, and it would fill the
+/// standby's disk.
+fn standbys(view: &View) -> Vec<Step> {
     let mut steps = Vec::new();
-    if let Routing::To(route) = routing
-        && route.node == node
-        && route.open != Open::None
-    {
-        steps.push(Step::Route(Route { node, open: Open::None }));
+    for (node, state) in view.standbys() {
+        if let Some(slot) = state.slot {
+            if let Some(pid) = slot.active_pid {
+                steps.push(Step::TerminateWalsender(node, pid));
+            }
+            steps.push(Step::DropSlot(node));
+        }
     }
-    match view.slot {
-        Some(Slot { active_pid: Some(pid) }) => steps.extend([Step::TerminateWalsender(pid), Step::DropSlot]),
-        Some(Slot { active_pid: None }) => steps.push(Step::DropSlot),
-        None => {}
-    }
-    if steps.is_empty() {
-        Decision::Nothing(format!("node {node} is a standby without the slot"))
-    } else {
-        Decision::Act(steps)
-    }
-}
-
-/// Why a node could not be asked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NoAnswer {
-    pub error: String,
-    /// The server replied but could not be used (it refused the login, say): the node is
-    /// up, so this is not "no node answers".
-    pub replied: bool,
-}
-
-impl fmt::Display for NoAnswer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.error)
-    }
-}
-
-/// What each node answered: its view, or why it could not be asked.
-pub type Answers = Vec<(NodeId, Result<NodeView, NoAnswer>)>;
-
-/// Reconcile's choice of primary: the one node that says it is primary, or the node the
-/// operator named, which must say so too.
-pub fn choose_primary(answers: &Answers, named: Option<NodeId>) -> Result<NodeId, String> {
-    if let Some(node) = named {
-        return match answers.iter().find(|(id, _)| *id == node) {
-            Some((_, Ok(view))) if view.role == Role::Primary => Ok(node),
-            Some((_, Ok(_))) => Err(format!("node {node} is in recovery, not a primary; nothing changed")),
-            Some((_, Err(e))) => Err(format!("node {node} cannot be asked ({e}); nothing changed")),
-            None => Err(format!("node {node} is not configured; nothing changed")),
-        };
-    }
-    let primaries: Vec<NodeId> =
-        answers.iter().filter(|(_, a)| matches!(a, Ok(v) if v.role == Role::Primary)).map(|(id, _)| *id).collect();
-    match primaries[..] {
-        [one] => Ok(one),
-        [] => Err(format!("no node is a primary ({}); nothing changed", claims(answers))),
-        _ => Err(format!(
-            "several nodes claim to be primary ({}); nothing changed; name the right one with --primary",
-            claims(answers)
-        )),
-    }
-}
-
-/// "1: primary, 2: standby, 3: unreachable"
-pub fn claims(answers: &Answers) -> String {
-    answers
-        .iter()
-        .map(|(id, a)| match a {
-            Ok(view) => format!("{id}: {}", view.role),
-            Err(e) if e.replied => format!("{id}: cannot be asked"),
-            Err(_) => format!("{id}: unreachable"),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    steps
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::config::NodeId;
+    use crate::core::config::tests::{example, node};
+    use crate::core::view::tests::view;
+    use crate::core::view::{Lsn, NodeState, Slot};
 
-    const N1: NodeId = NodeId(1);
-    const N2: NodeId = NodeId(2);
+    const IDLE: Option<Slot> = Some(Slot { active_pid: None, restart_lsn: Some(Lsn(0x300_0000)) });
+    const ACTIVE: Option<Slot> = Some(Slot { active_pid: Some(4242), restart_lsn: Some(Lsn(0x300_0000)) });
 
-    fn primary(slot: Option<Slot>) -> NodeView {
-        NodeView { role: Role::Primary, slot }
+    fn up(role: Role, timeline: u32, slot: Option<Slot>) -> Answer {
+        Answer::Up(NodeState { role, timeline, lsn: Lsn(0x300_0060), slot })
     }
-    fn standby_view(slot: Option<Slot>) -> NodeView {
-        NodeView { role: Role::Standby, slot }
+    fn primary(timeline: u32, slot: Option<Slot>) -> Answer {
+        up(Role::Primary, timeline, slot)
     }
-    const IDLE: Option<Slot> = Some(Slot { active_pid: None });
-    const ACTIVE: Option<Slot> = Some(Slot { active_pid: Some(4242) });
-    fn to(node: NodeId, open: Open) -> Routing {
-        Routing::To(Route { node, open })
+    fn standby(slot: Option<Slot>) -> Answer {
+        up(Role::Standby, 1, slot)
     }
-    fn route(node: NodeId, open: Open) -> Step {
-        Step::Route(Route { node, open })
+    fn down() -> Answer {
+        Answer::Down("connection refused".into())
     }
-
-    const ALREADY: &str = "ports already point at node 2 and its slot exists";
-    const IN_RECOVERY: &str = "node 2 is in recovery, not a primary; nothing changed";
-    const KEEPS_SLOT: &str = "node 2 is not in recovery; a primary keeps its slot; nothing changed";
-    const NO_SLOT: &str = "node 2 is a standby without the slot";
-    fn nothing(why: &str) -> Decision {
-        Decision::Nothing(why.into())
+    fn silent() -> Answer {
+        Answer::Silent("no answer within 3 s".into())
+    }
+    fn route(id: u32, open: Open) -> Route {
+        Route::new(node(id), open)
+    }
+    fn to(id: u32, open: Open) -> Routing {
+        Routing::To(route(id, open))
+    }
+    fn rec(id: u32, open: Open, timeline: u32) -> Option<Record> {
+        Some(Record { route: route(id, open), timeline })
+    }
+    fn switch(id: u32, open: Open, timeline: u32) -> Step {
+        Step::Route(rec(id, open, timeline).unwrap())
+    }
+    fn promote_of(id: u32) -> Ask {
+        Ask::Event(Claim::Promote(NodeId::new(id)))
+    }
+    fn standby_of(id: u32) -> Ask {
+        Ask::Event(Claim::Standby(NodeId::new(id)))
     }
     fn refuse(why: &str) -> Decision {
-        Decision::Refuse(why.into())
+        Decision::Refuse(why.to_string())
     }
+    fn act(steps: &[Step]) -> Decision {
+        Decision::Act(steps.to_vec())
+    }
+    use Step::{CreateSlot, DropSlot, RestartBarman, TerminateWalsender};
 
-    #[test]
-    fn failed_and_other_events_are_ignored_before_anything_is_asked() {
-        let triage_of = |name: &str, success: &str| triage(&Event::parse("2", name, Some(success)).unwrap());
-        assert_eq!(triage_of("standby_promote", "1"), Triage::Promote);
-        assert_eq!(triage_of("node_rejoin", "1"), Triage::Standby);
-        for (name, success, warn) in
-            [("standby_promote", "0", true), ("standby_follow", "0", true), ("repmgrd_start", "1", false)]
-        {
-            let Triage::Ignore { warn: warned, .. } = triage_of(name, success) else {
-                panic!("{name} {success} not ignored")
-            };
-            assert_eq!(warned, warn, "{name} {success}");
+    fn check(cfg: &Config, cases: Vec<(Ask, View, Routing, Option<Record>, Decision)>) {
+        for (ask, view, routing, record, expected) in cases {
+            let got = decide(cfg, ask, &view, Nat { routing: &routing, record, in_place: true });
+            assert_eq!(
+                got,
+                expected,
+                "\n ask {ask:?}\n view {}\n rules {routing}\n record {record:?}",
+                view.describe()
+            );
         }
     }
 
-    /// node 2's view, what the chains hold -> what a promote event for node 2 does.
+    /// A promote event for node 2: the view (with timelines), the rules, the record ->
+    /// what happens. The application port opens as soon as the slot exists.
     #[test]
     #[rustfmt::skip]
     fn promote_decision_table() {
-        use Step::*;
-        let (barman, all) = (route(N2, Open::Barman), route(N2, Open::All));
-        let full = Decision::Act(vec![barman, CreateSlot, RestartBarman, all]);
-        let full_with_slot = Decision::Act(vec![barman, RestartBarman, all]);
-        let cases = [
-            // fresh: no rules at all (first primary_register, or after a reboot)
-            (primary(None),        Routing::Nothing,         full.clone()),
+        let (n1, n2) = (node(1), node(2));
+        let full = |tl| act(&[CreateSlot(n2), switch(2, Open::All, tl), RestartBarman(n2)]);
+        check(&example(), vec![
+            // fresh: no rules at all (the first primary_register, or after a reboot)
+            (promote_of(2), view(&[(1, down()), (2, primary(1, None))]),         Routing::Nothing,     None,                        full(1)),
             // the usual failover: the rules point at the former primary
-            (primary(None),        to(N1, Open::All),        full.clone()),
-            (primary(IDLE),        to(N1, Open::All),        full_with_slot.clone()),
-            (primary(None),        to(N1, Open::Barman),     full.clone()),
-            (primary(None),        to(N1, Open::None),       full.clone()),
-            (primary(None),        Routing::Unrecognised,    full.clone()),
-            // the rules point at the node through the wrong ports
-            (primary(IDLE),        to(N2, Open::None),       full_with_slot),
-            // a promotion interrupted after the barman switch: finish it
-            (primary(IDLE),        to(N2, Open::Barman),     Decision::Act(vec![RestartBarman, all])),
-            (primary(None),        to(N2, Open::Barman),     Decision::Act(vec![CreateSlot, RestartBarman, all])),
-            // ports right but slot missing: never close the application port for it
-            (primary(None),        to(N2, Open::All),        Decision::Act(vec![CreateSlot, RestartBarman])),
+            (promote_of(2), view(&[(1, down()), (2, primary(2, None))]),         to(1, Open::All),     rec(1, Open::All, 1),        full(2)),
+            (promote_of(2), view(&[(1, down()), (2, primary(2, None))]),         Routing::Unrecognised, rec(1, Open::All, 1),       full(2)),
+            (promote_of(2), view(&[(1, down()), (2, primary(2, IDLE))]),         to(1, Open::All),     rec(1, Open::All, 1),        act(&[switch(2, Open::All, 2), RestartBarman(n2)])),
+            // a promotion interrupted after the barman port moved: open, and restart barman
+            // unless it streams from the node already (a walsender on the slot)
+            (promote_of(2), view(&[(1, down()), (2, primary(2, IDLE))]),         to(2, Open::Barman),  rec(2, Open::Barman, 2),     act(&[switch(2, Open::All, 2), RestartBarman(n2)])),
+            (promote_of(2), view(&[(1, down()), (2, primary(2, ACTIVE))]),       to(2, Open::Barman),  rec(2, Open::Barman, 2),     act(&[switch(2, Open::All, 2)])),
+            (promote_of(2), view(&[(1, down()), (2, primary(2, ACTIVE))]),       to(2, Open::None),    rec(2, Open::None, 2),       act(&[switch(2, Open::All, 2)])),
+            // ports right but the slot missing: never close the application port for it
+            (promote_of(2), view(&[(1, down()), (2, primary(2, None))]),         to(2, Open::All),     rec(2, Open::All, 2),        act(&[CreateSlot(n2), RestartBarman(n2)])),
             // already right: the second promote event of a failover costs nothing
-            (primary(IDLE),        to(N2, Open::All),        nothing(ALREADY)),
-            (primary(ACTIVE),      to(N2, Open::All),        nothing(ALREADY)),
-            // stale promote: the node is a standby now
-            (standby_view(None),   to(N1, Open::All),        refuse(IN_RECOVERY)),
-            (standby_view(IDLE),   to(N2, Open::All),        refuse(IN_RECOVERY)),
-        ];
-        for (view, routing, expected) in cases {
-            assert_eq!(promote(N2, view, &routing), expected, "view {view:?}, routing {routing:?}");
-        }
+            (promote_of(2), view(&[(1, down()), (2, primary(2, ACTIVE))]),       to(2, Open::All),     rec(2, Open::All, 2),        Decision::Nothing("ports already point at node 2 (timeline 2) and its slot exists".into())),
+            // ... but a record without the timeline catches up
+            (promote_of(2), view(&[(1, down()), (2, primary(2, ACTIVE))]),       to(2, Open::All),     rec(2, Open::All, 0),        act(&[switch(2, Open::All, 2)])),
+            // the old primary still answers as a standby with the slot: it goes
+            (promote_of(2), view(&[(1, standby(ACTIVE)), (2, primary(2, None))]), to(1, Open::All),    rec(1, Open::All, 1),        act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2), TerminateWalsender(n1, 4242), DropSlot(n1)])),
+            // a stale promote: the node is a standby now
+            (promote_of(2), view(&[(1, primary(1, IDLE)), (2, standby(None))]), to(1, Open::All),     rec(1, Open::All, 1),        refuse("node 2 is in recovery, not a primary; nothing changed")),
+            // a replayed promote for the old primary, back on its old timeline
+            (promote_of(1), view(&[(1, primary(1, IDLE)), (2, primary(2, ACTIVE))]), to(2, Open::All), rec(2, Open::All, 2),       refuse("node 1 is a primary on timeline 1, but node 2 is the primary on timeline 2; nothing changed")),
+            // two primaries on one timeline
+            (promote_of(2), view(&[(1, primary(2, IDLE)), (2, primary(2, None))]), to(1, Open::All),  rec(1, Open::All, 2),        refuse("nodes 1 and 2 are all primary on timeline 2; nothing changed; name the right one with reconcile --primary")),
+            // the true primary unreachable from here, the old one answers
+            (promote_of(1), view(&[(1, primary(1, IDLE)), (2, silent())]),       to(2, Open::All),     rec(2, Open::All, 2),        refuse("node 1 is a primary on timeline 1, below timeline 2 recorded with the route; nothing changed")),
+            // the node cannot be asked
+            (promote_of(2), view(&[(1, primary(1, IDLE)), (2, down())]),         to(1, Open::All),     rec(1, Open::All, 1),        Decision::Unanswered("node 2 cannot be asked (down: connection refused); nothing changed".into())),
+            (promote_of(7), view(&[(1, primary(1, IDLE)), (2, down())]),         to(1, Open::All),     rec(1, Open::All, 1),        Decision::Unanswered("node 7 is not configured; nothing changed".into())),
+        ]);
     }
 
+    /// The same with `barman.open_app = "after_archive"`: barman's port first, the
+    /// application's last.
     #[test]
-    fn promote_opens_the_application_port_last() {
-        for routing in [Routing::Nothing, to(N1, Open::All), to(N2, Open::None), Routing::Unrecognised] {
-            let Decision::Act(steps) = promote(N2, primary(None), &routing) else { panic!() };
-            assert_eq!(steps.last(), Some(&route(N2, Open::All)));
-            let opened = steps.iter().position(|s| *s == route(N2, Open::All)).unwrap();
-            let barman = steps.iter().position(|s| *s == Step::RestartBarman).unwrap();
-            assert!(barman < opened);
-            assert_eq!(steps.iter().filter(|s| matches!(s, Step::Route(r) if r.node != N2)).count(), 0);
-        }
+    #[rustfmt::skip]
+    fn promote_after_archive_decision_table() {
+        let mut cfg = example();
+        cfg.barman.open_app = OpenApp::AfterArchive;
+        let n2 = node(2);
+        check(&cfg, vec![
+            (promote_of(2), view(&[(1, down()), (2, primary(2, None))]),   to(1, Open::All),    rec(1, Open::All, 1),    act(&[switch(2, Open::Barman, 2), CreateSlot(n2), RestartBarman(n2), switch(2, Open::All, 2)])),
+            (promote_of(2), view(&[(1, down()), (2, primary(2, IDLE))]),   to(2, Open::Barman), rec(2, Open::Barman, 2), act(&[RestartBarman(n2), switch(2, Open::All, 2)])),
+            (promote_of(2), view(&[(1, down()), (2, primary(2, IDLE))]),   to(2, Open::None),   rec(2, Open::None, 2),   act(&[switch(2, Open::Barman, 2), RestartBarman(n2), switch(2, Open::All, 2)])),
+            (promote_of(2), view(&[(1, down()), (2, primary(2, IDLE))]),   to(2, Open::All),    rec(2, Open::All, 2),    Decision::Nothing("ports already point at node 2 (timeline 2) and its slot exists".into())),
+        ]);
     }
 
-    /// node 2's view, what the chains hold -> what a standby-type event for node 2 does.
+    /// A standby-type event for node 1 (node_rejoin, standby_follow, ...).
     #[test]
     #[rustfmt::skip]
     fn standby_decision_table() {
-        use Step::*;
-        let close = route(N2, Open::None);
-        let cases = [
-            (standby_view(None),   to(N1, Open::All),        nothing(NO_SLOT)),
-            (standby_view(IDLE),   to(N1, Open::All),        Decision::Act(vec![DropSlot])),
-            (standby_view(ACTIVE), to(N1, Open::All),        Decision::Act(vec![TerminateWalsender(4242), DropSlot])),
-            (standby_view(IDLE),   Routing::Nothing,         Decision::Act(vec![DropSlot])),
-            // the ports still point at the node that is a standby now: close them
-            (standby_view(ACTIVE), to(N2, Open::All),        Decision::Act(vec![close, TerminateWalsender(4242), DropSlot])),
-            (standby_view(None),   to(N2, Open::Barman),     Decision::Act(vec![close])),
-            (standby_view(None),   to(N2, Open::None),       nothing(NO_SLOT)),
-            // a standby-type event for the primary: the slot stays
-            (primary(ACTIVE),      to(N2, Open::All),        refuse(KEEPS_SLOT)),
-            (primary(None),        to(N1, Open::All),        refuse(KEEPS_SLOT)),
-        ];
-        for (view, routing, expected) in cases {
-            assert_eq!(standby(N2, view, &routing), expected, "view {view:?}, routing {routing:?}");
-        }
+        let (n1, n2) = (node(1), node(2));
+        check(&example(), vec![
+            // the old primary rejoined: its slot goes
+            (standby_of(1), view(&[(1, standby(ACTIVE)), (2, primary(2, ACTIVE))]), to(2, Open::All), rec(2, Open::All, 2), act(&[TerminateWalsender(n1, 4242), DropSlot(n1)])),
+            (standby_of(1), view(&[(1, standby(IDLE)), (2, primary(2, ACTIVE))]),   to(2, Open::All), rec(2, Open::All, 2), act(&[DropSlot(n1)])),
+            (standby_of(1), view(&[(1, standby(None)), (2, primary(2, ACTIVE))]),   to(2, Open::All), rec(2, Open::All, 2), Decision::Nothing("ports already point at node 2 (timeline 2) and its slot exists".into())),
+            // the ports still point at it (a lost promote event): they follow the primary
+            (standby_of(1), view(&[(1, standby(ACTIVE)), (2, primary(2, None))]),   to(1, Open::All), rec(1, Open::All, 1), act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2), TerminateWalsender(n1, 4242), DropSlot(n1)])),
+            // ... or, with no primary to go to, close
+            (standby_of(1), view(&[(1, standby(IDLE)), (2, down())]),              to(1, Open::All), rec(1, Open::All, 1), act(&[switch(1, Open::None, 1), DropSlot(n1)])),
+            (standby_of(1), view(&[(1, standby(None)), (2, down())]),              to(1, Open::None), rec(1, Open::None, 1), Decision::Nothing("no primary to route to (none reachable); rules left as they are".into())),
+            // a standby-type event for a primary: it keeps its slot
+            (standby_of(1), view(&[(1, primary(1, ACTIVE)), (2, standby(None))]),  to(1, Open::All), rec(1, Open::All, 1), refuse("node 1 is not in recovery; a primary keeps its slot; nothing changed")),
+            (standby_of(1), view(&[(1, silent()), (2, primary(2, ACTIVE))]),        to(2, Open::All), rec(2, Open::All, 2), Decision::Unanswered("node 1 cannot be asked (no answer: no answer within 3 s); nothing changed".into())),
+        ]);
     }
 
-    fn answers(list: &[(u32, Option<Role>)]) -> Answers {
-        list.iter()
-            .map(|(id, role)| {
-                let answer = match role {
-                    Some(role) => Ok(NodeView { role: *role, slot: None }),
-                    None => Err(NoAnswer { error: "connection refused".to_string(), replied: false }),
+    /// `setup` and `watch`: whatever the cluster looks like, the best rules for it.
+    #[test]
+    #[rustfmt::skip]
+    fn converge_decision_table() {
+        let n2 = node(2);
+        let rejected = || Answer::Rejected("password authentication failed".into());
+        let mut closing = example();
+        closing.nat.no_primary = NoPrimary::Close;
+        let hold = |why: &str| Decision::Nothing(format!("no primary to route to ({why}); rules left as they are"));
+        check(&example(), vec![
+            // a promotion nobody told us about
+            (Ask::Converge, view(&[(1, down()), (2, primary(2, None))]),           to(1, Open::All),    rec(1, Open::All, 1), act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2)])),
+            // the old primary is back on its old timeline: the new one keeps the ports
+            (Ask::Converge, view(&[(1, primary(1, IDLE)), (2, primary(2, ACTIVE))]), to(2, Open::All),  rec(2, Open::All, 2), Decision::Nothing("ports already point at node 2 (timeline 2) and its slot exists".into())),
+            (Ask::Converge, view(&[(1, primary(1, IDLE)), (2, primary(2, ACTIVE))]), to(1, Open::All),  rec(1, Open::All, 1), act(&[switch(2, Open::All, 2)])),
+            (Ask::Converge, view(&[(1, primary(1, IDLE)), (2, primary(2, IDLE))]), to(1, Open::All),    rec(1, Open::All, 1), act(&[switch(2, Open::All, 2), RestartBarman(n2)])),
+            // the routed primary went down (a switchover, a crash): new connections wait
+            (Ask::Converge, view(&[(1, down()), (2, standby(None))]),               to(1, Open::All),    rec(1, Open::All, 1), act(&[switch(1, Open::Barman, 1)])),
+            (Ask::Converge, view(&[(1, down()), (2, standby(None))]),               to(1, Open::Barman), rec(1, Open::Barman, 1), hold("none reachable")),
+            // it does not answer, or refuses us: it may still serve; hold
+            (Ask::Converge, view(&[(1, silent()), (2, standby(None))]),             to(1, Open::All),    rec(1, Open::All, 1), hold("none reachable")),
+            (Ask::Converge, view(&[(1, rejected()), (2, standby(None))]),           to(1, Open::All),    rec(1, Open::All, 1), hold("none reachable")),
+            // the true primary unreachable, a stale one answers: never route to it
+            (Ask::Converge, view(&[(1, primary(1, IDLE)), (2, silent())]),          to(2, Open::All),    rec(2, Open::All, 2), hold("none: node 1 is a primary on timeline 1, below timeline 2 recorded with the route")),
+            (Ask::Converge, view(&[(1, primary(2, IDLE)), (2, primary(2, IDLE))]),  to(1, Open::All),    rec(1, Open::All, 2), hold("ambiguous: nodes 1 and 2 are all primary on timeline 2")),
+        ]);
+        check(&closing, vec![
+            (Ask::Converge, view(&[(1, silent()), (2, standby(None))]),             to(1, Open::All),    rec(1, Open::All, 1), act(&[switch(1, Open::Barman, 1)])),
+        ]);
+    }
+
+    /// Tables someone else changed: a flush, a jump deleted by hand.
+    #[test]
+    fn converge_repairs_the_tables() {
+        let cfg = example();
+        let v = view(&[(1, down()), (2, primary(2, ACTIVE))]);
+        let decide_on = |routing: &Routing, in_place: bool| {
+            decide(&cfg, Ask::Converge, &v, Nat { routing, record: rec(2, Open::All, 2), in_place })
+        };
+        // a jump deleted: the rules are right, the tables not
+        assert_eq!(decide_on(&to(2, Open::All), false), act(&[switch(2, Open::All, 2)]));
+        // the nat table flushed, a rule deleted: the route again (barman streams still: its
+        // connection outlives the rules)
+        assert_eq!(decide_on(&Routing::Nothing, false), act(&[switch(2, Open::All, 2)]));
+        assert_eq!(decide_on(&Routing::Unrecognised, true), act(&[switch(2, Open::All, 2)]));
+        // with no primary answering: the recorded route comes back, as setup does at boot
+        let v = view(&[(1, down()), (2, Answer::Silent("no answer within 3 s".into()))]);
+        let got = decide(
+            &cfg,
+            Ask::Converge,
+            &v,
+            Nat { routing: &Routing::Nothing, record: rec(2, Open::All, 2), in_place: false },
+        );
+        assert_eq!(got, act(&[switch(2, Open::All, 2)]));
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn reconcile_refuses_without_a_legitimate_primary_unless_one_is_named() {
+        let (n1, n2) = (node(1), node(2));
+        check(&example(), vec![
+            (Ask::Reconcile { named: None },     view(&[(1, primary(2, ACTIVE)), (2, primary(2, None))]), to(1, Open::All), rec(1, Open::All, 2),
+                refuse("no legitimate primary: ambiguous: nodes 1 and 2 are all primary on timeline 2 (1: primary on timeline 2, 2: primary on timeline 2); nothing changed; name the right one with --primary")),
+            (Ask::Reconcile { named: Some(n1) }, view(&[(1, primary(2, ACTIVE)), (2, primary(2, None))]), to(1, Open::All), rec(1, Open::All, 2),
+                Decision::Nothing("ports already point at node 1 (timeline 2) and its slot exists".into())),
+            (Ask::Reconcile { named: Some(n2) }, view(&[(1, primary(2, ACTIVE)), (2, primary(2, None))]), to(1, Open::All), rec(1, Open::All, 2),
+                act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2)])),
+            // named below the recorded timeline: the operator knows better (a rebuilt cluster)
+            (Ask::Reconcile { named: Some(n1) }, view(&[(1, primary(1, None)), (2, silent())]),          to(2, Open::All), rec(2, Open::All, 5),
+                act(&[CreateSlot(n1), switch(1, Open::All, 1), RestartBarman(n1)])),
+            (Ask::Reconcile { named: Some(n2) }, view(&[(1, primary(1, ACTIVE)), (2, standby(None))]),   to(1, Open::All), rec(1, Open::All, 1),
+                refuse("node 2 is in recovery, not a primary; nothing changed")),
+            (Ask::Reconcile { named: None },     view(&[(1, down()), (2, standby(None))]),               to(1, Open::All), rec(1, Open::All, 1),
+                refuse("no legitimate primary: none reachable (1: down: connection refused, 2: standby); nothing changed; name the right one with --primary")),
+        ]);
+    }
+
+    #[test]
+    fn the_application_port_never_opens_before_the_slot_exists() {
+        for open_app in [OpenApp::AfterSlot, OpenApp::AfterArchive] {
+            let mut cfg = example();
+            cfg.barman.open_app = open_app;
+            for routing in [Routing::Nothing, to(1, Open::All), to(2, Open::None), to(2, Open::Barman)] {
+                let v = view(&[(1, down()), (2, primary(2, None))]);
+                let nat = Nat { routing: &routing, record: None, in_place: true };
+                let Decision::Act(steps) = decide(&cfg, Ask::Converge, &v, nat) else {
+                    panic!("nothing to do for {routing}")
                 };
-                (NodeId(*id), answer)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn reconcile_chooses_the_one_primary() {
-        use Role::*;
-        let a = answers(&[(1, None), (2, Some(Primary)), (3, Some(Standby))]);
-        assert_eq!(choose_primary(&a, None), Ok(N2));
-        assert_eq!(choose_primary(&a, Some(N2)), Ok(N2));
-    }
-
-    #[test]
-    fn reconcile_refuses_none_or_several_unless_named() {
-        use Role::*;
-        let none = answers(&[(1, None), (2, Some(Standby))]);
-        assert_eq!(
-            choose_primary(&none, None),
-            Err("no node is a primary (1: unreachable, 2: standby); nothing changed".into())
-        );
-        let two = answers(&[(1, Some(Primary)), (2, Some(Primary))]);
-        assert_eq!(
-            choose_primary(&two, None),
-            Err("several nodes claim to be primary (1: primary, 2: primary); nothing changed; name the right one with --primary".into())
-        );
-        assert_eq!(choose_primary(&two, Some(N1)), Ok(N1));
-        assert_eq!(
-            choose_primary(&none, Some(N2)),
-            Err("node 2 is in recovery, not a primary; nothing changed".into())
-        );
-        assert_eq!(
-            choose_primary(&none, Some(N1)),
-            Err("node 1 cannot be asked (connection refused); nothing changed".into())
-        );
-        assert_eq!(choose_primary(&none, Some(NodeId(9))), Err("node 9 is not configured; nothing changed".into()));
+                let slot = steps.iter().position(|s| *s == CreateSlot(node(2))).unwrap();
+                let opened = steps.iter().position(|s| *s == switch(2, Open::All, 2)).unwrap();
+                assert!(slot < opened, "{open_app:?} {routing}: {steps:?}");
+                let confirmed = steps.iter().position(|s| *s == RestartBarman(node(2))).unwrap();
+                assert_eq!(confirmed < opened, open_app == OpenApp::AfterArchive, "{open_app:?}: {steps:?}");
+                assert!(!steps.iter().any(|s| matches!(s, Step::Route(r) if r.route.node != node(2))));
+            }
+        }
     }
 }

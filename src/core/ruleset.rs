@@ -1,11 +1,14 @@
-//! The NAT rules as text: what the chains must hold for a route (rendered exactly as
-//! `iptables-save` prints rules, so the live chains compare line by line), the
-//! `iptables-restore` transaction that switches to it, and the reading of what the
-//! nat table holds now. Pure code: no process is run here.
+//! The rules as text: what our chains must hold for a route (rendered exactly as
+//! `iptables-save` prints rules, so the live chains compare line by line), the one
+//! `iptables-restore` transaction that puts everything of ours in place (chains, jumps,
+//! the hold, the route), and the reading of what the kernel holds now. Pure code: no
+//! process is run here; nothing else of the tables is ever written.
 
 use std::fmt;
 
-use crate::core::config::{Config, NodeId};
+use anyhow::{Result, bail};
+
+use crate::core::config::{Config, Node, NodeId};
 
 /// Which proxy ports forward to the node. The SNAT rule for the node is present in
 /// every case, so a route always names exactly one node.
@@ -30,26 +33,107 @@ impl fmt::Display for Open {
     }
 }
 
+impl std::str::FromStr for Open {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Open> {
+        match text {
+            "none" => Ok(Open::None),
+            "barman" => Ok(Open::Barman),
+            "all" => Ok(Open::All),
+            other => bail!("{other:?} is not none, barman or all"),
+        }
+    }
+}
+
 /// What the chains send where: the node and the ports that reach it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Route {
-    pub node: NodeId,
+    pub node: Node,
     pub open: Open,
+}
+
+impl Route {
+    pub fn new(node: Node, open: Open) -> Route {
+        Route { node, open }
+    }
 }
 
 impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "node {} ports {}", self.node, self.open)
+        write!(f, "node {} ports {}", self.node.id(), self.open)
     }
 }
 
-/// The built-in chains that jump to ours: (hook, our chain).
-pub fn hooks(cfg: &Config) -> [(&'static str, &str); 3] {
-    [
-        ("PREROUTING", cfg.nat.dnat_chain.as_str()),
-        ("OUTPUT", cfg.nat.dnat_chain.as_str()),
-        ("POSTROUTING", cfg.nat.snat_chain.as_str()),
-    ]
+/// What root records with every switch: the route, and the timeline of the primary it
+/// was made for (0: unknown). No later route may go to a primary on a lower timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Record {
+    pub route: Route,
+    pub timeline: u32,
+}
+
+impl Record {
+    /// The record's file format: `<node id> <none|barman|all> <timeline>`; the timeline is
+    /// missing from records written before timelines were recorded.
+    pub fn parse(cfg: &Config, text: &str) -> Result<Record> {
+        let mut words = text.split_whitespace();
+        let (Some(node), Some(open), timeline, None) = (words.next(), words.next(), words.next(), words.next()) else {
+            bail!("expected \"<node id> <none|barman|all> <timeline>\"");
+        };
+        let node = cfg.node(NodeId::parse(node)?)?;
+        let timeline = match timeline {
+            Some(t) => parse_timeline(t)?,
+            None => 0,
+        };
+        Ok(Record { route: Route::new(node, open.parse()?), timeline })
+    }
+
+    pub fn render(&self) -> String {
+        format!("{} {} {}\n", self.route.node.id(), self.route.open, self.timeline)
+    }
+}
+
+impl fmt::Display for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (timeline {})", self.route, self.timeline)
+    }
+}
+
+/// A PostgreSQL timeline id: a positive 32-bit integer, digits only.
+pub fn parse_timeline(text: &str) -> Result<u32> {
+    let valid = !text.is_empty() && text.len() <= 10 && text.bytes().all(|b| b.is_ascii_digit());
+    match text.parse::<u32>() {
+        Ok(t) if valid && t > 0 => Ok(t),
+        _ => bail!("timeline {text:?} is not a positive integer"),
+    }
+}
+
+/// A jump from a built-in chain to one of ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hook {
+    pub table: &'static str,
+    pub builtin: &'static str,
+    /// Where the jump goes: first in the built-in chain (the hold must come before any
+    /// rule that would accept the connection), or last.
+    pub first: bool,
+}
+
+pub const PREROUTING: Hook = Hook { table: "nat", builtin: "PREROUTING", first: false };
+pub const OUTPUT: Hook = Hook { table: "nat", builtin: "OUTPUT", first: false };
+pub const POSTROUTING: Hook = Hook { table: "nat", builtin: "POSTROUTING", first: false };
+pub const INPUT: Hook = Hook { table: "filter", builtin: "INPUT", first: true };
+
+/// Our chains, the table each lives in, and the built-in chains that jump to it.
+pub fn chains(cfg: &Config) -> Vec<(&'static str, &str, Vec<Hook>)> {
+    let mut chains = vec![
+        ("nat", cfg.nat.dnat_chain.as_str(), vec![PREROUTING, OUTPUT]),
+        ("nat", cfg.nat.snat_chain.as_str(), vec![POSTROUTING]),
+    ];
+    if cfg.nat.hold {
+        chains.push(("filter", cfg.nat.hold_chain.as_str(), vec![INPUT]));
+    }
+    chains
 }
 
 /// The proxy ports that forward for `open`: barman's first, then the application's.
@@ -61,11 +145,10 @@ pub fn forwarded(cfg: &Config, open: Open) -> Vec<u16> {
     }
 }
 
-/// The rules of our two chains for `route`, in the form `iptables-save` prints them.
-/// Unknown node ids render nothing; callers validate ids against the config first.
+/// The rules of our two nat chains for `route`, in the form `iptables-save` prints them.
 pub fn rules(cfg: &Config, route: Route) -> Rules {
     let mut rules = Rules::default();
-    let Some(node) = cfg.nodes.get(&route.node) else { return rules };
+    let node = route.node.addr();
     let pg = cfg.ports.postgres;
     let proxy = cfg.proxy;
     for port in forwarded(cfg, route.open) {
@@ -80,7 +163,27 @@ pub fn rules(cfg: &Config, route: Route) -> Rules {
     rules
 }
 
-/// The rule lines of our two chains, each in chain order.
+/// The hold: a new connection to an application port that no DNAT rule forwarded
+/// reaches this host itself, which would refuse it at once. Its first packet (SYN) is
+/// dropped instead, so the client retransmits it (after ~1 s) and reaches the primary
+/// once the port opens again. These rules never change with the route.
+pub fn hold_rules(cfg: &Config) -> Vec<String> {
+    if !cfg.nat.hold {
+        return Vec::new();
+    }
+    cfg.ports
+        .app
+        .iter()
+        .map(|port| {
+            format!(
+                "-A {} -d {}/32 -p tcp -m tcp --dport {port} --tcp-flags FIN,SYN,RST,ACK SYN -j DROP",
+                cfg.nat.hold_chain, cfg.proxy
+            )
+        })
+        .collect()
+}
+
+/// The rule lines of our two nat chains, each in chain order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rules {
     pub dnat: Vec<String>,
@@ -93,29 +196,85 @@ impl Rules {
     }
 }
 
-/// The `iptables-restore --noflush` input that replaces the contents of both chains in
-/// one transaction. Declaring a chain empties it (and creates it if missing); chains
-/// not declared are left alone. The kernel switches from the old rules to the new ones
-/// at once: there is no moment with no rule and none with rules to two nodes.
-pub fn restore_text(cfg: &Config, route: Route) -> String {
-    let rules = rules(cfg, route);
-    let mut text = format!("*nat\n:{} - [0:0]\n:{} - [0:0]\n", cfg.nat.dnat_chain, cfg.nat.snat_chain);
-    for line in rules.dnat.iter().chain(&rules.snat) {
-        text.push_str(line);
-        text.push('\n');
+/// The `iptables-restore --noflush` input that puts everything of ours in place in one
+/// transaction: our chains where missing, exactly one jump to each from its built-in
+/// chain, the hold rules, and, with a route, the rules for it. Declaring a chain empties
+/// it (and creates it if missing); chains not declared are left alone. The kernel moves
+/// from the old rules to the new ones at once: there is no moment with no rule and none
+/// with rules to two nodes. `None` when everything is in place already.
+pub fn transaction(cfg: &Config, live: &Live, route: Option<Route>) -> Option<String> {
+    let wanted = route.map(|r| rules(cfg, r));
+    let mut tables: Vec<(&str, String)> = Vec::new();
+    for (table, chain, hooks) in chains(cfg) {
+        let mut lines = String::new();
+        let rewrite = match (table, &wanted) {
+            ("nat", Some(rules)) => {
+                let ours = if chain == cfg.nat.dnat_chain { &rules.dnat } else { &rules.snat };
+                (live.rules_of(chain) != Some(ours)).then(|| ours.clone())
+            }
+            ("filter", _) => (live.rules_of(chain) != Some(&hold_rules(cfg))).then(|| hold_rules(cfg)),
+            _ => (!live.has_chain(chain)).then(Vec::new),
+        };
+        if let Some(rules) = rewrite {
+            lines.push_str(&format!(":{chain} - [0:0]\n"));
+            for rule in rules {
+                lines.push_str(&rule);
+                lines.push('\n');
+            }
+        }
+        for hook in hooks {
+            let jump = format!("{} -j {chain}", hook.builtin);
+            match live.jumps_to(hook, chain) {
+                0 if hook.first => lines.push_str(&format!("-I {jump}\n")),
+                0 => lines.push_str(&format!("-A {jump}\n")),
+                n => (1..n).for_each(|_| lines.push_str(&format!("-D {jump}\n"))),
+            }
+        }
+        if lines.is_empty() {
+            continue;
+        }
+        match tables.iter_mut().find(|(t, _)| *t == table) {
+            Some((_, text)) => text.push_str(&lines),
+            None => tables.push((table, lines)),
+        }
     }
-    text.push_str("COMMIT\n");
-    text
+    if tables.is_empty() {
+        return None;
+    }
+    Some(tables.into_iter().map(|(table, lines)| format!("*{table}\n{lines}COMMIT\n")).collect())
 }
 
-/// What the nat table holds for repmgr-nat, read from `iptables-save -t nat` output.
+/// The transaction that removes every jump to our chains, then the chains.
+pub fn teardown_transaction(cfg: &Config, live: &Live) -> Option<String> {
+    let mut tables: Vec<(&str, String)> = Vec::new();
+    for (table, chain, hooks) in chains(cfg) {
+        let mut lines = String::new();
+        for hook in hooks {
+            (0..live.jumps_to(hook, chain)).for_each(|_| lines.push_str(&format!("-D {} -j {chain}\n", hook.builtin)));
+        }
+        if live.has_chain(chain) {
+            lines.push_str(&format!(":{chain} - [0:0]\n-X {chain}\n"));
+        }
+        if lines.is_empty() {
+            continue;
+        }
+        match tables.iter_mut().find(|(t, _)| *t == table) {
+            Some((_, text)) => text.push_str(&lines),
+            None => tables.push((table, lines)),
+        }
+    }
+    (!tables.is_empty())
+        .then(|| tables.into_iter().map(|(table, lines)| format!("*{table}\n{lines}COMMIT\n")).collect())
+}
+
+/// Everything of ours in the kernel's tables, read from `iptables-save` output: which
+/// chains exist, their rules, and the jumps to them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Live {
-    pub dnat_chain: bool,
-    pub snat_chain: bool,
-    /// How many identical jump rules each hook holds (1 is right; 0 missing).
-    pub jumps: [usize; 3],
-    pub rules: Rules,
+    /// (table, chain, its rules) for every chain of ours that exists, sorted.
+    pub chains: Vec<(String, String, Vec<String>)>,
+    /// (table, built-in chain, our chain) for every jump, as often as it is there, sorted.
+    pub jumps: Vec<(String, String, String)>,
 }
 
 /// What the rules in our chains amount to.
@@ -140,45 +299,84 @@ impl fmt::Display for Routing {
 }
 
 impl Live {
-    /// Parses `iptables-save -t nat` output (or the subset `route --show` prints).
+    /// Parses `iptables-save` output (or the excerpt `route --show` prints).
     pub fn parse(cfg: &Config, save: &str) -> Live {
-        let dnat = cfg.nat.dnat_chain.as_str();
-        let snat = cfg.nat.snat_chain.as_str();
-        let jump_lines = hooks(cfg).map(|(hook, chain)| format!("-A {hook} -j {chain}"));
+        let ours = chains(cfg);
+        let is_ours = |table: &str, chain: &str| ours.iter().any(|(t, c, _)| *t == table && *c == chain);
         let mut live = Live::default();
-        let mut in_nat = false;
+        let mut table = String::new();
         for line in save.lines().map(str::trim_end) {
-            if let Some(table) = line.strip_prefix('*') {
-                in_nat = table == "nat";
-                continue;
-            }
-            if !in_nat {
-                continue;
-            }
-            if let Some(decl) = line.strip_prefix(':') {
-                let name = decl.split(' ').next().unwrap_or("");
-                live.dnat_chain |= name == dnat;
-                live.snat_chain |= name == snat;
-            } else if let Some(i) = jump_lines.iter().position(|j| j == line) {
-                live.jumps[i] += 1;
-            } else if chain_of(line) == Some(dnat) {
-                live.rules.dnat.push(line.to_string());
-            } else if chain_of(line) == Some(snat) {
-                live.rules.snat.push(line.to_string());
+            if let Some(name) = line.strip_prefix('*') {
+                table = name.to_string();
+            } else if let Some(decl) = line.strip_prefix(':') {
+                let chain = decl.split(' ').next().unwrap_or("");
+                if is_ours(&table, chain) {
+                    live.chains.push((table.clone(), chain.to_string(), Vec::new()));
+                }
+            } else if let Some(chain) = chain_of(line) {
+                if let Some((_, _, rules)) = live.chains.iter_mut().find(|(t, c, _)| *t == table && c == chain) {
+                    rules.push(line.to_string());
+                } else if let Some((builtin, target)) = line.strip_prefix("-A ").and_then(|l| l.split_once(" -j "))
+                    && !builtin.contains(' ')
+                    && is_ours(&table, target)
+                {
+                    live.jumps.push((table.clone(), builtin.to_string(), target.to_string()));
+                }
             }
         }
+        live.chains.sort();
+        live.jumps.sort();
         live
+    }
+
+    /// Everything in place, routed to `route`: what a complete switch leaves.
+    pub fn installed(cfg: &Config, route: Route) -> Live {
+        let rules = rules(cfg, route);
+        let mut live = Live::default();
+        for (table, chain, hooks) in chains(cfg) {
+            let ours = match table {
+                "filter" => hold_rules(cfg),
+                _ if chain == cfg.nat.dnat_chain => rules.dnat.clone(),
+                _ => rules.snat.clone(),
+            };
+            live.chains.push((table.to_string(), chain.to_string(), ours));
+            for hook in hooks {
+                live.jumps.push((table.to_string(), hook.builtin.to_string(), chain.to_string()));
+            }
+        }
+        live.chains.sort();
+        live.jumps.sort();
+        live
+    }
+
+    pub fn has_chain(&self, chain: &str) -> bool {
+        self.chains.iter().any(|(_, c, _)| c == chain)
+    }
+
+    fn rules_of(&self, chain: &str) -> Option<&Vec<String>> {
+        self.chains.iter().find(|(_, c, _)| c == chain).map(|(_, _, rules)| rules)
+    }
+
+    pub fn jumps_to(&self, hook: Hook, chain: &str) -> usize {
+        self.jumps.iter().filter(|(t, b, c)| t == hook.table && b == hook.builtin && c == chain).count()
+    }
+
+    /// The rules of the two nat chains.
+    pub fn rules(&self, cfg: &Config) -> Rules {
+        let of = |chain: &str| self.rules_of(chain).cloned().unwrap_or_default();
+        Rules { dnat: of(&cfg.nat.dnat_chain), snat: of(&cfg.nat.snat_chain) }
     }
 
     /// Recognises the rules as one of the routes repmgr-nat renders.
     pub fn routing(&self, cfg: &Config) -> Routing {
-        if self.rules.is_empty() {
+        let live = self.rules(cfg);
+        if live.is_empty() {
             return Routing::Nothing;
         }
-        for node in cfg.nodes.keys() {
+        for node in &cfg.nodes {
             for open in [Open::All, Open::Barman, Open::None] {
                 let route = Route { node: *node, open };
-                if rules(cfg, route) == self.rules {
+                if rules(cfg, route) == live {
                     return Routing::To(route);
                 }
             }
@@ -186,35 +384,48 @@ impl Live {
         Routing::Unrecognised
     }
 
-    /// Each built-in chain, our chain it should jump to, and how many such jumps it has.
-    pub fn jumps<'c>(&self, cfg: &'c Config) -> impl Iterator<Item = (&'static str, &'c str, usize)> {
-        hooks(cfg).into_iter().zip(self.jumps).map(|((hook, chain), count)| (hook, chain, count))
+    /// Every built-in chain, our chain it should jump to, and how many such jumps it has.
+    pub fn jump_counts<'c>(&self, cfg: &'c Config) -> Vec<(&'static str, &'c str, usize)> {
+        chains(cfg)
+            .into_iter()
+            .flat_map(|(_, chain, hooks)| hooks.into_iter().map(move |hook| (hook, chain)))
+            .map(|(hook, chain)| (hook.builtin, chain, self.jumps_to(hook, chain)))
+            .collect()
     }
 
-    pub fn chains_and_jumps_in_place(&self) -> bool {
-        self.dnat_chain && self.snat_chain && self.jumps.iter().all(|n| *n == 1)
+    /// Our chains exist, each is jumped to exactly once, and the hold rules are right:
+    /// nothing but the route may need a switch.
+    pub fn in_place(&self, cfg: &Config) -> bool {
+        chains(cfg).iter().all(|(_, chain, _)| self.has_chain(chain))
+            && self.jump_counts(cfg).iter().all(|(_, _, n)| *n == 1)
+            && (!cfg.nat.hold || self.rules_of(&cfg.nat.hold_chain) == Some(&hold_rules(cfg)))
     }
 
     /// The lines `route --show` prints: our chains, their rules and the jumps to them,
-    /// as a self-contained `iptables-save` excerpt that `parse` reads back.
-    pub fn render(&self, cfg: &Config) -> String {
-        let mut text = String::from("*nat\n");
-        if self.dnat_chain {
-            text.push_str(&format!(":{} - [0:0]\n", cfg.nat.dnat_chain));
-        }
-        if self.snat_chain {
-            text.push_str(&format!(":{} - [0:0]\n", cfg.nat.snat_chain));
-        }
-        for (hook, chain, count) in self.jumps(cfg) {
-            for _ in 0..count {
-                text.push_str(&format!("-A {hook} -j {chain}\n"));
+    /// as an `iptables-save` excerpt that `parse` reads back.
+    pub fn render(&self) -> String {
+        let mut tables: Vec<&str> = self.chains.iter().map(|(t, _, _)| t.as_str()).collect();
+        tables.extend(self.jumps.iter().map(|(t, _, _)| t.as_str()));
+        tables.dedup();
+        tables.sort_unstable_by_key(|t| if *t == "nat" { 0 } else { 1 });
+        tables.dedup();
+        let mut text = String::new();
+        for table in tables {
+            text.push_str(&format!("*{table}\n"));
+            for (_, chain, _) in self.chains.iter().filter(|(t, _, _)| t == table) {
+                text.push_str(&format!(":{chain} - [0:0]\n"));
             }
+            for (_, builtin, chain) in self.jumps.iter().filter(|(t, _, _)| t == table) {
+                text.push_str(&format!("-A {builtin} -j {chain}\n"));
+            }
+            for (_, _, rules) in self.chains.iter().filter(|(t, _, _)| t == table) {
+                for rule in rules {
+                    text.push_str(rule);
+                    text.push('\n');
+                }
+            }
+            text.push_str("COMMIT\n");
         }
-        for line in self.rules.dnat.iter().chain(&self.rules.snat) {
-            text.push_str(line);
-            text.push('\n');
-        }
-        text.push_str("COMMIT\n");
         text
     }
 }
@@ -222,7 +433,7 @@ impl Live {
 /// Connections to cut when the chains switch from `before` to `after`: those proxied to
 /// a node through a port that no longer forwards to it. `None` as the port means every
 /// proxied connection to the node. When the old rules are unknown, every other node's.
-pub fn cuts(cfg: &Config, before: &Routing, after: Route) -> Vec<(NodeId, Option<u16>)> {
+pub fn cuts(cfg: &Config, before: &Routing, after: Route) -> Vec<(Node, Option<u16>)> {
     match before {
         Routing::To(old) => {
             let had = forwarded(cfg, old.open);
@@ -237,7 +448,7 @@ pub fn cuts(cfg: &Config, before: &Routing, after: Route) -> Vec<(NodeId, Option
             }
         }
         Routing::Nothing | Routing::Unrecognised => {
-            cfg.nodes.keys().filter(|id| **id != after.node).map(|id| (*id, None)).collect()
+            cfg.nodes.iter().filter(|n| **n != after.node).map(|n| (*n, None)).collect()
         }
     }
 }
@@ -246,82 +457,205 @@ fn chain_of(line: &str) -> Option<&str> {
     line.strip_prefix("-A ")?.split(' ').next()
 }
 
+/// A kernel's tables in memory, for tests: applies `iptables-restore --noflush` input the
+/// way iptables does (all of it or nothing) and prints them as `iptables-save` does.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::core::config::tests::example;
+pub mod sim {
+    use std::collections::BTreeMap;
 
-    const TO_2_ALL: &str = "\
-*nat
-:repmgr_dnat - [0:0]
-:repmgr_snat - [0:0]
--A repmgr_dnat -d 10.8.3.1/32 -p tcp -m tcp --dport 54321 -j DNAT --to-destination 10.8.2.1:5432
--A repmgr_dnat -d 10.8.3.1/32 -p tcp -m tcp --dport 54322 -j DNAT --to-destination 10.8.2.1:5432
--A repmgr_snat -d 10.8.2.1/32 -p tcp -m tcp --dport 5432 -j SNAT --to-source 10.8.3.1
-COMMIT
-";
-
-    #[test]
-    fn golden_ruleset_for_a_primary() {
-        let cfg = example();
-        assert_eq!(restore_text(&cfg, Route { node: NodeId(2), open: Open::All }), TO_2_ALL);
-        assert_eq!(
-            restore_text(&cfg, Route { node: NodeId(1), open: Open::Barman }),
-            "\
-*nat
-:repmgr_dnat - [0:0]
-:repmgr_snat - [0:0]
--A repmgr_dnat -d 10.8.3.1/32 -p tcp -m tcp --dport 54321 -j DNAT --to-destination 10.8.1.1:5432
--A repmgr_snat -d 10.8.1.1/32 -p tcp -m tcp --dport 5432 -j SNAT --to-source 10.8.3.1
-COMMIT
-"
-        );
-        assert_eq!(
-            restore_text(&cfg, Route { node: NodeId(1), open: Open::None }),
-            "\
-*nat
-:repmgr_dnat - [0:0]
-:repmgr_snat - [0:0]
--A repmgr_snat -d 10.8.1.1/32 -p tcp -m tcp --dport 5432 -j SNAT --to-source 10.8.3.1
-COMMIT
-"
-        );
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Tables {
+        /// table -> chain -> rules ("-A chain ..."), built-in chains included
+        pub tables: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     }
 
-    #[test]
-    fn every_rule_targets_a_declared_chain_and_one_node() {
-        let mut cfg = example();
-        cfg.ports.app = vec![54322, 54323, 54324];
-        for (id, addr) in cfg.nodes.clone() {
-            for open in [Open::None, Open::Barman, Open::All] {
-                let text = restore_text(&cfg, Route { node: id, open });
-                let declared: Vec<&str> =
-                    text.lines().filter_map(|l| l.strip_prefix(':')).map(|l| l.split(' ').next().unwrap()).collect();
-                for line in text.lines().filter(|l| l.starts_with("-A ")) {
-                    assert!(declared.contains(&chain_of(line).unwrap()), "{line}");
-                    assert!(line.contains(&format!("{addr}")), "{line} does not name node {id}");
-                    for (other, other_addr) in &cfg.nodes {
-                        if *other != id {
-                            assert!(!line.contains(&format!("{other_addr}/")), "{line}");
-                            assert!(!line.contains(&format!("{other_addr}:")), "{line}");
-                        }
-                    }
-                }
-                let forwards = text.matches("-j DNAT").count();
-                assert_eq!(
-                    forwards,
-                    match open {
-                        Open::None => 0,
-                        Open::Barman => 1,
-                        Open::All => 4,
-                    }
-                );
+    impl Default for Tables {
+        fn default() -> Tables {
+            let builtin = |chains: &[&str]| chains.iter().map(|c| (c.to_string(), Vec::new())).collect();
+            Tables {
+                tables: [
+                    ("nat".to_string(), builtin(&["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"])),
+                    ("filter".to_string(), builtin(&["INPUT", "FORWARD", "OUTPUT"])),
+                ]
+                .into(),
             }
         }
     }
 
-    /// `iptables-save -t nat` as the article's scripts leave it: chains, jumps and the
-    /// rules for db1 with both ports open.
+    impl Tables {
+        /// The tables after `restore`, or the first error (and the tables unchanged).
+        pub fn restore(&self, text: &str) -> Result<Tables, String> {
+            let mut next = self.clone();
+            let mut table = String::new();
+            for line in text.lines() {
+                let words: Vec<&str> = line.split(' ').collect();
+                if let [t] = words[..]
+                    && let Some(name) = t.strip_prefix('*')
+                {
+                    table = name.to_string();
+                    continue;
+                }
+                let chains = next.tables.entry(table.clone()).or_default();
+                match words[..] {
+                    ["COMMIT"] => {}
+                    [decl, ..] if decl.starts_with(':') => {
+                        chains.insert(decl[1..].to_string(), Vec::new());
+                    }
+                    ["-X", chain] => match chains.get(chain) {
+                        Some(rules) if rules.is_empty() => {
+                            chains.remove(chain);
+                        }
+                        _ => return Err(format!("-X {chain}: missing or not empty")),
+                    },
+                    [op @ ("-A" | "-I" | "-D"), chain, ..] => {
+                        let rule = format!("-A {}", &line[3..]);
+                        if let Some(target) = rule.split(" -j ").nth(1).map(|t| t.split(' ').next().unwrap())
+                            && target.chars().any(|c| c.is_ascii_lowercase())
+                            && !chains.contains_key(target)
+                        {
+                            return Err(format!("{line}: chain {target} does not exist"));
+                        }
+                        let rules = chains.get_mut(chain).ok_or(format!("{line}: no chain {chain}"))?;
+                        match op {
+                            "-A" => rules.push(rule),
+                            "-I" => rules.insert(0, rule),
+                            _ => {
+                                let at =
+                                    rules.iter().position(|r| *r == rule).ok_or(format!("{line}: no such rule"))?;
+                                rules.remove(at);
+                            }
+                        }
+                    }
+                    _ => return Err(format!("cannot read {line:?}")),
+                }
+            }
+            Ok(next)
+        }
+
+        pub fn save(&self) -> String {
+            let mut text = String::new();
+            for (table, chains) in &self.tables {
+                text.push_str(&format!("*{table}\n"));
+                for chain in chains.keys() {
+                    let policy = if chain.chars().all(|c| c.is_ascii_uppercase()) { "ACCEPT" } else { "-" };
+                    text.push_str(&format!(":{chain} {policy} [0:0]\n"));
+                }
+                for rules in chains.values() {
+                    for rule in rules {
+                        text.push_str(&format!("{rule}\n"));
+                    }
+                }
+                text.push_str("COMMIT\n");
+            }
+            text
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sim::Tables;
+    use super::*;
+    use crate::core::config::tests::{example, node, three_nodes};
+
+    /// From empty tables: our chains, the route's rules, the jumps, the hold.
+    const TO_2_ALL: &str = "\
+*nat
+:repmgr_dnat - [0:0]
+-A repmgr_dnat -d 10.8.3.1/32 -p tcp -m tcp --dport 54321 -j DNAT --to-destination 10.8.2.1:5432
+-A repmgr_dnat -d 10.8.3.1/32 -p tcp -m tcp --dport 54322 -j DNAT --to-destination 10.8.2.1:5432
+-A PREROUTING -j repmgr_dnat
+-A OUTPUT -j repmgr_dnat
+:repmgr_snat - [0:0]
+-A repmgr_snat -d 10.8.2.1/32 -p tcp -m tcp --dport 5432 -j SNAT --to-source 10.8.3.1
+-A POSTROUTING -j repmgr_snat
+COMMIT
+*filter
+:repmgr_hold - [0:0]
+-A repmgr_hold -d 10.8.3.1/32 -p tcp -m tcp --dport 54322 --tcp-flags FIN,SYN,RST,ACK SYN -j DROP
+-I INPUT -j repmgr_hold
+COMMIT
+";
+
+    fn route(id: u32, open: Open) -> Route {
+        Route::new(node(id), open)
+    }
+
+    /// The tables after applying `transaction` to `tables` (which must succeed).
+    fn switched(cfg: &Config, tables: &Tables, to: Option<Route>) -> Tables {
+        let live = Live::parse(cfg, &tables.save());
+        match transaction(cfg, &live, to) {
+            Some(text) => tables.restore(&text).unwrap_or_else(|e| panic!("{e}\n{text}")),
+            None => tables.clone(),
+        }
+    }
+
+    #[test]
+    fn golden_transaction_from_empty_tables() {
+        let cfg = example();
+        assert_eq!(transaction(&cfg, &Live::default(), Some(route(2, Open::All))).unwrap(), TO_2_ALL);
+    }
+
+    #[test]
+    fn a_switch_rewrites_only_the_nat_chains_once_in_place() {
+        let cfg = example();
+        let tables = switched(&cfg, &Tables::default(), Some(route(1, Open::All)));
+        let live = Live::parse(&cfg, &tables.save());
+        assert!(live.in_place(&cfg));
+        assert_eq!(
+            transaction(&cfg, &live, Some(route(1, Open::Barman))).unwrap(),
+            "\
+*nat
+:repmgr_dnat - [0:0]
+-A repmgr_dnat -d 10.8.3.1/32 -p tcp -m tcp --dport 54321 -j DNAT --to-destination 10.8.1.1:5432
+COMMIT
+"
+        );
+        assert_eq!(
+            transaction(&cfg, &live, Some(route(2, Open::None))).unwrap(),
+            "\
+*nat
+:repmgr_dnat - [0:0]
+:repmgr_snat - [0:0]
+-A repmgr_snat -d 10.8.2.1/32 -p tcp -m tcp --dport 5432 -j SNAT --to-source 10.8.3.1
+COMMIT
+"
+        );
+        assert_eq!(transaction(&cfg, &live, Some(route(1, Open::All))), None, "nothing to do");
+        assert_eq!(transaction(&cfg, &live, None), None, "setup over a complete install");
+    }
+
+    #[test]
+    fn every_route_from_any_state_ends_in_exactly_that_route_and_nothing_else() {
+        let cfg = three_nodes();
+        let mut routes = vec![None];
+        for id in 1..=3 {
+            for open in [Open::None, Open::Barman, Open::All] {
+                routes.push(Some(route(id, open)));
+            }
+        }
+        // another tool's rules, which must survive everything
+        let foreign = Tables::default()
+            .restore("*nat\n:DOCKER - [0:0]\n-A PREROUTING -j DOCKER\n-A DOCKER -p tcp -j RETURN\nCOMMIT\n")
+            .unwrap();
+        for from in &routes {
+            let start = switched(&cfg, &foreign, *from);
+            for to in routes.iter().flatten() {
+                let after = switched(&cfg, &start, Some(*to));
+                let live = Live::parse(&cfg, &after.save());
+                assert_eq!(live.routing(&cfg), Routing::To(*to), "{from:?} -> {to:?}");
+                assert!(live.in_place(&cfg), "{from:?} -> {to:?}");
+                assert_eq!(after.tables["nat"]["DOCKER"], ["-A DOCKER -p tcp -j RETURN"]);
+                assert_eq!(after.tables["nat"]["PREROUTING"][0], "-A PREROUTING -j DOCKER");
+                for rule in after.save().lines().filter(|l| l.contains("DNAT") || l.contains("SNAT")) {
+                    assert!(rule.contains(&to.node.addr().to_string()), "{rule} is not for {to}");
+                }
+            }
+        }
+    }
+
+    /// `iptables-save` as the article's scripts leave it: chains, jumps and the rules for
+    /// db1 with both ports open.
     const SAVED_BY_SCRIPTS: &str = "\
 # Generated by iptables-save v1.8.9 (nf_tables) on Sat Nov 21 05:08:01 2026
 *nat
@@ -342,33 +676,75 @@ COMMIT
 ";
 
     #[test]
-    fn reads_the_chains_the_scripts_left() {
+    fn setup_adopts_the_chains_the_scripts_left_and_adds_only_the_hold() {
         let cfg = example();
         let live = Live::parse(&cfg, SAVED_BY_SCRIPTS);
-        assert!(live.chains_and_jumps_in_place());
-        assert_eq!(live.routing(&cfg), Routing::To(Route { node: NodeId(1), open: Open::All }));
+        assert_eq!(live.routing(&cfg), Routing::To(route(1, Open::All)));
+        assert!(!live.in_place(&cfg), "no hold yet");
+        assert_eq!(
+            transaction(&cfg, &live, None).unwrap(),
+            "\
+*filter
+:repmgr_hold - [0:0]
+-A repmgr_hold -d 10.8.3.1/32 -p tcp -m tcp --dport 54322 --tcp-flags FIN,SYN,RST,ACK SYN -j DROP
+-I INPUT -j repmgr_hold
+COMMIT
+"
+        );
+        // the scripts' @reboot step run twice: every jump twice
+        let doubled =
+            SAVED_BY_SCRIPTS.replace("-A OUTPUT -j repmgr_dnat\n", "-A OUTPUT -j repmgr_dnat\n".repeat(2).as_str());
+        let mut no_hold = cfg.clone();
+        no_hold.nat.hold = false;
+        assert_eq!(
+            transaction(&no_hold, &Live::parse(&no_hold, &doubled), None).unwrap(),
+            "*nat\n-D OUTPUT -j repmgr_dnat\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn installed_is_what_a_switch_leaves() {
+        let cfg = example();
+        let tables = switched(&cfg, &Tables::default(), Some(route(2, Open::Barman)));
+        assert_eq!(Live::parse(&cfg, &tables.save()), Live::installed(&cfg, route(2, Open::Barman)));
     }
 
     #[test]
     fn show_output_reads_back_to_the_same_state() {
         let cfg = example();
+        let tables = switched(&cfg, &Tables::default(), Some(route(2, Open::All)));
+        let live = Live::parse(&cfg, &tables.save());
+        assert_eq!(Live::parse(&cfg, &live.render()), live);
         let live = Live::parse(&cfg, SAVED_BY_SCRIPTS);
-        assert_eq!(Live::parse(&cfg, &live.render(&cfg)), live);
+        assert_eq!(Live::parse(&cfg, &live.render()), live);
+    }
+
+    #[test]
+    fn teardown_leaves_nothing_of_ours_and_everything_else() {
+        let cfg = example();
+        let foreign = Tables::default()
+            .restore(
+                "*nat\n:DOCKER - [0:0]\n-A PREROUTING -j DOCKER\nCOMMIT\n*filter\n-A INPUT -p icmp -j ACCEPT\nCOMMIT\n",
+            )
+            .unwrap();
+        let tables = switched(&cfg, &foreign, Some(route(2, Open::All)));
+        let doubled = tables.restore("*nat\n-A OUTPUT -j repmgr_dnat\nCOMMIT\n").unwrap();
+        let text = teardown_transaction(&cfg, &Live::parse(&cfg, &doubled.save())).unwrap();
+        assert_eq!(doubled.restore(&text).unwrap(), foreign);
+        assert_eq!(teardown_transaction(&cfg, &Live::parse(&cfg, &foreign.save())), None);
     }
 
     #[test]
     fn recognises_nothing_duplicates_and_foreign_rules() {
         let cfg = example();
         let empty = Live::parse(&cfg, "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n");
-        assert!(!empty.dnat_chain && !empty.snat_chain);
-        assert_eq!(empty.jumps, [0, 0, 0]);
+        assert!(!empty.has_chain("repmgr_dnat") && !empty.has_chain("repmgr_snat"));
         assert_eq!(empty.routing(&cfg), Routing::Nothing);
 
         let doubled = SAVED_BY_SCRIPTS
             .replace("-A OUTPUT -j repmgr_dnat\n", "-A OUTPUT -j repmgr_dnat\n-A OUTPUT -j repmgr_dnat\n");
         let live = Live::parse(&cfg, &doubled);
-        assert_eq!(live.jumps, [1, 2, 1]);
-        assert!(!live.chains_and_jumps_in_place());
+        assert_eq!(live.jumps_to(OUTPUT, "repmgr_dnat"), 2);
 
         // The scripts' state half-way through a switch: barman port to db2 only, app
         // port added for db1 by hand.
@@ -384,35 +760,43 @@ COMMIT
     }
 
     #[test]
-    fn a_switch_cuts_what_no_longer_forwards() {
+    fn every_rule_names_one_node() {
         let mut cfg = example();
-        cfg.nodes.insert(NodeId(3), "10.8.4.1".parse().unwrap());
-        let r = |node, open| Route { node: NodeId(node), open };
+        cfg.ports.app = vec![54322, 54323, 54324];
+        for id in cfg.nodes.clone() {
+            for open in [Open::None, Open::Barman, Open::All] {
+                let rules = rules(&cfg, Route { node: id, open });
+                for line in rules.dnat.iter().chain(&rules.snat) {
+                    assert!(line.contains(&id.addr().to_string()), "{line} does not name node {}", id.id());
+                    for other in cfg.nodes.iter().filter(|o| **o != id) {
+                        assert!(!line.contains(&format!("{}/", other.addr())), "{line}");
+                        assert!(!line.contains(&format!("{}:", other.addr())), "{line}");
+                    }
+                }
+                let forwards = rules.dnat.len();
+                assert_eq!(forwards, forwarded(&cfg, open).len());
+            }
+        }
+        assert_eq!(hold_rules(&cfg).len(), 3, "one hold rule per application port");
+    }
+
+    #[test]
+    fn a_switch_cuts_what_no_longer_forwards() {
+        let cfg = three_nodes();
+        let r = |id, open| Route::new(node(id), open);
         let to = |node, open| Routing::To(r(node, open));
         // failover: everything proxied to the former primary
-        assert_eq!(cuts(&cfg, &to(1, Open::All), r(2, Open::Barman)), [(NodeId(1), None)]);
+        assert_eq!(cuts(&cfg, &to(1, Open::All), r(2, Open::Barman)), [(node(1), None)]);
         // opening the application port cuts nothing
         assert_eq!(cuts(&cfg, &to(2, Open::Barman), r(2, Open::All)), []);
         assert_eq!(cuts(&cfg, &to(2, Open::All), r(2, Open::All)), []);
         // closing the application port of the same node cuts only that port
-        assert_eq!(cuts(&cfg, &to(2, Open::All), r(2, Open::Barman)), [(NodeId(2), Some(54322))]);
+        assert_eq!(cuts(&cfg, &to(2, Open::All), r(2, Open::Barman)), [(node(2), Some(54322))]);
         // closing every port of a node that became a standby
-        assert_eq!(cuts(&cfg, &to(2, Open::All), r(2, Open::None)), [(NodeId(2), None)]);
+        assert_eq!(cuts(&cfg, &to(2, Open::All), r(2, Open::None)), [(node(2), None)]);
         assert_eq!(cuts(&cfg, &to(1, Open::None), r(2, Open::Barman)), []);
         // unknown rules (after a flush, or edited by hand): every other node
-        assert_eq!(cuts(&cfg, &Routing::Nothing, r(2, Open::Barman)), [(NodeId(1), None), (NodeId(3), None)]);
-        assert_eq!(cuts(&cfg, &Routing::Unrecognised, r(1, Open::All)), [(NodeId(2), None), (NodeId(3), None)]);
-    }
-
-    #[test]
-    fn every_rendered_route_is_recognised() {
-        let cfg = example();
-        for id in cfg.nodes.keys() {
-            for open in [Open::None, Open::Barman, Open::All] {
-                let route = Route { node: *id, open };
-                let live = Live::parse(&cfg, &restore_text(&cfg, route));
-                assert_eq!(live.routing(&cfg), Routing::To(route));
-            }
-        }
+        assert_eq!(cuts(&cfg, &Routing::Nothing, r(2, Open::Barman)), [(node(1), None), (node(3), None)]);
+        assert_eq!(cuts(&cfg, &Routing::Unrecognised, r(1, Open::All)), [(node(2), None), (node(3), None)]);
     }
 }

@@ -1,23 +1,77 @@
-//! `repmgr-nat status`: what each node says, what the chains hold, what is recorded,
-//! and whether they agree. `assess` is pure; the command gathers and prints.
+//! `repmgr-nat status`: what each node says, who the legitimate primary is, what the
+//! chains hold, what is recorded, and whether they agree. `assess` is pure; the command
+//! gathers and prints.
 
 use std::fmt::Write;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::core::config::{Config, NodeId};
-use crate::core::plan::{Answers, Role};
-use crate::core::ruleset::{Live, Open, Route, Routing};
+use crate::core::ruleset::{self, Live, Open, Record, Route, Routing};
+use crate::core::view::{Answer, Arbitration, Lsn, Primary, Role, View, arbitrate};
+
+/// The version of the JSON document `status --json` prints; it grows when a field's
+/// meaning changes, not when a field is added.
+pub const JSON_VERSION: u32 = 1;
+
+/// What `watch` wrote after its last pass (`watch.dir/watch.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchReport {
+    pub version: u32,
+    pub pid: u32,
+    pub started_ms: u64,
+    pub pass: u64,
+    pub passed_ms: u64,
+    pub interval_ms: u64,
+    /// Asking every 50 ms: the routed primary does not answer.
+    pub hurry: bool,
+    pub primary: String,
+    pub rules: String,
+    pub nodes: String,
+    pub last_action: Option<Action>,
+}
+
+impl WatchReport {
+    pub const FILE: &str = "watch.json";
+
+    /// One line for `status`, seen at `now_ms`.
+    pub fn describe(&self, now_ms: u64) -> String {
+        let age = now_ms.saturating_sub(self.passed_ms);
+        let stale = if age > 10 * self.interval_ms.max(1000) { " (stale: is watch running?)" } else { "" };
+        let mut text = format!(
+            "pass {} of pid {}, {age} ms ago{stale}: primary {}; rules {}",
+            self.pass, self.pid, self.primary, self.rules
+        );
+        if let Some(action) = &self.last_action {
+            let ago = now_ms.saturating_sub(action.at_ms) / 1000;
+            text.push_str(&format!("; last action {ago} s ago: {} ({})", action.steps.join(", "), action.result));
+        }
+        text
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    pub at_ms: u64,
+    pub steps: Vec<String>,
+    pub result: String,
+}
 
 #[derive(Debug, Serialize)]
 pub struct Report {
+    pub version: u32,
     pub nodes: Vec<NodeReport>,
+    /// The legitimate primary: not in recovery, on the highest timeline.
+    pub primary: Option<NodeId>,
+    pub timeline: Option<u32>,
+    /// Primaries on a lower timeline (an old primary back without a rewind).
+    pub stale_primaries: Vec<NodeId>,
     pub rules: RulesReport,
-    /// The route root recorded at its last switch.
-    pub recorded: Option<Route>,
+    /// The route root recorded at its last switch, with the timeline it was made for.
+    pub recorded: Option<Record>,
     pub recorded_error: Option<String>,
-    /// The one node that says it is primary, if exactly one does.
-    pub primary: Option<u32>,
+    /// What `watch` saw last, if it runs (it does not make the report inconsistent).
+    pub watch: Option<WatchReport>,
     pub consistent: bool,
     /// Why not, one line each.
     pub problems: Vec<String>,
@@ -25,12 +79,20 @@ pub struct Report {
 
 #[derive(Debug, Serialize)]
 pub struct NodeReport {
-    pub id: u32,
+    pub id: NodeId,
     pub address: String,
+    /// up, down, silent (no answer within the deadline) or rejected (refused repmgr-nat)
+    pub state: &'static str,
     pub reachable: bool,
     pub role: Option<Role>,
+    pub timeline: Option<u32>,
+    /// A primary's current WAL position, a standby's replayed one.
+    pub lsn: Option<Lsn>,
     pub slot: bool,
     pub slot_active_pid: Option<i32>,
+    pub slot_restart_lsn: Option<Lsn>,
+    /// WAL the slot keeps behind `lsn`, in bytes.
+    pub slot_lag_bytes: Option<u64>,
     pub error: Option<String>,
 }
 
@@ -38,175 +100,231 @@ pub struct NodeReport {
 pub struct RulesReport {
     pub readable: bool,
     pub error: Option<String>,
-    /// Both chains exist and each built-in chain jumps to ours exactly once.
+    /// Our chains exist, each built-in chain jumps to ours exactly once, the hold is right.
     pub chains_and_jumps: bool,
     /// The route the chains amount to, if repmgr-nat recognises them.
     pub route: Option<Route>,
     /// "node 2 ports all", "no rules" or "unrecognised rules".
     pub summary: String,
-    /// The rules of both chains, as iptables-save prints them.
+    /// The rules of our chains, as iptables-save prints them.
     pub lines: Vec<String>,
 }
 
 pub fn assess(
     cfg: &Config,
-    answers: &Answers,
+    view: &View,
     live: Result<Live, String>,
-    recorded: Result<Option<Route>, String>,
+    recorded: Result<Option<Record>, String>,
 ) -> Report {
-    let mut problems = Vec::new();
+    let (recorded, recorded_error) = match recorded {
+        Ok(r) => (r, None),
+        Err(e) => (None, Some(e)),
+    };
+    let arbitration = arbitrate(view, recorded.map_or(0, |r| r.timeline));
+    let wanted = match arbitration.primary {
+        Primary::Legit { node, timeline } => Some(Record { route: Route::new(node, Open::All), timeline }),
+        _ => None,
+    };
+    let mut problems = primary_problems(&arbitration);
+    problems.extend(slot_problems(cfg, view));
+    let rules = rules_report(cfg, &live);
+    if let Ok(live) = &live {
+        problems.extend(rules_problems(cfg, live, wanted, recorded, recorded_error.is_some()));
+    } else if let Err(e) = &live {
+        problems.push(format!("cannot read the rules: {e}"));
+    }
+    match (&recorded_error, wanted) {
+        (Some(e), _) => problems.push(format!("cannot read the recorded route: {e}")),
+        (None, Some(wanted)) if recorded != Some(wanted) => problems.push(format!(
+            "the record says {}; the primary is node {} on timeline {}",
+            recorded.map_or("nothing".to_string(), |r| r.to_string()),
+            wanted.route.node.id(),
+            wanted.timeline
+        )),
+        _ => {}
+    }
+    Report {
+        version: JSON_VERSION,
+        nodes: node_reports(view),
+        primary: wanted.map(|w| w.route.node.id()),
+        timeline: wanted.map(|w| w.timeline),
+        stale_primaries: arbitration.stale.iter().map(|(n, _)| n.id()).collect(),
+        rules,
+        recorded,
+        recorded_error,
+        watch: None,
+        consistent: problems.is_empty(),
+        problems,
+    }
+}
 
-    let nodes: Vec<NodeReport> = answers
+fn node_reports(view: &View) -> Vec<NodeReport> {
+    view.nodes
         .iter()
-        .map(|(id, answer)| {
-            let address = cfg.nodes.get(id).map(|a| a.to_string()).unwrap_or_default();
-            match answer {
-                Ok(view) => NodeReport {
-                    id: id.0,
-                    address,
-                    reachable: true,
-                    role: Some(view.role),
-                    slot: view.slot.is_some(),
-                    slot_active_pid: view.slot.and_then(|s| s.active_pid),
-                    error: None,
+        .map(|(node, answer)| {
+            let state = answer.state();
+            let slot = state.and_then(|s| s.slot);
+            NodeReport {
+                id: node.id(),
+                address: node.addr().to_string(),
+                state: match answer {
+                    Answer::Up(_) => "up",
+                    Answer::Down(_) => "down",
+                    Answer::Silent(_) => "silent",
+                    Answer::Rejected(_) => "rejected",
                 },
-                Err(e) => NodeReport {
-                    id: id.0,
-                    address,
-                    reachable: false,
-                    role: None,
-                    slot: false,
-                    slot_active_pid: None,
-                    error: Some(e.error.clone()),
+                reachable: state.is_some(),
+                role: state.map(|s| s.role),
+                timeline: state.map(|s| s.timeline).filter(|t| *t > 0),
+                lsn: state.map(|s| s.lsn),
+                slot: slot.is_some(),
+                slot_active_pid: slot.and_then(|s| s.active_pid),
+                slot_restart_lsn: slot.and_then(|s| s.restart_lsn),
+                slot_lag_bytes: state.zip(slot.and_then(|s| s.restart_lsn)).map(|(s, r)| s.lsn.since(r)),
+                error: match answer {
+                    Answer::Up(_) => None,
+                    Answer::Down(e) | Answer::Silent(e) | Answer::Rejected(e) => Some(e.clone()),
                 },
             }
         })
-        .collect();
+        .collect()
+}
 
-    let primaries: Vec<u32> = nodes.iter().filter(|n| n.role == Some(Role::Primary)).map(|n| n.id).collect();
-    let primary = match primaries[..] {
-        [one] => Some(one),
-        [] => {
-            problems.push("no reachable node is a primary".to_string());
-            None
-        }
-        _ => {
-            problems.push(format!("several nodes are primary: {primaries:?}"));
-            None
-        }
-    };
-    for node in &nodes {
-        match node.role {
-            Some(Role::Primary) if !node.slot => {
-                problems.push(format!("primary node {} has no slot {}", node.id, cfg.barman.slot))
+fn primary_problems(arbitration: &Arbitration) -> Vec<String> {
+    let mut problems = Vec::new();
+    match arbitration.primary {
+        Primary::Legit { node, timeline } => {
+            for (stale, stale_timeline) in &arbitration.stale {
+                problems.push(format!(
+                    "split brain: node {} is a primary on timeline {stale_timeline} besides the legitimate primary \
+                     node {} on timeline {timeline}",
+                    stale.id(),
+                    node.id()
+                ));
             }
-            Some(Role::Standby) if node.slot => {
-                problems.push(format!("standby node {} still has slot {}", node.id, cfg.barman.slot))
+        }
+        _ => problems.push(format!("no legitimate primary: {}", arbitration.describe())),
+    }
+    problems
+}
+
+fn slot_problems(cfg: &Config, view: &View) -> Vec<String> {
+    let slot = &cfg.barman.slot;
+    let mut problems = Vec::new();
+    for (node, answer) in &view.nodes {
+        match answer.state() {
+            Some(s) if s.role == Role::Primary && s.slot.is_none() => {
+                problems.push(format!("primary node {} has no slot {slot}", node.id()))
+            }
+            Some(s) if s.role == Role::Standby && s.slot.is_some() => {
+                problems.push(format!("standby node {} still has slot {slot}", node.id()))
             }
             _ => {}
         }
     }
+    problems
+}
 
-    let (recorded, recorded_error) = match recorded {
-        Ok(r) => (r, None),
-        Err(e) => {
-            problems.push(format!("cannot read the recorded route: {e}"));
-            (None, Some(e))
-        }
-    };
-    let recorded_text = recorded.map_or("nothing".to_string(), |r| r.to_string());
-
-    let rules = match live {
+fn rules_report(cfg: &Config, live: &Result<Live, String>) -> RulesReport {
+    match live {
         Ok(live) => {
             let routing = live.routing(cfg);
-            if !live.chains_and_jumps_in_place() {
-                problems.push(format!(
-                    "chains or jumps not in place (chains {}/{}, jumps from PREROUTING/OUTPUT/POSTROUTING: {:?}); run setup",
-                    if live.dnat_chain { "present" } else { "missing" },
-                    if live.snat_chain { "present" } else { "missing" },
-                    live.jumps
-                ));
-            }
-            if let Some(p) = primary {
-                let wanted = Routing::To(Route { node: NodeId(p), open: Open::All });
-                if routing != wanted {
-                    problems.push(format!("the rules hold {routing}; the primary is node {p}"));
-                }
-            }
-            let as_recorded = recorded.map_or(Routing::Nothing, Routing::To);
-            if recorded_error.is_none() && routing != as_recorded {
-                problems.push(format!("the rules hold {routing}; the record says {recorded_text}"));
-            }
             RulesReport {
                 readable: true,
                 error: None,
-                chains_and_jumps: live.chains_and_jumps_in_place(),
+                chains_and_jumps: live.in_place(cfg),
                 route: match routing {
                     Routing::To(route) => Some(route),
                     _ => None,
                 },
                 summary: routing.to_string(),
-                lines: live.rules.dnat.iter().chain(&live.rules.snat).cloned().collect(),
+                lines: live.chains.iter().flat_map(|(_, _, rules)| rules.iter().cloned()).collect(),
             }
         }
-        Err(e) => {
-            problems.push(format!("cannot read the rules: {e}"));
-            RulesReport {
-                readable: false,
-                error: Some(e),
-                chains_and_jumps: false,
-                route: None,
-                summary: "unknown".to_string(),
-                lines: Vec::new(),
-            }
-        }
-    };
-
-    if let Some(p) = primary
-        && recorded_error.is_none()
-        && recorded != Some(Route { node: NodeId(p), open: Open::All })
-    {
-        problems.push(format!("the record says {recorded_text}; the primary is node {p}"));
+        Err(e) => RulesReport {
+            readable: false,
+            error: Some(e.clone()),
+            chains_and_jumps: false,
+            route: None,
+            summary: "unknown".to_string(),
+            lines: Vec::new(),
+        },
     }
+}
 
-    Report { nodes, rules, recorded, recorded_error, primary, consistent: problems.is_empty(), problems }
+fn rules_problems(
+    cfg: &Config,
+    live: &Live,
+    wanted: Option<Record>,
+    recorded: Option<Record>,
+    record_unreadable: bool,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let routing = live.routing(cfg);
+    if !live.in_place(cfg) {
+        let chains: Vec<String> = ruleset::chains(cfg)
+            .iter()
+            .map(|(_, chain, _)| format!("{chain} {}", if live.has_chain(chain) { "present" } else { "missing" }))
+            .collect();
+        let jumps: Vec<String> =
+            live.jump_counts(cfg).iter().map(|(hook, chain, n)| format!("{hook} -> {chain} x{n}")).collect();
+        problems.push(format!(
+            "chains, jumps or hold not in place ({}; {}); run setup",
+            chains.join(", "),
+            jumps.join(", ")
+        ));
+    }
+    if let Some(wanted) = wanted
+        && routing != Routing::To(wanted.route)
+    {
+        problems.push(format!("the rules hold {routing}; the primary is node {}", wanted.route.node.id()));
+    }
+    let as_recorded = recorded.map_or(Routing::Nothing, |r| Routing::To(r.route));
+    if !record_unreadable && routing != as_recorded {
+        let said = recorded.map_or("nothing".to_string(), |r| r.route.to_string());
+        problems.push(format!("the rules hold {routing}; the record says {said}"));
+    }
+    problems
 }
 
 impl Report {
-    pub fn to_text(&self) -> String {
+    /// The text `status` prints, as seen at `now_ms`.
+    pub fn to_text(&self, now_ms: u64) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "{:<6} {:<16} {:<9} {:<8} slot", "node", "address", "reachable", "role");
+        let _ = writeln!(out, "{:<6} {:<16} {:<9} {:<8} {:<8} slot", "node", "address", "state", "role", "timeline");
         for n in &self.nodes {
             let role = n.role.map_or("-".to_string(), |r| r.to_string());
+            let timeline = n.timeline.map_or("-".to_string(), |t| t.to_string());
+            let lag = n.slot_lag_bytes.map(|b| format!(", keeps {}", bytes(b))).unwrap_or_default();
             let slot = match (n.slot, n.slot_active_pid) {
-                (true, Some(pid)) => format!("present, active (pid {pid})"),
-                (true, None) => "present".to_string(),
+                (true, Some(pid)) => format!("present, active (pid {pid}){lag}"),
+                (true, None) => format!("present, inactive{lag}"),
                 (false, _) if n.reachable => "absent".to_string(),
                 (false, _) => "-".to_string(),
             };
-            let _ = writeln!(
-                out,
-                "{:<6} {:<16} {:<9} {:<8} {slot}",
-                n.id,
-                n.address,
-                if n.reachable { "yes" } else { "no" },
-                role
-            );
+            let _ = writeln!(out, "{:<6} {:<16} {:<9} {role:<8} {timeline:<8} {slot}", n.id, n.address, n.state);
             if let Some(e) = &n.error {
                 let _ = writeln!(out, "       {e}");
             }
         }
+        let primary = match (self.primary, self.timeline) {
+            (Some(p), Some(t)) => format!("node {p} on timeline {t}"),
+            _ => "none".to_string(),
+        };
+        let _ = writeln!(out, "primary: {primary}");
         let _ = writeln!(
             out,
             "rules: {}{}",
             self.rules.summary,
-            if self.rules.chains_and_jumps { "" } else { " (chains or jumps not in place)" }
+            if self.rules.chains_and_jumps { "" } else { " (chains, jumps or hold not in place)" }
         );
         for line in &self.rules.lines {
             let _ = writeln!(out, "  {line}");
         }
         let recorded = self.recorded.map_or("nothing".to_string(), |r| r.to_string());
         let _ = writeln!(out, "recorded route: {recorded}");
+        let watch = self.watch.as_ref().map_or("no report (not running here)".to_string(), |w| w.describe(now_ms));
+        let _ = writeln!(out, "watch: {watch}");
         if self.consistent {
             let _ = writeln!(out, "consistent: yes");
         } else {
@@ -219,49 +337,55 @@ impl Report {
     }
 }
 
+/// "512 B", "16.0 MB", "1.5 GB"
+pub fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..0x10_0000 => format!("{:.1} kB", n as f64 / 1024.0),
+        0x10_0000..0x4000_0000 => format!("{:.1} MB", n as f64 / 1048576.0),
+        _ => format!("{:.1} GB", n as f64 / 1073741824.0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::config::tests::example;
-    use crate::core::plan::{NoAnswer, NodeView, Slot};
-    use crate::core::ruleset::restore_text;
+    use crate::core::config::tests::{example, node};
+    use crate::core::view::tests::view;
+    use crate::core::view::{NodeState, Slot};
 
-    fn view(role: Role, slot: bool) -> Result<NodeView, NoAnswer> {
-        Ok(NodeView { role, slot: slot.then_some(Slot { active_pid: None }) })
+    fn up(role: Role, timeline: u32, slot: bool) -> Answer {
+        let slot = slot.then_some(Slot { active_pid: None, restart_lsn: Some(Lsn(0x300_0000)) });
+        Answer::Up(NodeState { role, timeline, lsn: Lsn(0x300_0060), slot })
     }
 
-    fn down(error: &str) -> Result<NodeView, NoAnswer> {
-        Err(NoAnswer { error: error.to_string(), replied: false })
+    fn live_to(cfg: &Config, id: u32, open: Open) -> Result<Live, String> {
+        Ok(Live::installed(cfg, Route::new(node(id), open)))
     }
 
-    fn live_to(cfg: &Config, node: u32, open: Open) -> Result<Live, String> {
-        let mut text = restore_text(cfg, Route { node: NodeId(node), open });
-        text = text.replace(
-            "COMMIT\n",
-            "-A PREROUTING -j repmgr_dnat\n-A OUTPUT -j repmgr_dnat\n-A POSTROUTING -j repmgr_snat\nCOMMIT\n",
-        );
-        Ok(Live::parse(cfg, &text))
+    fn rec(id: u32, open: Open, timeline: u32) -> Result<Option<Record>, String> {
+        Ok(Some(Record { route: Route::new(node(id), open), timeline }))
     }
 
     #[test]
     fn consistent_after_a_failover_with_the_old_primary_down() {
         let cfg = example();
-        let answers = vec![(NodeId(1), down("connection refused")), (NodeId(2), view(Role::Primary, true))];
-        let report =
-            assess(&cfg, &answers, live_to(&cfg, 2, Open::All), Ok(Some(Route { node: NodeId(2), open: Open::All })));
+        let v = view(&[(1, Answer::Down("connection refused".into())), (2, up(Role::Primary, 2, true))]);
+        let report = assess(&cfg, &v, live_to(&cfg, 2, Open::All), rec(2, Open::All, 2));
         assert!(report.consistent, "{:?}", report.problems);
-        assert_eq!(report.primary, Some(2));
-        let text = report.to_text();
+        assert_eq!(report.primary, Some(NodeId::new(2)));
+        let text = report.to_text(0);
+        assert!(text.contains("primary: node 2 on timeline 2\n"), "{text}");
         assert!(text.contains("rules: node 2 ports all\n"), "{text}");
+        assert!(text.contains("present, inactive, keeps 96 B"), "{text}");
         assert!(text.contains("consistent: yes"), "{text}");
     }
 
     #[test]
     fn names_every_disagreement() {
         let cfg = example();
-        let answers = vec![(NodeId(1), view(Role::Standby, true)), (NodeId(2), view(Role::Primary, false))];
-        let report =
-            assess(&cfg, &answers, live_to(&cfg, 1, Open::All), Ok(Some(Route { node: NodeId(1), open: Open::All })));
+        let v = view(&[(1, up(Role::Standby, 2, true)), (2, up(Role::Primary, 2, false))]);
+        let report = assess(&cfg, &v, live_to(&cfg, 1, Open::All), rec(1, Open::All, 1));
         assert!(!report.consistent);
         assert_eq!(
             report.problems,
@@ -269,7 +393,28 @@ mod tests {
                 "standby node 1 still has slot barman",
                 "primary node 2 has no slot barman",
                 "the rules hold node 1 ports all; the primary is node 2",
-                "the record says node 1 ports all; the primary is node 2",
+                "the record says node 1 ports all (timeline 1); the primary is node 2 on timeline 2",
+            ]
+        );
+    }
+
+    #[test]
+    fn reports_the_split_brain_and_the_fence() {
+        let cfg = example();
+        let v = view(&[(1, up(Role::Primary, 1, true)), (2, up(Role::Primary, 2, true))]);
+        let report = assess(&cfg, &v, live_to(&cfg, 2, Open::All), rec(2, Open::All, 2));
+        assert_eq!(
+            report.problems,
+            ["split brain: node 1 is a primary on timeline 1 besides the legitimate primary node 2 on timeline 2"]
+        );
+        assert_eq!(report.stale_primaries, [NodeId::new(1)]);
+        // the true primary unreachable, the stale one answers
+        let v = view(&[(1, up(Role::Primary, 1, true)), (2, Answer::Silent("no answer within 3 s".into()))]);
+        let report = assess(&cfg, &v, live_to(&cfg, 2, Open::All), rec(2, Open::All, 2));
+        assert_eq!(
+            report.problems,
+            [
+                "no legitimate primary: none: node 1 is a primary on timeline 1, below timeline 2 recorded with the route"
             ]
         );
     }
@@ -277,42 +422,74 @@ mod tests {
     #[test]
     fn unreadable_rules_and_ambiguous_primaries_are_inconsistent() {
         let cfg = example();
-        let answers = vec![(NodeId(1), view(Role::Primary, true)), (NodeId(2), view(Role::Primary, true))];
-        let report = assess(&cfg, &answers, Err("sudo: a password is required".into()), Ok(None));
-        assert!(!report.consistent);
+        let v = view(&[(1, up(Role::Primary, 1, true)), (2, up(Role::Primary, 1, true))]);
+        let report = assess(&cfg, &v, Err("sudo: a password is required".into()), Ok(None));
         assert_eq!(
             report.problems,
-            ["several nodes are primary: [1, 2]", "cannot read the rules: sudo: a password is required"]
+            [
+                "no legitimate primary: ambiguous: nodes 1 and 2 are all primary on timeline 1",
+                "cannot read the rules: sudo: a password is required"
+            ]
         );
         // with no node reachable, the rules are still checked against the record
-        let unreachable = vec![(NodeId(1), down("timeout")), (NodeId(2), down("timeout"))];
-        let report = assess(
-            &cfg,
-            &unreachable,
-            live_to(&cfg, 2, Open::Barman),
-            Ok(Some(Route { node: NodeId(1), open: Open::All })),
-        );
+        let silent = || Answer::Silent("no answer within 3 s".into());
+        let report =
+            assess(&cfg, &view(&[(1, silent()), (2, silent())]), live_to(&cfg, 2, Open::Barman), rec(1, Open::All, 1));
         assert_eq!(
             report.problems,
-            ["no reachable node is a primary", "the rules hold node 2 ports barman; the record says node 1 ports all"]
+            [
+                "no legitimate primary: none reachable",
+                "the rules hold node 2 ports barman; the record says node 1 ports all"
+            ]
         );
-        let none = vec![(NodeId(1), down("timeout")), (NodeId(2), view(Role::Standby, false))];
-        let report = assess(&cfg, &none, Ok(Live::default()), Ok(None));
-        assert!(report.problems.contains(&"no reachable node is a primary".to_string()));
-        assert!(report.problems.iter().any(|p| p.starts_with("chains or jumps not in place")));
+        let report =
+            assess(&cfg, &view(&[(1, silent()), (2, up(Role::Standby, 1, false))]), Ok(Live::default()), Ok(None));
+        assert!(report.problems.iter().any(|p| p.starts_with("chains, jumps or hold not in place")));
+    }
+
+    #[test]
+    fn shows_what_watch_saw_last() {
+        let watch = WatchReport {
+            version: 1,
+            pid: 77,
+            started_ms: 1_000,
+            pass: 12,
+            passed_ms: 10_000,
+            interval_ms: 250,
+            hurry: false,
+            primary: "node 2 on timeline 2".into(),
+            rules: "node 2 ports all".into(),
+            nodes: "1: down: connection refused, 2: primary on timeline 2".into(),
+            last_action: Some(Action {
+                at_ms: 9_000,
+                steps: vec!["route node 2 ports all (timeline 2)".into()],
+                result: "ok".into(),
+            }),
+        };
+        assert_eq!(
+            watch.describe(10_120),
+            "pass 12 of pid 77, 120 ms ago: primary node 2 on timeline 2; rules node 2 ports all; last action 1 s ago: \
+             route node 2 ports all (timeline 2) (ok)"
+        );
+        assert!(watch.describe(60_000).contains("50000 ms ago (stale: is watch running?)"));
     }
 
     #[test]
     fn json_names_the_fields_monitoring_reads() {
         let cfg = example();
-        let answers = vec![(NodeId(1), view(Role::Primary, true)), (NodeId(2), view(Role::Standby, false))];
-        let report =
-            assess(&cfg, &answers, live_to(&cfg, 1, Open::All), Ok(Some(Route { node: NodeId(1), open: Open::All })));
+        let v = view(&[(1, up(Role::Primary, 3, true)), (2, up(Role::Standby, 3, false))]);
+        let report = assess(&cfg, &v, live_to(&cfg, 1, Open::All), rec(1, Open::All, 3));
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["version"], 1);
         assert_eq!(json["consistent"], true);
         assert_eq!(json["primary"], 1);
+        assert_eq!(json["timeline"], 3);
         assert_eq!(json["nodes"][0]["role"], "primary");
+        assert_eq!(json["nodes"][0]["state"], "up");
+        assert_eq!(json["nodes"][0]["slot_restart_lsn"], "0/3000000");
+        assert_eq!(json["nodes"][0]["slot_lag_bytes"], 0x60);
         assert_eq!(json["rules"]["route"]["open"], "all");
         assert_eq!(json["rules"]["route"]["node"], 1);
+        assert_eq!(json["recorded"]["timeline"], 3);
     }
 }

@@ -1,6 +1,7 @@
 //! The barman adapter: barman runs as its own OS user through `sudo -n -u`, with the
 //! server name validated by the config so it can never be taken for an option.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -11,8 +12,9 @@ use crate::effects::exec::{self, Cmd, ExecError};
 pub trait Backup {
     /// Stops receive-wal; not running is success.
     fn stop_receive_wal(&self) -> Result<()>;
-    /// Starts receive-wal in the background now, rather than at the next cron run.
-    fn start_receive_wal(&self) -> Result<()>;
+    /// Starts receive-wal in the background now, rather than at the next cron run; what
+    /// it prints goes to `output`, or nowhere.
+    fn start_receive_wal(&self, output: Option<&Path>) -> Result<()>;
     /// Forces a WAL switch on the primary and waits until barman has archived that
     /// WAL file: proof that barman streams from the new primary. `while_waiting` is
     /// called every few milliseconds until then.
@@ -36,17 +38,6 @@ pub fn start_cmd(cfg: &config::Barman) -> Cmd {
 pub fn switch_cmd(cfg: &config::Barman) -> Cmd {
     let timeout = format!("--archive-timeout={}", cfg.archive_timeout);
     command(cfg, ["switch-wal", "--force", "--archive", &timeout, &cfg.server])
-}
-
-/// The longest the barman commands may take together; the run lock must outlast it.
-pub fn worst_case(cfg: &config::Barman) -> Duration {
-    STOP_TIMEOUT + switch_timeout(cfg)
-}
-
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-
-fn switch_timeout(cfg: &config::Barman) -> Duration {
-    Duration::from_secs(u64::from(cfg.archive_timeout) + 10)
 }
 
 pub struct Barman<'a> {
@@ -83,7 +74,7 @@ fn failed(cmd: &Cmd, output: exec::Output) -> anyhow::Error {
 impl Backup for Barman<'_> {
     fn stop_receive_wal(&self) -> Result<()> {
         let cmd = stop_cmd(self.cfg);
-        let out = self.run(&cmd, STOP_TIMEOUT, &mut || {})?;
+        let out = self.run(&cmd, config::Barman::STOP_TIMEOUT, &mut || {})?;
         let not_running = format!("no such process for server {}", self.cfg.server);
         if out.status.success() || said(&out, &not_running) { Ok(()) } else { Err(failed(&cmd, out)) }
     }
@@ -91,16 +82,16 @@ impl Backup for Barman<'_> {
     /// barman's receive-wal takes a lock of its own: if barman's cron started one in the
     /// meantime, this one exits at once and the running one streams. `switch_wal` is what
     /// confirms that one does.
-    fn start_receive_wal(&self) -> Result<()> {
+    fn start_receive_wal(&self, output: Option<&Path>) -> Result<()> {
         let cmd = start_cmd(self.cfg);
-        let pid = exec::spawn_detached(&cmd)?;
+        let pid = exec::spawn_detached(&cmd, output)?;
         log::info!("barman: started receive-wal {} in the background (pid {pid})", self.cfg.server);
         Ok(())
     }
 
     fn switch_wal(&self, while_waiting: &mut dyn FnMut()) -> Result<()> {
         let cmd = switch_cmd(self.cfg);
-        let out = self.run(&cmd, switch_timeout(self.cfg), while_waiting)?;
+        let out = self.run(&cmd, self.cfg.switch_timeout(), while_waiting)?;
         if out.status.success() { Ok(()) } else { Err(failed(&cmd, out)) }
     }
 }

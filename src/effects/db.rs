@@ -1,23 +1,39 @@
-//! The PostgreSQL adapter: asks nodes for their role and barman's slot, and creates or
-//! drops that slot. Every statement binds its values as parameters.
+//! The PostgreSQL adapter: asks every node for its role, timeline and barman's slot, and
+//! creates, advances or drops that slot. Every statement binds its values as parameters.
+//!
+//! One hard deadline (`postgres.connect_timeout`) bounds each node's answer: TCP connect,
+//! TLS, login and the queries together. A node that misses it counts as silent, and its
+//! connection is dropped: nothing waits on a frozen node (a stopped postmaster accepts
+//! the TCP connection and then never answers). TCP keepalives notice a dead peer of an
+//! idle connection.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
-use std::net::Ipv4Addr;
+use std::future::Future;
+use std::io::ErrorKind;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
-use postgres::error::SqlState;
-use postgres::{Client, NoTls};
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::runtime::Runtime;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::{Client, NoTls, Socket};
 
-use crate::core::config::{Config, NodeId, SslMode};
+use crate::core::config::{Config, Node, NodeId, SslMode};
+use crate::core::view::{Answer, Lsn, NodeState, Role, Slot, View};
 use crate::effects::pgpass;
-use crate::core::plan::{Answers, NoAnswer, NodeView, Role, Slot};
 
-pub const INSPECT_SQL: &str = "SELECT pg_is_in_recovery(), \
-     EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1), \
-     (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1)";
+/// Role, timeline (a primary's from its current WAL file name: `pg_control_checkpoint()`
+/// lags behind a promotion), WAL position, and barman's slot.
+pub const VIEW_SQL: &str = "\
+SELECT r.rec,
+       CASE WHEN r.rec THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), 0)
+            ELSE ('x' || left(pg_walfile_name(pg_current_wal_lsn()), 8))::bit(32)::int END,
+       CASE WHEN r.rec THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_lsn() END,
+       s.slot_name IS NOT NULL, s.active_pid, s.restart_lsn
+FROM (SELECT pg_is_in_recovery() AS rec) r
+LEFT JOIN pg_replication_slots s ON s.slot_name = $1";
 pub const CREATE_SLOT_SQL: &str = "SELECT pg_create_physical_replication_slot($1, true)";
 pub const TERMINATE_SQL: &str = "SELECT pg_terminate_backend($1)";
 pub const DROP_SLOT_SQL: &str = "SELECT pg_drop_replication_slot($1)";
@@ -29,204 +45,321 @@ pub const EMIT_WAL_SQL: &str = "BEGIN; SET LOCAL synchronous_commit TO local; \
 /// How long `drop_slot` waits for a terminated walsender to let go of the slot.
 const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(3);
 
-/// How long one statement may run on a node.
-const STATEMENT_TIMEOUT: &str = "-c statement_timeout=10s";
-
 pub trait Cluster {
-    /// Asks one node for its role and barman's slot.
-    fn inspect(&self, node: NodeId) -> Result<NodeView>;
-    /// Asks every configured node, at the same time.
-    fn inspect_all(&self) -> Answers;
+    /// Asks every configured node at once; each answer within the deadline.
+    fn view(&self) -> View;
     /// Creates barman's slot, reserving WAL at once; an existing slot is success.
-    fn create_slot(&self, node: NodeId) -> Result<()>;
+    fn create_slot(&self, node: Node) -> Result<()>;
     /// Ends the walsender that holds the slot.
-    fn terminate(&self, node: NodeId, pid: i32) -> Result<()>;
+    fn terminate(&self, node: Node, pid: i32) -> Result<()>;
     /// Drops barman's slot; a missing slot is success.
-    fn drop_slot(&self, node: NodeId) -> Result<()>;
+    fn drop_slot(&self, node: Node) -> Result<()>;
     /// Writes one small WAL record on the node.
-    fn emit_wal(&self, node: NodeId) -> Result<()>;
+    fn emit_wal(&self, node: Node) -> Result<()>;
 }
 
-/// Connections to the nodes, opened on first use and kept for the run, so that a
+/// The runtime every database call of this process runs on: one worker thread, so that
+/// connections progress while the main thread waits for a child process.
+pub fn runtime() -> Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("repmgr-nat-db")
+        .enable_io()
+        .enable_time()
+        .build()
+        .context("cannot start the database runtime")
+}
+
+/// Connections to the nodes, opened on first use and kept while they work, shared by
+/// whatever asks or acts on a node (in `watch`, the pollers and the steps), so that a
 /// promotion asks and acts over one connection.
+#[derive(Default)]
+pub struct Pool {
+    clients: Mutex<BTreeMap<NodeId, Arc<Client>>>,
+}
+
+impl Pool {
+    async fn client(&self, cfg: &Config, node: Node) -> Result<Arc<Client>, Answer> {
+        if let Some(client) = self.cached(node) {
+            return Ok(client);
+        }
+        let client = Arc::new(connect(cfg, node).await?);
+        self.clients.lock().expect("clients").insert(node.id(), Arc::clone(&client));
+        Ok(client)
+    }
+
+    fn cached(&self, node: Node) -> Option<Arc<Client>> {
+        let mut clients = self.clients.lock().expect("clients");
+        match clients.get(&node.id()) {
+            Some(client) if client.is_closed() => {
+                clients.remove(&node.id());
+                None
+            }
+            other => other.cloned(),
+        }
+    }
+
+    fn forget(&self, node: Node) {
+        self.clients.lock().expect("clients").remove(&node.id());
+    }
+
+    /// One node's answer, within the deadline, over its kept connection if it has one.
+    pub async fn answer(&self, cfg: &Config, node: Node) -> Answer {
+        let deadline = cfg.postgres.connect_timeout;
+        let asked = tokio::time::timeout(deadline, async {
+            let client = self.client(cfg, node).await?;
+            ask(&client, &cfg.barman.slot).await
+        })
+        .await;
+        let answer = match asked {
+            Ok(Ok(state)) => Answer::Up(state),
+            Ok(Err(answer)) => answer,
+            Err(_) => Answer::Silent(format!("no answer within {} s", deadline.as_secs())),
+        };
+        if !matches!(answer, Answer::Up(_)) {
+            self.forget(node);
+        }
+        answer
+    }
+}
+
+/// The `Cluster` of one run: the pool, driven from synchronous code.
 pub struct Postgres<'a> {
     cfg: &'a Config,
-    clients: RefCell<BTreeMap<NodeId, Client>>,
+    rt: &'a Runtime,
+    pool: Arc<Pool>,
 }
 
 impl<'a> Postgres<'a> {
-    pub fn new(cfg: &'a Config) -> Postgres<'a> {
-        Postgres { cfg, clients: RefCell::new(BTreeMap::new()) }
+    pub fn new(cfg: &'a Config, rt: &'a Runtime) -> Postgres<'a> {
+        Postgres { cfg, rt, pool: Arc::default() }
     }
 
-    fn with_client<T>(&self, node: NodeId, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
-        let mut clients = self.clients.borrow_mut();
-        let client = match clients.entry(node) {
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => entry.insert(connect(self.cfg, node).map_err(|e| anyhow!("{e}"))?),
+    /// The connections, for `watch`'s pollers to share.
+    pub fn pool(&self) -> Arc<Pool> {
+        Arc::clone(&self.pool)
+    }
+
+    /// Runs `f` with the node's connection (opened if need be), all within the deadline.
+    /// A connection that failed or missed the deadline is dropped.
+    fn with_client<T, F, Fut>(&self, node: Node, what: &str, f: F) -> Result<T>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let deadline = self.cfg.postgres.connect_timeout;
+        let result = self.rt.block_on(async {
+            tokio::time::timeout(deadline, async {
+                let client = self.pool.client(self.cfg, node).await.map_err(|a| anyhow!("{}", a.describe()))?;
+                f(client).await.map_err(|e| anyhow!("{}", message(&e)))
+            })
+            .await
+        });
+        let result = match result {
+            Ok(inner) => inner,
+            Err(_) => Err(anyhow!("no answer within {} s", deadline.as_secs())),
         };
-        let result = f(client);
-        if client.is_closed() {
-            clients.remove(&node);
+        if result.is_err() {
+            self.pool.forget(node);
         }
-        result
+        result.with_context(|| format!("node {} ({}): {what}", node.id(), node.addr()))
     }
 }
 
 impl Cluster for Postgres<'_> {
-    fn inspect(&self, node: NodeId) -> Result<NodeView> {
-        self.with_client(node, |client| inspect(client, &self.cfg.barman.slot).map_err(|e| anyhow!("{e}")))
-            .with_context(|| node_label(self.cfg, node))
-    }
-
-    fn inspect_all(&self) -> Answers {
-        let cfg = self.cfg;
-        let ask = |node: NodeId| -> Result<(NodeView, Client), NoAnswer> {
-            let mut client = connect(cfg, node)?;
-            Ok((inspect(&mut client, &cfg.barman.slot)?, client))
-        };
-        let asked: Vec<_> = std::thread::scope(|scope| {
-            let handles: Vec<_> = cfg.nodes.keys().map(|&node| (node, scope.spawn(move || ask(node)))).collect();
-            handles.into_iter().map(|(node, handle)| (node, handle.join())).collect()
+    fn view(&self) -> View {
+        let nodes = self.rt.block_on(async {
+            let asking: Vec<_> = self
+                .cfg
+                .nodes
+                .iter()
+                .map(|&node| async move { (node, self.pool.answer(self.cfg, node).await) })
+                .collect();
+            let mut answers = Vec::with_capacity(asking.len());
+            // every node at once: the answers come within one deadline, however many nodes
+            for (node, answer) in join_all(asking).await {
+                answers.push((node, answer));
+            }
+            answers
         });
-        let mut clients = self.clients.borrow_mut();
-        asked
-            .into_iter()
-            .map(|(node, joined)| {
-                let answer = match joined {
-                    Ok(Ok((view, client))) => {
-                        clients.insert(node, client);
-                        Ok(view)
-                    }
-                    Ok(Err(e)) => Err(NoAnswer { error: format!("{}: {}", node_label(cfg, node), e.error), ..e }),
-                    Err(_) => Err(NoAnswer {
-                        error: format!("{}: asking it panicked", node_label(cfg, node)),
-                        replied: false,
-                    }),
-                };
-                (node, answer)
-            })
-            .collect()
+        View { nodes }
     }
 
-    fn create_slot(&self, node: NodeId) -> Result<()> {
-        let slot = &self.cfg.barman.slot;
-        self.with_client(node, |client| match client.execute(CREATE_SLOT_SQL, &[slot]) {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => Ok(()),
-            Err(e) => Err(anyhow!("cannot create slot {slot} on node {node}: {}", pg_message(&e))),
-        })
+    fn create_slot(&self, node: Node) -> Result<()> {
+        let slot = self.cfg.barman.slot.clone();
+        let created = self.with_client(node, "create slot", |c| async move {
+            match c.execute(CREATE_SLOT_SQL, &[&slot]).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })?;
+        if !created {
+            log::debug!("node {}: slot {} exists already", node.id(), self.cfg.barman.slot);
+        }
+        Ok(())
     }
 
-    fn terminate(&self, node: NodeId, pid: i32) -> Result<()> {
-        self.with_client(node, |client| {
-            client
-                .execute(TERMINATE_SQL, &[&pid])
-                .map(drop)
-                .map_err(|e| anyhow!("cannot terminate walsender {pid} on node {node}: {}", pg_message(&e)))
-        })
+    fn terminate(&self, node: Node, pid: i32) -> Result<()> {
+        self.with_client(
+            node,
+            "terminate walsender",
+            |c| async move { c.execute(TERMINATE_SQL, &[&pid]).await.map(drop) },
+        )
     }
 
-    fn drop_slot(&self, node: NodeId) -> Result<()> {
-        let slot = &self.cfg.barman.slot;
-        self.with_client(node, |client| {
-            // A terminated walsender takes a moment to exit and release the slot.
-            let deadline = Instant::now() + SLOT_RELEASE_WAIT;
-            loop {
-                match client.execute(DROP_SLOT_SQL, &[slot]) {
-                    Ok(_) => return Ok(()),
-                    Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => return Ok(()),
-                    Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) && Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(e) => return Err(anyhow!("cannot drop slot {slot} on node {node}: {}", pg_message(&e))),
+    fn drop_slot(&self, node: Node) -> Result<()> {
+        let slot = self.cfg.barman.slot.clone();
+        // A terminated walsender takes a moment to exit and release the slot.
+        let started = Instant::now();
+        loop {
+            let name = slot.clone();
+            let in_use = self.with_client(node, "drop slot", |c| async move {
+                match c.execute(DROP_SLOT_SQL, &[&name]).await {
+                    Ok(_) => Ok(false),
+                    Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => Ok(false),
+                    Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) => Ok(true),
+                    Err(e) => Err(e),
+                }
+            })?;
+            if !in_use {
+                return Ok(());
+            }
+            if started.elapsed() > SLOT_RELEASE_WAIT {
+                bail!("node {}: slot {slot} is still in use after {} s", node.id(), SLOT_RELEASE_WAIT.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn emit_wal(&self, node: Node) -> Result<()> {
+        self.with_client(node, "write WAL", |c| async move { c.batch_execute(EMIT_WAL_SQL).await })
+    }
+}
+
+/// Awaits every future at once, in order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in pinned.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
                 }
             }
-        })
-    }
-
-    fn emit_wal(&self, node: NodeId) -> Result<()> {
-        self.with_client(node, |client| {
-            client
-                .batch_execute(EMIT_WAL_SQL)
-                .map_err(|e| anyhow!("cannot write WAL on node {node}: {}", pg_message(&e)))
-        })
-    }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("every future finished")).collect()
 }
 
-fn node_label(cfg: &Config, node: NodeId) -> String {
-    match cfg.nodes.get(&node) {
-        Some(addr) => format!("node {node} ({addr}:{})", cfg.ports.postgres),
-        None => format!("node {node}"),
-    }
-}
-
-fn inspect(client: &mut Client, slot: &str) -> Result<NodeView, NoAnswer> {
-    let row = client.query_one(INSPECT_SQL, &[&slot]).map_err(|e| no_answer(&e))?;
+/// Asks a connected node what it is.
+pub async fn ask(client: &Client, slot: &str) -> Result<NodeState, Answer> {
+    let row = client.query_one(VIEW_SQL, &[&slot]).await.map_err(|e| classify(&e))?;
     let in_recovery: bool = row.get(0);
-    let exists: bool = row.get(1);
-    let active_pid: Option<i32> = row.get(2);
-    Ok(NodeView {
+    let timeline: i32 = row.get(1);
+    let lsn: PgLsn = row.get(2);
+    let exists: bool = row.get(3);
+    let active_pid: Option<i32> = row.get(4);
+    let restart_lsn: Option<PgLsn> = row.get(5);
+    Ok(NodeState {
         role: if in_recovery { Role::Standby } else { Role::Primary },
-        slot: exists.then_some(Slot { active_pid }),
+        timeline: u32::try_from(timeline).unwrap_or(0),
+        lsn: Lsn(u64::from(lsn)),
+        slot: exists.then_some(Slot { active_pid, restart_lsn: restart_lsn.map(|l| Lsn(u64::from(l))) }),
     })
 }
 
-/// The server's own message when there is one, the client's otherwise; one line.
-fn pg_message(e: &postgres::Error) -> String {
-    let text = match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(cause) = source {
-                text = format!("{text}: {cause}");
-                source = cause.source();
-            }
-            text
-        }
-    };
-    text.replace('\n', " ")
-}
-
-/// A failure to ask a node; the server replied if it sent an error of its own.
-fn no_answer(e: &postgres::Error) -> NoAnswer {
-    NoAnswer { error: pg_message(e), replied: e.as_db_error().is_some() }
-}
-
-fn connect(cfg: &Config, node: NodeId) -> Result<Client, NoAnswer> {
-    let unconfigured = |e: anyhow::Error| NoAnswer { error: format!("{e:#}"), replied: false };
-    let addr: Ipv4Addr = cfg.node(node).map_err(unconfigured)?;
-    let host = addr.to_string();
+/// Opens a connection to the node: the caller bounds it with the deadline.
+pub async fn connect(cfg: &Config, node: Node) -> Result<Client, Answer> {
+    let host = node.addr().to_string();
     let pg = &cfg.postgres;
-    let mut conf = postgres::Config::new();
+    let mut conf = tokio_postgres::Config::new();
     conf.host(&host)
         .port(cfg.ports.postgres)
         .user(&pg.user)
         .dbname(&pg.dbname)
         .application_name("repmgr-nat")
-        .options(STATEMENT_TIMEOUT)
+        .options(format!("-c statement_timeout={}", pg.connect_timeout.as_millis()))
         .connect_timeout(pg.connect_timeout)
-        .tcp_user_timeout(pg.connect_timeout + Duration::from_secs(10));
+        .tcp_user_timeout(pg.connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .keepalives_interval(Duration::from_secs(1))
+        .keepalives_retries(3);
     let key = pgpass::Key { host: &host, port: cfg.ports.postgres, dbname: &pg.dbname, user: &pg.user };
     if let Some(password) = pgpass::password(&key) {
         conf.password(password);
     }
-    let client = match pg.sslmode {
-        SslMode::Disable => conf.ssl_mode(postgres::config::SslMode::Disable).connect(NoTls),
-        SslMode::Prefer => conf.ssl_mode(postgres::config::SslMode::Prefer).connect(tls().map_err(unconfigured)?),
-        SslMode::Require => conf.ssl_mode(postgres::config::SslMode::Require).connect(tls().map_err(unconfigured)?),
-    };
-    client.map_err(|e| NoAnswer { error: format!("cannot connect: {}", pg_message(&e)), ..no_answer(&e) })
+    match pg.sslmode {
+        SslMode::Disable => connect_with(conf.ssl_mode(tokio_postgres::config::SslMode::Disable), NoTls).await,
+        SslMode::Prefer => connect_with(conf.ssl_mode(tokio_postgres::config::SslMode::Prefer), tls()?).await,
+        SslMode::Require => connect_with(conf.ssl_mode(tokio_postgres::config::SslMode::Require), tls()?).await,
+    }
+}
+
+async fn connect_with<T>(conf: &tokio_postgres::Config, tls: T) -> Result<Client, Answer>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = conf.connect(tls).await.map_err(|e| classify(&e))?;
+    // The connection ends when the client is dropped.
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            log::debug!("connection ended: {}", message(&e));
+        }
+    });
+    Ok(client)
 }
 
 /// libpq's `prefer` and `require` encrypt without checking the server's certificate;
 /// so does this connector.
-fn tls() -> Result<postgres_native_tls::MakeTlsConnector> {
+fn tls() -> Result<postgres_native_tls::MakeTlsConnector, Answer> {
     let connector = native_tls::TlsConnector::builder()
         .danger_accept_invalid_certs(true)
         .danger_accept_invalid_hostnames(true)
         .build()
-        .context("cannot set up TLS")?;
+        .map_err(|e| Answer::Rejected(format!("cannot set up TLS: {e}")))?;
     Ok(postgres_native_tls::MakeTlsConnector::new(connector))
+}
+
+/// What a failure says about the node: down (it serves nobody), silent (no answer), or
+/// it rejected repmgr-nat (login, TLS, the query).
+fn classify(e: &tokio_postgres::Error) -> Answer {
+    let why = message(e);
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        return if *code == SqlState::CANNOT_CONNECT_NOW
+            || *code == SqlState::ADMIN_SHUTDOWN
+            || *code == SqlState::CRASH_SHUTDOWN
+        {
+            Answer::Down(why)
+        } else {
+            Answer::Rejected(why)
+        };
+    }
+    let io = std::iter::successors(std::error::Error::source(e), |c| c.source())
+        .find_map(|c| c.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    match io {
+        Some(ErrorKind::ConnectionRefused | ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof) => Answer::Down(why),
+        Some(_) => Answer::Silent(why),
+        None if e.is_closed() => Answer::Down(why),
+        None => Answer::Rejected(why),
+    }
+}
+
+/// The server's own message when there is one, the client's otherwise (the logger makes
+/// it one line and escapes what it must).
+pub fn message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => std::iter::successors(std::error::Error::source(e), |c| c.source())
+            .fold(e.to_string(), |text, cause| format!("{text}: {cause}")),
+    }
 }

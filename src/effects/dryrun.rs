@@ -2,30 +2,65 @@
 //! print every change instead of making it: the ruleset transaction, the conntrack
 //! commands, the SQL with its parameters and the barman commands.
 
-use std::cell::RefCell;
 use std::net::Ipv4Addr;
+use std::sync::Mutex;
 
 use anyhow::Result;
 
+use crate::core::config::{self, Barman, Config, Node};
+use crate::core::ruleset::{self, Live, Record, Routing};
+use crate::core::view::View;
 use crate::effects::barman::{self, Backup};
-use crate::core::config::{self, Config, NodeId};
 use crate::effects::db::{self, Cluster};
 use crate::effects::firewall::{self, Firewall};
 use crate::effects::nat::{Nat, ViaSudo};
-use crate::core::plan::{Answers, NodeView};
-use crate::effects::privilege;
-use crate::core::ruleset::{self, Live, Route, Routing};
+
+/// Where the printing adapters print: stdout, or a buffer a test reads.
+pub enum Sink {
+    Stdout,
+    #[cfg_attr(not(test), expect(dead_code, reason = "the golden test of the dry-run output reads it"))]
+    Capture(Mutex<String>),
+}
+
+impl Sink {
+    #[cfg(test)]
+    pub fn capture() -> Sink {
+        Sink::Capture(Mutex::new(String::new()))
+    }
+
+    fn say(&self, text: &str) {
+        match self {
+            Sink::Stdout => println!("{text}"),
+            Sink::Capture(buffer) => {
+                let mut buffer = buffer.lock().expect("sink");
+                buffer.push_str(text);
+                buffer.push('\n');
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub fn captured(&self) -> String {
+        match self {
+            Sink::Stdout => String::new(),
+            Sink::Capture(buffer) => buffer.lock().expect("sink").clone(),
+        }
+    }
+}
 
 pub struct PrintNat<'a> {
     pub cfg: &'a Config,
     pub real: &'a dyn Nat,
+    /// Whether the switch would go through sudo (this run is not root's).
+    pub via_sudo: bool,
+    pub out: &'a Sink,
     /// What the chains would hold after the switches printed so far.
-    pub after: RefCell<Option<Route>>,
+    after: Mutex<Option<Record>>,
 }
 
 impl<'a> PrintNat<'a> {
-    pub fn new(cfg: &'a Config, real: &'a dyn Nat) -> PrintNat<'a> {
-        PrintNat { cfg, real, after: RefCell::new(None) }
+    pub fn new(cfg: &'a Config, real: &'a dyn Nat, via_sudo: bool, out: &'a Sink) -> PrintNat<'a> {
+        PrintNat { cfg, real, via_sudo, out, after: Mutex::new(None) }
     }
 }
 
@@ -34,62 +69,54 @@ impl Nat for PrintNat<'_> {
         self.real.live()
     }
 
-    fn switch(&self, route: Route) -> Result<bool> {
+    fn recorded(&self) -> Result<Option<Record>> {
+        self.real.recorded()
+    }
+
+    fn switch(&self, record: Record) -> Result<bool> {
         let cfg = self.cfg;
-        let before = match *self.after.borrow() {
-            Some(printed) => Routing::To(printed),
-            None => self.real.live()?.routing(cfg),
+        let route = record.route;
+        let printed = self.after.lock().expect("after").replace(record);
+        let live = match printed {
+            Some(printed) => Live::installed(cfg, printed.route),
+            None => self.real.live()?,
         };
-        *self.after.borrow_mut() = Some(route);
-        if before == Routing::To(route) {
-            println!("# the chains already hold {route}");
-            return Ok(false);
+        let before = live.routing(cfg);
+        if self.via_sudo {
+            self.out.say(&format!("{}\n# which runs as root:", ViaSudo::switch_cmd(record)));
         }
-        if !privilege::is_root() {
-            println!("{}", ViaSudo::route_cmd(&[&route.node.to_string(), "--ports", &route.open.to_string()]));
-            println!("# which runs as root:");
+        match ruleset::transaction(cfg, &live, Some(route)) {
+            Some(text) => self.out.say(&format!("{} <<EOF\n{text}EOF", firewall::restore_cmd())),
+            None => self.out.say(&format!("# the tables hold {route} already")),
         }
-        print!("{} <<EOF\n{}EOF\n", firewall::restore_cmd(), ruleset::restore_text(cfg, route));
         for (node, port) in ruleset::cuts(cfg, &before, route) {
-            println!("{}", firewall::forget_cmd(cfg.proxy, port, cfg.node(node)?));
+            self.out.say(&firewall::forget_cmd(cfg.proxy, port, node.addr()).to_string());
         }
-        Ok(true)
+        self.out.say(&format!("# and records {record}"));
+        Ok(before != Routing::To(route))
     }
 }
 
 /// For `setup` and `teardown`: reads the nat table, prints the iptables commands.
-pub struct PrintFirewall<'a>(pub &'a dyn Firewall);
+pub struct PrintFirewall<'a> {
+    pub real: &'a dyn Firewall,
+    pub out: &'a Sink,
+}
 
 impl Firewall for PrintFirewall<'_> {
     fn save(&self) -> Result<String> {
-        self.0.save()
+        self.real.save()
     }
     fn restore(&self, text: &str) -> Result<()> {
-        print!("{} <<EOF\n{text}EOF\n", firewall::restore_cmd());
+        self.out.say(&format!("{} <<EOF\n{text}EOF", firewall::restore_cmd()));
         Ok(())
     }
     fn forget(&self, proxy: Ipv4Addr, port: Option<u16>, node: Ipv4Addr) -> Result<bool> {
-        println!("{}", firewall::forget_cmd(proxy, port, node));
+        self.out.say(&firewall::forget_cmd(proxy, port, node).to_string());
         Ok(true)
     }
-    fn new_chain(&self, chain: &str) -> Result<()> {
-        println!("iptables -t nat -N {chain}");
-        Ok(())
-    }
-    fn add_jump(&self, hook: &str, chain: &str) -> Result<()> {
-        println!("iptables -t nat -A {hook} -j {chain}");
-        Ok(())
-    }
-    fn delete_jump(&self, hook: &str, chain: &str) -> Result<()> {
-        println!("iptables -t nat -D {hook} -j {chain}");
-        Ok(())
-    }
-    fn delete_chain(&self, chain: &str) -> Result<()> {
-        println!("iptables -t nat -F {chain}\niptables -t nat -X {chain}");
-        Ok(())
-    }
     fn enable_forwarding(&self) -> Result<bool> {
-        println!("sysctl -w net.ipv4.ip_forward=1");
+        self.out.say("sysctl -w net.ipv4.ip_forward=1");
         Ok(false)
     }
 }
@@ -97,55 +124,59 @@ impl Firewall for PrintFirewall<'_> {
 pub struct PrintCluster<'a> {
     pub cfg: &'a Config,
     pub real: &'a dyn Cluster,
+    pub out: &'a Sink,
 }
 
 impl PrintCluster<'_> {
-    fn sql(&self, node: NodeId, sql: &str, param: &str) -> Result<()> {
-        println!("node {node} ({}): {sql};  -- $1 = {param}", self.cfg.node(node)?);
+    fn sql(&self, node: Node, sql: &str, param: &str) -> Result<()> {
+        self.out.say(&format!("node {} ({}): {sql};  -- $1 = {param}", node.id(), node.addr()));
         Ok(())
     }
 }
 
 impl Cluster for PrintCluster<'_> {
-    fn inspect(&self, node: NodeId) -> Result<NodeView> {
-        self.real.inspect(node)
+    fn view(&self) -> View {
+        self.real.view()
     }
-    fn inspect_all(&self) -> Answers {
-        self.real.inspect_all()
-    }
-    fn create_slot(&self, node: NodeId) -> Result<()> {
+    fn create_slot(&self, node: Node) -> Result<()> {
         self.sql(node, db::CREATE_SLOT_SQL, &format!("'{}'", self.cfg.barman.slot))
     }
-    fn terminate(&self, node: NodeId, pid: i32) -> Result<()> {
+    fn terminate(&self, node: Node, pid: i32) -> Result<()> {
         self.sql(node, db::TERMINATE_SQL, &pid.to_string())
     }
-    fn drop_slot(&self, node: NodeId) -> Result<()> {
+    fn drop_slot(&self, node: Node) -> Result<()> {
         self.sql(node, db::DROP_SLOT_SQL, &format!("'{}'", self.cfg.barman.slot))
     }
-    fn emit_wal(&self, node: NodeId) -> Result<()> {
-        let every = crate::handler::NUDGE_EVERY.as_millis();
-        println!(
-            "node {node} ({}): {};  -- every {every} ms while barman waits",
-            self.cfg.node(node)?,
+    fn emit_wal(&self, node: Node) -> Result<()> {
+        let every = Barman::NUDGE_EVERY.as_millis();
+        self.out.say(&format!(
+            "node {} ({}): {};  -- every {every} ms while barman waits",
+            node.id(),
+            node.addr(),
             db::EMIT_WAL_SQL
-        );
+        ));
         Ok(())
     }
 }
 
-pub struct PrintBackup<'a>(pub &'a config::Barman);
+/// barman's commands. The stop runs beside the first steps of a real run; it is printed
+/// where the restart begins, so that the output does not depend on thread timing.
+pub struct PrintBackup<'a> {
+    pub cfg: &'a config::Barman,
+    pub out: &'a Sink,
+}
 
 impl Backup for PrintBackup<'_> {
     fn stop_receive_wal(&self) -> Result<()> {
-        println!("{}", barman::stop_cmd(self.0));
         Ok(())
     }
-    fn start_receive_wal(&self) -> Result<()> {
-        println!("{} &", barman::start_cmd(self.0));
+    fn start_receive_wal(&self, _output: Option<&std::path::Path>) -> Result<()> {
+        self.out.say(&format!("{}  # begun beside the steps before", barman::stop_cmd(self.cfg)));
+        self.out.say(&format!("{} &", barman::start_cmd(self.cfg)));
         Ok(())
     }
     fn switch_wal(&self, while_waiting: &mut dyn FnMut()) -> Result<()> {
-        println!("{}", barman::switch_cmd(self.0));
+        self.out.say(&barman::switch_cmd(self.cfg).to_string());
         while_waiting();
         Ok(())
     }

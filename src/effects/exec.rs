@@ -200,24 +200,35 @@ pub fn run_watching(
     Ok(Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() })
 }
 
-/// Starts `cmd` in a process group of its own, with no input and its output discarded,
-/// and does not wait for it: it outlives this program (and holds nothing of repmgr's or
-/// ssh's open, so neither waits for it).
-pub fn spawn_detached(cmd: &Cmd) -> Result<u32, ExecError> {
+/// Starts `cmd` in a process group of its own, with no input and its output discarded
+/// (or written to `output`), and does not wait for it: it outlives this program (and
+/// holds nothing of repmgr's or ssh's open, so neither waits for it). A thread reaps it
+/// should it end while this program runs.
+pub fn spawn_detached(cmd: &Cmd, output: Option<&Path>) -> Result<u32, ExecError> {
     use std::os::unix::process::CommandExt;
     log::debug!("start: {cmd}");
-    let child = Command::new(&cmd.program)
+    let spawn_error = |error| ExecError::Spawn { cmd: cmd.to_string(), error };
+    let (stdout, stderr) = match output {
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(spawn_error)?;
+            (Stdio::from(file.try_clone().map_err(spawn_error)?), Stdio::from(file))
+        }
+        None => (Stdio::null(), Stdio::null()),
+    };
+    let mut child = Command::new(&cmd.program)
         .args(&cmd.args)
         .env_clear()
         .env("PATH", SYSTEM_PATH)
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
         .process_group(0)
         .spawn()
-        .map_err(|error| ExecError::Spawn { cmd: cmd.to_string(), error })?;
-    Ok(child.id())
+        .map_err(spawn_error)?;
+    let pid = child.id();
+    thread::spawn(move || child.wait());
+    Ok(pid)
 }
 
 fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {

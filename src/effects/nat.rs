@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use crate::core::config::Config;
+use crate::core::ruleset::{self, Live, Record, Routing};
 use crate::effects::exec::{self, Cmd};
 use crate::effects::firewall::Firewall;
-use crate::core::ruleset::{self, Live, Route, Routing};
 use crate::effects::state::StateDir;
 
 /// Where sudoers.d/repmgr-nat expects the program: the unprivileged side asks sudo to run
@@ -19,8 +19,10 @@ pub const INSTALLED_PATH: &str = "/usr/local/bin/repmgr-nat";
 pub trait Nat {
     /// What the nat table holds for our chains now.
     fn live(&self) -> Result<Live>;
-    /// Switches the chains to `route`; true if anything changed.
-    fn switch(&self, route: Route) -> Result<bool>;
+    /// What root recorded with its last switch.
+    fn recorded(&self) -> Result<Option<Record>>;
+    /// Switches the chains to the record's route and records it; true if a rule changed.
+    fn switch(&self, record: Record) -> Result<bool>;
 }
 
 pub struct Direct<'a> {
@@ -34,84 +36,70 @@ impl Nat for Direct<'_> {
         Ok(Live::parse(self.cfg, &self.fw.save()?))
     }
 
-    /// Under root's switch lock: one `iptables-restore` transaction when the chains hold
-    /// anything else, missing jumps added, the connections proxied through ports that
-    /// stopped forwarding cut, and the route recorded.
-    fn switch(&self, route: Route) -> Result<bool> {
+    fn recorded(&self) -> Result<Option<Record>> {
+        self.state.recorded(self.cfg)
+    }
+
+    /// Under root's switch lock: one `iptables-restore` transaction when anything of ours
+    /// differs from the route (which also puts back missing chains, jumps and the hold:
+    /// every switch heals tables that something else rewrote), the connections proxied
+    /// through ports that stopped forwarding cut, and the route recorded.
+    fn switch(&self, record: Record) -> Result<bool> {
         let cfg = self.cfg;
-        cfg.node(route.node)?;
+        let route = record.route;
         let _lock = self.state.route_lock(cfg.state.lock_timeout)?;
         let live = self.live()?;
         let before = live.routing(cfg);
         let changed = before != Routing::To(route);
-        if changed {
+        if let Some(text) = ruleset::transaction(cfg, &live, Some(route)) {
             let started = Instant::now();
-            self.fw.restore(&ruleset::restore_text(cfg, route))?;
-            log::info!("nat: {before} -> {route} ({} ms)", started.elapsed().as_millis());
+            self.fw.restore(&text)?;
+            let what = if changed { format!("{before} -> {route}") } else { format!("{route}, repaired") };
+            log::info!("nat: {what} ({} ms)", started.elapsed().as_millis());
         }
-        fix_jumps(cfg, self.fw, &live)?;
         if changed {
             for (node, port) in ruleset::cuts(cfg, &before, route) {
                 let started = Instant::now();
                 let through = port.map(|p| format!(" through port {p}")).unwrap_or_default();
-                match self.fw.forget(cfg.proxy, port, cfg.node(node)?) {
+                match self.fw.forget(cfg.proxy, port, node.addr()) {
                     Ok(found) => log::info!(
-                        "nat: {} connections proxied to node {node}{through} ({} ms)",
+                        "nat: {} connections proxied to node {}{through} ({} ms)",
                         if found { "cut the" } else { "no" },
+                        node.id(),
                         started.elapsed().as_millis()
                     ),
                     // The new rules stand; only old connections may linger until they end.
-                    Err(e) => log::error!("nat: cannot cut connections proxied to node {node}{through}: {e:#}"),
+                    Err(e) => log::error!("nat: cannot cut connections proxied to node {}{through}: {e:#}", node.id()),
                 }
             }
         }
-        if changed || self.state.recorded().ok().flatten() != Some(route) {
-            self.state.record(route)?;
+        if changed || self.state.recorded(cfg).ok().flatten() != Some(record) {
+            self.state.record(record)?;
         }
         Ok(changed)
     }
 }
 
-/// Adds the jumps into our chains that are missing and removes duplicates, so that each
-/// built-in chain reaches ours exactly once. `setup` does it at boot; every switch does it
-/// too, which heals a nat table that something else rewrote.
-pub fn fix_jumps(cfg: &Config, fw: &dyn Firewall, live: &Live) -> Result<()> {
-    for (hook, chain, count) in live.jumps(cfg) {
-        if count == 0 {
-            log::info!("nat: -A {hook} -j {chain} is missing: adding it");
-            fw.add_jump(hook, chain)?;
+impl Direct<'_> {
+    /// `setup`: our chains where missing, exactly one jump to each, the hold; the rules in
+    /// the nat chains stay as they are (the article's chains are adopted).
+    pub fn install(&self) -> Result<()> {
+        let live = self.live()?;
+        if let Some(text) = ruleset::transaction(self.cfg, &live, None) {
+            self.fw.restore(&text)?;
+            log::info!("nat: chains, jumps and hold put in place");
         }
-        for _ in 1..count {
-            log::info!("nat: -A {hook} -j {chain} is there {count} times: removing one");
-            fw.delete_jump(hook, chain)?;
-        }
+        Ok(())
     }
-    Ok(())
-}
 
-/// `setup`: the chains where missing, and exactly one jump to them from each built-in
-/// chain (the article's chains and jumps are adopted as they are).
-pub fn install(cfg: &Config, fw: &dyn Firewall, live: &Live) -> Result<()> {
-    for (present, chain) in [(live.dnat_chain, &cfg.nat.dnat_chain), (live.snat_chain, &cfg.nat.snat_chain)] {
-        if !present {
-            log::info!("nat: chain {chain} is missing: creating it");
-            fw.new_chain(chain)?;
+    /// `teardown`: every jump to our chains, then the chains.
+    pub fn uninstall(&self) -> Result<()> {
+        let live = self.live()?;
+        if let Some(text) = ruleset::teardown_transaction(self.cfg, &live) {
+            self.fw.restore(&text)?;
         }
+        Ok(())
     }
-    fix_jumps(cfg, fw, live)
-}
-
-/// `teardown`: every jump to our chains, then the chains.
-pub fn uninstall(cfg: &Config, fw: &dyn Firewall, live: &Live) -> Result<()> {
-    for (hook, chain, count) in live.jumps(cfg) {
-        for _ in 0..count {
-            fw.delete_jump(hook, chain)?;
-        }
-    }
-    for chain in [&cfg.nat.dnat_chain, &cfg.nat.snat_chain] {
-        fw.delete_chain(chain)?;
-    }
-    Ok(())
 }
 
 /// The unprivileged side: `sudo -n /usr/local/bin/repmgr-nat route ...`.
@@ -124,6 +112,17 @@ const ROUTE_TIMEOUT: Duration = Duration::from_secs(60);
 impl ViaSudo<'_> {
     pub fn route_cmd(args: &[&str]) -> Cmd {
         Cmd::new(exec::system_tool("sudo")).args(["-n", INSTALLED_PATH, "route"]).args(args.iter().copied())
+    }
+
+    /// `route <id> --ports <open> --timeline <t>` (no timeline when it is unknown).
+    pub fn switch_cmd(record: Record) -> Cmd {
+        let (id, open, timeline) =
+            (record.route.node.id().to_string(), record.route.open.to_string(), record.timeline.to_string());
+        let mut args = vec![id.as_str(), "--ports", open.as_str()];
+        if record.timeline > 0 {
+            args.extend(["--timeline", timeline.as_str()]);
+        }
+        Self::route_cmd(&args)
     }
 
     fn run(&self, cmd: &Cmd) -> Result<String> {
@@ -140,8 +139,13 @@ impl Nat for ViaSudo<'_> {
         Ok(Live::parse(self.cfg, &text))
     }
 
-    fn switch(&self, route: Route) -> Result<bool> {
-        let cmd = Self::route_cmd(&[&route.node.to_string(), "--ports", &route.open.to_string()]);
+    /// The record is readable by anyone; no sudo needed.
+    fn recorded(&self) -> Result<Option<Record>> {
+        StateDir::new(&self.cfg.state.dir).recorded(self.cfg)
+    }
+
+    fn switch(&self, record: Record) -> Result<bool> {
+        let cmd = Self::switch_cmd(record);
         match self.run(&cmd)?.trim() {
             "changed" => Ok(true),
             "unchanged" => Ok(false),
@@ -158,27 +162,27 @@ mod tests {
     use anyhow::anyhow;
 
     use super::*;
-    use crate::core::config::NodeId;
-    use crate::core::config::tests::example;
-    use crate::core::ruleset::{Open, restore_text};
+    use crate::core::config::tests::{example, node};
+    use crate::core::ruleset::sim::Tables;
+    use crate::core::ruleset::{Open, Route};
 
-    /// A nat table in memory: `save` prints it, `restore` replaces our chains; every call
-    /// is recorded and the calls named in `failing` fail.
+    /// The kernel's tables in memory; records every restore and cut, fails those whose
+    /// description starts with one of `failing`.
     struct FakeFirewall {
-        table: RefCell<String>,
+        tables: RefCell<Tables>,
         calls: RefCell<Vec<String>>,
         failing: Vec<&'static str>,
     }
 
-    const JUMPS: &str = "-A PREROUTING -j repmgr_dnat\n-A OUTPUT -j repmgr_dnat\n-A POSTROUTING -j repmgr_snat\n";
-
     impl FakeFirewall {
-        fn holding(text: &str) -> FakeFirewall {
-            FakeFirewall { table: RefCell::new(text.to_string()), calls: RefCell::new(Vec::new()), failing: Vec::new() }
+        fn holding(tables: Tables) -> FakeFirewall {
+            FakeFirewall { tables: RefCell::new(tables), calls: RefCell::default(), failing: Vec::new() }
         }
+        /// Routed by a complete switch to `route`.
         fn routed(route: Route) -> FakeFirewall {
-            let text = restore_text(&example(), route).replace("COMMIT\n", &format!("{JUMPS}COMMIT\n"));
-            FakeFirewall::holding(&text)
+            let cfg = example();
+            let text = ruleset::transaction(&cfg, &Live::default(), Some(route)).unwrap();
+            FakeFirewall::holding(Tables::default().restore(&text).unwrap())
         }
         fn call(&self, name: String) -> Result<()> {
             let fails = self.failing.iter().any(|f| name.starts_with(f));
@@ -192,31 +196,18 @@ mod tests {
 
     impl Firewall for FakeFirewall {
         fn save(&self) -> Result<String> {
-            Ok(self.table.borrow().clone())
+            Ok(self.tables.borrow().save())
         }
         fn restore(&self, text: &str) -> Result<()> {
-            let routed = Live::parse(&example(), text).routing(&example());
-            self.call(format!("restore {routed}"))?;
-            let jumps: String =
-                self.table.borrow().lines().filter(|l| !l.contains("-A repmgr_")).map(|l| format!("{l}\n")).collect();
-            *self.table.borrow_mut() = format!("{}{}", text.replace("COMMIT\n", ""), jumps.replace("*nat\n", ""));
+            let next = self.tables.borrow().restore(text).map_err(|e| anyhow!(e))?;
+            let routed = Live::parse(&example(), &next.save()).routing(&example());
+            self.call(format!("restore: {routed}"))?;
+            *self.tables.borrow_mut() = next;
             Ok(())
         }
         fn forget(&self, _proxy: Ipv4Addr, port: Option<u16>, node: Ipv4Addr) -> Result<bool> {
             self.call(format!("forget {node}{}", port.map(|p| format!(":{p}")).unwrap_or_default()))?;
             Ok(true)
-        }
-        fn new_chain(&self, chain: &str) -> Result<()> {
-            self.call(format!("new chain {chain}"))
-        }
-        fn add_jump(&self, hook: &str, chain: &str) -> Result<()> {
-            self.call(format!("add -A {hook} -j {chain}"))
-        }
-        fn delete_jump(&self, hook: &str, chain: &str) -> Result<()> {
-            self.call(format!("delete -A {hook} -j {chain}"))
-        }
-        fn delete_chain(&self, chain: &str) -> Result<()> {
-            self.call(format!("delete chain {chain}"))
         }
         fn enable_forwarding(&self) -> Result<bool> {
             self.call("forwarding".into()).map(|()| true)
@@ -229,8 +220,12 @@ mod tests {
         (dir.clone(), StateDir::new(&dir))
     }
 
-    fn route(node: u32, open: Open) -> Route {
-        Route { node: NodeId(node), open }
+    fn route(id: u32, open: Open) -> Route {
+        Route::new(node(id), open)
+    }
+
+    fn rec(id: u32, open: Open) -> Record {
+        Record { route: route(id, open), timeline: 2 }
     }
 
     #[test]
@@ -239,24 +234,24 @@ mod tests {
         let fw = FakeFirewall::routed(route(1, Open::All));
         let (dir, state) = state_dir("switch");
         let direct = Direct { cfg: &cfg, fw: &fw, state: &state };
-        assert!(direct.switch(route(2, Open::Barman)).unwrap());
-        assert_eq!(fw.calls(), ["restore node 2 ports barman", "forget 10.8.1.1"]);
-        assert_eq!(state.recorded().unwrap(), Some(route(2, Open::Barman)));
-        assert!(direct.switch(route(2, Open::All)).unwrap());
-        assert_eq!(fw.calls()[2..], ["restore node 2 ports all"], "opening a port cuts nothing");
-        assert_eq!(state.recorded().unwrap(), Some(route(2, Open::All)));
+        assert!(direct.switch(rec(2, Open::Barman)).unwrap());
+        assert_eq!(fw.calls(), ["restore: node 2 ports barman", "forget 10.8.1.1"]);
+        assert_eq!(state.recorded(&cfg).unwrap(), Some(rec(2, Open::Barman)));
+        assert!(direct.switch(rec(2, Open::All)).unwrap());
+        assert_eq!(fw.calls()[2..], ["restore: node 2 ports all"], "opening a port cuts nothing");
+        assert_eq!(state.recorded(&cfg).unwrap(), Some(rec(2, Open::All)));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
-    fn a_switch_to_what_the_chains_hold_writes_nothing() {
+    fn a_switch_to_what_the_tables_hold_writes_nothing() {
         let cfg = example();
         let fw = FakeFirewall::routed(route(2, Open::All));
         let (dir, state) = state_dir("unchanged");
         let direct = Direct { cfg: &cfg, fw: &fw, state: &state };
-        assert!(!direct.switch(route(2, Open::All)).unwrap());
+        assert!(!direct.switch(rec(2, Open::All)).unwrap());
         assert_eq!(fw.calls(), Vec::<String>::new());
-        assert_eq!(state.recorded().unwrap(), Some(route(2, Open::All)), "the record catches up");
+        assert_eq!(state.recorded(&cfg).unwrap(), Some(rec(2, Open::All)), "the record catches up");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -267,10 +262,9 @@ mod tests {
         fw.failing.push("restore");
         let (dir, state) = state_dir("failed");
         let direct = Direct { cfg: &cfg, fw: &fw, state: &state };
-        assert!(direct.switch(route(2, Open::Barman)).is_err());
-        assert_eq!(fw.calls(), ["restore node 2 ports barman"]);
+        assert!(direct.switch(rec(2, Open::Barman)).is_err());
         assert_eq!(direct.live().unwrap().routing(&cfg), Routing::To(route(1, Open::All)));
-        assert_eq!(state.recorded().unwrap(), None);
+        assert_eq!(state.recorded(&cfg).unwrap(), None);
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -281,73 +275,53 @@ mod tests {
         fw.failing.push("forget");
         let (dir, state) = state_dir("cut");
         let direct = Direct { cfg: &cfg, fw: &fw, state: &state };
-        assert!(direct.switch(route(2, Open::Barman)).unwrap());
-        assert_eq!(state.recorded().unwrap(), Some(route(2, Open::Barman)));
+        assert!(direct.switch(rec(2, Open::Barman)).unwrap());
+        assert_eq!(state.recorded(&cfg).unwrap(), Some(rec(2, Open::Barman)));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
-    fn a_switch_restores_missing_jumps() {
+    fn a_switch_repairs_what_someone_else_removed() {
         let cfg = example();
-        let fw = FakeFirewall::holding(&restore_text(&cfg, route(1, Open::All)));
-        let (dir, state) = state_dir("jumps");
+        let fw = FakeFirewall::routed(route(1, Open::All));
+        // a jump deleted by hand, the hold flushed
+        let damaged = fw
+            .tables
+            .borrow()
+            .restore("*nat\n-D OUTPUT -j repmgr_dnat\nCOMMIT\n*filter\n:repmgr_hold - [0:0]\nCOMMIT\n");
+        *fw.tables.borrow_mut() = damaged.unwrap();
+        assert!(!Live::parse(&cfg, &fw.save().unwrap()).in_place(&cfg));
+        let (dir, state) = state_dir("repair");
         let direct = Direct { cfg: &cfg, fw: &fw, state: &state };
-        assert!(!direct.switch(route(1, Open::All)).unwrap());
-        assert_eq!(
-            fw.calls(),
-            ["add -A PREROUTING -j repmgr_dnat", "add -A OUTPUT -j repmgr_dnat", "add -A POSTROUTING -j repmgr_snat"]
-        );
+        assert!(!direct.switch(rec(1, Open::All)).unwrap(), "the route did not change");
+        assert_eq!(fw.calls(), ["restore: node 1 ports all"], "but the tables were repaired");
+        assert!(Live::parse(&cfg, &fw.save().unwrap()).in_place(&cfg));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
-    fn install_adopts_the_scripts_chains_and_removes_duplicate_jumps() {
+    fn install_adopts_the_scripts_chains_and_uninstall_removes_everything_of_ours() {
         let cfg = example();
-        // what the article's chains script leaves when it runs twice: -N fails the second
-        // time, the jumps are appended again
-        let saved = format!("*nat\n:repmgr_dnat - [0:0]\n:repmgr_snat - [0:0]\n{JUMPS}{JUMPS}COMMIT\n");
-        let fw = FakeFirewall::holding(&saved);
-        install(&cfg, &fw, &Live::parse(&cfg, &saved)).unwrap();
-        assert_eq!(
-            fw.calls(),
-            [
-                "delete -A PREROUTING -j repmgr_dnat",
-                "delete -A OUTPUT -j repmgr_dnat",
-                "delete -A POSTROUTING -j repmgr_snat"
-            ]
-        );
-
-        let fw = FakeFirewall::holding("*nat\nCOMMIT\n");
-        install(&cfg, &fw, &Live::parse(&cfg, "*nat\nCOMMIT\n")).unwrap();
-        assert_eq!(
-            fw.calls(),
-            [
-                "new chain repmgr_dnat",
-                "new chain repmgr_snat",
-                "add -A PREROUTING -j repmgr_dnat",
-                "add -A OUTPUT -j repmgr_dnat",
-                "add -A POSTROUTING -j repmgr_snat"
-            ]
-        );
-    }
-
-    #[test]
-    fn uninstall_removes_every_jump_then_the_chains() {
-        let cfg = example();
-        let saved =
-            format!("*nat\n:repmgr_dnat - [0:0]\n:repmgr_snat - [0:0]\n{JUMPS}-A OUTPUT -j repmgr_dnat\nCOMMIT\n");
-        let fw = FakeFirewall::holding(&saved);
-        uninstall(&cfg, &fw, &Live::parse(&cfg, &saved)).unwrap();
-        assert_eq!(
-            fw.calls(),
-            [
-                "delete -A PREROUTING -j repmgr_dnat",
-                "delete -A OUTPUT -j repmgr_dnat",
-                "delete -A OUTPUT -j repmgr_dnat",
-                "delete -A POSTROUTING -j repmgr_snat",
-                "delete chain repmgr_dnat",
-                "delete chain repmgr_snat"
-            ]
-        );
+        // the article's @reboot script run twice, and its rules for db1
+        let scripts = Tables::default()
+            .restore(
+                "*nat\n:repmgr_dnat - [0:0]\n:repmgr_snat - [0:0]\n-A PREROUTING -j repmgr_dnat\n\
+                 -A PREROUTING -j repmgr_dnat\n-A OUTPUT -j repmgr_dnat\n-A POSTROUTING -j repmgr_snat\n\
+                 -A repmgr_dnat -d 10.8.3.1/32 -p tcp -m tcp --dport 54321 -j DNAT --to-destination 10.8.1.1:5432\n\
+                 -A repmgr_snat -d 10.8.1.1/32 -p tcp -m tcp --dport 5432 -j SNAT --to-source 10.8.3.1\nCOMMIT\n",
+            )
+            .unwrap();
+        let fw = FakeFirewall::holding(scripts);
+        let (dir, state) = state_dir("install");
+        let direct = Direct { cfg: &cfg, fw: &fw, state: &state };
+        direct.install().unwrap();
+        let live = direct.live().unwrap();
+        assert!(live.in_place(&cfg));
+        assert_eq!(live.routing(&cfg), Routing::To(route(1, Open::Barman)), "the rules stay");
+        direct.install().unwrap();
+        assert_eq!(fw.calls().len(), 1, "a second install changes nothing");
+        direct.uninstall().unwrap();
+        assert_eq!(*fw.tables.borrow(), Tables::default());
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

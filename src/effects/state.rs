@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::core::config::NodeId;
-use crate::core::ruleset::{Open, Route};
+use crate::core::config::Config;
+use crate::core::ruleset::Record;
 
-/// The route root last applied: "<node id> <none|barman|all>".
+/// The route root last applied: "<node id> <none|barman|all> <timeline>".
 const RECORD: &str = "route";
 /// Taken by root around each switch, beside the run lock its caller holds.
 const ROUTE_LOCK: &str = "route.lock";
@@ -65,7 +65,7 @@ impl StateDir {
     }
 
     /// The route root last applied, if any.
-    pub fn recorded(&self) -> Result<Option<Route>> {
+    pub fn recorded(&self, cfg: &Config) -> Result<Option<Record>> {
         let path = self.dir.join(RECORD);
         let mut text = String::new();
         match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
@@ -76,18 +76,18 @@ impl StateDir {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
-        parse_record(&text).map(Some).with_context(|| format!("bad record in {}", path.display()))
+        Record::parse(cfg, &text).map(Some).with_context(|| format!("bad record in {}", path.display()))
     }
 
     /// Records `route`: written to a new temporary file, flushed, and renamed over the old
     /// record, so a crash leaves either the old or the new one. The caller holds
     /// `route_lock`, which made sure the directory exists and is root's.
-    pub fn record(&self, route: Route) -> Result<()> {
+    pub fn record(&self, record: Record) -> Result<()> {
         let path = self.dir.join(RECORD);
         let tmp = self.dir.join(format!(".{RECORD}.{}", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut file = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
-            file.write_all(format!("{} {}\n", route.node, route.open).as_bytes())?;
+            file.write_all(record.render().as_bytes())?;
             file.sync_all()?;
             fs::rename(&tmp, &path)?;
             File::open(&self.dir)?.sync_all()
@@ -148,23 +148,11 @@ fn wait_for_lock(file: File, path: &Path, timeout: Duration) -> Result<Lock> {
     }
 }
 
-fn parse_record(text: &str) -> Result<Route> {
-    let mut words = text.split_whitespace();
-    let (Some(node), Some(open), None) = (words.next(), words.next(), words.next()) else {
-        bail!("expected \"<node id> <none|barman|all>\"");
-    };
-    let open = match open {
-        "none" => Open::None,
-        "barman" => Open::Barman,
-        "all" => Open::All,
-        other => bail!("{other:?} is not none, barman or all"),
-    };
-    Ok(Route { node: NodeId::parse(node)?, open })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::config::tests::{example, node};
+    use crate::core::ruleset::{Open, Route};
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("repmgr-nat-test-{name}-{}", std::process::id()));
@@ -177,12 +165,16 @@ mod tests {
     #[test]
     fn records_and_reads_the_route() {
         let dir = temp_dir("record");
-        let state = StateDir::new(&dir);
-        assert_eq!(state.recorded().unwrap(), None);
-        state.record(Route { node: NodeId(2), open: Open::Barman }).unwrap();
-        assert_eq!(state.recorded().unwrap(), Some(Route { node: NodeId(2), open: Open::Barman }));
-        state.record(Route { node: NodeId(1), open: Open::All }).unwrap();
-        assert_eq!(fs::read_to_string(dir.join("route")).unwrap(), "1 all\n");
+        let (state, cfg) = (StateDir::new(&dir), example());
+        assert_eq!(state.recorded(&cfg).unwrap(), None);
+        let barman = Record { route: Route::new(node(2), Open::Barman), timeline: 2 };
+        state.record(barman).unwrap();
+        assert_eq!(state.recorded(&cfg).unwrap(), Some(barman));
+        state.record(Record { route: Route::new(node(1), Open::All), timeline: 3 }).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("route")).unwrap(), "1 all 3\n");
+        // a record from before timelines were recorded
+        fs::write(dir.join("route"), "2 all\n").unwrap();
+        assert_eq!(state.recorded(&cfg).unwrap(), Some(Record { route: Route::new(node(2), Open::All), timeline: 0 }));
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "temporary file left behind");
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -190,9 +182,9 @@ mod tests {
     #[test]
     fn a_damaged_record_is_an_error_not_a_route() {
         let dir = temp_dir("damaged");
-        for bad in ["1; rm -rf /\n", "1\n", "1 all extra\n", "x all\n", "2 everything\n"] {
+        for bad in ["1; rm -rf /\n", "1\n", "1 all 2 extra\n", "x all\n", "2 everything\n", "7 all 1\n", "1 all -1\n"] {
             fs::write(dir.join("route"), bad).unwrap();
-            let err = format!("{:#}", StateDir::new(&dir).recorded().unwrap_err());
+            let err = format!("{:#}", StateDir::new(&dir).recorded(&example()).unwrap_err());
             assert!(err.starts_with("bad record in "), "{bad:?}: {err}");
         }
         fs::remove_dir_all(&dir).unwrap();
@@ -203,7 +195,7 @@ mod tests {
         let dir = temp_dir("symlink");
         fs::write(dir.join("elsewhere"), "1 all\n").unwrap();
         std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join("route")).unwrap();
-        assert!(StateDir::new(&dir).recorded().is_err());
+        assert!(StateDir::new(&dir).recorded(&example()).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 

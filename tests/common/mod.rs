@@ -138,7 +138,15 @@ impl Lab {
         }
     }
 
-    /// The nat table of the proxy, without comments and counters.
+    /// How many passes `lab.sh watch start` made so far (0 when it wrote nothing yet).
+    pub fn watch_passes(&self) -> u64 {
+        let path = Path::new(&self.env["WATCH_DIR"]).join("watch.json");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let pass = text.split("\"pass\":").nth(1).and_then(|rest| rest.split([',', '}']).next());
+        pass.and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+    }
+
+    /// The proxy's tables (nat and filter), without comments and counters.
     pub fn nat(&self) -> String {
         self.ok(&["nat"]).lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect()
     }

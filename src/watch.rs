@@ -1,0 +1,452 @@
+//! `repmgr-nat watch`: the level-triggered service. It keeps a connection to every node
+//! and asks each one every `watch.interval_ms` (every 50 ms while the routed primary does
+//! not answer: a promotion is near), reads the nat table every second through the same
+//! `sudo ... route --show` as the other commands, and whenever the legitimate primary,
+//! the rules, the slot or barman disagree it carries out the plan an event would, through
+//! the same code and under the same run lock. A lost event, a nat table flushed by someone
+//! else, a slot dropped by hand: each costs one pass, not an outage.
+//!
+//! Each node is asked by a task of its own, so a frozen or unreachable node delays nobody:
+//! a pass decides on every node's latest answer, and an answer older than the deadline
+//! counts as silence.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use tokio::sync::Notify;
+
+use crate::app::Ctx;
+use crate::core::config::{Config, Watch};
+use crate::core::plan::{self, Ask, Decision, Nat as NatState};
+use crate::core::ruleset::{Open, Routing};
+use crate::core::status::{Action, WatchReport};
+use crate::core::view::{Answer, Primary, Role, View, arbitrate};
+use crate::effects::barman::Barman;
+use crate::effects::db::{self, Pool, Postgres};
+use crate::effects::firewall::Iptables;
+use crate::effects::nat::{Direct, Nat, ViaSudo};
+use crate::effects::state::StateDir;
+use crate::handler::{self, Effects};
+
+/// Where the receive-wal `watch` starts writes what it prints.
+const RECEIVE_WAL_LOG: &str = "receive-wal.log";
+/// How long barman's slot on the primary may be without its walsender before `watch`
+/// starts receive-wal (it restarts by itself after a switch within about a second).
+const RECEIVE_WAL_GRACE: Duration = Duration::from_secs(3);
+/// The longest pause between two attempts to start receive-wal, or to repeat a failed step.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+pub fn run(ctx: &Ctx) -> Result<()> {
+    let cfg = &ctx.cfg;
+    let rt = db::runtime()?;
+    let cluster = Postgres::new(cfg, &rt);
+    let backup = Barman::new(&cfg.barman);
+    let fw = Iptables;
+    let state = StateDir::new(&cfg.state.dir);
+    let direct = Direct { cfg, fw: &fw, state: &state };
+    let via_sudo = ViaSudo { cfg };
+    let nat: &dyn Nat = if ctx.root { &direct } else { &via_sudo };
+    let fx = Effects { nat, cluster: &cluster, backup: &backup };
+
+    std::fs::create_dir_all(&cfg.watch.dir)
+        .with_context(|| format!("cannot create watch.dir {}", cfg.watch.dir.display()))?;
+    let nodes = Pollers::start(&rt, cfg, cluster.pool());
+    let mut signals = rt.block_on(Signals::new())?;
+    let mut watcher = Watcher::new(StateDir::new(&cfg.state.dir));
+    log::info!(
+        "watch: asking {} nodes every {} ms (every {} ms while the routed primary does not answer)",
+        cfg.nodes.len(),
+        cfg.watch.interval.as_millis(),
+        Watch::HURRY.min(cfg.watch.interval).as_millis()
+    );
+    loop {
+        let reason = rt.block_on(nodes.wait(cfg.watch.interval, &mut signals));
+        if reason == Wake::Stop {
+            log::info!("watch: stopping");
+            return Ok(());
+        }
+        let view = nodes.view(cfg);
+        let hurry = watcher.pass(cfg, &fx, &view);
+        nodes.hurry.store(hurry, Ordering::Relaxed);
+    }
+}
+
+/// Why a pass runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    Tick,
+    /// A node's answer changed (role, timeline, slot, reachability).
+    Changed,
+    /// SIGUSR1: someone asks for a pass now.
+    Asked,
+    /// SIGTERM or SIGINT.
+    Stop,
+}
+
+struct Signals {
+    usr1: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    async fn new() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            usr1: signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?,
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+}
+
+/// The latest answer of each node, kept fresh by one task per node.
+struct Pollers {
+    latest: Arc<Mutex<BTreeMap<usize, (Answer, Instant)>>>,
+    changed: Arc<Notify>,
+    hurry: Arc<AtomicBool>,
+}
+
+impl Pollers {
+    fn start(rt: &tokio::runtime::Runtime, cfg: &Config, pool: Arc<Pool>) -> Pollers {
+        let pollers = Pollers {
+            latest: Arc::default(),
+            changed: Arc::new(Notify::new()),
+            hurry: Arc::new(AtomicBool::new(true)),
+        };
+        let cfg = Arc::new(cfg.clone());
+        for index in 0..cfg.nodes.len() {
+            let (cfg, pool) = (Arc::clone(&cfg), Arc::clone(&pool));
+            let (latest, changed, hurry) =
+                (Arc::clone(&pollers.latest), Arc::clone(&pollers.changed), Arc::clone(&pollers.hurry));
+            rt.spawn(async move {
+                let node = cfg.nodes[index];
+                loop {
+                    let started = tokio::time::Instant::now();
+                    let answer = pool.answer(&cfg, node).await;
+                    let differs = {
+                        let mut latest = latest.lock().expect("latest");
+                        let differs = latest.get(&index).is_none_or(|(old, _)| !same_meaning(old, &answer));
+                        latest.insert(index, (answer, Instant::now()));
+                        differs
+                    };
+                    if differs {
+                        changed.notify_one();
+                    }
+                    let every = if hurry.load(Ordering::Relaxed) {
+                        Watch::HURRY.min(cfg.watch.interval)
+                    } else {
+                        cfg.watch.interval
+                    };
+                    tokio::time::sleep_until(started + every).await;
+                }
+            });
+        }
+        pollers
+    }
+
+    /// Until the next tick, a changed answer or a signal.
+    async fn wait(&self, interval: Duration, signals: &mut Signals) -> Wake {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => Wake::Tick,
+            _ = self.changed.notified() => Wake::Changed,
+            _ = signals.usr1.recv() => Wake::Asked,
+            _ = signals.term.recv() => Wake::Stop,
+            _ = signals.int.recv() => Wake::Stop,
+        }
+    }
+
+    /// Every node's latest answer; one older than the deadline counts as silence.
+    fn view(&self, cfg: &Config) -> View {
+        let latest = self.latest.lock().expect("latest");
+        let deadline = cfg.postgres.connect_timeout;
+        let nodes = cfg
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(index, node)| {
+                let answer = match latest.get(&index) {
+                    Some((answer, at)) if at.elapsed() <= deadline => answer.clone(),
+                    Some((_, at)) => Answer::Silent(format!("no answer for {} ms", at.elapsed().as_millis())),
+                    None => Answer::Silent("not asked yet".to_string()),
+                };
+                (*node, answer)
+            })
+            .collect();
+        View { nodes }
+    }
+}
+
+/// Whether two answers mean the same to a decision (WAL positions move all the time).
+fn same_meaning(a: &Answer, b: &Answer) -> bool {
+    match (a, b) {
+        (Answer::Up(a), Answer::Up(b)) => {
+            a.role == b.role
+                && a.timeline == b.timeline
+                && a.slot.is_some() == b.slot.is_some()
+                && a.slot.and_then(|s| s.active_pid).is_some() == b.slot.and_then(|s| s.active_pid).is_some()
+        }
+        (Answer::Down(_), Answer::Down(_))
+        | (Answer::Silent(_), Answer::Silent(_))
+        | (Answer::Rejected(_), Answer::Rejected(_)) => true,
+        _ => false,
+    }
+}
+
+/// What the passes remember between them.
+struct Watcher {
+    state: StateDir,
+    started: SystemTime,
+    passes: u64,
+    /// The nat table as last read (its route, and whether everything else of ours is in
+    /// place), and when.
+    nat: Option<(Routing, bool, Instant)>,
+    /// One line about what the pass saw; logged when it changes.
+    seen: String,
+    /// After a failed action: not again before this.
+    retry_at: Option<Instant>,
+    failures: u32,
+    last_action: Option<Action>,
+    receive_wal: ReceiveWal,
+}
+
+/// barman's receive-wal, as `watch` sees it through the slot on the primary.
+#[derive(Default)]
+struct ReceiveWal {
+    inactive_since: Option<Instant>,
+    next_start: Option<Instant>,
+    starts: u32,
+}
+
+/// What `watch` wrote after its last pass, if it can be read.
+pub fn report(cfg: &Config) -> Option<WatchReport> {
+    let path = cfg.watch.dir.join(WatchReport::FILE);
+    let text = std::fs::read_to_string(&path).ok()?;
+    serde_json::from_str(&text).map_err(|e| log::warn!("bad {}: {e}", path.display())).ok()
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Watcher {
+    fn new(state: StateDir) -> Watcher {
+        Watcher {
+            state,
+            started: SystemTime::now(),
+            passes: 0,
+            nat: None,
+            seen: String::new(),
+            retry_at: None,
+            failures: 0,
+            last_action: None,
+            receive_wal: ReceiveWal::default(),
+        }
+    }
+
+    /// One pass: decide from the view, act if need be, keep barman streaming, report.
+    /// Returns whether the next answers are needed in a hurry.
+    fn pass(&mut self, cfg: &Config, fx: &Effects, view: &View) -> bool {
+        self.passes += 1;
+        let (routing, in_place) = match self.routing(cfg, fx) {
+            Ok(read) => read,
+            Err(e) => {
+                self.say(format!("cannot read the rules: {e:#}"));
+                return true;
+            }
+        };
+        let record = fx.nat.recorded().unwrap_or_else(|e| {
+            log::error!("watch: {e:#}");
+            None
+        });
+        let arbitration = arbitrate(view, record.map_or(0, |r| r.timeline));
+        self.say(format!("primary: {}; rules: {routing}; nodes: {}", arbitration.describe(), brief(view)));
+
+        let decision = plan::decide(cfg, Ask::Converge, view, NatState { routing: &routing, record, in_place });
+        if let Decision::Act(_) = decision {
+            self.act(cfg, fx, view);
+        } else {
+            self.keep_barman_streaming(cfg, fx, view, &routing);
+        }
+        let hurry = match (&arbitration.primary, &routing) {
+            (Primary::Legit { node, .. }, Routing::To(route)) => route.node != *node,
+            _ => true,
+        };
+        self.report(cfg, &arbitration.describe(), &routing, view, hurry);
+        hurry
+    }
+
+    /// The nat table: read again when older than `Watch::NAT_EVERY` or after an action.
+    fn routing(&mut self, cfg: &Config, fx: &Effects) -> Result<(Routing, bool)> {
+        match &self.nat {
+            Some((routing, in_place, at)) if at.elapsed() < Watch::NAT_EVERY => Ok((routing.clone(), *in_place)),
+            _ => {
+                let live = fx.nat.live()?;
+                let (routing, in_place) = (live.routing(cfg), live.in_place(cfg));
+                self.nat = Some((routing.clone(), in_place, Instant::now()));
+                Ok((routing, in_place))
+            }
+        }
+    }
+
+    /// Under the run lock (when another run holds it, that run does the work: the next
+    /// pass sees the result), with the rules read again, the plan an event would carry out.
+    fn act(&mut self, cfg: &Config, fx: &Effects, view: &View) {
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        let _lock = match self.state.lock(Duration::ZERO) {
+            Ok(lock) => lock,
+            Err(e) => {
+                log::debug!("watch: not acting this pass: {e:#}");
+                return;
+            }
+        };
+        self.nat = None;
+        let result = handler::act_on(cfg, fx, Ask::Converge, "watch", view);
+        self.nat = None;
+        let (steps, result) = match result {
+            Ok(steps) => {
+                self.failures = 0;
+                self.retry_at = None;
+                (steps, "ok".to_string())
+            }
+            Err(e) => {
+                self.failures += 1;
+                let backoff = backoff(cfg.watch.interval, self.failures);
+                self.retry_at = Some(Instant::now() + backoff);
+                log::error!("watch: {e:#}; trying again in {} ms", backoff.as_millis());
+                (Vec::new(), format!("error: {e:#}"))
+            }
+        };
+        if !steps.is_empty() || result != "ok" {
+            self.last_action =
+                Some(Action { at_ms: now_ms(), steps: steps.iter().map(|s| s.to_string()).collect(), result });
+        }
+    }
+
+    /// barman's slot on the routed primary without its walsender for a while:
+    /// receive-wal is not running (it failed, or was stopped, and barman's cron is up to a
+    /// minute away). Start it, backing off while it keeps failing, and say why it failed.
+    fn keep_barman_streaming(&mut self, cfg: &Config, fx: &Effects, view: &View, routing: &Routing) {
+        let Routing::To(route) = routing else { return };
+        let inactive = route.open != Open::None
+            && view
+                .state(route.node)
+                .is_some_and(|s| s.role == Role::Primary && s.slot.is_some_and(|slot| slot.active_pid.is_none()));
+        let rw = &mut self.receive_wal;
+        if !inactive {
+            if rw.starts > 0 {
+                log::info!("watch: barman's receive-wal streams from node {} again", route.node.id());
+            }
+            *rw = ReceiveWal::default();
+            return;
+        }
+        let now = Instant::now();
+        let since = *rw.inactive_since.get_or_insert(now);
+        if now.duration_since(since) < RECEIVE_WAL_GRACE || rw.next_start.is_some_and(|at| now < at) {
+            return;
+        }
+        let log_path = cfg.watch.dir.join(RECEIVE_WAL_LOG);
+        let said = last_line(&log_path);
+        rw.starts += 1;
+        let wait = backoff(Duration::from_secs(1), rw.starts);
+        rw.next_start = Some(now + wait);
+        let why = match (&said, rw.starts) {
+            (_, 1) => String::new(),
+            (Some(line), _) => format!("; the last attempt said: {line}"),
+            (None, _) => "; the last attempt said nothing".to_string(),
+        };
+        log::warn!(
+            "watch: barman's slot on node {} has had no walsender for {} s: starting barman receive-wal (attempt {}, \
+             next in {} s){why}",
+            route.node.id(),
+            now.duration_since(since).as_secs(),
+            rw.starts,
+            wait.as_secs()
+        );
+        if let Err(e) = fx.backup.start_receive_wal(Some(&log_path)) {
+            log::error!("watch: {e:#}");
+        }
+    }
+
+    /// Logs `line` when it differs from the last one: one line per change, not per pass.
+    fn say(&mut self, line: String) {
+        if line != self.seen {
+            log::info!("watch: {line}");
+            self.seen = line;
+        }
+    }
+
+    fn report(&self, cfg: &Config, primary: &str, routing: &Routing, view: &View, hurry: bool) {
+        let report = WatchReport {
+            version: 1,
+            pid: std::process::id(),
+            started_ms: self.started.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            pass: self.passes,
+            passed_ms: now_ms(),
+            interval_ms: cfg.watch.interval.as_millis() as u64,
+            hurry,
+            primary: primary.to_string(),
+            rules: routing.to_string(),
+            nodes: view.describe(),
+            last_action: self.last_action.clone(),
+        };
+        let text = serde_json::to_string(&report).unwrap_or_default();
+        if let Err(e) = write_atomically(&cfg.watch.dir.join(WatchReport::FILE), &text) {
+            log::debug!("watch: {e:#}");
+        }
+    }
+}
+
+/// "1: primary/1, 2: down"
+fn brief(view: &View) -> String {
+    view.nodes
+        .iter()
+        .map(|(node, answer)| {
+            let what = match answer {
+                Answer::Up(s) => format!("{}/{}", s.role, s.timeline),
+                Answer::Down(_) => "down".to_string(),
+                Answer::Silent(_) => "silent".to_string(),
+                Answer::Rejected(_) => "rejected".to_string(),
+            };
+            format!("{}: {what}", node.id())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `base` doubled with every failure, at most `MAX_BACKOFF`.
+fn backoff(base: Duration, failures: u32) -> Duration {
+    base.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(MAX_BACKOFF)
+}
+
+fn last_line(path: &PathBuf) -> Option<String> {
+    let text = std::fs::read(path).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    text.lines().map(str::trim).rfind(|l| !l.is_empty()).map(|l| l.chars().take(300).collect())
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_minute() {
+        let base = Duration::from_millis(250);
+        assert_eq!(backoff(base, 1), base);
+        assert_eq!(backoff(base, 2), base * 2);
+        assert_eq!(backoff(base, 5), base * 16);
+        assert_eq!(backoff(base, 40), MAX_BACKOFF);
+    }
+}
