@@ -39,6 +39,9 @@ Cluster
                                 proxy-barman (from the proxy namespace to proxy:$BARMAN_PORT as
                                 barman, the way barman connects)
   stop NODE                     pg_ctl stop -m immediate
+  freeze NODE / thaw NODE       SIGSTOP / SIGCONT the node's postmaster (a hung disk, a frozen VM)
+  partition NODE / heal NODE    the node drops every packet from the proxy (a network partition
+                                between the two), or no longer
   start NODE                    start PostgreSQL on NODE (its own options)
   pgctl NODE ACTION             the node's pg_ctl wrapper: start|stop|immediate|restart|promote|status
   wait-primary NODE [TIMEOUT]   until NODE is out of recovery and repmgr records it as primary
@@ -59,6 +62,8 @@ Cluster
 
 Events and clients
   events [--summary]            the events log (every handler run: output, exit code, duration)
+  events drop|pass              from now on the event command fails before it reaches the
+                                proxy (as with ssh down), or reaches it again
   wait-event EVENT [--node N] [--since-ms T] [--timeout S]
                                 until a handler run for EVENT has ended; prints its summary
   probe ARGS...                 run lab-probe in the app namespace (builds it if needed)
@@ -174,6 +179,9 @@ cmd_down() {
     local -a jobs=()
     for n in "${NODES[@]}"; do
         [[ -f $(node_data "$n")/postmaster.pid ]] || continue
+        # a postmaster frozen by `lab.sh freeze` must hear pg_ctl
+        pid=$(postmaster_pid "$n")
+        [[ $pid =~ ^[0-9]+$ ]] && kill -CONT "$pid" 2>/dev/null
         # (a stale postmaster.pid makes pg_ctl fail; leftovers are killed below)
         if ns_is_lab "$n"; then
             as postgres "$n" "$PG_BIN/pg_ctl" -D "$(node_data "$n")" -m immediate -w -t 20 stop >>"$DOWN_LOG" 2>&1 &
@@ -432,6 +440,36 @@ cmd_stop() {
     pg_as "$1" "$(node_pgctl "$1")" immediate || die "pg_ctl stop -m immediate failed on $1; look at $(node_pglog "$1")"
 }
 
+postmaster_pid() { head -n 1 "$(node_data "$1")/postmaster.pid" 2>/dev/null; }
+
+# freeze|thaw NODE: SIGSTOP or SIGCONT to the postmaster (its children keep running, as
+# with a hung disk: new connections are accepted by the kernel and never answered).
+cmd_freeze() {
+    require_root "$@"; (($# == 2)) || die "usage: lab.sh freeze|thaw NODE"; check_node "$2"; require_up
+    local pid sig=STOP
+    [[ $1 == thaw ]] && sig=CONT
+    pid=$(postmaster_pid "$2")
+    [[ $pid =~ ^[0-9]+$ ]] || die "$2: no postmaster.pid (is it running?)"
+    kill -"$sig" "$pid" || die "kill -$sig $pid failed"
+    say "$2: postmaster $pid got SIG$sig"
+}
+
+# partition|heal NODE: the node's own filter table drops (or no longer drops) whatever the
+# proxy sends it, both ways in effect: a network partition between them, the database
+# nodes still see each other. The proxy's tables are not touched.
+cmd_partition() {
+    require_root "$@"; (($# == 2)) || die "usage: lab.sh partition|heal NODE"; check_node "$2"; require_up
+    local rule=(INPUT -s "$PROXY_IP" -j DROP)
+    if [[ $1 == partition ]]; then
+        ip netns exec "$2" iptables -C "${rule[@]}" 2>/dev/null || ip netns exec "$2" iptables -I "${rule[@]}" ||
+            die "cannot partition $2"
+        say "$2 no longer hears the proxy"
+    else
+        while ip netns exec "$2" iptables -C "${rule[@]}" 2>/dev/null; do ip netns exec "$2" iptables -D "${rule[@]}"; done
+        say "$2 hears the proxy again"
+    fi
+}
+
 cmd_start() {
     require_root "$@"; (($# == 1)) || die "usage: lab.sh start NODE"; check_node "$1"; require_up
     pg_as "$1" "$(node_pgctl "$1")" start || die "PostgreSQL did not start on $1; look at $(node_pglog "$1")"
@@ -603,11 +641,13 @@ cmd_nat() { require_root "$@"; require_up; ip netns exec proxy iptables-save; }
 # ============================================================================ events, clients
 cmd_events() {
     require_root "$@"; require_up
-    if [[ ${1:-} == --summary ]]; then
-        events_summary
-    else
-        cat "$EVENTS_LOG"
-    fi
+    case ${1:-} in
+    --summary) events_summary ;;
+    drop) : >"$LAB_DIR/events.drop"; say "events are dropped before they reach the proxy" ;;
+    pass) rm -f "$LAB_DIR/events.drop"; say "events reach the proxy" ;;
+    "") cat "$EVENTS_LOG" ;;
+    *) die "usage: lab.sh events [--summary|drop|pass]" ;;
+    esac
 }
 
 # One line per handler run: <begin ms> <id> node=N event=E success=S from=NS exit=RC ms=DURATION
@@ -777,6 +817,8 @@ main() {
     status) cmd_status "$@" ;;
     psql) cmd_psql "$@" ;;
     stop) cmd_stop "$@" ;;
+    freeze | thaw) cmd_freeze "$cmd" "$@" ;;
+    partition | heal) cmd_partition "$cmd" "$@" ;;
     start) cmd_start "$@" ;;
     pgctl) cmd_pgctl "$@" ;;
     wait-primary) cmd_wait_primary "$@" ;;

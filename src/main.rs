@@ -41,6 +41,8 @@ fn init_logging(cli: &cli::Cli) {
     let pid = std::process::id();
     env_logger::Builder::new()
         .filter_level(level)
+        // the database client logs every server notice as information: ours only
+        .filter_module("tokio_postgres", log::LevelFilter::Warn)
         .format(move |buf, record| {
             let message = record.args().to_string().replace('\n', " ");
             writeln!(buf, "{} repmgr-nat[{pid}] {}: {message}", buf.timestamp_millis(), record.level())

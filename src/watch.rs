@@ -56,6 +56,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         .with_context(|| format!("cannot create watch.dir {}", cfg.watch.dir.display()))?;
     let nodes = Pollers::start(&rt, cfg, cluster.pool());
     let mut signals = rt.block_on(Signals::new())?;
+    // The first pass waits for every node's first answer (each has its deadline).
+    rt.block_on(nodes.first_answers(cfg));
     let mut watcher = Watcher::new(StateDir::new(&cfg.state.dir));
     log::info!(
         "watch: asking {} nodes every {} ms (every {} ms while the routed primary does not answer)",
@@ -131,6 +133,10 @@ impl Pollers {
                     let differs = {
                         let mut latest = latest.lock().expect("latest");
                         let differs = latest.get(&index).is_none_or(|(old, _)| !same_meaning(old, &answer));
+                        if differs {
+                            let took = started.elapsed().as_millis();
+                            log::debug!("watch: node {} now {} (asked in {took} ms)", node.id(), answer.describe());
+                        }
                         latest.insert(index, (answer, Instant::now()));
                         differs
                     };
@@ -147,6 +153,13 @@ impl Pollers {
             });
         }
         pollers
+    }
+
+    /// Until every node answered once.
+    async fn first_answers(&self, cfg: &Config) {
+        while self.latest.lock().expect("latest").len() < cfg.nodes.len() {
+            self.changed.notified().await;
+        }
     }
 
     /// Until the next tick, a changed answer or a signal.

@@ -4,48 +4,13 @@
 //! takes it down, also when it fails. Run by `tests/run` (as root), never silently skipped.
 
 mod common;
+#[path = "lab/watch.rs"]
+mod watch;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{DB1, DB2, Lab, Restore, Wal, now_ms};
-
-const PROXY: &str = "198.51.100.3";
-
-/// Our chains for a route, with the jumps and the hold, as `iptables-save` prints them
-/// (sorted).
-fn routed_to(node: &str, ports: &[u16]) -> Vec<String> {
-    let mut lines = vec![
-        ":repmgr_dnat - [0:0]".to_string(),
-        ":repmgr_snat - [0:0]".to_string(),
-        ":repmgr_hold - [0:0]".to_string(),
-        "-A PREROUTING -j repmgr_dnat".to_string(),
-        "-A OUTPUT -j repmgr_dnat".to_string(),
-        "-A POSTROUTING -j repmgr_snat".to_string(),
-        "-A INPUT -j repmgr_hold".to_string(),
-        format!("-A repmgr_hold -d {PROXY}/32 -p tcp -m tcp --dport 54322 --tcp-flags FIN,SYN,RST,ACK SYN -j DROP"),
-        format!("-A repmgr_snat -d {node}/32 -p tcp -m tcp --dport 5432 -j SNAT --to-source {PROXY}"),
-    ];
-    for port in ports {
-        lines.push(format!(
-            "-A repmgr_dnat -d {PROXY}/32 -p tcp -m tcp --dport {port} -j DNAT --to-destination {node}:5432"
-        ));
-    }
-    lines.sort();
-    lines
-}
-
-fn sorted(mut lines: Vec<String>) -> Vec<String> {
-    lines.sort();
-    lines
-}
-
-const BOTH: &[u16] = &[54321, 54322];
-
-/// Everything that must not move when repmgr-nat refuses or ignores something.
-fn snapshot(lab: &Lab) -> (String, Vec<String>, Vec<String>) {
-    (lab.nat(), lab.slots("db1"), lab.slots("db2"))
-}
+use common::{BOTH, DB1, DB2, Lab, PROXY, Restore, Wal, now_ms, routed_to, snapshot, sorted};
 
 #[test]
 fn primary_register_on_a_fresh_cluster_points_both_ports_at_db1() {

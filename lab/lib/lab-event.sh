@@ -17,6 +17,15 @@ id=$$
 ms; t0=$REPLY
 echo "$t0 $id begin node=$node event=$event success=${success:-?} from=${from:-root} handler=$HANDLER_MODE" >>"$EVENTS_LOG"
 
+# `lab.sh events drop`: the event command fails before it reaches the proxy, as when ssh
+# is down or repmgr.conf has a typo; repmgr only logs a warning and never sends it again.
+if [[ -e ${EVENTS_LOG%/*}/events.drop ]]; then
+    ms
+    echo "$REPLY $id out dropped: the event command failed before reaching the proxy (lab.sh events drop)" >>"$EVENTS_LOG"
+    echo "$REPLY $id end exit=255 ms=$((REPLY - t0))" >>"$EVENTS_LOG"
+    exit 255
+fi
+
 case $HANDLER_MODE in
 scripts) args=("$node" "$event") ;;       # the article's handler takes %n %e
 *) args=("$node" "$event" ${success:+"$success"}) ;;

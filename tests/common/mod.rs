@@ -16,6 +16,43 @@ const SESSION_LOCK: &str = "/run/repmgr-nat-lab.session.lock";
 pub const DB1: &str = "198.51.100.11";
 pub const DB2: &str = "198.51.100.12";
 
+pub const PROXY: &str = "198.51.100.3";
+
+/// Our chains for a route, with the jumps and the hold, as `iptables-save` prints them
+/// (sorted).
+pub fn routed_to(node: &str, ports: &[u16]) -> Vec<String> {
+    let mut lines = vec![
+        ":repmgr_dnat - [0:0]".to_string(),
+        ":repmgr_snat - [0:0]".to_string(),
+        ":repmgr_hold - [0:0]".to_string(),
+        "-A PREROUTING -j repmgr_dnat".to_string(),
+        "-A OUTPUT -j repmgr_dnat".to_string(),
+        "-A POSTROUTING -j repmgr_snat".to_string(),
+        "-A INPUT -j repmgr_hold".to_string(),
+        format!("-A repmgr_hold -d {PROXY}/32 -p tcp -m tcp --dport 54322 --tcp-flags FIN,SYN,RST,ACK SYN -j DROP"),
+        format!("-A repmgr_snat -d {node}/32 -p tcp -m tcp --dport 5432 -j SNAT --to-source {PROXY}"),
+    ];
+    for port in ports {
+        lines.push(format!(
+            "-A repmgr_dnat -d {PROXY}/32 -p tcp -m tcp --dport {port} -j DNAT --to-destination {node}:5432"
+        ));
+    }
+    lines.sort();
+    lines
+}
+
+pub fn sorted(mut lines: Vec<String>) -> Vec<String> {
+    lines.sort();
+    lines
+}
+
+pub const BOTH: &[u16] = &[54321, 54322];
+
+/// Everything that must not move when repmgr-nat refuses or ignores something.
+pub fn snapshot(lab: &Lab) -> (String, Vec<String>, Vec<String>) {
+    (lab.nat(), lab.slots("db1"), lab.slots("db2"))
+}
+
 /// What a command did.
 #[derive(Debug)]
 pub struct Run {
@@ -161,6 +198,18 @@ impl Lab {
     /// environment a login (or the boot unit, for root) would give it.
     pub fn repmgr_nat(&self, user: &str, args: &[&str]) -> Run {
         self.in_proxy(user, &[], "/usr/local/bin/repmgr-nat", args)
+    }
+
+    /// repmgr-nat ARGS as `user`, which must end within `limit`: killed otherwise, and the
+    /// test fails saying so.
+    #[track_caller]
+    pub fn repmgr_nat_within(&self, limit: Duration, user: &str, args: &[&str]) -> Run {
+        let secs = limit.as_secs().to_string();
+        let mut all = vec!["-k", "5", secs.as_str(), "/usr/local/bin/repmgr-nat"];
+        all.extend(args);
+        let run = self.in_proxy(user, &[], "/usr/bin/timeout", &all);
+        assert_ne!(run.code, 124, "repmgr-nat {args:?} did not end within {limit:?}:\n{}", run.stderr);
+        run
     }
 
     /// A command as `user` in the proxy namespace with a clean environment plus `env`.
@@ -357,6 +406,32 @@ impl Wal {
         let (hi, lo) = lsn.split_once('/').unwrap();
         let lsn = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
         lsn / (16 << 20)
+    }
+}
+
+/// Undoes a fault (`lab.sh thaw NODE`, `lab.sh heal NODE`, ...) when dropped, also when a
+/// test fails half-way.
+pub struct Undo<'a> {
+    lab: &'a Lab,
+    args: Vec<String>,
+}
+
+impl Lab {
+    /// `lab.sh DO NODE` now, `lab.sh UNDO NODE` when the guard goes.
+    #[track_caller]
+    pub fn fault<'a>(&'a self, fault: &str, undo: &str, node: &str) -> Undo<'a> {
+        self.ok(&[fault, node]);
+        Undo { lab: self, args: vec![undo.to_string(), node.to_string()] }
+    }
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let run = self.lab.lab(&args);
+        if run.code != 0 {
+            eprintln!("lab.sh {args:?} failed: {}", run.stderr);
+        }
     }
 }
 

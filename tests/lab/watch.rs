@@ -1,0 +1,152 @@
+//! `repmgr-nat watch` and the faults it exists for: events lost, tables flushed, a node
+//! frozen, a partition at promotion time, the service killed in the middle of a switch.
+//! Every wait below is a bound on convergence, far above what it takes: the benchmark
+//! measures how fast it is.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use crate::common::{BOTH, DB1, DB2, Lab, now_ms, routed_to, sorted};
+
+/// Far more than convergence takes (about a second); a test that waits this long failed.
+const CONVERGE: Duration = Duration::from_secs(30);
+/// Far more than any command may take with a node frozen (its deadline is 2 s in the lab).
+const BOUNDED: Duration = Duration::from_secs(20);
+
+fn routed(lab: &Lab, node: &str) -> bool {
+    sorted(lab.our_rules()) == routed_to(node, BOTH)
+}
+
+#[test]
+fn with_every_event_lost_watch_moves_ports_slot_and_barman_to_the_new_primary() {
+    let lab = Lab::up();
+    lab.ok(&["watch", "start"]);
+    let writes = std::env::temp_dir().join("repmgr-nat-lab-writes-lost-events.txt");
+    let writer = lab.spawn(
+        &["probe", "write", "--conninfo", &lab.env["APP_CONNINFO"], "--count", "1000000", "--interval-ms", "20"],
+        &writes,
+    );
+    lab.wait_for_line(&writes, &format!("ok {DB1} id="));
+
+    lab.ok(&["events", "drop"]);
+    let t0 = now_ms();
+    lab.ok(&["stop", "db1"]);
+    lab.ok(&["wait-primary", "db2", "60"]);
+    lab.wait_until("the rules on db2", CONVERGE, || routed(&lab, DB2));
+    assert_eq!(lab.app_reaches().unwrap(), DB2);
+    assert_eq!(lab.barman_reaches().unwrap(), DB2);
+    assert_eq!(lab.slots("db2"), ["barman"]);
+    lab.wait_barman_ok(CONVERGE);
+
+    // no event reached the proxy: watch did it all
+    let runs: Vec<String> = lab
+        .ok(&["events", "--summary"])
+        .lines()
+        .filter(|l| l.split(' ').next().and_then(|t| t.parse::<u64>().ok()).is_some_and(|t| t >= t0))
+        .map(str::to_string)
+        .collect();
+    assert!(runs.iter().any(|r| r.contains("event=standby_promote")), "repmgrd sent no promote: {runs:?}");
+    assert!(runs.iter().all(|r| r.contains("exit=255")), "an event reached the proxy: {runs:?}");
+
+    // every commit acknowledged through the application port is on the new primary
+    std::thread::sleep(Duration::from_secs(1));
+    lab.stop(writer);
+    let written = std::fs::read_to_string(&writes).unwrap();
+    let acked: BTreeSet<i64> =
+        written.lines().filter_map(|l| l.split(" id=").nth(1)).map(|id| id.trim().parse().unwrap()).collect();
+    assert!(written.contains(&format!("ok {DB2} id=")), "no write reached db2 through the application port");
+    let on_db2: BTreeSet<i64> =
+        lab.ok(&["psql", "-d", "app", "db2", "select id from writes"]).lines().map(|l| l.parse().unwrap()).collect();
+    let lost: Vec<&i64> = acked.difference(&on_db2).collect();
+    assert!(lost.is_empty(), "acknowledged commits missing on the new primary: {lost:?}");
+
+    let status = lab.repmgr_nat("postgres", &["status"]).expect(0, "status after the failover");
+    assert!(status.stdout.contains("watch: pass "), "status does not show watch:\n{}", status.stdout);
+}
+
+#[test]
+fn watch_repairs_the_tables_and_survives_a_kill_in_the_middle_of_a_switch() {
+    let lab = Lab::up();
+    lab.ok(&["watch", "start"]);
+    let iptables = |args: &[&str]| {
+        let mut all = vec!["exec", "proxy", "--", "iptables"];
+        all.extend(args);
+        lab.ok(&all);
+    };
+
+    // flushed by someone (a firewall reload, an operator)
+    for table in ["nat", "filter"] {
+        iptables(&["-t", table, "-F"]);
+        iptables(&["-t", table, "-X"]);
+    }
+    lab.wait_until("the tables restored after a flush", CONVERGE, || routed(&lab, DB1));
+    // a jump, then a rule, deleted by hand
+    iptables(&["-t", "nat", "-D", "PREROUTING", "-j", "repmgr_dnat"]);
+    lab.wait_until("the jump restored", CONVERGE, || routed(&lab, DB1));
+    iptables(&["-t", "nat", "-D", "repmgr_dnat", "2"]);
+    lab.wait_until("the application port's rule restored", CONVERGE, || routed(&lab, DB1));
+    assert_eq!(lab.app_reaches().unwrap(), DB1);
+
+    // killed (SIGKILL) right after the switch of a failover, while it restarts barman
+    let log = lab.env["WATCH_LOG"].clone();
+    lab.ok(&["repmgrd", "stop", "db1"]);
+    lab.ok(&["repmgrd", "stop", "db2"]);
+    lab.ok(&["stop", "db1"]);
+    lab.ok(&["pgctl", "db2", "promote"]);
+    lab.wait_until("watch switching to db2", CONVERGE, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("watch: route node 2 ports all"))
+    });
+    lab.ok(&["watch", "kill"]);
+    lab.ok(&["watch", "start"]);
+    lab.wait_until("the rules on db2", CONVERGE, || routed(&lab, DB2));
+    assert_eq!(lab.slots("db2"), ["barman"]);
+    lab.wait_barman_ok(CONVERGE);
+    assert_eq!(lab.app_reaches().unwrap(), DB2);
+}
+
+#[test]
+fn a_frozen_node_delays_no_command_and_watch_keeps_routing() {
+    let lab = Lab::up();
+    lab.ok(&["watch", "start"]);
+    let _frozen = lab.fault("freeze", "thaw", "db2");
+
+    let status = lab.repmgr_nat_within(BOUNDED, "postgres", &["status"]);
+    assert!(status.stdout.contains("silent"), "db2 is not reported silent:\n{}", status.stdout);
+    lab.repmgr_nat_within(BOUNDED, "postgres", &["reconcile"]).expect(0, "reconcile with a frozen standby");
+    lab.repmgr_nat_within(BOUNDED, "root", &["setup"]).expect(0, "setup with a frozen standby");
+    for (node, id, event, code) in [("db1", "1", "repmgrd_failover_promote", 0), ("db2", "2", "standby_follow", 1)] {
+        let started = Instant::now();
+        let run = lab.event(node, id, event, "1").expect(code, event);
+        assert!(started.elapsed() < BOUNDED, "{event} took {:?}: {}", started.elapsed(), run.stderr);
+    }
+
+    let passes = lab.watch_passes();
+    lab.wait_until("watch passing", CONVERGE, || lab.watch_passes() >= passes + 4);
+    assert!(routed(&lab, DB1));
+    assert_eq!(lab.app_reaches().unwrap(), DB1);
+}
+
+#[test]
+fn a_partition_at_promotion_time_is_waited_out_then_followed() {
+    let lab = Lab::up();
+    lab.ok(&["watch", "start"]);
+    let partition = lab.fault("partition", "heal", "db2");
+    lab.ok(&["stop", "db1"]);
+    lab.ok(&["wait-primary", "db2", "60"]);
+
+    // the proxy cannot tell db2 was promoted: nothing goes to it, and the application
+    // port of the dead db1 holds new connections
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let rules = lab.our_rules();
+        assert!(!rules.iter().any(|l| l.contains(DB2)), "routed to db2 through the partition: {rules:?}");
+        assert!(!rules.iter().any(|l| l.contains("--dport 54322 -j DNAT")), "application port open: {rules:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    drop(partition);
+    lab.wait_until("the rules on db2 after the heal", CONVERGE, || routed(&lab, DB2));
+    assert_eq!(lab.slots("db2"), ["barman"]);
+    assert_eq!(lab.app_reaches().unwrap(), DB2);
+    lab.wait_barman_ok(CONVERGE);
+}
