@@ -144,7 +144,12 @@ pub fn lock(ctx: &Ctx) -> Result<Option<Lock>> {
 pub fn with_effects<T>(ctx: &Ctx, f: impl FnOnce(&Effects) -> Result<T>) -> Result<T> {
     let cfg = &ctx.cfg;
     let rt = db::runtime()?;
-    let cluster = Postgres::new(cfg, &rt);
+    // what a running watch saw unanswered a moment ago gets a short deadline
+    let seen_down = watch::report(cfg).filter(|r| r.fresh(watch::now_ms())).map(|r| r.unanswered).unwrap_or_default();
+    if !seen_down.is_empty() {
+        log::debug!("watch saw node(s) {seen_down:?} unanswered: asked within {} ms", db::SEEN_DOWN.as_millis());
+    }
+    let cluster = Postgres::new(cfg, &rt).seen_down(seen_down);
     let backup = Barman::new(&cfg.barman);
     let fw = Iptables;
     let state = StateDir::new(&cfg.state.dir);

@@ -407,6 +407,7 @@ impl Watcher {
             primary: primary.to_string(),
             rules: routing.to_string(),
             nodes: view.describe(),
+            unanswered: view.nodes.iter().filter(|(_, a)| a.state().is_none()).map(|(n, _)| n.id()).collect(),
             last_action: self.last_action.clone(),
         };
         let text = serde_json::to_string(&report).unwrap_or_default();

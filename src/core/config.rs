@@ -16,9 +16,17 @@ pub const DEFAULT_PATH: &str = "/etc/repmgr-nat.toml";
 
 /// A repmgr node id (`node_id` in repmgr.conf): a positive 32-bit integer. Whether the
 /// config lists it is another matter: only a `Node` is known to be configured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, Deserialize)]
+#[serde(into = "u32", try_from = "u32")]
 pub struct NodeId(u32);
+
+impl TryFrom<u32> for NodeId {
+    type Error = anyhow::Error;
+
+    fn try_from(id: u32) -> Result<NodeId> {
+        NodeId::parse(&id.to_string())
+    }
+}
 
 impl NodeId {
     /// Parses a node id as repmgr writes it (`%n`): digits only, no sign, not zero.

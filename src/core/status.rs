@@ -28,11 +28,18 @@ pub struct WatchReport {
     pub primary: String,
     pub rules: String,
     pub nodes: String,
+    /// The nodes that did not answer (down, silent or rejecting).
+    pub unanswered: Vec<NodeId>,
     pub last_action: Option<Action>,
 }
 
 impl WatchReport {
     pub const FILE: &str = "watch.json";
+
+    /// Whether this report is from a running watch: its last pass is recent.
+    pub fn fresh(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.passed_ms) <= 2 * self.interval_ms.max(500)
+    }
 
     /// One line for `status`, seen at `now_ms`.
     pub fn describe(&self, now_ms: u64) -> String {
@@ -460,6 +467,7 @@ mod tests {
             primary: "node 2 on timeline 2".into(),
             rules: "node 2 ports all".into(),
             nodes: "1: down: connection refused, 2: primary on timeline 2".into(),
+            unanswered: vec![NodeId::new(1)],
             last_action: Some(Action {
                 at_ms: 9_000,
                 steps: vec!["route node 2 ports all (timeline 2)".into()],

@@ -105,7 +105,10 @@ impl Pool {
 
     /// One node's answer, within the deadline, over its kept connection if it has one.
     pub async fn answer(&self, cfg: &Config, node: Node) -> Answer {
-        let deadline = cfg.postgres.connect_timeout;
+        self.answer_within(cfg, node, cfg.postgres.connect_timeout).await
+    }
+
+    async fn answer_within(&self, cfg: &Config, node: Node, deadline: Duration) -> Answer {
         let asked = tokio::time::timeout(deadline, async {
             let client = self.client(cfg, node).await?;
             ask(&client, &cfg.barman.slot).await
@@ -114,7 +117,7 @@ impl Pool {
         let answer = match asked {
             Ok(Ok(state)) => Answer::Up(state),
             Ok(Err(answer)) => answer,
-            Err(_) => Answer::Silent(format!("no answer within {} s", deadline.as_secs())),
+            Err(_) => Answer::Silent(format!("no answer within {} ms", deadline.as_millis())),
         };
         if !matches!(answer, Answer::Up(_)) {
             self.forget(node);
@@ -128,11 +131,22 @@ pub struct Postgres<'a> {
     cfg: &'a Config,
     rt: &'a Runtime,
     pool: Arc<Pool>,
+    /// Nodes `watch` saw unanswered a moment ago: asked with `SEEN_DOWN`, not the whole
+    /// deadline, so that a dead host (whose packets go unanswered) does not keep an event
+    /// waiting while watch has done the work already.
+    seen_down: Vec<NodeId>,
 }
+
+/// The deadline for a node `watch` saw unanswered on its last pass.
+pub const SEEN_DOWN: Duration = Duration::from_millis(300);
 
 impl<'a> Postgres<'a> {
     pub fn new(cfg: &'a Config, rt: &'a Runtime) -> Postgres<'a> {
-        Postgres { cfg, rt, pool: Arc::default() }
+        Postgres { cfg, rt, pool: Arc::default(), seen_down: Vec::new() }
+    }
+
+    pub fn seen_down(self, nodes: Vec<NodeId>) -> Postgres<'a> {
+        Postgres { seen_down: nodes, ..self }
     }
 
     /// The connections, for `watch`'s pollers to share.
@@ -157,7 +171,7 @@ impl<'a> Postgres<'a> {
         });
         let result = match result {
             Ok(inner) => inner,
-            Err(_) => Err(anyhow!("no answer within {} s", deadline.as_secs())),
+            Err(_) => Err(anyhow!("no answer within {} ms", deadline.as_millis())),
         };
         if result.is_err() {
             self.pool.forget(node);
@@ -173,14 +187,16 @@ impl Cluster for Postgres<'_> {
                 .cfg
                 .nodes
                 .iter()
-                .map(|&node| async move { (node, self.pool.answer(self.cfg, node).await) })
+                .map(|&node| async move {
+                    let deadline = match self.seen_down.contains(&node.id()) {
+                        true => SEEN_DOWN.min(self.cfg.postgres.connect_timeout),
+                        false => self.cfg.postgres.connect_timeout,
+                    };
+                    (node, self.pool.answer_within(self.cfg, node, deadline).await)
+                })
                 .collect();
-            let mut answers = Vec::with_capacity(asking.len());
             // every node at once: the answers come within one deadline, however many nodes
-            for (node, answer) in join_all(asking).await {
-                answers.push((node, answer));
-            }
-            answers
+            join_all(asking).await
         });
         View { nodes }
     }
