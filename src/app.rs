@@ -172,9 +172,10 @@ fn status(ctx: &Ctx, json: bool) -> Result<()> {
         let view = fx.cluster.view();
         let live = fx.nat.live().map_err(|e| format!("{e:#}"));
         let recorded = fx.nat.recorded().map_err(|e| format!("{e:#}"));
-        Ok(status::assess(&ctx.cfg, &view, live, recorded))
+        let seen =
+            status::Seen { view: &view, live, recorded, watch: watch::report(&ctx.cfg), now_ms: watch::now_ms() };
+        Ok(status::assess(&ctx.cfg, seen))
     })?;
-    let report = status::Report { watch: watch::report(&ctx.cfg), ..report };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

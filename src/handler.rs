@@ -93,7 +93,7 @@ pub fn execute(cfg: &Config, fx: &Effects, label: &str, steps: &[Step]) -> Resul
                     };
                     fx.nat.switch(record).map(drop)
                 }
-                Step::CreateSlot(node) => fx.cluster.create_slot(node),
+                Step::CreateSlot(node) | Step::CreateStandbySlot(node) => fx.cluster.create_slot(node),
                 Step::RestartBarman(_) if unconfirmed.is_some() => {
                     log::warn!("{label}: barman not restarted: there is no slot to stream from");
                     continue;
@@ -107,6 +107,7 @@ pub fn execute(cfg: &Config, fx: &Effects, label: &str, steps: &[Step]) -> Resul
                 }
                 Step::TerminateWalsender(node, pid) => fx.cluster.terminate(node, pid),
                 Step::DropSlot(node) => fx.cluster.drop_slot(node),
+                Step::AdvanceSlot(node, lsn) => fx.cluster.advance_slot(node, lsn),
             };
             let ms = step_started.elapsed().as_millis();
             match result {
@@ -179,6 +180,7 @@ mod tests {
         CreateSlot(u32),
         Terminate(u32, i32),
         DropSlot(u32),
+        Advance(u32, u64),
         EmitWal(u32),
         BarmanStop,
         BarmanStart,
@@ -257,6 +259,9 @@ mod tests {
         }
         fn drop_slot(&self, node: Node) -> Result<()> {
             self.call(DropSlot(node.id().into()))
+        }
+        fn advance_slot(&self, node: Node, lsn: Lsn) -> Result<()> {
+            self.call(Advance(node.id().into(), lsn.0))
         }
         fn emit_wal(&self, node: Node) -> Result<()> {
             self.call(EmitWal(node.id().into()))
@@ -372,14 +377,14 @@ mod tests {
     }
 
     #[test]
-    fn a_standby_that_keeps_its_slot_does_not_stop_the_promotion() {
-        let fake =
-            Fake::new(rec(1, Open::All, 1), view(&[(1, standby(IDLE)), (2, primary(2, None))])).failing(&[DropSlot(1)]);
+    fn a_standby_slot_that_cannot_be_advanced_does_not_stop_the_promotion() {
+        let behind = Some(Slot { active_pid: None, restart_lsn: Some(Lsn(0x100_0000)) });
+        let fake = Fake::new(rec(1, Open::All, 1), view(&[(1, standby(behind)), (2, primary(2, IDLE))]))
+            .failing(&[Advance(1, 0x300_0000)]);
         let err = promote(&example(), &fake, 2).unwrap_err();
         assert_eq!(exit::code(&err), exit::FAILED);
-        assert_eq!(format!("{err:#}"), "node 2 standby_promote: failed: drop slot on node 1");
-        let mut expected = FAILOVER.to_vec();
-        expected.push(DropSlot(1));
+        assert_eq!(format!("{err:#}"), "node 2 standby_promote: failed: advance slot on standby node 1 to 0/3000000");
+        let expected = [Switch(2, Open::All, 2), BarmanStart, EmitWal(2), SwitchWal, Advance(1, 0x300_0000)];
         assert_eq!(fake.calls(), expected);
         assert_eq!(fake.routing(), Routing::To(Route::new(node(2), Open::All)));
     }
@@ -421,7 +426,6 @@ EOF
 {sudo} -n -u barman /usr/bin/barman receive-wal main_backup &
 {sudo} -n -u barman /usr/bin/barman switch-wal --force --archive --archive-timeout=90 main_backup
 node 2 (10.8.2.1): BEGIN; SET LOCAL synchronous_commit TO local; SELECT pg_logical_emit_message(true, 'repmgr-nat', 'barman switch-wal'); COMMIT;  -- every 50 ms while barman waits
-node 1 (10.8.1.1): SELECT pg_drop_replication_slot($1);  -- $1 = 'barman'
 "
             )
         );

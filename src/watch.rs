@@ -11,7 +11,7 @@
 //! counts as silence.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -235,6 +235,22 @@ struct ReceiveWal {
     starts: u32,
 }
 
+impl ReceiveWal {
+    /// For `status`, while barman does not stream: for how long, and what the last
+    /// receive-wal watch started said.
+    fn describe(&self, dir: &Path) -> Option<String> {
+        let since = self.inactive_since?;
+        let mut text = format!("for {} s", since.elapsed().as_secs());
+        if self.starts > 0 {
+            text.push_str(&format!("; watch started receive-wal {} times", self.starts));
+            if let Some(line) = last_line(&dir.join(RECEIVE_WAL_LOG)) {
+                text.push_str(&format!(", which said: {line}"));
+            }
+        }
+        Some(text)
+    }
+}
+
 /// What `watch` wrote after its last pass, if it can be read.
 pub fn report(cfg: &Config) -> Option<WatchReport> {
     let path = cfg.watch.dir.join(WatchReport::FILE);
@@ -279,7 +295,7 @@ impl Watcher {
         let arbitration = arbitrate(view, record.map_or(0, |r| r.timeline));
         self.say(format!("primary: {}; rules: {routing}; nodes: {}", arbitration.describe(), brief(view)));
 
-        let decision = plan::decide(cfg, Ask::Converge, view, NatState { routing: &routing, record, in_place });
+        let decision = plan::decide(cfg, Ask::Watch, view, NatState { routing: &routing, record, in_place });
         if let Decision::Act(_) = decision {
             self.act(cfg, fx, view);
         } else {
@@ -320,7 +336,7 @@ impl Watcher {
             }
         };
         self.nat = None;
-        let result = handler::act_on(cfg, fx, Ask::Converge, "watch", view);
+        let result = handler::act_on(cfg, fx, Ask::Watch, "watch", view);
         self.nat = None;
         let (steps, result) = match result {
             Ok(steps) => {
@@ -408,6 +424,7 @@ impl Watcher {
             rules: routing.to_string(),
             nodes: view.describe(),
             unanswered: view.nodes.iter().filter(|(_, a)| a.state().is_none()).map(|(n, _)| n.id()).collect(),
+            receive_wal: self.receive_wal.describe(&cfg.watch.dir),
             last_action: self.last_action.clone(),
         };
         let text = serde_json::to_string(&report).unwrap_or_default();
@@ -439,7 +456,7 @@ fn backoff(base: Duration, failures: u32) -> Duration {
     base.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(MAX_BACKOFF)
 }
 
-fn last_line(path: &PathBuf) -> Option<String> {
+fn last_line(path: &Path) -> Option<String> {
     let text = std::fs::read(path).ok()?;
     let text = String::from_utf8_lossy(&text);
     text.lines().map(str::trim).rfind(|l| !l.is_empty()).map(|l| l.chars().take(300).collect())

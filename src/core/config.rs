@@ -157,6 +157,13 @@ pub struct Barman {
     /// When barman does not confirm the WAL switch: open the application port anyway
     /// (true, the article's behaviour) or leave it closed until the next event.
     pub open_app_on_failure: bool,
+    /// Keep barman's slot on every standby too, advanced to what barman has confirmed on
+    /// the primary: after a failover, the new primary still has every WAL record barman
+    /// had not received. false: the slot lives on the primary only (the article's rule).
+    pub standby_slots: bool,
+    /// How much WAL (bytes) a standby's slot may keep while the primary cannot be asked
+    /// (nothing can advance the slot then) before it is dropped, and made again.
+    pub standby_slot_limit: u64,
 }
 
 impl Barman {
@@ -300,6 +307,10 @@ struct RawBarman {
     open_app: OpenApp,
     #[serde(default = "default_true")]
     open_app_on_failure: bool,
+    #[serde(default = "default_true")]
+    standby_slots: bool,
+    #[serde(default = "default_standby_slot_limit_mb")]
+    standby_slot_limit_mb: i64,
 }
 
 #[derive(Deserialize)]
@@ -366,6 +377,9 @@ fn default_no_primary() -> NoPrimary {
 }
 fn default_watch_dir() -> String {
     "/run/repmgr-nat".into()
+}
+fn default_standby_slot_limit_mb() -> i64 {
+    1024
 }
 fn default_open_app() -> OpenApp {
     OpenApp::AfterSlot
@@ -464,6 +478,14 @@ impl RawConfig {
             command,
             open_app: self.barman.open_app,
             open_app_on_failure: self.barman.open_app_on_failure,
+            standby_slots: self.barman.standby_slots,
+            standby_slot_limit: {
+                let mb = self.barman.standby_slot_limit_mb;
+                if !(16..=10_000_000).contains(&mb) {
+                    bail!("barman.standby_slot_limit_mb: {mb} is not between 16 and 10000000");
+                }
+                mb as u64 * 1024 * 1024
+            },
         };
 
         let nat = Nat {
@@ -642,6 +664,8 @@ dir = "/var/lib/repmgr-nat"
         assert_eq!(c.ports, Ports { postgres: 5432, barman: 54321, app: vec![54322] });
         assert_eq!(c.node(NodeId(2)).unwrap().addr(), Ipv4Addr::new(10, 8, 2, 1));
         assert_eq!(c.barman.open_app, OpenApp::AfterSlot);
+        assert!(c.barman.standby_slots);
+        assert_eq!(c.barman.standby_slot_limit, 1 << 30);
         assert_eq!(c.watch.interval, Duration::from_millis(250));
         assert_eq!(c.nat.no_primary, NoPrimary::Hold);
         assert_eq!(c.postgres.sslmode, SslMode::Prefer);
@@ -714,6 +738,7 @@ dir = "/var/lib/repmgr-nat"
             (with("[proxy]", "[proxy]\nadress = \"x\""), "unknown field `adress`"),
             (with("[barman]", "[barmen]"), "unknown field `barmen`"),
             (with("[barman]", "[barman]\nopen_app = \"first\""), "unknown variant `first`"),
+            (with("[barman]", "[barman]\nstandby_slot_limit_mb = 1"), "barman.standby_slot_limit_mb: 1 is not between"),
             (format!("{EXAMPLE}[watch]\ninterval_ms = 5\n"), "watch.interval_ms: 5 is not between 10 and 10000"),
             (format!("{EXAMPLE}[nat]\nno_primary = \"flap\"\n"), "unknown variant `flap`"),
             (format!("{EXAMPLE}[watch]\ndir = \"run\"\n"), "watch.dir: \"run\" is not an absolute path"),

@@ -8,7 +8,7 @@ use std::fmt;
 use crate::core::config::{Config, NoPrimary, Node, OpenApp};
 use crate::core::event::Claim;
 use crate::core::ruleset::{Open, Record, Route, Routing};
-use crate::core::view::{Answer, Arbitration, Primary, Role, View, arbitrate, join};
+use crate::core::view::{Answer, Arbitration, Lsn, Primary, Role, View, arbitrate, join};
 
 /// Why the cluster is looked at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,8 +18,11 @@ pub enum Ask {
     /// An operator's `reconcile`: refuses when there is no legitimate primary, unless it
     /// names one (which must be a primary, whatever its timeline).
     Reconcile { named: Option<Node> },
-    /// `setup` and `watch`: make right what can be made right, refuse nothing.
+    /// `setup`: make right what can be made right, refuse nothing.
     Converge,
+    /// `watch`: the same, and it keeps a slot for barman on every standby (which only a
+    /// service that advances it all the time may make: nothing else would).
+    Watch,
 }
 
 /// One action, in the order the handler carries them out.
@@ -37,6 +40,11 @@ pub enum Step {
     TerminateWalsender(Node, i32),
     /// `pg_drop_replication_slot(slot)` on the node.
     DropSlot(Node),
+    /// `pg_create_physical_replication_slot(slot, true)` on a standby: it keeps the WAL from
+    /// its last restartpoint on.
+    CreateStandbySlot(Node),
+    /// `pg_replication_slot_advance(slot, lsn)` on a standby: what barman has confirmed.
+    AdvanceSlot(Node, Lsn),
 }
 
 impl Step {
@@ -55,6 +63,8 @@ impl fmt::Display for Step {
             Step::RestartBarman(node) => write!(f, "restart barman receive-wal against node {}", node.id()),
             Step::TerminateWalsender(node, pid) => write!(f, "terminate walsender {pid} on node {}", node.id()),
             Step::DropSlot(node) => write!(f, "drop slot on node {}", node.id()),
+            Step::CreateStandbySlot(node) => write!(f, "create slot on standby node {}", node.id()),
+            Step::AdvanceSlot(node, lsn) => write!(f, "advance slot on standby node {} to {lsn}", node.id()),
         }
     }
 }
@@ -92,7 +102,7 @@ pub fn decide(cfg: &Config, ask: Ask, view: &View, nat: Nat) -> Decision {
         Some((primary, timeline)) => promote(cfg, primary, timeline, view, nat),
         None => without_primary(cfg, view, nat),
     };
-    steps.extend(standbys(view));
+    steps.extend(standbys(cfg, view, target.map(|(primary, _)| primary), ask == Ask::Watch));
     if !steps.is_empty() {
         return Decision::Act(steps);
     }
@@ -111,7 +121,7 @@ fn target(ask: Ask, view: &View, arbitration: &Arbitration) -> Result<Option<(No
         _ => None,
     };
     match ask {
-        Ask::Converge => Ok(legit),
+        Ask::Converge | Ask::Watch => Ok(legit),
         Ask::Reconcile { named: None } => legit.map(Some).ok_or_else(|| {
             Decision::Refuse(format!(
                 "no legitimate primary: {} ({}); nothing changed; name the right one with --primary",
@@ -243,16 +253,32 @@ fn without_primary(cfg: &Config, view: &View, nat: Nat) -> Vec<Step> {
     vec![Step::Route(Record { route: wanted, timeline: nat.record.map_or(0, |r| r.timeline) })]
 }
 
-/// A standby must not keep barman's slot: nothing advances it there, and it would fill the
-/// standby's disk.
-fn standbys(view: &View) -> Vec<Step> {
+/// barman's slot on the standbys. With `barman.standby_slots`, `watch` makes one on every
+/// standby, and every run advances it to what barman has confirmed on the primary (its
+/// slot there): whichever standby is promoted still has every WAL record barman has not
+/// received. By whole segments, since WAL is removed by whole segments; never more than
+/// `standby_slot_limit` behind what the standby replayed, or its disk would fill while
+/// barman lags or no primary answers. Without `standby_slots` a standby keeps no slot. A
+/// walsender on a standby's slot is ended either way: barman streams from the primary only.
+fn standbys(cfg: &Config, view: &View, primary: Option<Node>, make: bool) -> Vec<Step> {
+    let confirmed = primary.and_then(|p| view.state(p)).and_then(|s| s.slot).and_then(|s| s.restart_lsn);
     let mut steps = Vec::new();
     for (node, state) in view.standbys() {
-        if let Some(slot) = state.slot {
-            if let Some(pid) = slot.active_pid {
-                steps.push(Step::TerminateWalsender(node, pid));
+        if let Some(pid) = state.slot.and_then(|s| s.active_pid) {
+            steps.push(Step::TerminateWalsender(node, pid));
+        }
+        match (cfg.barman.standby_slots, state.slot) {
+            (false, Some(_)) => steps.push(Step::DropSlot(node)),
+            (true, None) if make => steps.push(Step::CreateStandbySlot(node)),
+            (true, Some(slot)) => {
+                let Some(kept) = slot.restart_lsn else { continue };
+                let floor = Lsn(state.lsn.0.saturating_sub(cfg.barman.standby_slot_limit));
+                let target = confirmed.unwrap_or(kept).max(floor);
+                if target.segment() > kept.segment() {
+                    steps.push(Step::AdvanceSlot(node, target));
+                }
             }
-            steps.push(Step::DropSlot(node));
+            _ => {}
         }
     }
     steps
@@ -308,7 +334,7 @@ mod tests {
     fn act(steps: &[Step]) -> Decision {
         Decision::Act(steps.to_vec())
     }
-    use Step::{CreateSlot, DropSlot, RestartBarman, TerminateWalsender};
+    use Step::{AdvanceSlot, CreateSlot, CreateStandbySlot, DropSlot, RestartBarman, TerminateWalsender};
 
     fn check(cfg: &Config, cases: Vec<(Ask, View, Routing, Option<Record>, Decision)>) {
         for (ask, view, routing, record, expected) in cases {
@@ -347,8 +373,8 @@ mod tests {
             (promote_of(2), view(&[(1, down()), (2, primary(2, ACTIVE))]),       to(2, Open::All),     rec(2, Open::All, 2),        Decision::Nothing("ports already point at node 2 (timeline 2) and its slot exists".into())),
             // ... but a record without the timeline catches up
             (promote_of(2), view(&[(1, down()), (2, primary(2, ACTIVE))]),       to(2, Open::All),     rec(2, Open::All, 0),        act(&[switch(2, Open::All, 2)])),
-            // the old primary still answers as a standby with the slot: it goes
-            (promote_of(2), view(&[(1, standby(ACTIVE)), (2, primary(2, None))]), to(1, Open::All),    rec(1, Open::All, 1),        act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2), TerminateWalsender(n1, 4242), DropSlot(n1)])),
+            // the old primary still answers, as a standby with barman streaming from it: no more
+            (promote_of(2), view(&[(1, standby(ACTIVE)), (2, primary(2, None))]), to(1, Open::All),    rec(1, Open::All, 1),        act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2), TerminateWalsender(n1, 4242)])),
             // a stale promote: the node is a standby now
             (promote_of(2), view(&[(1, primary(1, IDLE)), (2, standby(None))]), to(1, Open::All),     rec(1, Open::All, 1),        refuse("node 2 is in recovery, not a primary; nothing changed")),
             // a replayed promote for the old primary, back on its old timeline
@@ -385,15 +411,15 @@ mod tests {
     fn standby_decision_table() {
         let (n1, n2) = (node(1), node(2));
         check(&example(), vec![
-            // the old primary rejoined: its slot goes
-            (standby_of(1), view(&[(1, standby(ACTIVE)), (2, primary(2, ACTIVE))]), to(2, Open::All), rec(2, Open::All, 2), act(&[TerminateWalsender(n1, 4242), DropSlot(n1)])),
-            (standby_of(1), view(&[(1, standby(IDLE)), (2, primary(2, ACTIVE))]),   to(2, Open::All), rec(2, Open::All, 2), act(&[DropSlot(n1)])),
+            // the old primary rejoined: barman no longer streams from it; it keeps the slot
+            (standby_of(1), view(&[(1, standby(ACTIVE)), (2, primary(2, ACTIVE))]), to(2, Open::All), rec(2, Open::All, 2), act(&[TerminateWalsender(n1, 4242)])),
+            (standby_of(1), view(&[(1, standby(IDLE)), (2, primary(2, ACTIVE))]),   to(2, Open::All), rec(2, Open::All, 2), Decision::Nothing("ports already point at node 2 (timeline 2) and its slot exists".into())),
             (standby_of(1), view(&[(1, standby(None)), (2, primary(2, ACTIVE))]),   to(2, Open::All), rec(2, Open::All, 2), Decision::Nothing("ports already point at node 2 (timeline 2) and its slot exists".into())),
             // the ports still point at it (a lost promote event): they follow the primary
-            (standby_of(1), view(&[(1, standby(ACTIVE)), (2, primary(2, None))]),   to(1, Open::All), rec(1, Open::All, 1), act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2), TerminateWalsender(n1, 4242), DropSlot(n1)])),
+            (standby_of(1), view(&[(1, standby(ACTIVE)), (2, primary(2, None))]),   to(1, Open::All), rec(1, Open::All, 1), act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2), TerminateWalsender(n1, 4242)])),
             // ... or, with no primary to go to, close
-            (standby_of(1), view(&[(1, standby(IDLE)), (2, down())]),              to(1, Open::All), rec(1, Open::All, 1), act(&[switch(1, Open::None, 1), DropSlot(n1)])),
-            (standby_of(1), view(&[(1, standby(None)), (2, down())]),              to(1, Open::None), rec(1, Open::None, 1), Decision::Nothing("no primary to route to (none reachable); rules left as they are".into())),
+            (standby_of(1), view(&[(1, standby(IDLE)), (2, down())]),              to(1, Open::All), rec(1, Open::All, 1), act(&[switch(1, Open::None, 1)])),
+            (standby_of(1), view(&[(1, standby(IDLE)), (2, down())]),              to(1, Open::None), rec(1, Open::None, 1), Decision::Nothing("no primary to route to (none reachable); rules left as they are".into())),
             // a standby-type event for a primary: it keeps its slot
             (standby_of(1), view(&[(1, primary(1, ACTIVE)), (2, standby(None))]),  to(1, Open::All), rec(1, Open::All, 1), refuse("node 1 is not in recovery; a primary keeps its slot; nothing changed")),
             (standby_of(1), view(&[(1, silent()), (2, primary(2, ACTIVE))]),        to(2, Open::All), rec(2, Open::All, 2), Decision::Unanswered("node 1 cannot be asked (no answer: no answer within 3 s); nothing changed".into())),
@@ -417,18 +443,59 @@ mod tests {
             (Ask::Converge, view(&[(1, primary(1, IDLE)), (2, primary(2, ACTIVE))]), to(1, Open::All),  rec(1, Open::All, 1), act(&[switch(2, Open::All, 2)])),
             (Ask::Converge, view(&[(1, primary(1, IDLE)), (2, primary(2, IDLE))]), to(1, Open::All),    rec(1, Open::All, 1), act(&[switch(2, Open::All, 2), RestartBarman(n2)])),
             // the routed primary went down (a switchover, a crash): new connections wait
-            (Ask::Converge, view(&[(1, down()), (2, standby(None))]),               to(1, Open::All),    rec(1, Open::All, 1), act(&[switch(1, Open::Barman, 1)])),
-            (Ask::Converge, view(&[(1, down()), (2, standby(None))]),               to(1, Open::Barman), rec(1, Open::Barman, 1), hold("none reachable")),
+            (Ask::Converge, view(&[(1, down()), (2, standby(IDLE))]),               to(1, Open::All),    rec(1, Open::All, 1), act(&[switch(1, Open::Barman, 1)])),
+            (Ask::Converge, view(&[(1, down()), (2, standby(IDLE))]),               to(1, Open::Barman), rec(1, Open::Barman, 1), hold("none reachable")),
             // it does not answer, or refuses us: it may still serve; hold
-            (Ask::Converge, view(&[(1, silent()), (2, standby(None))]),             to(1, Open::All),    rec(1, Open::All, 1), hold("none reachable")),
-            (Ask::Converge, view(&[(1, rejected()), (2, standby(None))]),           to(1, Open::All),    rec(1, Open::All, 1), hold("none reachable")),
+            (Ask::Converge, view(&[(1, silent()), (2, standby(IDLE))]),             to(1, Open::All),    rec(1, Open::All, 1), hold("none reachable")),
+            (Ask::Converge, view(&[(1, rejected()), (2, standby(IDLE))]),           to(1, Open::All),    rec(1, Open::All, 1), hold("none reachable")),
             // the true primary unreachable, a stale one answers: never route to it
             (Ask::Converge, view(&[(1, primary(1, IDLE)), (2, silent())]),          to(2, Open::All),    rec(2, Open::All, 2), hold("none: node 1 is a primary on timeline 1, below timeline 2 recorded with the route")),
             (Ask::Converge, view(&[(1, primary(2, IDLE)), (2, primary(2, IDLE))]),  to(1, Open::All),    rec(1, Open::All, 2), hold("ambiguous: nodes 1 and 2 are all primary on timeline 2")),
         ]);
         check(&closing, vec![
-            (Ask::Converge, view(&[(1, silent()), (2, standby(None))]),             to(1, Open::All),    rec(1, Open::All, 1), act(&[switch(1, Open::Barman, 1)])),
+            (Ask::Converge, view(&[(1, silent()), (2, standby(IDLE))]),             to(1, Open::All),    rec(1, Open::All, 1), act(&[switch(1, Open::Barman, 1)])),
         ]);
+    }
+
+    /// barman's slot on the standbys, with node 2 the primary (or unreachable) and node 1 a
+    /// standby that has replayed up to segment 9.
+    #[test]
+    #[rustfmt::skip]
+    fn standby_slot_decision_table() {
+        let seg = |n: u64| Some(Lsn(n * Lsn::SEGMENT + 0x60));
+        let slot = |at: u64, pid: Option<i32>| Some(Slot { active_pid: pid, restart_lsn: seg(at) });
+        let standby_at = |slot| Answer::Up(NodeState { role: Role::Standby, timeline: 2, lsn: seg(9).unwrap(), slot });
+        let n1 = node(1);
+        let mut article = example();
+        article.barman.standby_slots = false;
+        let mut small = example();
+        small.barman.standby_slot_limit = 2 * Lsn::SEGMENT;
+        let cases = [
+            // no slot yet: watch makes one (it keeps WAL from the standby's last restartpoint)
+            (&example(), standby_at(None),              primary(2, slot(5, Some(7))), act(&[CreateStandbySlot(n1)])),
+            // barman has confirmed segment 5, the standby keeps from 3: advanced
+            (&example(), standby_at(slot(3, None)),     primary(2, slot(5, Some(7))), act(&[AdvanceSlot(n1, seg(5).unwrap())])),
+            // within one segment: WAL goes by whole segments, nothing to win
+            (&example(), standby_at(slot(5, None)),     primary(2, slot(5, Some(7))), Decision::Nothing("ports already point at node 2 (timeline 2) and its slot exists".into())),
+            // barman lags behind the standby's slot (stopped, say): kept where it is
+            (&example(), standby_at(slot(5, None)),     primary(2, slot(3, None)),    Decision::Nothing("ports already point at node 2 (timeline 2) and its slot exists".into())),
+            // barman streamed from this node before it became a standby: no more, slot kept
+            (&example(), standby_at(slot(5, Some(42))), primary(2, slot(5, Some(7))), act(&[TerminateWalsender(n1, 42)])),
+            // no primary to confirm anything, or barman far behind: never more than the limit
+            (&example(), standby_at(slot(3, None)),     silent(),                     Decision::Nothing("no primary to route to (none reachable); rules left as they are".into())),
+            (&small,     standby_at(slot(3, None)),     silent(),                     act(&[AdvanceSlot(n1, seg(7).unwrap())])),
+            (&small,     standby_at(slot(8, None)),     silent(),                     Decision::Nothing("no primary to route to (none reachable); rules left as they are".into())),
+            (&small,     standby_at(slot(3, None)),     primary(2, slot(4, Some(7))), act(&[AdvanceSlot(n1, seg(7).unwrap())])),
+            // the article's rule: the slot on the primary only
+            (&article,   standby_at(slot(5, Some(42))), primary(2, slot(5, Some(7))), act(&[TerminateWalsender(n1, 42), DropSlot(n1)])),
+            (&article,   standby_at(None),              primary(2, slot(5, Some(7))), Decision::Nothing("ports already point at node 2 (timeline 2) and its slot exists".into())),
+        ];
+        for (cfg, one, two, expected) in cases {
+            check(cfg, vec![(Ask::Watch, view(&[(1, one), (2, two)]), to(2, Open::All), rec(2, Open::All, 2), expected)]);
+        }
+        // only watch makes them: nothing else would advance them
+        check(&example(), vec![(Ask::Converge, view(&[(1, standby_at(None)), (2, primary(2, slot(5, Some(7))))]),
+            to(2, Open::All), rec(2, Open::All, 2), Decision::Nothing("ports already point at node 2 (timeline 2) and its slot exists".into()))]);
     }
 
     /// Tables someone else changed: a flush, a jump deleted by hand.
@@ -470,9 +537,9 @@ mod tests {
             // named below the recorded timeline: the operator knows better (a rebuilt cluster)
             (Ask::Reconcile { named: Some(n1) }, view(&[(1, primary(1, None)), (2, silent())]),          to(2, Open::All), rec(2, Open::All, 5),
                 act(&[CreateSlot(n1), switch(1, Open::All, 1), RestartBarman(n1)])),
-            (Ask::Reconcile { named: Some(n2) }, view(&[(1, primary(1, ACTIVE)), (2, standby(None))]),   to(1, Open::All), rec(1, Open::All, 1),
+            (Ask::Reconcile { named: Some(n2) }, view(&[(1, primary(1, ACTIVE)), (2, standby(IDLE))]),   to(1, Open::All), rec(1, Open::All, 1),
                 refuse("node 2 is in recovery, not a primary; nothing changed")),
-            (Ask::Reconcile { named: None },     view(&[(1, down()), (2, standby(None))]),               to(1, Open::All), rec(1, Open::All, 1),
+            (Ask::Reconcile { named: None },     view(&[(1, down()), (2, standby(IDLE))]),               to(1, Open::All), rec(1, Open::All, 1),
                 refuse("no legitimate primary: none reachable (1: down: connection refused, 2: standby); nothing changed; name the right one with --primary")),
         ]);
     }

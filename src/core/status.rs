@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::config::{Config, NodeId};
+use crate::core::config::{Config, Node, NodeId};
 use crate::core::ruleset::{self, Live, Open, Record, Route, Routing};
 use crate::core::view::{Answer, Arbitration, Lsn, Primary, Role, View, arbitrate};
 
@@ -30,6 +30,9 @@ pub struct WatchReport {
     pub nodes: String,
     /// The nodes that did not answer (down, silent or rejecting).
     pub unanswered: Vec<NodeId>,
+    /// While barman does not stream from the primary: since when, what watch did, and
+    /// what receive-wal said when it last failed.
+    pub receive_wal: Option<String>,
     pub last_action: Option<Action>,
 }
 
@@ -117,12 +120,20 @@ pub struct RulesReport {
     pub lines: Vec<String>,
 }
 
-pub fn assess(
-    cfg: &Config,
-    view: &View,
-    live: Result<Live, String>,
-    recorded: Result<Option<Record>, String>,
-) -> Report {
+/// What `status` knows: one view of the nodes, the tables, the record, and what a running
+/// `watch` reported last.
+pub struct Seen<'a> {
+    pub view: &'a View,
+    pub live: Result<Live, String>,
+    pub recorded: Result<Option<Record>, String>,
+    pub watch: Option<WatchReport>,
+    /// When it was seen (for the age of watch's report).
+    pub now_ms: u64,
+}
+
+pub fn assess(cfg: &Config, seen: Seen) -> Report {
+    let Seen { view, live, recorded, watch, now_ms } = seen;
+    let watching = watch.as_ref().is_some_and(|w| w.fresh(now_ms));
     let (recorded, recorded_error) = match recorded {
         Ok(r) => (r, None),
         Err(e) => (None, Some(e)),
@@ -133,7 +144,7 @@ pub fn assess(
         _ => None,
     };
     let mut problems = primary_problems(&arbitration);
-    problems.extend(slot_problems(cfg, view));
+    problems.extend(slot_problems(cfg, view, wanted.map(|w| w.route.node), watch.as_ref().filter(|_| watching)));
     let rules = rules_report(cfg, &live);
     if let Ok(live) = &live {
         problems.extend(rules_problems(cfg, live, wanted, recorded, recorded_error.is_some()));
@@ -159,7 +170,7 @@ pub fn assess(
         rules,
         recorded,
         recorded_error,
-        watch: None,
+        watch,
         consistent: problems.is_empty(),
         problems,
     }
@@ -215,16 +226,33 @@ fn primary_problems(arbitration: &Arbitration) -> Vec<String> {
     problems
 }
 
-fn slot_problems(cfg: &Config, view: &View) -> Vec<String> {
+/// barman's slot on every node, and whether barman streams: a slot on the primary without
+/// its walsender means receive-wal is not running, or cannot stream (watch says why). A
+/// standby without the slot is a problem only while watch runs: watch makes them.
+fn slot_problems(cfg: &Config, view: &View, primary: Option<Node>, watch: Option<&WatchReport>) -> Vec<String> {
     let slot = &cfg.barman.slot;
     let mut problems = Vec::new();
     for (node, answer) in &view.nodes {
-        match answer.state() {
-            Some(s) if s.role == Role::Primary && s.slot.is_none() => {
-                problems.push(format!("primary node {} has no slot {slot}", node.id()))
+        let Some(state) = answer.state() else { continue };
+        let walsender = state.slot.and_then(|s| s.active_pid);
+        let id = node.id();
+        match (state.role, state.slot, walsender) {
+            (Role::Primary, None, _) => problems.push(format!("primary node {id} has no slot {slot}")),
+            (Role::Primary, Some(_), None) if primary == Some(*node) => {
+                let why = match watch.and_then(|w| w.receive_wal.as_deref()) {
+                    Some(why) => format!(" ({why})"),
+                    None => String::new(),
+                };
+                problems.push(format!("barman does not stream from node {id}: its slot has no walsender{why}"))
             }
-            Some(s) if s.role == Role::Standby && s.slot.is_some() => {
-                problems.push(format!("standby node {} still has slot {slot}", node.id()))
+            (Role::Standby, Some(_), Some(pid)) => {
+                problems.push(format!("standby node {id}: walsender {pid} streams from barman's slot"))
+            }
+            (Role::Standby, None, _) if cfg.barman.standby_slots && watch.is_some() => {
+                problems.push(format!("standby node {id} has no slot {slot}: nothing keeps barman's WAL there"))
+            }
+            (Role::Standby, Some(_), _) if !cfg.barman.standby_slots => {
+                problems.push(format!("standby node {id} still has slot {slot}"))
             }
             _ => {}
         }
@@ -361,13 +389,19 @@ mod tests {
     use crate::core::view::tests::view;
     use crate::core::view::{NodeState, Slot};
 
+    /// With the slot, a primary's has barman's walsender, a standby's none.
     fn up(role: Role, timeline: u32, slot: bool) -> Answer {
-        let slot = slot.then_some(Slot { active_pid: None, restart_lsn: Some(Lsn(0x300_0000)) });
+        let active_pid = (role == Role::Primary).then_some(77);
+        let slot = slot.then_some(Slot { active_pid, restart_lsn: Some(Lsn(0x300_0000)) });
         Answer::Up(NodeState { role, timeline, lsn: Lsn(0x300_0060), slot })
     }
 
     fn live_to(cfg: &Config, id: u32, open: Open) -> Result<Live, String> {
         Ok(Live::installed(cfg, Route::new(node(id), open)))
+    }
+
+    fn seen<'a>(view: &'a View, live: Result<Live, String>, recorded: Result<Option<Record>, String>) -> Seen<'a> {
+        Seen { view, live, recorded, watch: None, now_ms: 0 }
     }
 
     fn rec(id: u32, open: Open, timeline: u32) -> Result<Option<Record>, String> {
@@ -378,13 +412,13 @@ mod tests {
     fn consistent_after_a_failover_with_the_old_primary_down() {
         let cfg = example();
         let v = view(&[(1, Answer::Down("connection refused".into())), (2, up(Role::Primary, 2, true))]);
-        let report = assess(&cfg, &v, live_to(&cfg, 2, Open::All), rec(2, Open::All, 2));
+        let report = assess(&cfg, seen(&v, live_to(&cfg, 2, Open::All), rec(2, Open::All, 2)));
         assert!(report.consistent, "{:?}", report.problems);
         assert_eq!(report.primary, Some(NodeId::new(2)));
         let text = report.to_text(0);
         assert!(text.contains("primary: node 2 on timeline 2\n"), "{text}");
         assert!(text.contains("rules: node 2 ports all\n"), "{text}");
-        assert!(text.contains("present, inactive, keeps 96 B"), "{text}");
+        assert!(text.contains("present, active (pid 77), keeps 96 B"), "{text}");
         assert!(text.contains("consistent: yes"), "{text}");
     }
 
@@ -392,12 +426,11 @@ mod tests {
     fn names_every_disagreement() {
         let cfg = example();
         let v = view(&[(1, up(Role::Standby, 2, true)), (2, up(Role::Primary, 2, false))]);
-        let report = assess(&cfg, &v, live_to(&cfg, 1, Open::All), rec(1, Open::All, 1));
+        let report = assess(&cfg, seen(&v, live_to(&cfg, 1, Open::All), rec(1, Open::All, 1)));
         assert!(!report.consistent);
         assert_eq!(
             report.problems,
             [
-                "standby node 1 still has slot barman",
                 "primary node 2 has no slot barman",
                 "the rules hold node 1 ports all; the primary is node 2",
                 "the record says node 1 ports all (timeline 1); the primary is node 2 on timeline 2",
@@ -409,7 +442,7 @@ mod tests {
     fn reports_the_split_brain_and_the_fence() {
         let cfg = example();
         let v = view(&[(1, up(Role::Primary, 1, true)), (2, up(Role::Primary, 2, true))]);
-        let report = assess(&cfg, &v, live_to(&cfg, 2, Open::All), rec(2, Open::All, 2));
+        let report = assess(&cfg, seen(&v, live_to(&cfg, 2, Open::All), rec(2, Open::All, 2)));
         assert_eq!(
             report.problems,
             ["split brain: node 1 is a primary on timeline 1 besides the legitimate primary node 2 on timeline 2"]
@@ -417,7 +450,7 @@ mod tests {
         assert_eq!(report.stale_primaries, [NodeId::new(1)]);
         // the true primary unreachable, the stale one answers
         let v = view(&[(1, up(Role::Primary, 1, true)), (2, Answer::Silent("no answer within 3 s".into()))]);
-        let report = assess(&cfg, &v, live_to(&cfg, 2, Open::All), rec(2, Open::All, 2));
+        let report = assess(&cfg, seen(&v, live_to(&cfg, 2, Open::All), rec(2, Open::All, 2)));
         assert_eq!(
             report.problems,
             [
@@ -430,7 +463,7 @@ mod tests {
     fn unreadable_rules_and_ambiguous_primaries_are_inconsistent() {
         let cfg = example();
         let v = view(&[(1, up(Role::Primary, 1, true)), (2, up(Role::Primary, 1, true))]);
-        let report = assess(&cfg, &v, Err("sudo: a password is required".into()), Ok(None));
+        let report = assess(&cfg, seen(&v, Err("sudo: a password is required".into()), Ok(None)));
         assert_eq!(
             report.problems,
             [
@@ -440,8 +473,10 @@ mod tests {
         );
         // with no node reachable, the rules are still checked against the record
         let silent = || Answer::Silent("no answer within 3 s".into());
-        let report =
-            assess(&cfg, &view(&[(1, silent()), (2, silent())]), live_to(&cfg, 2, Open::Barman), rec(1, Open::All, 1));
+        let report = assess(
+            &cfg,
+            seen(&view(&[(1, silent()), (2, silent())]), live_to(&cfg, 2, Open::Barman), rec(1, Open::All, 1)),
+        );
         assert_eq!(
             report.problems,
             [
@@ -449,9 +484,74 @@ mod tests {
                 "the rules hold node 2 ports barman; the record says node 1 ports all"
             ]
         );
-        let report =
-            assess(&cfg, &view(&[(1, silent()), (2, up(Role::Standby, 1, false))]), Ok(Live::default()), Ok(None));
+        let report = assess(
+            &cfg,
+            seen(&view(&[(1, silent()), (2, up(Role::Standby, 1, false))]), Ok(Live::default()), Ok(None)),
+        );
         assert!(report.problems.iter().any(|p| p.starts_with("chains, jumps or hold not in place")));
+    }
+
+    #[test]
+    fn says_when_barman_does_not_stream_and_why() {
+        let cfg = example();
+        let idle = Answer::Up(NodeState {
+            role: Role::Primary,
+            timeline: 2,
+            lsn: Lsn(0x500_0000),
+            slot: Some(Slot { active_pid: None, restart_lsn: Some(Lsn(0x300_0000)) }),
+        });
+        let v = view(&[(1, up(Role::Standby, 2, false)), (2, idle)]);
+        let mut watch = watch_report();
+        watch.receive_wal = Some(
+            "for 45 s; watch started receive-wal 3 times, which said: ERROR: requested WAL segment \
+                                  00000002000000000000000D has already been removed"
+                .into(),
+        );
+        let report = assess(
+            &cfg,
+            Seen {
+                view: &v,
+                live: live_to(&cfg, 2, Open::All),
+                recorded: rec(2, Open::All, 2),
+                watch: Some(watch),
+                now_ms: 10_100,
+            },
+        );
+        assert_eq!(
+            report.problems,
+            [
+                "standby node 1 has no slot barman: nothing keeps barman's WAL there",
+                "barman does not stream from node 2: its slot has no walsender (for 45 s; watch started receive-wal 3 \
+                 times, which said: ERROR: requested WAL segment 00000002000000000000000D has already been removed)"
+            ]
+        );
+        let mut article = cfg.clone();
+        article.barman.standby_slots = false;
+        let v = view(&[(1, up(Role::Standby, 2, true)), (2, up(Role::Primary, 2, true))]);
+        let report = assess(&article, seen(&v, live_to(&cfg, 2, Open::All), rec(2, Open::All, 2)));
+        assert_eq!(report.problems, ["standby node 1 still has slot barman"]);
+    }
+
+    fn watch_report() -> WatchReport {
+        WatchReport {
+            version: 1,
+            pid: 77,
+            started_ms: 1_000,
+            pass: 12,
+            passed_ms: 10_000,
+            interval_ms: 250,
+            hurry: false,
+            primary: "node 2 on timeline 2".into(),
+            rules: "node 2 ports all".into(),
+            nodes: "1: down: connection refused, 2: primary on timeline 2".into(),
+            unanswered: vec![NodeId::new(1)],
+            receive_wal: None,
+            last_action: Some(Action {
+                at_ms: 9_000,
+                steps: vec!["route node 2 ports all (timeline 2)".into()],
+                result: "ok".into(),
+            }),
+        }
     }
 
     #[test]
@@ -468,6 +568,7 @@ mod tests {
             rules: "node 2 ports all".into(),
             nodes: "1: down: connection refused, 2: primary on timeline 2".into(),
             unanswered: vec![NodeId::new(1)],
+            receive_wal: None,
             last_action: Some(Action {
                 at_ms: 9_000,
                 steps: vec!["route node 2 ports all (timeline 2)".into()],
@@ -485,8 +586,8 @@ mod tests {
     #[test]
     fn json_names_the_fields_monitoring_reads() {
         let cfg = example();
-        let v = view(&[(1, up(Role::Primary, 3, true)), (2, up(Role::Standby, 3, false))]);
-        let report = assess(&cfg, &v, live_to(&cfg, 1, Open::All), rec(1, Open::All, 3));
+        let v = view(&[(1, up(Role::Primary, 3, true)), (2, up(Role::Standby, 3, true))]);
+        let report = assess(&cfg, seen(&v, live_to(&cfg, 1, Open::All), rec(1, Open::All, 3)));
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         assert_eq!(json["version"], 1);
         assert_eq!(json["consistent"], true);

@@ -13,9 +13,16 @@ use crate::core::config::Node;
 pub struct Lsn(pub u64);
 
 impl Lsn {
+    /// The WAL segment size of a default build; WAL is kept and removed by whole segments.
+    pub const SEGMENT: u64 = 16 << 20;
+
     /// Bytes from `earlier` to `self` (0 when `earlier` is ahead).
     pub fn since(self, earlier: Lsn) -> u64 {
         self.0.saturating_sub(earlier.0)
+    }
+
+    pub fn segment(self) -> u64 {
+        self.0 / Lsn::SEGMENT
     }
 }
 

@@ -37,6 +37,8 @@ LEFT JOIN pg_replication_slots s ON s.slot_name = $1";
 pub const CREATE_SLOT_SQL: &str = "SELECT pg_create_physical_replication_slot($1, true)";
 pub const TERMINATE_SQL: &str = "SELECT pg_terminate_backend($1)";
 pub const DROP_SLOT_SQL: &str = "SELECT pg_drop_replication_slot($1)";
+/// Never backwards, and (on a standby) never past what it has replayed.
+pub const ADVANCE_SLOT_SQL: &str = "SELECT pg_replication_slot_advance($1, $2)";
 /// One small WAL record, committed and flushed at once without waiting for a
 /// synchronous standby (barman's receive-wal may be that standby, and is restarting).
 pub const EMIT_WAL_SQL: &str = "BEGIN; SET LOCAL synchronous_commit TO local; \
@@ -54,6 +56,8 @@ pub trait Cluster {
     fn terminate(&self, node: Node, pid: i32) -> Result<()>;
     /// Drops barman's slot; a missing slot is success.
     fn drop_slot(&self, node: Node) -> Result<()>;
+    /// Moves barman's slot on the node forward to `lsn`; a slot already there is success.
+    fn advance_slot(&self, node: Node, lsn: Lsn) -> Result<()>;
     /// Writes one small WAL record on the node.
     fn emit_wal(&self, node: Node) -> Result<()>;
 }
@@ -246,6 +250,18 @@ impl Cluster for Postgres<'_> {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn advance_slot(&self, node: Node, lsn: Lsn) -> Result<()> {
+        let slot = self.cfg.barman.slot.clone();
+        self.with_client(node, "advance slot", |c| async move {
+            match c.execute(ADVANCE_SLOT_SQL, &[&slot, &PgLsn::from(lsn.0)]).await {
+                Ok(_) => Ok(()),
+                // "cannot advance replication slot to X, minimum is Y": moved on already
+                Err(e) if e.code() == Some(&SqlState::INVALID_PARAMETER_VALUE) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     fn emit_wal(&self, node: Node) -> Result<()> {

@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use crate::core::config::{self, Barman, Config, Node};
 use crate::core::ruleset::{self, Live, Record, Routing};
-use crate::core::view::View;
+use crate::core::view::{Lsn, View};
 use crate::effects::barman::{self, Backup};
 use crate::effects::db::{self, Cluster};
 use crate::effects::firewall::{self, Firewall};
@@ -146,6 +146,16 @@ impl Cluster for PrintCluster<'_> {
     }
     fn drop_slot(&self, node: Node) -> Result<()> {
         self.sql(node, db::DROP_SLOT_SQL, &format!("'{}'", self.cfg.barman.slot))
+    }
+    fn advance_slot(&self, node: Node, lsn: Lsn) -> Result<()> {
+        self.out.say(&format!(
+            "node {} ({}): {};  -- $1 = '{}', $2 = '{lsn}'",
+            node.id(),
+            node.addr(),
+            db::ADVANCE_SLOT_SQL,
+            self.cfg.barman.slot
+        ));
+        Ok(())
     }
     fn emit_wal(&self, node: Node) -> Result<()> {
         let every = Barman::NUDGE_EVERY.as_millis();

@@ -175,6 +175,26 @@ impl Lab {
         }
     }
 
+    /// barman's slot on a node: None when it has none, else whether a walsender uses it.
+    pub fn slot_active(&self, node: &str) -> Option<bool> {
+        let active = self.try_sql(node, "select active from pg_replication_slots where slot_name = 'barman'").ok()?;
+        match active.as_str() {
+            "t" => Some(true),
+            "f" => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Waits until barman streams from `primary` (a walsender on its slot) and from
+    /// nothing else (the other node may keep a slot, without a walsender).
+    #[track_caller]
+    pub fn wait_slots(&self, primary: &str, timeout: Duration) {
+        let standby = if primary == "db1" { "db2" } else { "db1" };
+        self.wait_until(&format!("barman streaming from {primary} only"), timeout, || {
+            self.slot_active(primary) == Some(true) && self.slot_active(standby) != Some(true)
+        });
+    }
+
     /// How many passes `lab.sh watch start` made so far (0 when it wrote nothing yet).
     pub fn watch_passes(&self) -> u64 {
         let path = Path::new(&self.env["WATCH_DIR"]).join("watch.json");
