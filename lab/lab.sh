@@ -53,6 +53,10 @@ Cluster
   repmgr NODE ARGS...           run repmgr on NODE as postgres with NODE's config
   repmgrd start|stop NODE       start/stop repmgrd on NODE
   barman ARGS...                run barman as the barman user in the proxy namespace
+  backup                        a base backup (barman backup --wait); prints its id
+  recover BACKUP_ID             switch-wal --archive, then barman recover of the backup to the
+                                newest timeline, started on port 5499 in the proxy namespace
+                                until its recovery ends (psql target: recovered)
   event NODE ID EVENT [SUCCESS] run the event handler as repmgr on NODE would (logged)
   article-chains                run the article's chains script (rewritten) on the proxy
   cron start|stop|status        the barman cron loop (barman -q cron every minute, second 0)
@@ -190,6 +194,7 @@ cmd_down() {
         fi
         jobs+=($!)
     done
+    recovered_stop
     ((${#jobs[@]})) && { wait "${jobs[@]}" || true; }
     # 2. anything still inside the lab's namespaces (all of it was started by the lab)
     ns_kill_all || problems+=("processes in the lab's namespaces (ip netns pids NS)")
@@ -414,7 +419,7 @@ cmd_psql() {
         *) break ;;
         esac
     done
-    (($# == 2)) || die "usage: lab.sh psql [-d DB] [-U USER] db1|db2|proxy-app|proxy-barman SQL"
+    (($# == 2)) || die "usage: lab.sh psql [-d DB] [-U USER] db1|db2|proxy-app|proxy-barman|recovered SQL"
     local target=$1 sql=$2
     require_up
     case $target in
@@ -427,11 +432,12 @@ cmd_psql() {
         ip netns exec app env -i PATH="$SYS_PATH" LANG=C.UTF-8 PGPASSFILE="$PGPASS_POSTGRES" PGCONNECT_TIMEOUT=2 \
             "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$PROXY_IP" -p "$APP_PORT" -U "${user:-app}" -d "${db:-app}" -c "$sql"
         ;;
+    recovered) recovered_psql "${db:-postgres}" "$sql" ;;
     proxy-barman)
         as barman proxy env PGCONNECT_TIMEOUT=2 "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$PROXY_IP" -p "$BARMAN_PORT" \
             -U "${user:-barman}" -d "${db:-postgres}" -c "$sql"
         ;;
-    *) die "psql: unknown target '$target' (db1, db2, proxy-app, proxy-barman)" ;;
+    *) die "psql: unknown target '$target' (db1, db2, proxy-app, proxy-barman, recovered)" ;;
     esac
 }
 
@@ -595,6 +601,14 @@ cmd_switchover() {
 }
 
 cmd_barman() { require_root "$@"; require_up; barman_as "$@"; }
+
+cmd_backup() { require_root "$@"; require_up; barman_backup; }
+
+cmd_recover() {
+    require_root "$@"; (($# == 1)) || die "usage: lab.sh recover BACKUP_ID"; require_up
+    barman_recover "$1"
+    say "recovered $1 to the newest timeline: lab.sh psql recovered SQL"
+}
 
 # Fire the event handler as repmgr would: from NODE's namespace, as postgres, through the
 # crossing (logged in the events log like any other run). Exit code: the handler's.
@@ -828,6 +842,8 @@ main() {
     repmgr) cmd_repmgr "$@" ;;
     repmgrd) cmd_repmgrd "$@" ;;
     barman) cmd_barman "$@" ;;
+    backup) cmd_backup "$@" ;;
+    recover) cmd_recover "$@" ;;
     event) cmd_event "$@" ;;
     article-chains) cmd_article_chains "$@" ;;
     cron) cmd_cron "$@" ;;

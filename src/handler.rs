@@ -6,7 +6,7 @@
 //! | ask the nodes                 | a node that misses its deadline counts as silent             |
 //! | route (any)                   | stop; the transaction is atomic, the rules are unchanged; exit 1 |
 //! | create slot (the primary)     | barman is not restarted; counts as barman not confirming     |
-//! | restart barman                | barman did not confirm: see `open_app_on_failure`; exit 1     |
+//! | restart / confirm barman      | barman did not confirm: see `open_app_on_failure`; exit 1     |
 //! | route opening the application port, barman unconfirmed | opened anyway and exit 1 (default), or only barman's port and exit 1 |
 //! | terminate / drop slot (a standby) | logged; the other steps go on; exit 1                    |
 //! | cut old connections           | logged as an error; the switch stands                        |
@@ -94,17 +94,18 @@ pub fn execute(cfg: &Config, fx: &Effects, label: &str, steps: &[Step]) -> Resul
                     fx.nat.switch(record).map(drop)
                 }
                 Step::CreateSlot(node) | Step::CreateStandbySlot(node) => fx.cluster.create_slot(node),
-                Step::RestartBarman(_) if unconfirmed.is_some() => {
-                    log::warn!("{label}: barman not restarted: there is no slot to stream from");
+                Step::RestartBarman(_) | Step::ConfirmBarman(_) if unconfirmed.is_some() => {
+                    log::warn!("{label}: {step}: skipped, barman cannot stream (see above)");
                     continue;
                 }
-                Step::RestartBarman(node) => {
+                Step::RestartBarman(_) => {
                     let stopped = match stopping.take() {
                         Some(handle) => handle.join().unwrap_or_else(|_| Err(anyhow!("stopping receive-wal panicked"))),
                         None => fx.backup.stop_receive_wal(),
                     };
-                    stopped.and_then(|()| restart_barman(fx, node))
+                    stopped.and_then(|()| fx.backup.start_receive_wal())
                 }
+                Step::ConfirmBarman(node) => confirm_barman(fx, node),
                 Step::TerminateWalsender(node, pid) => fx.cluster.terminate(node, pid),
                 Step::DropSlot(node) => fx.cluster.drop_slot(node),
                 Step::AdvanceSlot(node, lsn) => fx.cluster.advance_slot(node, lsn),
@@ -113,7 +114,7 @@ pub fn execute(cfg: &Config, fx: &Effects, label: &str, steps: &[Step]) -> Resul
             match result {
                 Ok(()) => log::info!("{label}: {step} ({ms} ms)"),
                 // barman's side: the promotion goes on (see open_app_on_failure)
-                Err(e) if matches!(step, Step::CreateSlot(_) | Step::RestartBarman(_)) => {
+                Err(e) if matches!(step, Step::CreateSlot(_) | Step::RestartBarman(_) | Step::ConfirmBarman(_)) => {
                     log::error!("{label}: {step} failed ({ms} ms): {e:#}");
                     unconfirmed = Some(e);
                 }
@@ -143,10 +144,9 @@ pub fn execute(cfg: &Config, fx: &Effects, label: &str, steps: &[Step]) -> Resul
     })
 }
 
-/// receive-wal is stopped by then: start it, and have barman confirm a WAL switch while
-/// the new primary writes a tiny WAL record every `Barman::NUDGE_EVERY`.
-fn restart_barman(fx: &Effects, node: Node) -> Result<()> {
-    fx.backup.start_receive_wal(None)?;
+/// barman confirms a WAL switch while the new primary writes a tiny WAL record every
+/// `Barman::NUDGE_EVERY` (barman archives a streamed file only once the next has begun).
+fn confirm_barman(fx: &Effects, node: Node) -> Result<()> {
     let mut last = Instant::now() - Barman::NUDGE_EVERY;
     fx.backup.switch_wal(&mut || {
         if last.elapsed() >= Barman::NUDGE_EVERY {
@@ -160,7 +160,6 @@ fn restart_barman(fx: &Effects, node: Node) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
     use std::sync::Mutex;
 
     use super::*;
@@ -272,7 +271,7 @@ mod tests {
         fn stop_receive_wal(&self) -> Result<()> {
             self.call(BarmanStop)
         }
-        fn start_receive_wal(&self, _output: Option<&Path>) -> Result<()> {
+        fn start_receive_wal(&self) -> Result<()> {
             self.call(BarmanStart)
         }
         fn switch_wal(&self, while_waiting: &mut dyn FnMut()) -> Result<()> {

@@ -20,11 +20,12 @@ use anyhow::{Context, Result};
 use tokio::sync::Notify;
 
 use crate::app::Ctx;
+use crate::core::config::NodeId;
 use crate::core::config::{Config, Watch};
 use crate::core::plan::{self, Ask, Decision, Nat as NatState};
 use crate::core::ruleset::{Open, Routing};
 use crate::core::status::{Action, WatchReport};
-use crate::core::view::{Answer, Primary, Role, View, arbitrate};
+use crate::core::view::{Answer, Lsn, Primary, Role, Slot, View, arbitrate};
 use crate::effects::barman::Barman;
 use crate::effects::db::{self, Pool, Postgres};
 use crate::effects::firewall::Iptables;
@@ -44,7 +45,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let cfg = &ctx.cfg;
     let rt = db::runtime()?;
     let cluster = Postgres::new(cfg, &rt);
-    let backup = Barman::new(&cfg.barman);
+    let backup = Barman::new(&cfg.barman).receive_wal_output(cfg.watch.dir.join(RECEIVE_WAL_LOG));
     let fw = Iptables;
     let state = StateDir::new(&cfg.state.dir);
     let direct = Direct { cfg, fw: &fw, state: &state };
@@ -59,6 +60,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     // The first pass waits for every node's first answer (each has its deadline).
     rt.block_on(nodes.first_answers(cfg));
     let mut watcher = Watcher::new(StateDir::new(&cfg.state.dir));
+    // what barman had confirmed, as the watch before this one saw it
+    watcher.receive_wal.confirmed = report(cfg).and_then(|r| r.barman_confirmed);
     log::info!(
         "watch: asking {} nodes every {} ms (every {} ms while the routed primary does not answer)",
         cfg.nodes.len(),
@@ -233,6 +236,11 @@ struct ReceiveWal {
     inactive_since: Option<Instant>,
     next_start: Option<Instant>,
     starts: u32,
+    /// The last position barman had confirmed (its slot's restart_lsn while it streamed),
+    /// and on which node.
+    confirmed: Option<(NodeId, Lsn)>,
+    /// Why barman cannot stream, when watch can tell: the WAL it needs is gone.
+    gap: Option<String>,
 }
 
 impl ReceiveWal {
@@ -241,11 +249,14 @@ impl ReceiveWal {
     fn describe(&self, dir: &Path) -> Option<String> {
         let since = self.inactive_since?;
         let mut text = format!("for {} s", since.elapsed().as_secs());
+        if let Some(gap) = &self.gap {
+            text.push_str(&format!("; {gap}"));
+        }
         if self.starts > 0 {
             text.push_str(&format!("; watch started receive-wal {} times", self.starts));
-            if let Some(line) = last_line(&dir.join(RECEIVE_WAL_LOG)) {
-                text.push_str(&format!(", which said: {line}"));
-            }
+        }
+        if let Some(line) = last_line(&dir.join(RECEIVE_WAL_LOG)) {
+            text.push_str(&format!("; the last receive-wal said: {line}"));
         }
         Some(text)
     }
@@ -363,33 +374,41 @@ impl Watcher {
     /// minute away). Start it, backing off while it keeps failing, and say why it failed.
     fn keep_barman_streaming(&mut self, cfg: &Config, fx: &Effects, view: &View, routing: &Routing) {
         let Routing::To(route) = routing else { return };
-        let inactive = route.open != Open::None
-            && view
-                .state(route.node)
-                .is_some_and(|s| s.role == Role::Primary && s.slot.is_some_and(|slot| slot.active_pid.is_none()));
+        let slot = view.state(route.node).filter(|s| s.role == Role::Primary).and_then(|s| s.slot);
         let rw = &mut self.receive_wal;
-        if !inactive {
+        if let Some(Slot { active_pid: Some(_), restart_lsn: Some(lsn) }) = slot {
             if rw.starts > 0 {
                 log::info!("watch: barman's receive-wal streams from node {} again", route.node.id());
             }
-            *rw = ReceiveWal::default();
+            *rw = ReceiveWal { confirmed: Some((route.node.id(), lsn)), ..ReceiveWal::default() };
             return;
         }
+        if route.open == Open::None || slot.is_none() {
+            return;
+        }
+        // barman resumes at the start of the segment it had confirmed last: if the primary
+        // keeps no WAL from there (nothing kept it for barman), barman can never stream it
+        rw.gap = match (rw.confirmed, slot.and_then(|s| s.restart_lsn)) {
+            (Some((on, needed)), Some(kept)) if kept.segment() > needed.segment() => Some(format!(
+                "barman needs WAL from {needed} (what it had confirmed on node {on}), node {} keeps WAL from {kept} \
+                 only: barman's archive has a gap there; take a new base backup",
+                route.node.id()
+            )),
+            _ => None,
+        };
         let now = Instant::now();
         let since = *rw.inactive_since.get_or_insert(now);
         if now.duration_since(since) < RECEIVE_WAL_GRACE || rw.next_start.is_some_and(|at| now < at) {
             return;
         }
-        let log_path = cfg.watch.dir.join(RECEIVE_WAL_LOG);
-        let said = last_line(&log_path);
+        let said = last_line(&cfg.watch.dir.join(RECEIVE_WAL_LOG));
         rw.starts += 1;
         let wait = backoff(Duration::from_secs(1), rw.starts);
         rw.next_start = Some(now + wait);
-        let why = match (&said, rw.starts) {
-            (_, 1) => String::new(),
-            (Some(line), _) => format!("; the last attempt said: {line}"),
-            (None, _) => "; the last attempt said nothing".to_string(),
-        };
+        let mut why = said.map(|line| format!("; the last receive-wal said: {line}")).unwrap_or_default();
+        if let Some(gap) = &rw.gap {
+            why = format!("; {gap}{why}");
+        }
         log::warn!(
             "watch: barman's slot on node {} has had no walsender for {} s: starting barman receive-wal (attempt {}, \
              next in {} s){why}",
@@ -398,7 +417,7 @@ impl Watcher {
             rw.starts,
             wait.as_secs()
         );
-        if let Err(e) = fx.backup.start_receive_wal(Some(&log_path)) {
+        if let Err(e) = fx.backup.start_receive_wal() {
             log::error!("watch: {e:#}");
         }
     }
@@ -425,6 +444,7 @@ impl Watcher {
             nodes: view.describe(),
             unanswered: view.nodes.iter().filter(|(_, a)| a.state().is_none()).map(|(n, _)| n.id()).collect(),
             receive_wal: self.receive_wal.describe(&cfg.watch.dir),
+            barman_confirmed: self.receive_wal.confirmed,
             last_action: self.last_action.clone(),
         };
         let text = serde_json::to_string(&report).unwrap_or_default();

@@ -63,3 +63,48 @@ cron_stop() {
     fi
     rm -f "$CRON_PID"
 }
+
+# ---- barman's own proof: a backup, and a restore of it into a scratch instance -----------
+RECOVERED_DIR=$LAB_DIR/recovered          # barman recover writes the data directory here
+RECOVERED_RUN=$LAB_DIR/recovered-run      # its socket directory and log
+RECOVERED_PORT=5499
+
+# A base backup, waiting until barman has its last WAL file; prints the backup id.
+barman_backup() {
+    HINT=/var/log/barman/barman.log
+    barman_as backup --wait --wait-timeout 60 "$BARMAN_SERVER" >>"$LAB_LOG" 2>&1 || die "barman backup failed; look at $LAB_LOG"
+    barman_as list-backups --minimal "$BARMAN_SERVER" | head -n 1
+}
+
+# recover BACKUP_ID: the WAL switched and archived first (what barman has is what it can
+# restore), then `barman recover` to the newest timeline barman knows, into a fresh
+# directory; started as postgres in the proxy namespace on a spare port and a private
+# socket, until its recovery has ended.
+barman_recover() {
+    local backup=$1
+    recovered_stop
+    barman_as switch-wal --force --archive --archive-timeout=30 "$BARMAN_SERVER" >>"$LAB_LOG" 2>&1 ||
+        die "barman switch-wal --archive failed before the recovery; look at $LAB_LOG"
+    rm -rf -- "$RECOVERED_DIR" "$RECOVERED_RUN"
+    install -d -o barman -g barman -m 0700 "$RECOVERED_DIR"
+    install -d -o postgres -g postgres -m 0700 "$RECOVERED_RUN"
+    barman_as recover --target-tli latest "$BARMAN_SERVER" "$backup" "$RECOVERED_DIR" >>"$LAB_LOG" 2>&1 ||
+        die "barman recover $backup failed; look at $LAB_LOG"
+    chown -R postgres:postgres "$RECOVERED_DIR"
+    as postgres proxy "$PG_BIN/pg_ctl" -D "$RECOVERED_DIR" -l "$RECOVERED_RUN/postgresql.log" -w -t 120 \
+        -o "-c port=$RECOVERED_PORT -c listen_addresses='' -c unix_socket_directories=$RECOVERED_RUN -c shared_preload_libraries='' -c synchronous_standby_names='' -c archive_mode=off" \
+        start >>"$LAB_LOG" 2>&1 || die "the recovered instance did not start; look at $RECOVERED_RUN/postgresql.log"
+    wait_until 120 "the recovered instance to end its recovery ($RECOVERED_RUN/postgresql.log)" recovered_done
+}
+
+recovered_psql() { # DB SQL
+    as postgres proxy "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$RECOVERED_RUN" -p "$RECOVERED_PORT" \
+        -U postgres -d "$1" -c "$2"
+}
+
+recovered_done() { [[ $(recovered_psql postgres 'select pg_is_in_recovery()' 2>/dev/null) == f ]]; }
+
+recovered_stop() {
+    [[ -f $RECOVERED_DIR/postmaster.pid ]] || return 0
+    as postgres proxy "$PG_BIN/pg_ctl" -D "$RECOVERED_DIR" -m immediate -w -t 20 stop >>"$LAB_LOG" 2>&1 || true
+}

@@ -33,9 +33,12 @@ pub enum Step {
     Route(Record),
     /// `pg_create_physical_replication_slot(slot, true)` on the node.
     CreateSlot(Node),
-    /// Stop barman's receive-wal, start it again at once against the node, force a WAL
-    /// switch and wait until barman has archived it.
+    /// Stop barman's receive-wal and start it again at once, against the node.
     RestartBarman(Node),
+    /// Force a WAL switch on the node and wait until barman has archived that WAL file:
+    /// proof that barman streams from it. `watch` leaves it out where it may (it sees
+    /// barman's walsender on the slot instead, and must not wait up to archive_timeout).
+    ConfirmBarman(Node),
     /// `pg_terminate_backend(pid)` on the node: the walsender holding the slot.
     TerminateWalsender(Node, i32),
     /// `pg_drop_replication_slot(slot)` on the node.
@@ -51,7 +54,7 @@ impl Step {
     /// Steps that concern the promotion (the rest is housekeeping on other nodes, whose
     /// failure does not stop the run).
     pub fn is_promotion(&self) -> bool {
-        matches!(self, Step::Route(_) | Step::CreateSlot(_) | Step::RestartBarman(_))
+        matches!(self, Step::Route(_) | Step::CreateSlot(_) | Step::RestartBarman(_) | Step::ConfirmBarman(_))
     }
 }
 
@@ -61,6 +64,7 @@ impl fmt::Display for Step {
             Step::Route(record) => write!(f, "route {record}"),
             Step::CreateSlot(node) => write!(f, "create slot on node {}", node.id()),
             Step::RestartBarman(node) => write!(f, "restart barman receive-wal against node {}", node.id()),
+            Step::ConfirmBarman(node) => write!(f, "have barman confirm a WAL switch of node {}", node.id()),
             Step::TerminateWalsender(node, pid) => write!(f, "terminate walsender {pid} on node {}", node.id()),
             Step::DropSlot(node) => write!(f, "drop slot on node {}", node.id()),
             Step::CreateStandbySlot(node) => write!(f, "create slot on standby node {}", node.id()),
@@ -99,7 +103,7 @@ pub fn decide(cfg: &Config, ask: Ask, view: &View, nat: Nat) -> Decision {
         Err(decision) => return decision,
     };
     let mut steps = match target {
-        Some((primary, timeline)) => promote(cfg, primary, timeline, view, nat),
+        Some((primary, timeline)) => promote(cfg, primary, timeline, view, nat, ask != Ask::Watch),
         None => without_primary(cfg, view, nat),
     };
     steps.extend(standbys(cfg, view, target.map(|(primary, _)| primary), ask == Ask::Watch));
@@ -184,7 +188,15 @@ fn unanswered(node: Node, answer: Option<&Answer>) -> Decision {
 /// Point everything at `primary`. With `OpenApp::AfterSlot` the application port opens as
 /// soon as the primary holds barman's slot (from then on it keeps every WAL record barman
 /// has not received), and barman follows; with `AfterArchive`, only once barman confirmed.
-fn promote(cfg: &Config, primary: Node, timeline: u32, view: &View, nat: Nat) -> Vec<Step> {
+/// barman's confirmation is waited for when `confirm` (or when the port waits for it).
+fn promote(cfg: &Config, primary: Node, timeline: u32, view: &View, nat: Nat, confirm: bool) -> Vec<Step> {
+    let barman = |confirm: bool| {
+        let mut steps = vec![Step::RestartBarman(primary)];
+        if confirm {
+            steps.push(Step::ConfirmBarman(primary));
+        }
+        steps
+    };
     let slot = view.state(primary).and_then(|s| s.slot);
     let all = Route::new(primary, Open::All);
     let record = Record { route: all, timeline };
@@ -195,7 +207,8 @@ fn promote(cfg: &Config, primary: Node, timeline: u32, view: &View, nat: Nat) ->
         }
         if slot.is_none() {
             // never close the application port for it: the slot comes back behind it
-            steps.extend([Step::CreateSlot(primary), Step::RestartBarman(primary)]);
+            steps.push(Step::CreateSlot(primary));
+            steps.extend(barman(confirm));
         }
         return steps;
     }
@@ -209,7 +222,7 @@ fn promote(cfg: &Config, primary: Node, timeline: u32, view: &View, nat: Nat) ->
             }
             steps.push(Step::Route(record));
             if !streaming {
-                steps.push(Step::RestartBarman(primary));
+                steps.extend(barman(confirm));
             }
         }
         OpenApp::AfterArchive => {
@@ -219,7 +232,8 @@ fn promote(cfg: &Config, primary: Node, timeline: u32, view: &View, nat: Nat) ->
             if slot.is_none() {
                 steps.push(Step::CreateSlot(primary));
             }
-            steps.extend([Step::RestartBarman(primary), Step::Route(record)]);
+            steps.extend(barman(true));
+            steps.push(Step::Route(record));
         }
     }
     steps
@@ -334,7 +348,9 @@ mod tests {
     fn act(steps: &[Step]) -> Decision {
         Decision::Act(steps.to_vec())
     }
-    use Step::{AdvanceSlot, CreateSlot, CreateStandbySlot, DropSlot, RestartBarman, TerminateWalsender};
+    use Step::{
+        AdvanceSlot, ConfirmBarman, CreateSlot, CreateStandbySlot, DropSlot, RestartBarman, TerminateWalsender,
+    };
 
     fn check(cfg: &Config, cases: Vec<(Ask, View, Routing, Option<Record>, Decision)>) {
         for (ask, view, routing, record, expected) in cases {
@@ -354,27 +370,27 @@ mod tests {
     #[rustfmt::skip]
     fn promote_decision_table() {
         let (n1, n2) = (node(1), node(2));
-        let full = |tl| act(&[CreateSlot(n2), switch(2, Open::All, tl), RestartBarman(n2)]);
+        let full = |tl| act(&[CreateSlot(n2), switch(2, Open::All, tl), RestartBarman(n2), ConfirmBarman(n2)]);
         check(&example(), vec![
             // fresh: no rules at all (the first primary_register, or after a reboot)
             (promote_of(2), view(&[(1, down()), (2, primary(1, None))]),         Routing::Nothing,     None,                        full(1)),
             // the usual failover: the rules point at the former primary
             (promote_of(2), view(&[(1, down()), (2, primary(2, None))]),         to(1, Open::All),     rec(1, Open::All, 1),        full(2)),
             (promote_of(2), view(&[(1, down()), (2, primary(2, None))]),         Routing::Unrecognised, rec(1, Open::All, 1),       full(2)),
-            (promote_of(2), view(&[(1, down()), (2, primary(2, IDLE))]),         to(1, Open::All),     rec(1, Open::All, 1),        act(&[switch(2, Open::All, 2), RestartBarman(n2)])),
+            (promote_of(2), view(&[(1, down()), (2, primary(2, IDLE))]),         to(1, Open::All),     rec(1, Open::All, 1),        act(&[switch(2, Open::All, 2), RestartBarman(n2), ConfirmBarman(n2)])),
             // a promotion interrupted after the barman port moved: open, and restart barman
             // unless it streams from the node already (a walsender on the slot)
-            (promote_of(2), view(&[(1, down()), (2, primary(2, IDLE))]),         to(2, Open::Barman),  rec(2, Open::Barman, 2),     act(&[switch(2, Open::All, 2), RestartBarman(n2)])),
+            (promote_of(2), view(&[(1, down()), (2, primary(2, IDLE))]),         to(2, Open::Barman),  rec(2, Open::Barman, 2),     act(&[switch(2, Open::All, 2), RestartBarman(n2), ConfirmBarman(n2)])),
             (promote_of(2), view(&[(1, down()), (2, primary(2, ACTIVE))]),       to(2, Open::Barman),  rec(2, Open::Barman, 2),     act(&[switch(2, Open::All, 2)])),
             (promote_of(2), view(&[(1, down()), (2, primary(2, ACTIVE))]),       to(2, Open::None),    rec(2, Open::None, 2),       act(&[switch(2, Open::All, 2)])),
             // ports right but the slot missing: never close the application port for it
-            (promote_of(2), view(&[(1, down()), (2, primary(2, None))]),         to(2, Open::All),     rec(2, Open::All, 2),        act(&[CreateSlot(n2), RestartBarman(n2)])),
+            (promote_of(2), view(&[(1, down()), (2, primary(2, None))]),         to(2, Open::All),     rec(2, Open::All, 2),        act(&[CreateSlot(n2), RestartBarman(n2), ConfirmBarman(n2)])),
             // already right: the second promote event of a failover costs nothing
             (promote_of(2), view(&[(1, down()), (2, primary(2, ACTIVE))]),       to(2, Open::All),     rec(2, Open::All, 2),        Decision::Nothing("ports already point at node 2 (timeline 2) and its slot exists".into())),
             // ... but a record without the timeline catches up
             (promote_of(2), view(&[(1, down()), (2, primary(2, ACTIVE))]),       to(2, Open::All),     rec(2, Open::All, 0),        act(&[switch(2, Open::All, 2)])),
             // the old primary still answers, as a standby with barman streaming from it: no more
-            (promote_of(2), view(&[(1, standby(ACTIVE)), (2, primary(2, None))]), to(1, Open::All),    rec(1, Open::All, 1),        act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2), TerminateWalsender(n1, 4242)])),
+            (promote_of(2), view(&[(1, standby(ACTIVE)), (2, primary(2, None))]), to(1, Open::All),    rec(1, Open::All, 1),        act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2), ConfirmBarman(n2), TerminateWalsender(n1, 4242)])),
             // a stale promote: the node is a standby now
             (promote_of(2), view(&[(1, primary(1, IDLE)), (2, standby(None))]), to(1, Open::All),     rec(1, Open::All, 1),        refuse("node 2 is in recovery, not a primary; nothing changed")),
             // a replayed promote for the old primary, back on its old timeline
@@ -398,9 +414,9 @@ mod tests {
         cfg.barman.open_app = OpenApp::AfterArchive;
         let n2 = node(2);
         check(&cfg, vec![
-            (promote_of(2), view(&[(1, down()), (2, primary(2, None))]),   to(1, Open::All),    rec(1, Open::All, 1),    act(&[switch(2, Open::Barman, 2), CreateSlot(n2), RestartBarman(n2), switch(2, Open::All, 2)])),
-            (promote_of(2), view(&[(1, down()), (2, primary(2, IDLE))]),   to(2, Open::Barman), rec(2, Open::Barman, 2), act(&[RestartBarman(n2), switch(2, Open::All, 2)])),
-            (promote_of(2), view(&[(1, down()), (2, primary(2, IDLE))]),   to(2, Open::None),   rec(2, Open::None, 2),   act(&[switch(2, Open::Barman, 2), RestartBarman(n2), switch(2, Open::All, 2)])),
+            (promote_of(2), view(&[(1, down()), (2, primary(2, None))]),   to(1, Open::All),    rec(1, Open::All, 1),    act(&[switch(2, Open::Barman, 2), CreateSlot(n2), RestartBarman(n2), ConfirmBarman(n2), switch(2, Open::All, 2)])),
+            (promote_of(2), view(&[(1, down()), (2, primary(2, IDLE))]),   to(2, Open::Barman), rec(2, Open::Barman, 2), act(&[RestartBarman(n2), ConfirmBarman(n2), switch(2, Open::All, 2)])),
+            (promote_of(2), view(&[(1, down()), (2, primary(2, IDLE))]),   to(2, Open::None),   rec(2, Open::None, 2),   act(&[switch(2, Open::Barman, 2), RestartBarman(n2), ConfirmBarman(n2), switch(2, Open::All, 2)])),
             (promote_of(2), view(&[(1, down()), (2, primary(2, IDLE))]),   to(2, Open::All),    rec(2, Open::All, 2),    Decision::Nothing("ports already point at node 2 (timeline 2) and its slot exists".into())),
         ]);
     }
@@ -416,7 +432,7 @@ mod tests {
             (standby_of(1), view(&[(1, standby(IDLE)), (2, primary(2, ACTIVE))]),   to(2, Open::All), rec(2, Open::All, 2), Decision::Nothing("ports already point at node 2 (timeline 2) and its slot exists".into())),
             (standby_of(1), view(&[(1, standby(None)), (2, primary(2, ACTIVE))]),   to(2, Open::All), rec(2, Open::All, 2), Decision::Nothing("ports already point at node 2 (timeline 2) and its slot exists".into())),
             // the ports still point at it (a lost promote event): they follow the primary
-            (standby_of(1), view(&[(1, standby(ACTIVE)), (2, primary(2, None))]),   to(1, Open::All), rec(1, Open::All, 1), act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2), TerminateWalsender(n1, 4242)])),
+            (standby_of(1), view(&[(1, standby(ACTIVE)), (2, primary(2, None))]),   to(1, Open::All), rec(1, Open::All, 1), act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2), ConfirmBarman(n2), TerminateWalsender(n1, 4242)])),
             // ... or, with no primary to go to, close
             (standby_of(1), view(&[(1, standby(IDLE)), (2, down())]),              to(1, Open::All), rec(1, Open::All, 1), act(&[switch(1, Open::None, 1)])),
             (standby_of(1), view(&[(1, standby(IDLE)), (2, down())]),              to(1, Open::None), rec(1, Open::None, 1), Decision::Nothing("no primary to route to (none reachable); rules left as they are".into())),
@@ -437,11 +453,11 @@ mod tests {
         let hold = |why: &str| Decision::Nothing(format!("no primary to route to ({why}); rules left as they are"));
         check(&example(), vec![
             // a promotion nobody told us about
-            (Ask::Converge, view(&[(1, down()), (2, primary(2, None))]),           to(1, Open::All),    rec(1, Open::All, 1), act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2)])),
+            (Ask::Converge, view(&[(1, down()), (2, primary(2, None))]),           to(1, Open::All),    rec(1, Open::All, 1), act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2), ConfirmBarman(n2)])),
             // the old primary is back on its old timeline: the new one keeps the ports
             (Ask::Converge, view(&[(1, primary(1, IDLE)), (2, primary(2, ACTIVE))]), to(2, Open::All),  rec(2, Open::All, 2), Decision::Nothing("ports already point at node 2 (timeline 2) and its slot exists".into())),
             (Ask::Converge, view(&[(1, primary(1, IDLE)), (2, primary(2, ACTIVE))]), to(1, Open::All),  rec(1, Open::All, 1), act(&[switch(2, Open::All, 2)])),
-            (Ask::Converge, view(&[(1, primary(1, IDLE)), (2, primary(2, IDLE))]), to(1, Open::All),    rec(1, Open::All, 1), act(&[switch(2, Open::All, 2), RestartBarman(n2)])),
+            (Ask::Converge, view(&[(1, primary(1, IDLE)), (2, primary(2, IDLE))]), to(1, Open::All),    rec(1, Open::All, 1), act(&[switch(2, Open::All, 2), RestartBarman(n2), ConfirmBarman(n2)])),
             // the routed primary went down (a switchover, a crash): new connections wait
             (Ask::Converge, view(&[(1, down()), (2, standby(IDLE))]),               to(1, Open::All),    rec(1, Open::All, 1), act(&[switch(1, Open::Barman, 1)])),
             (Ask::Converge, view(&[(1, down()), (2, standby(IDLE))]),               to(1, Open::Barman), rec(1, Open::Barman, 1), hold("none reachable")),
@@ -451,6 +467,10 @@ mod tests {
             // the true primary unreachable, a stale one answers: never route to it
             (Ask::Converge, view(&[(1, primary(1, IDLE)), (2, silent())]),          to(2, Open::All),    rec(2, Open::All, 2), hold("none: node 1 is a primary on timeline 1, below timeline 2 recorded with the route")),
             (Ask::Converge, view(&[(1, primary(2, IDLE)), (2, primary(2, IDLE))]),  to(1, Open::All),    rec(1, Open::All, 2), hold("ambiguous: nodes 1 and 2 are all primary on timeline 2")),
+        ]);
+        // watch does not wait for barman's confirmation: it sees barman's walsender instead
+        check(&example(), vec![
+            (Ask::Watch, view(&[(1, down()), (2, primary(2, None))]), to(1, Open::All), rec(1, Open::All, 1), act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2)])),
         ]);
         check(&closing, vec![
             (Ask::Converge, view(&[(1, silent()), (2, standby(IDLE))]),             to(1, Open::All),    rec(1, Open::All, 1), act(&[switch(1, Open::Barman, 1)])),
@@ -533,10 +553,10 @@ mod tests {
             (Ask::Reconcile { named: Some(n1) }, view(&[(1, primary(2, ACTIVE)), (2, primary(2, None))]), to(1, Open::All), rec(1, Open::All, 2),
                 Decision::Nothing("ports already point at node 1 (timeline 2) and its slot exists".into())),
             (Ask::Reconcile { named: Some(n2) }, view(&[(1, primary(2, ACTIVE)), (2, primary(2, None))]), to(1, Open::All), rec(1, Open::All, 2),
-                act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2)])),
+                act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2), ConfirmBarman(n2)])),
             // named below the recorded timeline: the operator knows better (a rebuilt cluster)
             (Ask::Reconcile { named: Some(n1) }, view(&[(1, primary(1, None)), (2, silent())]),          to(2, Open::All), rec(2, Open::All, 5),
-                act(&[CreateSlot(n1), switch(1, Open::All, 1), RestartBarman(n1)])),
+                act(&[CreateSlot(n1), switch(1, Open::All, 1), RestartBarman(n1), ConfirmBarman(n1)])),
             (Ask::Reconcile { named: Some(n2) }, view(&[(1, primary(1, ACTIVE)), (2, standby(IDLE))]),   to(1, Open::All), rec(1, Open::All, 1),
                 refuse("node 2 is in recovery, not a primary; nothing changed")),
             (Ask::Reconcile { named: None },     view(&[(1, down()), (2, standby(IDLE))]),               to(1, Open::All), rec(1, Open::All, 1),

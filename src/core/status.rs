@@ -33,6 +33,9 @@ pub struct WatchReport {
     /// While barman does not stream from the primary: since when, what watch did, and
     /// what receive-wal said when it last failed.
     pub receive_wal: Option<String>,
+    /// The last position barman had confirmed (its slot's restart_lsn while it streamed),
+    /// and on which node: a watch started again after a restart knows what barman needs.
+    pub barman_confirmed: Option<(NodeId, Lsn)>,
     pub last_action: Option<Action>,
 }
 
@@ -503,7 +506,7 @@ mod tests {
         let v = view(&[(1, up(Role::Standby, 2, false)), (2, idle)]);
         let mut watch = watch_report();
         watch.receive_wal = Some(
-            "for 45 s; watch started receive-wal 3 times, which said: ERROR: requested WAL segment \
+            "for 45 s; watch started receive-wal 3 times; the last receive-wal said: ERROR: requested WAL segment \
                                   00000002000000000000000D has already been removed"
                 .into(),
         );
@@ -522,7 +525,8 @@ mod tests {
             [
                 "standby node 1 has no slot barman: nothing keeps barman's WAL there",
                 "barman does not stream from node 2: its slot has no walsender (for 45 s; watch started receive-wal 3 \
-                 times, which said: ERROR: requested WAL segment 00000002000000000000000D has already been removed)"
+                 times; the last receive-wal said: ERROR: requested WAL segment 00000002000000000000000D has already \
+                 been removed)"
             ]
         );
         let mut article = cfg.clone();
@@ -546,6 +550,7 @@ mod tests {
             nodes: "1: down: connection refused, 2: primary on timeline 2".into(),
             unanswered: vec![NodeId::new(1)],
             receive_wal: None,
+            barman_confirmed: None,
             last_action: Some(Action {
                 at_ms: 9_000,
                 steps: vec!["route node 2 ports all (timeline 2)".into()],
@@ -569,6 +574,7 @@ mod tests {
             nodes: "1: down: connection refused, 2: primary on timeline 2".into(),
             unanswered: vec![NodeId::new(1)],
             receive_wal: None,
+            barman_confirmed: None,
             last_action: Some(Action {
                 at_ms: 9_000,
                 steps: vec!["route node 2 ports all (timeline 2)".into()],

@@ -38,6 +38,25 @@ impl Serialize for Lsn {
     }
 }
 
+impl std::str::FromStr for Lsn {
+    type Err = String;
+
+    /// `X/Y` in hexadecimal, as PostgreSQL prints a `pg_lsn`.
+    fn from_str(text: &str) -> Result<Lsn, String> {
+        let hex = |part: &str| u64::from_str_radix(part, 16).ok().filter(|n| *n <= 0xffff_ffff);
+        match text.split_once('/').and_then(|(hi, lo)| Some((hex(hi)?, hex(lo)?))) {
+            Some((hi, lo)) => Ok(Lsn(hi << 32 | lo)),
+            None => Err(format!("{text:?} is not a WAL position")),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Lsn, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -240,9 +259,11 @@ pub mod tests {
     }
 
     #[test]
-    fn lsn_prints_as_postgres_does() {
+    fn lsn_prints_and_reads_as_postgres_does() {
         assert_eq!(Lsn(0x1_0000_0060).to_string(), "1/60");
         assert_eq!(Lsn(0x0300_0028).to_string(), "0/3000028");
+        assert_eq!("0/3000028".parse(), Ok(Lsn(0x0300_0028)));
+        assert!("3000028".parse::<Lsn>().is_err() && "0/1/2".parse::<Lsn>().is_err());
         assert_eq!(Lsn(5).since(Lsn(7)), 0);
     }
 

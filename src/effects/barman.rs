@@ -1,7 +1,7 @@
 //! The barman adapter: barman runs as its own OS user through `sudo -n -u`, with the
 //! server name validated by the config so it can never be taken for an option.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -12,9 +12,8 @@ use crate::effects::exec::{self, Cmd, ExecError};
 pub trait Backup {
     /// Stops receive-wal; not running is success.
     fn stop_receive_wal(&self) -> Result<()>;
-    /// Starts receive-wal in the background now, rather than at the next cron run; what
-    /// it prints goes to `output`, or nowhere.
-    fn start_receive_wal(&self, output: Option<&Path>) -> Result<()>;
+    /// Starts receive-wal in the background now, rather than at the next cron run.
+    fn start_receive_wal(&self) -> Result<()>;
     /// Forces a WAL switch on the primary and waits until barman has archived that
     /// WAL file: proof that barman streams from the new primary. `while_waiting` is
     /// called every few milliseconds until then.
@@ -42,11 +41,18 @@ pub fn switch_cmd(cfg: &config::Barman) -> Cmd {
 
 pub struct Barman<'a> {
     cfg: &'a config::Barman,
+    /// Where the receive-wal this starts writes what it prints (nowhere if none).
+    output: Option<PathBuf>,
 }
 
 impl<'a> Barman<'a> {
     pub fn new(cfg: &'a config::Barman) -> Barman<'a> {
-        Barman { cfg }
+        Barman { cfg, output: None }
+    }
+
+    /// Keeps what every receive-wal this starts prints in `path` (replaced at each start).
+    pub fn receive_wal_output(self, path: PathBuf) -> Barman<'a> {
+        Barman { output: Some(path), ..self }
     }
 
     fn run(&self, cmd: &Cmd, timeout: Duration, while_waiting: &mut dyn FnMut()) -> Result<exec::Output> {
@@ -82,9 +88,9 @@ impl Backup for Barman<'_> {
     /// barman's receive-wal takes a lock of its own: if barman's cron started one in the
     /// meantime, this one exits at once and the running one streams. `switch_wal` is what
     /// confirms that one does.
-    fn start_receive_wal(&self, output: Option<&Path>) -> Result<()> {
+    fn start_receive_wal(&self) -> Result<()> {
         let cmd = start_cmd(self.cfg);
-        let pid = exec::spawn_detached(&cmd, output)?;
+        let pid = exec::spawn_detached(&cmd, self.output.as_deref())?;
         log::info!("barman: started receive-wal {} in the background (pid {pid})", self.cfg.server);
         Ok(())
     }

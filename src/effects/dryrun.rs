@@ -180,7 +180,7 @@ impl Backup for PrintBackup<'_> {
     fn stop_receive_wal(&self) -> Result<()> {
         Ok(())
     }
-    fn start_receive_wal(&self, _output: Option<&std::path::Path>) -> Result<()> {
+    fn start_receive_wal(&self) -> Result<()> {
         self.out.say(&format!("{}  # begun beside the steps before", barman::stop_cmd(self.cfg)));
         self.out.say(&format!("{} &", barman::start_cmd(self.cfg)));
         Ok(())

@@ -2,7 +2,7 @@
 //! and takes it down again; these helpers run commands in it and read what a user would
 //! look at (the nat table, the slots, which server answers, repmgr-nat's exit code).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -482,5 +482,77 @@ impl Drop for Restore {
                 let _ = std::fs::remove_file(&self.path);
             }
         }
+    }
+}
+
+/// What `lab-probe write` wrote: every acknowledged commit (row id -> attempt number) and
+/// how many attempts it made; each row's payload is `lab-probe <pid> <attempt>`.
+#[derive(Debug)]
+pub struct Writes {
+    pub pid: u32,
+    pub attempts: u64,
+    pub acked: BTreeMap<i64, u64>,
+}
+
+impl Writes {
+    #[track_caller]
+    pub fn read(path: &Path) -> Writes {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut writes = Writes { pid: 0, attempts: 0, acked: BTreeMap::new() };
+        for line in text.lines() {
+            if let Some(pid) = line.strip_prefix("# lab-probe write pid=") {
+                writes.pid = pid.parse().unwrap();
+                continue;
+            }
+            let words: Vec<&str> = line.split(' ').collect();
+            match words[..] {
+                [_, "err", ..] => writes.attempts += 1,
+                [_, "ok", _, id, seq] => {
+                    writes.attempts += 1;
+                    let id = id.strip_prefix("id=").and_then(|i| i.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+                    let seq = seq.strip_prefix("seq=").and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+                    writes.acked.insert(id, seq);
+                }
+                _ => panic!("{}: cannot read {line:?}", path.display()),
+            }
+        }
+        assert!(writes.pid > 0, "{}: no pid line", path.display());
+        writes
+    }
+
+    /// Checks the rows of a table (`id|payload` lines) against what was written: every
+    /// acknowledged row is there with its payload, and no row is one nobody attempted.
+    /// Returns how many rows there are.
+    pub fn check(&self, rows: &str) -> Result<usize, String> {
+        let mut found = BTreeMap::new();
+        for line in rows.lines() {
+            let (id, payload) = line.split_once('|').ok_or(format!("bad row {line:?}"))?;
+            found.insert(id.parse::<i64>().map_err(|e| format!("{line}: {e}"))?, payload.to_string());
+        }
+        let missing: Vec<&i64> = self.acked.keys().filter(|id| !found.contains_key(id)).collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "{} acknowledged commits missing, first {:?}",
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            ));
+        }
+        for (id, seq) in &self.acked {
+            let want = format!("lab-probe {} {seq}", self.pid);
+            if found[id] != want {
+                return Err(format!("row {id} holds {:?}, acknowledged as {want:?}", found[id]));
+            }
+        }
+        let invented: Vec<&String> = found
+            .values()
+            .filter(|payload| {
+                let seq = payload.strip_prefix(&format!("lab-probe {} ", self.pid)).and_then(|s| s.parse::<u64>().ok());
+                !seq.is_some_and(|seq| seq >= 1 && seq <= self.attempts)
+            })
+            .collect();
+        if !invented.is_empty() {
+            return Err(format!("rows nobody wrote: {:?}", &invented[..invented.len().min(10)]));
+        }
+        Ok(found.len())
     }
 }

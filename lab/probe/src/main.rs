@@ -22,7 +22,8 @@ usage:
       (ok lines carry conn=N, the number of the connection that answered)
   lab-probe write --conninfo CONNINFO --count N [--interval-ms 0] [--duration-s N] [--timeout-ms 2000]
       insert rows one by one into the app table until N commits were acknowledged
-      (ok lines: `<ms> ok <server> id=<id>`); keeps going through errors, reconnecting
+      (ok lines: `<ms> ok <server> id=<id> seq=<attempt>`, each row's payload `lab-probe <pid>
+      <attempt>`, the pid on the first line); keeps going through errors, reconnecting
   lab-probe summary FILE [--since-ms T0]
       human timeline of a watch/hold/write output file, then one `summary key=value ...` line
 
@@ -271,6 +272,9 @@ fn write(o: &Opts) -> Result<(), String> {
     let mut acked = 0u64;
     let mut seq = 0u64;
     let pid = std::process::id();
+    // the payload of every row is `lab-probe <pid> <attempt>`: a row nobody attempted can
+    // be told from one whose commit was not acknowledged
+    emit(&format!("# lab-probe write pid={pid}"));
     while acked < want && !finished(start, o) {
         seq += 1;
         let t = now_ms();
@@ -298,7 +302,7 @@ fn write(o: &Opts) -> Result<(), String> {
             Some(Ok((c, id, addr))) => {
                 client = Some(c);
                 acked += 1;
-                emit(&format!("{t} ok {addr} id={id}"));
+                emit(&format!("{t} ok {addr} id={id} seq={seq}"));
                 false
             }
             Some(Err(r)) => {
