@@ -60,7 +60,7 @@ fn setup_is_idempotent_and_restores_the_rules_after_a_reboot() {
     lab.ok(&["exec", "proxy", "--", "iptables", "-t", "nat", "-F"]);
     let setup = lab.repmgr_nat("root", &["setup"]).expect(0, "setup with every node down");
     assert!(
-        setup.stderr.contains("no node answered; restoring the route recorded before: node 1 ports all"),
+        setup.stderr.contains("restoring the route recorded before: node 1 ports all (timeline 1)"),
         "{}",
         setup.stderr
     );

@@ -131,11 +131,13 @@ fn a_partition_at_promotion_time_is_waited_out_then_followed() {
 
     // the proxy cannot tell db2 was promoted: nothing goes to it, and the application
     // port of the dead db1 holds new connections
+    let app_open = |rules: &[String]| rules.iter().any(|l| l.contains("--dport 54322 -j DNAT"));
+    lab.wait_until("the application port of the dead db1 closed", CONVERGE, || !app_open(&lab.our_rules()));
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
         let rules = lab.our_rules();
         assert!(!rules.iter().any(|l| l.contains(DB2)), "routed to db2 through the partition: {rules:?}");
-        assert!(!rules.iter().any(|l| l.contains("--dport 54322 -j DNAT")), "application port open: {rules:?}");
+        assert!(!app_open(&rules), "application port open: {rules:?}");
         std::thread::sleep(Duration::from_millis(250));
     }
 
