@@ -87,7 +87,7 @@ EOF
 }
 
 # ============================================================================ deps
-DEPS_PKGS=(iptables iproute2 sudo conntrack postgresql-15 postgresql-15-repmgr barman libssl-dev pkg-config openssl)
+DEPS_PKGS=(iptables iproute2 sudo conntrack postgresql-15 postgresql-15-repmgr barman libssl-dev pkg-config openssl acl)
 
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
@@ -302,6 +302,10 @@ cmd_up() {
     net_up
     phase_done "namespaces ${LAB_NAMESPACES[*]}, bridge $BRIDGE in $NS_BRIDGE"
 
+    phase "TLS: the lab's CA and the nodes' certificates"
+    write_tls_certs
+    phase_done "$TLS_DIR"
+
     phase "handler: install + boot step"
     install_lab_bin "$mode"
     if [[ $mode == scripts ]]; then
@@ -323,7 +327,6 @@ cmd_up() {
     phase "db1: initdb, start, users"
     node_dirs db1
     node_dirs db2
-    write_tls_cert
     write_bootstrap_sql
     db1_init
     write_pgpass_files

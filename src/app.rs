@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
 
 use crate::cli::{Cli, Command};
 use crate::core::config::{self, Config, Node, NodeId};
@@ -14,9 +16,10 @@ use crate::core::status;
 use crate::effects::barman::Barman;
 use crate::effects::db::{self, Postgres};
 use crate::effects::dryrun::{PrintBackup, PrintCluster, PrintFirewall, PrintNat, Sink};
+use crate::effects::exec::{self, Cmd};
 use crate::effects::firewall::{Firewall, Iptables};
 use crate::effects::nat::{Direct, Nat, ViaSudo};
-use crate::effects::privilege;
+use crate::effects::privilege::{self, OsUser};
 use crate::effects::state::{Lock, StateDir};
 use crate::exit::{Exit, bad_input};
 use crate::handler::{self, Effects};
@@ -53,10 +56,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 handler::run(&ctx.cfg, fx, Ask::Event(claim), &format!("node {} {}", event.node, event.name))
             })
         }
-        Command::Reconcile { primary } => {
+        Command::Reconcile { primary, boot } => {
             let ctx = ctx(acting_config(cli.config, root, dry_run)?)?;
             let named = primary.map(|text| node(&ctx.cfg, &text)).transpose()?;
             let _lock = lock(&ctx)?;
+            if boot {
+                return with_effects(&ctx, |fx| boot_cluster(&ctx.cfg, fx));
+            }
             with_effects(&ctx, |fx| handler::run(&ctx.cfg, fx, Ask::Reconcile { named }, "reconcile"))
         }
         Command::Watch => {
@@ -66,14 +72,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status { json } => status(&ctx(cli.config)?, json),
         Command::Setup => {
             require_root("setup", root)?;
-            setup(&ctx(cli.config)?)
+            privilege::sanitize_root();
+            setup(&ctx(cli.config.clone())?, &cli)
         }
         Command::Teardown => {
             require_root("teardown", root)?;
+            privilege::sanitize_root();
             teardown(&ctx(cli.config)?)
         }
         Command::Route { node_id, ports, timeline, show } => {
             require_root("route", root)?;
+            privilege::sanitize_root();
             if let Some(path) = &cli.config {
                 return Err(Exit::BadInput(format!(
                     "route reads only {}; --config {} and REPMGR_NAT_CONFIG are refused",
@@ -188,42 +197,72 @@ fn status(ctx: &Ctx, json: bool) -> Result<()> {
     }
 }
 
-/// Boot: forwarding on, chains and jumps where missing (duplicates removed), then the
-/// live cluster; when no node answers at all, the route recorded before the reboot.
-fn setup(ctx: &Ctx) -> Result<()> {
+/// Boot, as root: forwarding on, our chains, jumps and hold where missing (duplicates
+/// removed), the run lock made; then the cluster part as repmgr's OS user, so that root
+/// neither reads that user's password file nor talks to the nodes: `reconcile --boot`.
+fn setup(ctx: &Ctx, cli: &Cli) -> Result<()> {
     let cfg = &ctx.cfg;
+    let user = OsUser::named(&cfg.repmgr_user).map_err(|e| bad_input(e.context("repmgr.user")))?;
     let state = StateDir::new(&cfg.state.dir);
     if !ctx.dry_run {
         state.create()?;
+        state.make_run_lock(user.gid)?;
     }
-    let _lock = lock(ctx)?;
-    let out = Sink::Stdout;
-    let printing = PrintFirewall { real: &Iptables, out: &out };
-    let fw: &dyn Firewall = if ctx.dry_run { &printing } else { &Iptables };
-    if fw.enable_forwarding()? {
-        log::info!("setup: turned on IPv4 forwarding");
+    {
+        let _lock = lock(ctx)?;
+        let out = Sink::Stdout;
+        let printing = PrintFirewall { real: &Iptables, out: &out };
+        let fw: &dyn Firewall = if ctx.dry_run { &printing } else { &Iptables };
+        if fw.enable_forwarding()? {
+            log::info!("setup: turned on IPv4 forwarding");
+        }
+        Direct { cfg, fw, state: &state }.install()?;
     }
-    Direct { cfg, fw, state: &state }.install()?;
+    let exe = std::env::current_exe().context("cannot tell which program this is")?;
+    let mut args: Vec<String> = Vec::new();
+    if let Some(path) = &cli.config {
+        args.extend(["--config".into(), path.display().to_string()]);
+    }
+    if ctx.dry_run {
+        args.push("--dry-run".into());
+    }
+    args.extend((0..cli.verbose).map(|_| "-v".to_string()));
+    args.extend(["reconcile".into(), "--boot".into()]);
+    let cmd = Cmd::new(exec::system_tool("runuser"))
+        .args(["-u", user.name.as_str(), "--"])
+        .arg(exe.to_string_lossy())
+        .args(args)
+        .env("HOME", user.home.to_string_lossy());
+    // the nodes' deadline, the lock, barman's confirmation: well within the unit's limit
+    let limit = cfg.state.lock_timeout + cfg.barman.worst_case() + Duration::from_secs(30);
+    let out = exec::run_status(&cmd, None, limit)?;
+    print!("{}", out.stdout);
+    crate::logging::relay(&out.stderr);
+    match out.code() {
+        Some(0) => Ok(()),
+        Some(2) => Err(Exit::BadInput(format!("setup: {cmd} found bad input")).into()),
+        Some(3) => Err(Exit::Refused(format!("setup: {cmd} refused")).into()),
+        _ => Err(anyhow::anyhow!("setup: {cmd} failed")),
+    }
+}
 
-    with_effects(ctx, |fx| {
-        let view = fx.cluster.view();
-        if view.nodes.iter().any(|(_, answer)| answer.replied()) {
-            return handler::act_on(cfg, fx, Ask::Converge, "setup", &view).map(drop);
+/// The cluster part of the boot (`reconcile --boot`): the plan for the live cluster, or,
+/// when no node answers at all, the route recorded before the reboot, unverified.
+fn boot_cluster(cfg: &Config, fx: &Effects) -> Result<()> {
+    let view = fx.cluster.view();
+    if view.nodes.iter().any(|(_, answer)| answer.replied()) {
+        return handler::act_on(cfg, fx, Ask::Converge, "setup", &view).map(drop);
+    }
+    match fx.nat.recorded()? {
+        Some(record) => {
+            log::warn!("setup: no node answered ({}); restoring the route recorded before: {record}", view.describe());
+            fx.nat.switch(record).map(drop)
         }
-        match fx.nat.recorded()? {
-            Some(record) => {
-                log::warn!(
-                    "setup: no node answered ({}); restoring the route recorded before: {record}",
-                    view.describe()
-                );
-                fx.nat.switch(record).map(drop)
-            }
-            None => {
-                log::warn!("setup: no node answered and no route is recorded; the ports stay closed");
-                Ok(())
-            }
+        None => {
+            log::warn!("setup: no node answered and no route is recorded; the ports stay closed");
+            Ok(())
         }
-    })
+    }
 }
 
 /// Removes the jumps and the chains; the recorded route stays for the next setup.
@@ -265,6 +304,6 @@ fn route(ctx: &Ctx, node: Node, open: Open, timeline: Option<u32>) -> Result<()>
     let out = Sink::Stdout;
     let changed =
         if ctx.dry_run { PrintNat::new(cfg, &direct, false, &out).switch(record)? } else { direct.switch(record)? };
-    println!("{}", if changed { "changed" } else { "unchanged" });
+    crate::logging::answer(if changed { "changed" } else { "unchanged" });
     Ok(())
 }

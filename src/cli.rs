@@ -55,6 +55,10 @@ pub enum Command {
         /// timeline as high or the record names a higher one (a rebuilt cluster)
         #[arg(long, value_name = "NODE_ID")]
         primary: Option<String>,
+        /// The cluster part of setup (which runs it as repmgr's OS user): refuse nothing,
+        /// and when no node answers at all, restore the route recorded before, unverified
+        #[arg(long, conflicts_with = "primary")]
+        boot: bool,
     },
     /// The service (as repmgr's OS user): ask every node every watch.interval_ms and
     /// converge whenever the primary, the rules, the slot or barman disagree

@@ -11,9 +11,9 @@ mod core;
 mod effects;
 mod exit;
 mod handler;
+mod logging;
 mod watch;
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -30,23 +30,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// One line per message on stderr, which repmgr copies into its own log.
 fn init_logging(cli: &cli::Cli) {
-    let level = match (cli.quiet, cli.verbose) {
+    logging::init(match (cli.quiet, cli.verbose) {
         (true, _) => log::LevelFilter::Error,
         (false, 0) => log::LevelFilter::Info,
         (false, 1) => log::LevelFilter::Debug,
         (false, _) => log::LevelFilter::Trace,
-    };
-    let pid = std::process::id();
-    env_logger::Builder::new()
-        .filter_level(level)
-        // the database client logs every server notice as information: ours only
-        .filter_module("tokio_postgres", log::LevelFilter::Warn)
-        .format(move |buf, record| {
-            let message = record.args().to_string().replace('\n', " ");
-            writeln!(buf, "{} repmgr-nat[{pid}] {}: {message}", buf.timestamp_millis(), record.level())
-        })
-        .target(env_logger::Target::Stderr)
-        .init();
+    });
 }

@@ -6,6 +6,8 @@
 #[path = "lab/barman.rs"]
 mod barman;
 mod common;
+#[path = "lab/hostile.rs"]
+mod hostile;
 #[path = "lab/watch.rs"]
 mod watch;
 
@@ -406,91 +408,4 @@ fn two_events_at_once_end_in_one_consistent_state() {
     lab.wait_slots("db2", Duration::from_secs(10));
     assert_eq!(lab.app_reaches().unwrap(), DB2);
     lab.repmgr_nat("postgres", &["status"]).expect(0, "status after concurrent events");
-}
-
-#[test]
-fn the_postgres_user_cannot_steer_root_beyond_the_config() {
-    let lab = Lab::up();
-    let visudo = std::process::Command::new("visudo")
-        .args(["-cf", "sudoers.d/repmgr-nat"])
-        .current_dir(common::repo())
-        .output()
-        .unwrap();
-    assert!(visudo.status.success(), "visudo -cf: {}", String::from_utf8_lossy(&visudo.stderr));
-
-    let evil = "/tmp/repmgr-nat-evil.toml";
-    let _evil = Restore::file(evil);
-    let own = std::fs::read_to_string("/etc/repmgr-nat.toml").unwrap();
-    std::fs::write(evil, own.replace("1 = \"198.51.100.11\"", "1 = \"198.51.100.99\"")).unwrap();
-    let before = snapshot(&lab);
-    let sudo = |args: &[&str]| lab.in_proxy("postgres", &[], "sudo", args);
-    let route = "/usr/local/bin/repmgr-nat";
-
-    // sudo allows route with a node id and the ports, or --show; nothing else
-    for args in [
-        &["-n", route, "route", "1", "--ports", "all", "--config", evil][..],
-        &["-n", route, "--config", evil, "route", "1", "--ports", "all"],
-        &["-n", route, "route", "198.51.100.99", "--ports", "all"],
-        &["-n", route, "setup"],
-        &["-n", route, "teardown"],
-        &["-n", "/usr/sbin/iptables", "-t", "nat", "-F"],
-        &["-n", "-u", "barman", "/usr/bin/barman", "backup", "main_backup"],
-        &["-n", "-u", "barman", "/usr/bin/barman", "receive-wal", "--stop", "all"],
-        &["-n", "-u", "barman", "/usr/bin/barman", "switch-wal", "--force", "--archive", "--archive-timeout=1", "all"],
-    ] {
-        let run = sudo(args).expect(1, &format!("sudo {args:?}"));
-        assert!(run.stderr.starts_with("sudo: "), "refused by sudo, not later: {args:?}: {}", run.stderr);
-    }
-    // an id the config does not list: sudo lets it through, route refuses it
-    let run = sudo(&["-n", route, "route", "7", "--ports", "all"]).expect(2, "unknown node id");
-    assert!(run.stderr.contains("unknown node id 7"), "{}", run.stderr);
-    // an environment override does not survive sudo: route reads its own config
-    let with_env = |args: &[&str]| lab.in_proxy("postgres", &[("REPMGR_NAT_CONFIG", evil)], "sudo", args);
-    let run = with_env(&["-n", route, "route", "1", "--ports", "all"]);
-    assert_eq!(run.expect(0, "route with REPMGR_NAT_CONFIG set").stdout.trim(), "unchanged");
-    // and asking sudo to keep it is refused, by sudo or else by route
-    let run = with_env(&["-n", "--preserve-env=REPMGR_NAT_CONFIG", route, "route", "1", "--ports", "all"]);
-    assert_ne!(run.code, 0, "sudo --preserve-env=REPMGR_NAT_CONFIG: {}{}", run.stdout, run.stderr);
-    assert!(run.stderr.starts_with("sudo: ") || run.stderr.contains("route reads only"), "{}", run.stderr);
-    assert_eq!(snapshot(&lab), before);
-    assert_eq!(lab.app_reaches().unwrap(), DB1);
-
-    // root itself: route never takes another config, and nothing acts on a config
-    // another user could have written
-    let run =
-        lab.repmgr_nat("root", &["--config", evil, "route", "1", "--ports", "all"]).expect(2, "route --config as root");
-    assert!(run.stderr.contains("route reads only /etc/repmgr-nat.toml"), "{}", run.stderr);
-    let _config = Restore::file("/etc/repmgr-nat.toml");
-    let postgres_uid: u32 =
-        String::from_utf8(std::process::Command::new("id").args(["-u", "postgres"]).output().unwrap().stdout)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-    std::os::unix::fs::chown("/etc/repmgr-nat.toml", Some(postgres_uid), None).unwrap_or_else(|e| panic!("chown: {e}"));
-    let run = lab.repmgr_nat("root", &["setup"]).expect(2, "setup with a config root does not own");
-    assert!(run.stderr.contains("is not trusted"), "{}", run.stderr);
-    assert_eq!(snapshot(&lab), before);
-}
-
-#[test]
-fn repmgr_nat_reaches_the_nodes_over_tls_as_configured() {
-    let lab = Lab::up();
-    // the lab's nodes refuse repmgr's user from the proxy without TLS (pg_hba hostnossl
-    // reject), and the lab's config says sslmode = "require": every event already used TLS
-    lab.repmgr_nat("postgres", &["status"]).expect(0, "status with sslmode = require");
-    let _config = Restore::file("/etc/repmgr-nat.toml");
-    let text = std::fs::read_to_string("/etc/repmgr-nat.toml").unwrap();
-    for (mode, code) in [("disable", 4), ("prefer", 0)] {
-        std::fs::write("/etc/repmgr-nat.toml", text.replace("sslmode = \"require\"", &format!("sslmode = \"{mode}\"")))
-            .unwrap();
-        let run = lab.repmgr_nat("postgres", &["status"]).expect(code, &format!("status with sslmode = {mode}"));
-        if mode == "disable" {
-            assert!(
-                run.stdout.contains("no encryption"),
-                "the server must refuse the plain connection:\n{}",
-                run.stdout
-            );
-        }
-    }
 }

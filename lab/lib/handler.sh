@@ -165,7 +165,9 @@ app = $APP_PORT
 [postgres]
 user = "repmgr"
 dbname = "repmgr"
-sslmode = "require"
+sslmode = "verify-full"
+sslrootcert = "$TLS_DIR/ca.crt"
+channel_binding = "require"
 connect_timeout = 2
 [barman]
 server = "$BARMAN_SERVER"
@@ -219,7 +221,7 @@ watch_stop() {
 
 repmgr_nat_boot() { # the boot step, as packaging/repmgr-nat-setup.service runs it: as root on the proxy
     HINT=$LAB_LOG
-    run ip netns exec proxy env -i PATH="$SYS_PATH" PGPASSFILE="$PGPASS_POSTGRES" "$RNAT_BIN" setup
+    run ip netns exec proxy env -i PATH="$SYS_PATH" "$RNAT_BIN" setup
 }
 
 # Remove what the lab installed of repmgr-nat (only files recorded with the same content).

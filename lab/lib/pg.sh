@@ -6,18 +6,29 @@
 node_pg_opts() {
     local n=$1
     printf -- "-c listen_addresses=%s -c port=%s -c unix_socket_directories=%s -c cluster_name=%s -c synchronous_commit=on -c 'synchronous_standby_names=FIRST 1 (%s, barman_receive_wal)' -c ssl=on -c ssl_cert_file=%s -c ssl_key_file=%s" \
-        "$(node_ip "$n")" "$PG_PORT" "$(node_sock "$n")" "$n" "$(node_other "$n")" "$TLS_DIR/server.crt" "$TLS_DIR/server.key"
+        "$(node_ip "$n")" "$PG_PORT" "$(node_sock "$n")" "$n" "$(node_other "$n")" "$TLS_DIR/$n.crt" "$TLS_DIR/$n.key"
 }
 
-# One self-signed certificate for both nodes (outside the data directories, which clones
-# and rewinds replace): TLS for every client that asks, required for repmgr-nat's user.
-write_tls_cert() {
-    install -d -o postgres -g postgres -m 0700 "$TLS_DIR" || die "cannot create $TLS_DIR"
+# The lab's certificate authority, and a certificate for each node signed by it, naming the
+# node's address (outside the data directories, which clones and rewinds replace): the lab's
+# repmgr-nat verifies them (sslmode = verify-full), as production should. An impostor's
+# certificate (self-signed, naming db1's address) is there for the tests.
+write_tls_certs() {
+    install -d -o postgres -g postgres -m 0755 "$TLS_DIR" || die "cannot create $TLS_DIR"
     HINT=$LAB_LOG
-    run openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=repmgr-nat-lab" \
-        -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.crt"
-    chown postgres:postgres "$TLS_DIR/server.key" "$TLS_DIR/server.crt" && chmod 0600 "$TLS_DIR/server.key" ||
-        die "cannot set the owner of the lab's TLS key"
+    local n
+    run openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=repmgr-nat-lab CA" \
+        -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.crt"
+    for n in "${NODES[@]}"; do
+        run openssl req -newkey rsa:2048 -nodes -subj "/CN=$n" -keyout "$TLS_DIR/$n.key" -out "$TLS_DIR/$n.csr"
+        printf 'subjectAltName = IP:%s\n' "$(node_ip "$n")" >"$TLS_DIR/$n.ext"
+        run openssl x509 -req -days 2 -in "$TLS_DIR/$n.csr" -CA "$TLS_DIR/ca.crt" -CAkey "$TLS_DIR/ca.key" \
+            -CAcreateserial -extfile "$TLS_DIR/$n.ext" -out "$TLS_DIR/$n.crt"
+    done
+    run openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=impostor" -addext "subjectAltName = IP:$DB1_IP" \
+        -keyout "$TLS_DIR/impostor.key" -out "$TLS_DIR/impostor.crt"
+    chown postgres:postgres "$TLS_DIR"/* && chmod 0600 "$TLS_DIR"/*.key && chmod 0644 "$TLS_DIR"/*.crt ||
+        die "cannot set the owner of the lab's TLS files"
 }
 
 # The per-node pg_ctl wrapper: used by the lab and by repmgr's service_*_command, so every

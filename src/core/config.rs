@@ -11,6 +11,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+/// A value from outside, quoted for a message: escaped, and cut after 40 characters.
+pub fn quoted(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((at, _)) => format!("{:?}...", &text[..at]),
+        None => format!("{text:?}"),
+    }
+}
+
 /// Where the root-owned configuration lives; `route` reads nothing else.
 pub const DEFAULT_PATH: &str = "/etc/repmgr-nat.toml";
 
@@ -34,7 +42,7 @@ impl NodeId {
         let valid = !text.is_empty() && text.len() <= 10 && text.bytes().all(|b| b.is_ascii_digit());
         match text.parse::<u32>() {
             Ok(id) if valid && id > 0 && id <= i32::MAX as u32 => Ok(NodeId(id)),
-            _ => bail!("node id {text:?} is not a positive integer"),
+            _ => bail!("node id {} is not a positive integer", quoted(text)),
         }
     }
 
@@ -103,10 +111,32 @@ pub enum NoPrimary {
     Close,
 }
 
-/// How the PostgreSQL connection negotiates TLS, with libpq's meaning of each mode.
+/// How the PostgreSQL connection negotiates TLS, with libpq's meaning of each mode (but
+/// for `require`, which never verifies: libpq's verifies when a root certificate exists).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    /// The server's certificate must be signed by `postgres.sslrootcert`.
+    VerifyCa,
+    /// ... and name the node: its `name`, or else its address.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+}
+
+/// SCRAM channel binding, as libpq's `channel_binding`: `require` refuses a server that
+/// does not prove, inside the TLS session, that it knows the password's verifier (no
+/// cleartext, no MD5, no man in the middle).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelBinding {
     Disable,
     Prefer,
     Require,
@@ -123,6 +153,9 @@ pub struct Config {
     pub nat: Nat,
     pub state: State,
     pub watch: Watch,
+    /// The OS user repmgr runs as: events, reconcile and watch run as it, setup asks the
+    /// nodes as it, and its group may take the run lock.
+    pub repmgr_user: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,6 +173,11 @@ pub struct Postgres {
     pub user: String,
     pub dbname: String,
     pub sslmode: SslMode,
+    /// The certificate authorities a node's certificate must be signed by (verify-*).
+    pub sslrootcert: Option<PathBuf>,
+    pub channel_binding: ChannelBinding,
+    /// The name a node's certificate must carry (verify-full), where it is not its address.
+    pub server_names: BTreeMap<NodeId, String>,
     /// The deadline of one node's answer: TCP connect, TLS, login and the queries.
     pub connect_timeout: Duration,
 }
@@ -249,7 +287,7 @@ impl Config {
 struct RawConfig {
     proxy: RawProxy,
     ports: RawPorts,
-    nodes: BTreeMap<String, String>,
+    nodes: BTreeMap<String, toml::Value>,
     postgres: RawPostgres,
     barman: RawBarman,
     #[serde(default)]
@@ -258,6 +296,29 @@ struct RawConfig {
     state: RawState,
     #[serde(default)]
     watch: RawWatch,
+    #[serde(default)]
+    repmgr: RawRepmgr,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepmgr {
+    #[serde(default = "default_repmgr_user")]
+    user: String,
+}
+
+impl Default for RawRepmgr {
+    fn default() -> Self {
+        RawRepmgr { user: default_repmgr_user() }
+    }
+}
+
+/// `1 = { address = "10.8.1.1", name = "db1.example.com" }` (or just `1 = "10.8.1.1"`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNamedNode {
+    address: String,
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -288,6 +349,9 @@ struct RawPostgres {
     dbname: String,
     #[serde(default = "default_sslmode")]
     sslmode: SslMode,
+    sslrootcert: Option<String>,
+    #[serde(default = "default_channel_binding")]
+    channel_binding: ChannelBinding,
     #[serde(default = "default_connect_timeout")]
     connect_timeout: i64,
 }
@@ -384,6 +448,12 @@ fn default_standby_slot_limit_mb() -> i64 {
 fn default_open_app() -> OpenApp {
     OpenApp::AfterSlot
 }
+fn default_repmgr_user() -> String {
+    "postgres".into()
+}
+fn default_channel_binding() -> ChannelBinding {
+    ChannelBinding::Prefer
+}
 fn default_sslmode() -> SslMode {
     SslMode::Prefer
 }
@@ -440,9 +510,19 @@ impl RawConfig {
             bail!("nodes: at least one node is needed");
         }
         let mut nodes: BTreeMap<NodeId, Node> = BTreeMap::new();
+        let mut server_names = BTreeMap::new();
         for (key, value) in &self.nodes {
             let id = NodeId::parse(key).with_context(|| format!("nodes.{key}"))?;
-            let addr = address(&format!("nodes.{key}"), value)?;
+            let RawNamedNode { address: value, name } = match value {
+                toml::Value::String(address) => RawNamedNode { address: address.clone(), name: None },
+                table => table.clone().try_into().map_err(|e: toml::de::Error| {
+                    anyhow::anyhow!("nodes.{key}: {} (an address, or {{ address = ..., name = ... }})", e.message())
+                })?,
+            };
+            let addr = address(&format!("nodes.{key}"), &value)?;
+            if let Some(name) = name {
+                server_names.insert(id, host_name(&format!("nodes.{key}.name"), &name)?);
+            }
             if addr == proxy {
                 bail!("nodes.{key}: {addr} is the proxy's own address");
             }
@@ -455,10 +535,25 @@ impl RawConfig {
         }
         let nodes: Vec<Node> = nodes.into_values().collect();
 
+        let sslrootcert = self.postgres.sslrootcert.map(PathBuf::from);
+        if let Some(path) = &sslrootcert
+            && !path.is_absolute()
+        {
+            bail!("postgres.sslrootcert: {:?} is not an absolute path", path);
+        }
+        if self.postgres.sslmode.verifies() && sslrootcert.is_none() {
+            bail!("postgres.sslmode: verify-ca and verify-full need postgres.sslrootcert");
+        }
+        if self.postgres.channel_binding == ChannelBinding::Require && self.postgres.sslmode == SslMode::Disable {
+            bail!("postgres.channel_binding: require needs TLS (sslmode is disable)");
+        }
         let postgres = Postgres {
             user: text_value("postgres.user", self.postgres.user)?,
             dbname: text_value("postgres.dbname", self.postgres.dbname)?,
             sslmode: self.postgres.sslmode,
+            sslrootcert,
+            channel_binding: self.postgres.channel_binding,
+            server_names,
             connect_timeout: seconds("postgres.connect_timeout", self.postgres.connect_timeout, 1, 60)?,
         };
 
@@ -530,6 +625,7 @@ impl RawConfig {
             nat,
             state,
             watch,
+            repmgr_user: os_user("repmgr.user", self.repmgr.user)?,
         })
     }
 }
@@ -540,6 +636,18 @@ fn address(key: &str, value: &str) -> Result<Ipv4Addr> {
         bail!("{key}: {addr} cannot be used (unspecified, loopback, broadcast or multicast)");
     }
     Ok(addr)
+}
+
+/// A DNS name a certificate may carry: letters, digits, `-` and `.`, at most 253.
+fn host_name(key: &str, value: &str) -> Result<String> {
+    let ok = !value.is_empty()
+        && value.len() <= 253
+        && !value.starts_with(['-', '.'])
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !ok {
+        bail!("{key}: {value:?} is not a host name");
+    }
+    Ok(value.to_string())
 }
 
 fn port(key: &str, value: i64) -> Result<u16> {
@@ -669,6 +777,8 @@ dir = "/var/lib/repmgr-nat"
         assert_eq!(c.watch.interval, Duration::from_millis(250));
         assert_eq!(c.nat.no_primary, NoPrimary::Hold);
         assert_eq!(c.postgres.sslmode, SslMode::Prefer);
+        assert_eq!(c.postgres.channel_binding, ChannelBinding::Prefer);
+        assert_eq!(c.repmgr_user, "postgres");
         assert_eq!(c.postgres.connect_timeout, Duration::from_secs(3));
         assert_eq!(c.barman.user, "barman");
         assert_eq!(c.barman.command, PathBuf::from("/usr/bin/barman"));
@@ -685,6 +795,15 @@ dir = "/var/lib/repmgr-nat"
             packaged,
             Config { state: State { lock_timeout: Duration::from_secs(150), ..packaged.state.clone() }, ..example() }
         );
+    }
+
+    #[test]
+    fn a_node_may_name_the_certificate_it_presents() {
+        let c = Config::parse(&with("2 = \"10.8.2.1\"", "2 = { address = \"10.8.2.1\", name = \"db2.example.com\" }"))
+            .unwrap();
+        assert_eq!(c.node(NodeId(2)).unwrap().addr(), Ipv4Addr::new(10, 8, 2, 1));
+        assert_eq!(c.postgres.server_names.get(&NodeId(2)).map(String::as_str), Some("db2.example.com"));
+        assert_eq!(c.postgres.server_names.get(&NodeId(1)), None);
     }
 
     #[test]
@@ -705,6 +824,8 @@ dir = "/var/lib/repmgr-nat"
             assert!(NodeId::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(NodeId::parse("2147483647").unwrap(), NodeId(2147483647));
+        let long = format!("{:#}", NodeId::parse(&"1".repeat(100_000)).unwrap_err());
+        assert_eq!(long, format!("node id \"{}\"... is not a positive integer", "1".repeat(40)));
     }
 
     #[test]
@@ -735,6 +856,25 @@ dir = "/var/lib/repmgr-nat"
                 "nat: dnat_chain and snat_chain must differ",
             ),
             (with("[postgres]", "[postgres]\nsslmode = \"verify-everything\""), "unknown variant `verify-everything`"),
+            (
+                with("[postgres]", "[postgres]\nsslmode = \"verify-full\""),
+                "verify-ca and verify-full need postgres.sslrootcert",
+            ),
+            (
+                with("[postgres]", "[postgres]\nsslmode = \"disable\"\nchannel_binding = \"require\""),
+                "require needs TLS",
+            ),
+            (
+                with("[postgres]", "[postgres]\nsslrootcert = \"ca.crt\""),
+                "postgres.sslrootcert: \"ca.crt\" is not an absolute path",
+            ),
+            (
+                with("2 = \"10.8.2.1\"", "2 = { address = \"10.8.2.1\", name = \"db 2\" }"),
+                "nodes.2.name: \"db 2\" is not a host name",
+            ),
+            (with("2 = \"10.8.2.1\"", "2 = { adress = \"10.8.2.1\" }"), "nodes.2: unknown field `adress`"),
+            (with("2 = \"10.8.2.1\"", "2 = 10"), "nodes.2: invalid type"),
+            (format!("{EXAMPLE}[repmgr]\nuser = \"-rf\"\n"), "repmgr.user: \"-rf\" must be"),
             (with("[proxy]", "[proxy]\nadress = \"x\""), "unknown field `adress`"),
             (with("[barman]", "[barmen]"), "unknown field `barmen`"),
             (with("[barman]", "[barman]\nopen_app = \"first\""), "unknown variant `first`"),

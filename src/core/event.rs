@@ -2,7 +2,7 @@
 
 use anyhow::{Result, bail};
 
-use crate::core::config::NodeId;
+use crate::core::config::{NodeId, quoted};
 
 /// What an event means for the NAT rules and the slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,12 +73,12 @@ impl Event {
             && name.len() <= 64
             && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !well_formed {
-            bail!("malformed event: event name {name:?} is not a repmgr event name");
+            bail!("malformed event: event name {} is not a repmgr event name", quoted(name));
         }
         let success = match success {
             None | Some("1") => true,
             Some("0") => false,
-            Some(other) => bail!("malformed event: success {other:?} is neither 1 nor 0"),
+            Some(other) => bail!("malformed event: success {} is neither 1 nor 0", quoted(other)),
         };
         Ok(Event { node, name: name.to_string(), kind: classify(name), success })
     }

@@ -367,6 +367,29 @@ impl Live {
         Rules { dnat: of(&cfg.nat.dnat_chain), snat: of(&cfg.nat.snat_chain) }
     }
 
+    /// Rules in our chains that repmgr-nat would never write, for any route: someone else's.
+    /// Nothing is emptied while there are any.
+    pub fn foreign(&self, cfg: &Config) -> Vec<String> {
+        let mut ours: Vec<String> = hold_rules(cfg);
+        for node in &cfg.nodes {
+            let rules = rules(cfg, Route::new(*node, Open::All));
+            ours.extend(rules.dnat);
+            ours.extend(rules.snat);
+        }
+        self.chains.iter().flat_map(|(_, _, rules)| rules).filter(|rule| !ours.contains(rule)).cloned().collect()
+    }
+
+    /// Refuses tables whose chains hold someone else's rules.
+    pub fn check_ours(&self, cfg: &Config) -> Result<()> {
+        match self.foreign(cfg).first() {
+            None => Ok(()),
+            Some(rule) => bail!(
+                "our chains hold rules repmgr-nat does not write, such as {rule:?}: nothing is changed; remove \
+                 them, or name chains of repmgr-nat's own in nat.*_chain"
+            ),
+        }
+    }
+
     /// Recognises the rules as one of the routes repmgr-nat renders.
     pub fn routing(&self, cfg: &Config) -> Routing {
         let live = self.rules(cfg);
@@ -732,6 +755,21 @@ COMMIT
         let text = teardown_transaction(&cfg, &Live::parse(&cfg, &doubled.save())).unwrap();
         assert_eq!(doubled.restore(&text).unwrap(), foreign);
         assert_eq!(teardown_transaction(&cfg, &Live::parse(&cfg, &foreign.save())), None);
+    }
+
+    #[test]
+    fn rules_nobody_but_repmgr_nat_writes_are_ours_and_others_are_not() {
+        let cfg = example();
+        let live = Live::parse(&cfg, SAVED_BY_SCRIPTS);
+        assert_eq!(live.foreign(&cfg), Vec::<String>::new(), "the scripts' rules are the same as ours");
+        let half = SAVED_BY_SCRIPTS
+            .replace("54321 -j DNAT --to-destination 10.8.1.1", "54321 -j DNAT --to-destination 10.8.2.1");
+        assert!(Live::parse(&cfg, &half).check_ours(&cfg).is_ok(), "a mix of our rules is still ours");
+        let theirs = SAVED_BY_SCRIPTS.replace("COMMIT\n#", "-A repmgr_dnat -p tcp --dport 80 -j ACCEPT\nCOMMIT\n#");
+        let err = Live::parse(&cfg, &theirs).check_ours(&cfg).unwrap_err().to_string();
+        assert!(err.contains("\"-A repmgr_dnat -p tcp --dport 80 -j ACCEPT\""), "{err}");
+        let elsewhere = SAVED_BY_SCRIPTS.replace("--to-destination 10.8.1.1:5432", "--to-destination 10.9.9.9:5432");
+        assert_eq!(Live::parse(&cfg, &elsewhere).foreign(&cfg).len(), 2, "a node the config does not list");
     }
 
     #[test]

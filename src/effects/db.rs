@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::ErrorKind;
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, NoTls, Socket};
 
-use crate::core::config::{Config, Node, NodeId, SslMode};
+use crate::core::config::{ChannelBinding, Config, Node, NodeId, SslMode};
 use crate::core::view::{Answer, Lsn, NodeState, Role, Slot, View};
 use crate::effects::pgpass;
 
@@ -308,11 +309,21 @@ pub async fn ask(client: &Client, slot: &str) -> Result<NodeState, Answer> {
 
 /// Opens a connection to the node: the caller bounds it with the deadline.
 async fn connect(cfg: &Config, node: Node) -> Result<Client, Answer> {
-    let host = node.addr().to_string();
     let pg = &cfg.postgres;
     let mut conf = tokio_postgres::Config::new();
-    conf.host(&host)
-        .port(cfg.ports.postgres)
+    // the name the node's certificate must carry, if not its address (verify-full); the
+    // connection goes to the address either way
+    let host = match pg.server_names.get(&node.id()) {
+        Some(name) => {
+            conf.host(name).hostaddr(node.addr().into());
+            name.clone()
+        }
+        None => {
+            conf.host(node.addr().to_string());
+            node.addr().to_string()
+        }
+    };
+    conf.port(cfg.ports.postgres)
         .user(&pg.user)
         .dbname(&pg.dbname)
         .application_name("repmgr-nat")
@@ -327,10 +338,16 @@ async fn connect(cfg: &Config, node: Node) -> Result<Client, Answer> {
     if let Some(password) = pgpass::password(&key) {
         conf.password(password);
     }
+    conf.channel_binding(match pg.channel_binding {
+        ChannelBinding::Disable => tokio_postgres::config::ChannelBinding::Disable,
+        ChannelBinding::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+        ChannelBinding::Require => tokio_postgres::config::ChannelBinding::Require,
+    });
+    use tokio_postgres::config::SslMode as Mode;
     match pg.sslmode {
-        SslMode::Disable => connect_with(conf.ssl_mode(tokio_postgres::config::SslMode::Disable), NoTls).await,
-        SslMode::Prefer => connect_with(conf.ssl_mode(tokio_postgres::config::SslMode::Prefer), tls()?.clone()).await,
-        SslMode::Require => connect_with(conf.ssl_mode(tokio_postgres::config::SslMode::Require), tls()?.clone()).await,
+        SslMode::Disable => connect_with(conf.ssl_mode(Mode::Disable), NoTls).await,
+        SslMode::Prefer => connect_with(conf.ssl_mode(Mode::Prefer), tls(cfg)?.clone()).await,
+        _ => connect_with(conf.ssl_mode(Mode::Require), tls(cfg)?.clone()).await,
     }
 }
 
@@ -349,22 +366,51 @@ where
     Ok(client)
 }
 
-/// libpq's `prefer` and `require` encrypt without checking the server's certificate;
-/// so does this connector. Built once per process: building one reads the system's
-/// certificates, tens of milliseconds of CPU that a node being reconnected to every 50 ms
-/// would otherwise cost each time.
-fn tls() -> Result<&'static postgres_native_tls::MakeTlsConnector, Answer> {
+/// The TLS connector of `postgres.sslmode`: `prefer` and `require` encrypt without
+/// checking the server's certificate, `verify-ca` checks it is signed by
+/// `postgres.sslrootcert`, `verify-full` also that it names the node (its `name`, or its
+/// address). The check happens in the handshake, before anything is sent: a server that
+/// fails it never sees the login, let alone the password. Built once per process: building
+/// one reads certificates, which a node reconnected to every 50 ms would pay each time.
+fn tls(cfg: &Config) -> Result<&'static postgres_native_tls::MakeTlsConnector, Answer> {
     static TLS: OnceLock<Result<postgres_native_tls::MakeTlsConnector, String>> = OnceLock::new();
     let made = TLS.get_or_init(|| {
-        native_tls::TlsConnector::builder()
-            .danger_accept_invalid_certs(true)
-            .danger_accept_invalid_hostnames(true)
-            .disable_built_in_roots(true)
-            .build()
-            .map(postgres_native_tls::MakeTlsConnector::new)
-            .map_err(|e| format!("cannot set up TLS: {e}"))
+        let pg = &cfg.postgres;
+        let mut builder = native_tls::TlsConnector::builder();
+        builder.disable_built_in_roots(true);
+        match pg.sslmode {
+            SslMode::VerifyCa | SslMode::VerifyFull => {
+                let path = pg.sslrootcert.as_ref().ok_or("verify-ca and verify-full need postgres.sslrootcert")?;
+                for cert in root_certificates(path)? {
+                    builder.add_root_certificate(cert);
+                }
+                builder.danger_accept_invalid_hostnames(pg.sslmode == SslMode::VerifyCa);
+            }
+            _ => {
+                builder.danger_accept_invalid_certs(true).danger_accept_invalid_hostnames(true);
+            }
+        }
+        builder.build().map(postgres_native_tls::MakeTlsConnector::new).map_err(|e| format!("cannot set up TLS: {e}"))
     });
     made.as_ref().map_err(|e| Answer::Rejected(e.clone()))
+}
+
+/// Every certificate of a PEM file (one or a bundle).
+fn root_certificates(path: &Path) -> Result<Vec<native_tls::Certificate>, String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut certs = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(begin) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let Some(end) = rest[begin..].find(END) else { break };
+        let pem = &rest[begin..begin + end + END.len()];
+        certs.push(native_tls::Certificate::from_pem(pem.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?);
+        rest = &rest[begin + end + END.len()..];
+    }
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
 }
 
 /// What a failure says about the node: down (it serves nobody), silent (no answer), or

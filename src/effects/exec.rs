@@ -30,16 +30,23 @@ pub fn system_tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(format!("/usr/sbin/{name}")))
 }
 
-/// A command line: a program and its arguments.
+/// A command line: a program and its arguments, and what it gets in its environment
+/// besides `PATH` and `LC_ALL`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cmd {
     pub program: PathBuf,
     pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 impl Cmd {
     pub fn new(program: impl Into<PathBuf>) -> Cmd {
-        Cmd { program: program.into(), args: Vec::new() }
+        Cmd { program: program.into(), args: Vec::new(), env: Vec::new() }
+    }
+
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Cmd {
+        self.env.push((key.to_string(), value.into()));
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Cmd {
@@ -142,6 +149,7 @@ pub fn run_watching(
         .env_clear()
         .env("PATH", SYSTEM_PATH)
         .env("LC_ALL", "C")
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

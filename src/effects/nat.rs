@@ -49,6 +49,7 @@ impl Nat for Direct<'_> {
         let route = record.route;
         let _lock = self.state.route_lock(cfg.state.lock_timeout)?;
         let live = self.live()?;
+        live.check_ours(cfg).map_err(refused)?;
         let before = live.routing(cfg);
         let changed = before != Routing::To(route);
         if let Some(text) = ruleset::transaction(cfg, &live, Some(route)) {
@@ -76,6 +77,9 @@ impl Nat for Direct<'_> {
         if changed || self.state.recorded(cfg).ok().flatten() != Some(record) {
             self.state.record(record)?;
         }
+        if changed {
+            crate::logging::audit(&format!("switched {before} -> {record}"));
+        }
         Ok(changed)
     }
 }
@@ -85,6 +89,7 @@ impl Direct<'_> {
     /// the nat chains stay as they are (the article's chains are adopted).
     pub fn install(&self) -> Result<()> {
         let live = self.live()?;
+        live.check_ours(self.cfg).map_err(refused)?;
         if let Some(text) = ruleset::transaction(self.cfg, &live, None) {
             self.fw.restore(&text)?;
             log::info!("nat: chains, jumps and hold put in place");
@@ -95,11 +100,16 @@ impl Direct<'_> {
     /// `teardown`: every jump to our chains, then the chains.
     pub fn uninstall(&self) -> Result<()> {
         let live = self.live()?;
+        live.check_ours(self.cfg).map_err(refused)?;
         if let Some(text) = ruleset::teardown_transaction(self.cfg, &live) {
             self.fw.restore(&text)?;
         }
         Ok(())
     }
+}
+
+fn refused(e: anyhow::Error) -> anyhow::Error {
+    crate::exit::Exit::Refused(format!("{e:#}")).into()
 }
 
 /// The unprivileged side: `sudo -n /usr/local/bin/repmgr-nat route ...`.
@@ -128,7 +138,7 @@ impl ViaSudo<'_> {
     fn run(&self, cmd: &Cmd) -> Result<String> {
         let out = exec::run(cmd, None, ROUTE_TIMEOUT)?;
         // What root logged belongs in the same log as ours.
-        eprint!("{}", out.stderr);
+        crate::logging::relay(&out.stderr);
         Ok(out.stdout)
     }
 }

@@ -6,8 +6,11 @@
 //! matching line with an empty password ends the search without a password. A file that
 //! group or others can access, or that is not a regular file, is ignored with a warning.
 
-use std::os::unix::fs::MetadataExt;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use crate::effects::privilege;
 
 /// What a connection is looked up by.
 pub struct Key<'a> {
@@ -22,21 +25,47 @@ pub fn password(key: &Key) -> Option<String> {
     from_file(&default_path()?, key)
 }
 
+/// The biggest password file read.
+const MAX: u64 = 1 << 20;
+
 fn from_file(path: &Path, key: &Key) -> Option<String> {
-    let meta = std::fs::metadata(path).ok()?;
+    let mut file = match open(path) {
+        Ok(Some(file)) => file,
+        Ok(None) => return None,
+        Err(e) => {
+            log::warn!("password file ignored: {e:#}");
+            return None;
+        }
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    lookup(&String::from_utf8_lossy(&bytes), key)
+}
+
+/// The password file, opened once: a regular file that group and others cannot access,
+/// of reasonable size. Root reads only a file of root's, never through a symbolic link:
+/// a password file another user controls must not choose what root sends to a node.
+fn open(path: &Path) -> anyhow::Result<Option<std::fs::File>> {
+    let exists = std::fs::symlink_metadata(path).is_ok();
+    if !exists {
+        return Ok(None);
+    }
+    let file = if privilege::is_root() {
+        privilege::open_trusted(path, &[0], MAX)?
+    } else {
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?
+    };
+    let meta = file.metadata()?;
     if !meta.is_file() {
-        log::warn!("password file {} is not a plain file; ignored", path.display());
-        return None;
+        anyhow::bail!("{} is not a plain file", path.display());
     }
     if meta.mode() & 0o077 != 0 {
-        log::warn!(
-            "password file {} has group or world access; permissions should be u=rw (0600) or less; ignored",
-            path.display()
-        );
-        return None;
+        anyhow::bail!("{} has group or world access; permissions should be u=rw (0600) or less", path.display());
     }
-    let bytes = std::fs::read(path).ok()?;
-    lookup(&String::from_utf8_lossy(&bytes), key)
+    if meta.len() > MAX {
+        anyhow::bail!("{} holds more than {MAX} bytes", path.display());
+    }
+    Ok(Some(file))
 }
 
 /// `$PGPASSFILE`, else `.pgpass` in `$HOME`, else in the home directory of the user.

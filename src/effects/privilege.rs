@@ -2,10 +2,12 @@
 //! can change; `route`, the one command repmgr's OS user may run as root, reads only the
 //! config at its fixed path (the caller refuses `--config` for it).
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
@@ -14,43 +16,116 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Reads a config file. As root, the file must be owned by root and writable only by
-/// root, and so must every directory above it (a sticky directory such as /tmp is
-/// allowed): otherwise another user could have chosen what root acts on. The file that
-/// is checked is the file that is read: it is opened once, without following a final
-/// symbolic link.
-pub fn read_trusted(path: &Path) -> Result<String> {
-    let read = |file: &mut File| -> Result<String> {
-        let mut text = String::new();
-        file.read_to_string(&mut text).with_context(|| format!("cannot read config {}", path.display()))?;
-        Ok(text)
-    };
-    if !is_root() {
-        let mut file = File::open(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        return read(&mut file);
+/// The root step sets what it needs itself rather than inherit the caller's: a umask (the
+/// record must be readable by repmgr's OS user) and resource limits (a caller's `ulimit -f
+/// 0` would kill it between the switch and the record).
+pub fn sanitize_root() {
+    // SAFETY: umask and setrlimit have no memory effects; the limits are plain values.
+    unsafe {
+        libc::umask(0o022);
+        let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+        for resource in [libc::RLIMIT_FSIZE, libc::RLIMIT_CPU, libc::RLIMIT_AS, libc::RLIMIT_DATA] {
+            if libc::setrlimit(resource, &unlimited) != 0 {
+                log::warn!("cannot lift resource limit {resource}: {}", std::io::Error::last_os_error());
+            }
+        }
+        let files = libc::rlimit { rlim_cur: 1024, rlim_max: 1024 };
+        let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) == 0 && now.rlim_cur < 1024 {
+            libc::setrlimit(libc::RLIMIT_NOFILE, &files);
+        }
     }
-    let canonical = path.canonicalize().with_context(|| format!("cannot read config {}", path.display()))?;
-    let mut file = std::fs::OpenOptions::new()
+}
+
+/// An OS user, as the password database has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OsUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+impl OsUser {
+    pub fn named(name: &str) -> Result<OsUser> {
+        let cname = CString::new(name).with_context(|| format!("bad user name {name:?}"))?;
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut buffer = vec![0u8; 16384];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; getpwnam_r writes only into `pw` and
+        // `buffer`, whose length it is given, and `found` points at `pw` or is null.
+        let rc =
+            unsafe { libc::getpwnam_r(cname.as_ptr(), &mut pw, buffer.as_mut_ptr().cast(), buffer.len(), &mut found) };
+        if rc != 0 || found.is_null() {
+            bail!("there is no OS user {name:?}");
+        }
+        // SAFETY: pw_dir points into `buffer`, NUL-terminated, while `buffer` lives.
+        let home = unsafe { std::ffi::CStr::from_ptr(pw.pw_dir) };
+        let home = PathBuf::from(std::ffi::OsStr::from_bytes(home.to_bytes()));
+        Ok(OsUser { name: name.to_string(), uid: pw.pw_uid, gid: pw.pw_gid, home })
+    }
+}
+
+/// Opens a file that another user must not have chosen: no symbolic link at the end, a
+/// regular file (not a FIFO that would block), owned by one of `owners`, writable by its
+/// owner only, at most `max` bytes. The file checked is the file read.
+pub fn open_trusted(path: &Path, owners: &[u32], max: u64) -> Result<File> {
+    let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&canonical)
-        .with_context(|| format!("cannot read config {}", path.display()))?;
-    let meta = file.metadata()?;
-    if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-        bail!("config {} is not trusted: it must be a file owned by root and writable only by root", path.display());
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let meta = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
     }
+    if !owners.contains(&meta.uid()) {
+        bail!("{} is owned by uid {}, not by {}", path.display(), meta.uid(), owners_text(owners));
+    }
+    if meta.mode() & 0o022 != 0 {
+        bail!("{} is writable by others than its owner (mode {:o})", path.display(), meta.mode() & 0o7777);
+    }
+    if meta.len() > max {
+        bail!("{} holds {} bytes, more than the {max} it may", path.display(), meta.len());
+    }
+    Ok(file)
+}
+
+fn owners_text(owners: &[u32]) -> String {
+    owners.iter().map(|uid| format!("uid {uid}")).collect::<Vec<_>>().join(" or ")
+}
+
+/// `path`'s directory and every one above it must be owned by root and writable only by
+/// root (a sticky directory such as /tmp is allowed), or another user could replace what
+/// root reads there.
+pub fn check_ancestors(path: &Path) -> Result<()> {
+    let canonical = path.canonicalize().with_context(|| format!("cannot resolve {}", path.display()))?;
     for dir in canonical.ancestors().skip(1) {
         let meta = std::fs::metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
         let sticky = meta.mode() & 0o1000 != 0;
         if meta.uid() != 0 || (meta.mode() & 0o022 != 0 && !sticky) {
-            bail!(
-                "config {} is not trusted: {} must be owned by root and writable only by root",
-                path.display(),
-                dir.display()
-            );
+            bail!("{} must be owned by root and writable only by root", dir.display());
         }
     }
-    read(&mut file)
+    Ok(())
+}
+
+/// Reads a config file. As root, the file must be owned by root and writable only by
+/// root, and so must every directory above it: otherwise another user could have chosen
+/// what root acts on. The file that is checked is the file that is read: it is opened
+/// once, without following a final symbolic link.
+pub fn read_trusted(path: &Path) -> Result<String> {
+    let mut text = String::new();
+    let mut file = if is_root() {
+        let untrusted = |e: anyhow::Error| anyhow::anyhow!("config {} is not trusted: {e:#}", path.display());
+        let file = open_trusted(path, &[0], 1 << 20).map_err(untrusted)?;
+        check_ancestors(path).map_err(untrusted)?;
+        file
+    } else {
+        File::open(path).with_context(|| format!("cannot read config {}", path.display()))?
+    };
+    file.read_to_string(&mut text).with_context(|| format!("cannot read config {}", path.display()))?;
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -76,11 +151,39 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         if is_root() {
             assert!(world_writable_file.unwrap_err().to_string().contains("is not trusted"));
-            let err = world_writable_dir.unwrap_err().to_string();
+            let err = format!("{:#}", world_writable_dir.unwrap_err());
             assert!(err.contains("must be owned by root and writable only by root"), "{err}");
         } else {
             assert_eq!(world_writable_file.unwrap(), "x");
             assert_eq!(world_writable_dir.unwrap(), "x");
         }
+    }
+
+    #[test]
+    fn a_trusted_file_is_a_plain_file_of_an_owner_writable_by_it_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("repmgr-nat-test-open-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let me = unsafe { libc::geteuid() };
+        let file = dir.join("file");
+        std::fs::write(&file, "12345").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(open_trusted(&file, &[me], 100).is_ok());
+        let err = |path: &Path, owners: &[u32], max| format!("{:#}", open_trusted(path, owners, max).unwrap_err());
+        assert!(err(&file, &[me], 4).contains("holds 5 bytes, more than the 4"));
+        assert!(err(&file, &[me + 1], 100).contains("not by uid"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o620)).unwrap();
+        assert!(err(&file, &[me], 100).contains("writable by others"));
+        std::os::unix::fs::symlink(&file, dir.join("link")).unwrap();
+        assert!(err(&dir.join("link"), &[me], 100).contains("cannot open"), "a symbolic link is followed");
+        assert!(err(&dir, &[me], 100).contains("not a regular file"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn users_come_from_the_password_database() {
+        let root = OsUser::named("root").unwrap();
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert!(OsUser::named("no-such-user-here").is_err());
     }
 }

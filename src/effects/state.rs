@@ -11,18 +11,24 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
 use crate::core::config::Config;
 use crate::core::ruleset::Record;
+use crate::effects::privilege;
 
 /// The route root last applied: "<node id> <none|barman|all> <timeline>".
 const RECORD: &str = "route";
+/// The run lock: root's, readable by the group of repmgr's OS user and nobody else, so
+/// that no other local user can take it and stall every event.
+const RUN_LOCK: &str = "run.lock";
 /// Taken by root around each switch, beside the run lock its caller holds.
 const ROUTE_LOCK: &str = "route.lock";
 
 pub struct StateDir {
     dir: PathBuf,
+    /// Who must own the directory and what is in it: root (another user, in unit tests).
+    owner: u32,
 }
 
 /// Held while a run reads the cluster and changes rules and slots; released on drop.
@@ -33,7 +39,7 @@ pub struct Lock {
 
 impl StateDir {
     pub fn new(dir: &Path) -> StateDir {
-        StateDir { dir: dir.to_path_buf() }
+        StateDir { dir: dir.to_path_buf(), owner: 0 }
     }
 
     pub fn path(&self) -> &Path {
@@ -51,31 +57,29 @@ impl StateDir {
         self.check_trusted()
     }
 
-    /// As root: the directory must be root's and writable by root only, or a record
-    /// planted there could steer root's NAT.
+    /// The directory, and every one above it, must be root's and writable by root only, or
+    /// a record planted there could steer every decision (and root's NAT). Checked by
+    /// everyone who reads it.
     fn check_trusted(&self) -> Result<()> {
-        if !crate::effects::privilege::is_root() {
-            return Ok(());
-        }
+        let untrusted = |why: String| anyhow!("state dir {} is not trusted: {why}", self.dir.display());
         let meta = fs::symlink_metadata(&self.dir).with_context(|| format!("cannot stat {}", self.dir.display()))?;
-        if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-            bail!("state dir {} must be a directory owned by root and writable only by root", self.dir.display());
+        if !meta.is_dir() || meta.uid() != self.owner || meta.mode() & 0o022 != 0 {
+            return Err(untrusted("it must be a directory owned by root and writable only by root".into()));
         }
-        Ok(())
+        privilege::check_ancestors(&self.dir).map_err(|e| untrusted(format!("{e:#}")))
     }
 
-    /// The route root last applied, if any.
+    /// The route root last applied, if any: a file of root's, which nobody else can write.
     pub fn recorded(&self, cfg: &Config) -> Result<Option<Record>> {
         let path = self.dir.join(RECORD);
-        let mut text = String::new();
-        match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
-            Ok(mut file) => {
-                self.check_trusted()?;
-                file.read_to_string(&mut text).with_context(|| format!("cannot read {}", path.display()))?;
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        if !path.exists() && fs::symlink_metadata(&path).is_err() {
+            return Ok(None);
         }
+        self.check_trusted()?;
+        let mut file =
+            privilege::open_trusted(&path, &[self.owner], 4096).context("the recorded route is not trusted")?;
+        let mut text = String::new();
+        file.read_to_string(&mut text).with_context(|| format!("cannot read {}", path.display()))?;
         Record::parse(cfg, &text).map(Some).with_context(|| format!("bad record in {}", path.display()))
     }
 
@@ -98,12 +102,46 @@ impl StateDir {
         })
     }
 
-    /// The run lock: an exclusive `flock` on the state directory itself, which repmgr's
-    /// OS user can take without being able to write there. Waits up to `timeout`.
+    /// As root: the run lock file, `root:<group> 0640`, made if missing and put right if
+    /// not (`setup` does it, and every switch).
+    pub fn make_run_lock(&self, group: u32) -> Result<()> {
+        let path = self.dir.join(RUN_LOCK);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            bail!("{} is not a regular file", path.display());
+        }
+        std::os::unix::fs::fchown(&file, Some(self.owner), Some(group))
+            .with_context(|| format!("cannot chown {}", path.display()))?;
+        file.set_permissions(fs::Permissions::from_mode(0o640))
+            .with_context(|| format!("cannot chmod {}", path.display()))
+    }
+
+    /// The run lock: an exclusive `flock` on a file only root and repmgr's OS user's group
+    /// can open. Waits up to `timeout`, saying who holds it.
     pub fn lock(&self, timeout: Duration) -> Result<Lock> {
-        let file = File::open(&self.dir)
-            .with_context(|| format!("cannot open state dir {} (has `repmgr-nat setup` run?)", self.dir.display()))?;
-        wait_for_lock(file, &self.dir, timeout)
+        let path = self.dir.join(RUN_LOCK);
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .with_context(|| format!("cannot open {} (has `repmgr-nat setup` run?)", path.display()))?;
+        let meta = file.metadata()?;
+        if !meta.is_file() || meta.uid() != self.owner || meta.mode() & 0o006 != 0 {
+            bail!(
+                "{} must be root's and closed to others (mode 0640; `repmgr-nat setup` makes it so): anyone could hold \
+                 it",
+                path.display()
+            );
+        }
+        wait_for_lock(file, &path, timeout)
     }
 
     /// Root's lock around one switch: `route` runs under the run lock of the event that
@@ -131,21 +169,48 @@ fn wait_for_lock(file: File, path: &Path, timeout: Duration) -> Result<Lock> {
             Ok(()) => return Ok(Lock { _file: file }),
             Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
                 if !waited {
-                    log::info!("waiting for another repmgr-nat run to finish (lock on {})", path.display());
+                    log::info!("waiting for {} to finish (it holds {})", holder(&file), path.display());
                     waited = true;
                 }
                 thread::sleep(Duration::from_millis(10));
             }
-            Err(fs::TryLockError::WouldBlock) => bail!(
-                "another repmgr-nat run held the lock on {} for more than {} s",
-                path.display(),
-                timeout.as_secs()
-            ),
+            Err(fs::TryLockError::WouldBlock) => {
+                bail!("{} held the lock on {} for more than {} s", holder(&file), path.display(), timeout.as_secs())
+            }
             Err(fs::TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("cannot lock {}", path.display()));
             }
         }
     }
+}
+
+/// Who holds a lock on `file`, from /proc/locks (which names the holder's pid and the
+/// file's inode) and the holder's command line.
+fn holder(file: &File) -> String {
+    let Ok(meta) = file.metadata() else { return "another process".into() };
+    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+    match holder_pid(&locks, meta.ino()) {
+        Some(pid) => {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            format!("pid {pid} ({})", if args.is_empty() { "gone".into() } else { args.join(" ") })
+        }
+        None => "another process".into(),
+    }
+}
+
+/// `1: FLOCK  ADVISORY  WRITE 1234 08:01:131077 0 EOF` -> 1234, for the inode given.
+fn holder_pid(locks: &str, inode: u64) -> Option<u32> {
+    locks.lines().find_map(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [_, "FLOCK", _, _, pid, file, ..] = words[..] else { return None };
+        let ino: u64 = file.rsplit(':').next()?.parse().ok()?;
+        (ino == inode).then(|| pid.parse().ok()).flatten()
+    })
 }
 
 #[cfg(test)]
@@ -162,10 +227,18 @@ mod tests {
         dir
     }
 
+    /// A state directory of whoever runs the tests (root's, in production).
+    fn state_of(dir: &Path) -> StateDir {
+        // SAFETY: geteuid and getegid cannot fail.
+        let state = StateDir { dir: dir.to_path_buf(), owner: unsafe { libc::geteuid() } };
+        state.make_run_lock(unsafe { libc::getegid() }).unwrap();
+        state
+    }
+
     #[test]
     fn records_and_reads_the_route() {
         let dir = temp_dir("record");
-        let (state, cfg) = (StateDir::new(&dir), example());
+        let (state, cfg) = (state_of(&dir), example());
         assert_eq!(state.recorded(&cfg).unwrap(), None);
         let barman = Record { route: Route::new(node(2), Open::Barman), timeline: 2 };
         state.record(barman).unwrap();
@@ -175,7 +248,7 @@ mod tests {
         // a record from before timelines were recorded
         fs::write(dir.join("route"), "2 all\n").unwrap();
         assert_eq!(state.recorded(&cfg).unwrap(), Some(Record { route: Route::new(node(2), Open::All), timeline: 0 }));
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "temporary file left behind");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 2, "temporary file left behind (the record and run.lock)");
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -184,7 +257,7 @@ mod tests {
         let dir = temp_dir("damaged");
         for bad in ["1; rm -rf /\n", "1\n", "1 all 2 extra\n", "x all\n", "2 everything\n", "7 all 1\n", "1 all -1\n"] {
             fs::write(dir.join("route"), bad).unwrap();
-            let err = format!("{:#}", StateDir::new(&dir).recorded(&example()).unwrap_err());
+            let err = format!("{:#}", state_of(&dir).recorded(&example()).unwrap_err());
             assert!(err.starts_with("bad record in "), "{bad:?}: {err}");
         }
         fs::remove_dir_all(&dir).unwrap();
@@ -195,22 +268,43 @@ mod tests {
         let dir = temp_dir("symlink");
         fs::write(dir.join("elsewhere"), "1 all\n").unwrap();
         std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join("route")).unwrap();
-        assert!(StateDir::new(&dir).recorded(&example()).is_err());
+        assert!(state_of(&dir).recorded(&example()).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_second_run_waits_for_the_lock_then_gives_up() {
         let dir = temp_dir("lock");
-        let state = StateDir::new(&dir);
+        let state = state_of(&dir);
         let held = state.lock(Duration::from_secs(1)).unwrap();
         let err = state.lock(Duration::from_millis(50)).err().expect("second lock must fail while held");
-        assert!(err.to_string().starts_with("another repmgr-nat run held the lock"), "{err}");
+        let me = std::process::id();
+        assert!(err.to_string().starts_with(&format!("pid {me} (")), "the holder is named: {err}");
+        assert!(err.to_string().contains("held the lock on"), "{err}");
         // root's switch lock is a different lock: `route` runs under its caller's lock
         let _route = state.route_lock(Duration::from_millis(50)).unwrap();
         drop(held);
         let _again = state.lock(Duration::from_millis(50)).unwrap();
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_run_lock_is_closed_to_other_users() {
+        let dir = temp_dir("lock-mode");
+        let state = state_of(&dir);
+        let mode = |path: PathBuf| fs::metadata(path).unwrap().mode() & 0o777;
+        assert_eq!(mode(dir.join("run.lock")), 0o640);
+        fs::set_permissions(dir.join("run.lock"), fs::Permissions::from_mode(0o644)).unwrap();
+        let err = state.lock(Duration::from_millis(10)).err().unwrap();
+        assert!(err.to_string().contains("anyone could hold it"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn finds_who_holds_a_lock() {
+        let locks = "1: POSIX  ADVISORY  WRITE 77 08:01:999 0 EOF\n2: FLOCK  ADVISORY  WRITE 1234 00:1f:131077 0 EOF\n";
+        assert_eq!(holder_pid(locks, 131077), Some(1234));
+        assert_eq!(holder_pid(locks, 999), None, "only flock locks");
     }
 
     #[test]

@@ -234,17 +234,37 @@ impl Lab {
 
     /// A command as `user` in the proxy namespace with a clean environment plus `env`.
     pub fn in_proxy(&self, user: &str, env: &[(&str, &str)], program: &str, args: &[&str]) -> Run {
-        let home = if user == "root" { "/root" } else { "/var/lib/postgresql" };
+        let home = match user {
+            "root" => "/root",
+            "postgres" => "/var/lib/postgresql",
+            _ => "/nonexistent",
+        };
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", "proxy", "runuser", "-u", user, "--", "env", "-i"])
             .arg(format!("HOME={home}"))
-            .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-            .arg("PGPASSFILE=/var/lib/postgresql/.pgpass");
+            .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
         for (k, v) in env {
             cmd.arg(format!("{k}={v}"));
         }
         let out = cmd.arg(program).args(args).output().expect("cannot run ip netns exec");
         Run::from(&format!("{program} {}", args.join(" ")), out)
+    }
+
+    /// A process started as `user` in the proxy namespace (stopped with `stop`).
+    pub fn spawn_in_proxy(&self, user: &str, program: &str, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", "proxy", "runuser", "-u", user, "--", program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start ip netns exec")
+    }
+
+    /// What root recorded with its last switch (the file's text), or "" with none.
+    pub fn record(&self) -> String {
+        std::fs::read_to_string("/var/lib/repmgr-nat/route").unwrap_or_default()
     }
 
     /// An event as repmgr on `node` would send it (through the lab's crossing to the

@@ -1,5 +1,5 @@
 //! lab-probe: the lab's client. It watches which server answers through the proxy, holds a
-//! connection open, writes rows and prints a timeline. Dependencies: std and `postgres` only.
+//! connection open, writes rows, prints a timeline, and plays a man in the middle.
 //!
 //! Output of watch, hold and write: one line per attempt, flushed at once:
 //!   `<unix epoch ms> ok <server address> [key=value ...]`
@@ -24,6 +24,10 @@ usage:
       insert rows one by one into the app table until N commits were acknowledged
       (ok lines: `<ms> ok <server> id=<id> seq=<attempt>`, each row's payload `lab-probe <pid>
       <attempt>`, the pid on the first line); keeps going through errors, reconnecting
+  lab-probe impostor --listen ADDR:PORT --cert PEM --key PEM
+      a man in the middle: answers like PostgreSQL, presents the certificate given, asks
+      for the password in clear, and prints what it got (`<ms> password <text>`), or
+      `<ms> refused <why>` when the client refused the certificate
   lab-probe summary FILE [--since-ms T0]
       human timeline of a watch/hold/write output file, then one `summary key=value ...` line
 
@@ -512,6 +516,69 @@ fn summary(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------- impostor
+/// A server that speaks just enough PostgreSQL to be sent a password: TLS with the
+/// certificate given, then a request for the password in clear.
+fn impostor(args: &[String]) -> Result<(), String> {
+    let value = |name: &str| -> Result<String, String> {
+        let at = args.iter().position(|a| a == name).ok_or(format!("{name} is required"))?;
+        args.get(at + 1).cloned().ok_or(format!("{name} needs a value"))
+    };
+    let (listen, cert, key) = (value("--listen")?, value("--cert")?, value("--key")?);
+    let read = |path: &str| std::fs::read(path).map_err(|e| format!("{path}: {e}"));
+    let identity = native_tls::Identity::from_pkcs8(&read(&cert)?, &read(&key)?).map_err(|e| e.to_string())?;
+    let acceptor = native_tls::TlsAcceptor::new(identity).map_err(|e| e.to_string())?;
+    let listener = std::net::TcpListener::bind(&listen).map_err(|e| format!("{listen}: {e}"))?;
+    emit(&format!("{} listening {listen}", now_ms()));
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let said = impostor_session(&acceptor, &mut stream);
+        emit(&format!("{} {said}", now_ms()));
+    }
+    Ok(())
+}
+
+fn impostor_session(acceptor: &native_tls::TlsAcceptor, stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = [0u8; 8];
+    if stream.read_exact(&mut head).is_err() {
+        return "closed before the startup".into();
+    }
+    if head[4..8] != 80877103u32.to_be_bytes() {
+        return "no SSLRequest".into();
+    }
+    if stream.write_all(b"S").is_err() {
+        return "closed".into();
+    }
+    let Ok(clone) = stream.try_clone() else { return "cannot clone the socket".into() };
+    let mut tls = match acceptor.accept(clone) {
+        Ok(tls) => tls,
+        Err(e) => return format!("refused {}", e.to_string().replace('\n', " ")),
+    };
+    let mut len = [0u8; 4];
+    if tls.read_exact(&mut len).is_err() {
+        return "closed before the startup message".into();
+    }
+    let mut startup = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4).min(10_000)];
+    if tls.read_exact(&mut startup).is_err() {
+        return "closed in the startup message".into();
+    }
+    // AuthenticationCleartextPassword
+    if tls.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).and_then(|_| tls.flush()).is_err() {
+        return "closed before the password request".into();
+    }
+    let mut kind = [0u8; 1];
+    if tls.read_exact(&mut kind).is_err() || tls.read_exact(&mut len).is_err() {
+        return "no password: the client hung up".into();
+    }
+    let mut body = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4).min(10_000)];
+    if kind[0] != b'p' || tls.read_exact(&mut body).is_err() {
+        return format!("no password: message {:?}", kind[0] as char);
+    }
+    format!("password {}", String::from_utf8_lossy(&body).trim_end_matches('\0'))
+}
+
 // ---------------------------------------------------------------------------------- main
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -534,6 +601,7 @@ fn main() -> ExitCode {
             write(&o)
         }),
         "summary" => parse_opts(rest, 50, 1000).and_then(|o| summary(&o)),
+        "impostor" => impostor(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

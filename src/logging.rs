@@ -1,0 +1,146 @@
+//! Logging: one line per message on stderr, which repmgr copies into its own log and the
+//! journal keeps for the units. Writing never blocks for long (the root step must not
+//! wait on a caller that does not read its output), every control character a server or
+//! a caller put into a message is escaped, and when stderr is the journal each line carries
+//! its priority (`journalctl -p warning` works) and no timestamp of its own.
+
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+
+/// What a pipe takes in one write that no other write interleaves with (POSIX PIPE_BUF).
+const LINE_MAX: usize = 4096;
+/// How long a line may wait for room on stderr before it is dropped.
+const WAIT_MS: i32 = 100;
+
+pub fn init(level: log::LevelFilter) {
+    let journal = stderr_is_journal();
+    let pid = std::process::id();
+    env_logger::Builder::new()
+        .filter_level(level)
+        // the database client logs every server notice as information: ours only
+        .filter_module("tokio_postgres", log::LevelFilter::Warn)
+        .format(move |buf, record| {
+            let message = escape(&record.args().to_string());
+            if journal {
+                writeln!(buf, "<{}>{message}", priority(record.level()))
+            } else {
+                writeln!(buf, "{} repmgr-nat[{pid}] {}: {message}", buf.timestamp_millis(), record.level())
+            }
+        })
+        .target(env_logger::Target::Pipe(Box::new(Stderr)))
+        .init();
+}
+
+/// syslog's priority of a level.
+fn priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
+/// systemd says in `JOURNAL_STREAM` (`<device>:<inode>`) which file stderr is when it is
+/// the journal.
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    stream.to_string_lossy() == format!("{}:{}", meta.dev(), meta.ino())
+}
+
+/// A line as it may go into a log: newlines and tabs become spaces, every other control
+/// character (CR, ESC, ...) is written `\xNN`, so no server message or argument can fake a
+/// line or drive a terminal.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.trim_end().chars() {
+        match c {
+            '\n' | '\t' => out.push(' '),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Lines another repmgr-nat printed (the root step, through sudo), logged again here at
+/// their own level, so they reach the same log as ours, in its format.
+pub fn relay(lines: &str) {
+    for line in lines.lines().filter(|l| !l.trim().is_empty()) {
+        let (level, message) = [log::Level::Error, log::Level::Warn, log::Level::Info, log::Level::Debug]
+            .into_iter()
+            .find_map(|level| line.split_once(&format!(" {level}: ")).map(|(_, message)| (level, message)))
+            .unwrap_or((log::Level::Info, line));
+        log::log!(level, "{message}");
+    }
+}
+
+/// One line on stdout for a caller that reads it (route's `changed`), without ever waiting
+/// long for one that does not.
+pub fn answer(line: &str) {
+    write_bounded(1, format!("{line}\n").as_bytes());
+}
+
+/// Root's own record of what it changed, in the system log (authpriv), naming who asked:
+/// it does not depend on a caller's stderr.
+pub fn audit(message: &str) {
+    let by = std::env::var("SUDO_USER").map_or_else(|_| "root".to_string(), |u| format!("{u} through sudo"));
+    let Ok(line) = std::ffi::CString::new(escape(&format!("{message} (for {by})"))) else { return };
+    // SAFETY: the identity and the format are static NUL-terminated strings, the line a
+    // NUL-terminated string that lives across the call; "%s" takes exactly that one.
+    unsafe {
+        libc::openlog(c"repmgr-nat".as_ptr(), libc::LOG_PID, libc::LOG_AUTHPRIV);
+        libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), line.as_ptr());
+        libc::closelog();
+    }
+}
+
+/// stderr, written a line at a time, each waited for at most `WAIT_MS`: when nobody reads
+/// it, lines are dropped rather than the program stopped.
+struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        write_bounded(2, buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes one line (cut to `LINE_MAX`) to `fd` if there is room for it within `WAIT_MS`.
+fn write_bounded(fd: i32, buf: &[u8]) {
+    let mut line = buf[..buf.len().min(LINE_MAX)].to_vec();
+    if line.len() < buf.len() {
+        *line.last_mut().expect("LINE_MAX > 0") = b'\n';
+    }
+    let mut poll = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+    // SAFETY: poll and write on `fd` with a valid pollfd and a buffer of `line.len()` bytes;
+    // with POLLOUT set, a pipe has room for PIPE_BUF bytes, which `line` is at most.
+    unsafe {
+        if libc::poll(&mut poll, 1, WAIT_MS) == 1 && poll.revents & libc::POLLOUT != 0 {
+            libc::write(fd, line.as_ptr().cast(), line.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_what_could_fake_a_line_or_drive_a_terminal() {
+        assert_eq!(escape("node 2\nDETAIL:\tx\n"), "node 2 DETAIL: x");
+        assert_eq!(escape("standby_promote\r\x1b[31mFAKE"), "standby_promote\\x0d\\x1b[31mFAKE");
+        assert_eq!(escape("ümlaut ok"), "ümlaut ok");
+    }
+
+    #[test]
+    fn priorities_are_syslogs() {
+        assert_eq!(priority(log::Level::Warn), 4);
+        assert_eq!(priority(log::Level::Trace), 7);
+    }
+}
