@@ -19,7 +19,18 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(), // --help, --version
+        Err(err) => {
+            // one line, like every other refusal; clap's usage follows on --help
+            let text = err.to_string();
+            let line = text.lines().next().unwrap_or("error: bad command line");
+            logging::init(log::LevelFilter::Error);
+            log::error!("{}", line.trim_start_matches("error: "));
+            return ExitCode::from(exit::BAD_INPUT);
+        }
+    };
     init_logging(&cli);
     match app::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

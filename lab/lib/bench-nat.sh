@@ -258,7 +258,7 @@ scale_config() { # NODES PORTS STATE_DIR
         printf '[ports]\npostgres = %s\nbarman = %s\napp = [%s]\n' "$PG_PORT" "$BARMAN_PORT" "$(IFS=,; echo "${ports[*]}")"
         echo "[nodes]"
         for ((k = 1; k <= $1; k++)); do printf '%d = "198.51.100.%d"\n' "$k" $((SCALE_NODE_BASE + k)); done
-        printf '[postgres]\nuser = "repmgr"\ndbname = "repmgr"\n'
+        printf '[postgres]\nuser = "repmgr_nat"\ndbname = "postgres"\n'
         printf '[barman]\nserver = "main_backup"\nslot = "barman"\n'
         printf '[state]\ndir = "%s"\n' "$3"
     } >"$RNAT_CONFIG.bench"

@@ -52,6 +52,7 @@ WATCH_LOG=$LAB_DIR/logs/watch.log
 
 # Lab passwords (the network is private to the lab's namespaces).
 PW_REPMGR=lab-repmgr-pw
+PW_RNAT=lab-repmgr-nat-pw
 PW_BARMAN=lab-barman-pw
 PW_STREAMING=lab-streaming-pw
 PW_APP=lab-app-pw

@@ -163,8 +163,8 @@ app = $APP_PORT
 1 = "$DB1_IP"
 2 = "$DB2_IP"
 [postgres]
-user = "repmgr"
-dbname = "repmgr"
+user = "repmgr_nat"
+dbname = "postgres"
 sslmode = "verify-full"
 sslrootcert = "$TLS_DIR/ca.crt"
 channel_binding = "require"

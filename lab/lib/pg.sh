@@ -124,8 +124,8 @@ db1_init() {
 # TYPE     DATABASE     USER    ADDRESS          METHOD
 local      all          all                      trust
 local      replication  all                      trust
-# repmgr-nat (repmgr's user, from the proxy) must come over TLS: every test proves it does
-hostnossl  all          repmgr  $PROXY_IP/32   reject
+# repmgr-nat (its role, from the proxy) must come over TLS: every test proves it does
+hostnossl  all          repmgr_nat  $PROXY_IP/32   reject
 host       all          all     $LAB_NET  scram-sha-256
 host       replication  all     $LAB_NET  scram-sha-256
 EOF
@@ -159,6 +159,9 @@ ALTER ROLE repmgr SET search_path TO repmgr, "\$user", public;
 CREATE DATABASE repmgr OWNER repmgr;
 CREATE ROLE barman LOGIN SUPERUSER PASSWORD '$PW_BARMAN';
 CREATE ROLE streaming_barman LOGIN REPLICATION PASSWORD '$PW_STREAMING';
+-- repmgr-nat's own role, with no more than README.md (Security) says it needs
+CREATE ROLE repmgr_nat LOGIN REPLICATION PASSWORD '$PW_RNAT';
+GRANT pg_signal_backend, pg_read_all_stats TO repmgr_nat;
 CREATE ROLE app LOGIN PASSWORD '$PW_APP';
 CREATE DATABASE app OWNER app;
 \\connect app
@@ -178,6 +181,7 @@ write_pgpass_files() {
     # line sits in the file every lab connection uses).
     write_marked "$PGPASS_POSTGRES" 0600 postgres:postgres '#' <<EOF
 *:*:*:repmgr:$PW_REPMGR
+*:*:*:repmgr_nat:$PW_RNAT
 *:*:*:barman:$PW_BARMAN
 *:*:*:streaming_barman:$PW_STREAMING
 *:*:*:app:$PW_APP

@@ -732,8 +732,8 @@ app = 54322
 1 = "10.8.1.1"
 2 = "10.8.2.1"
 [postgres]
-user = "repmgr"
-dbname = "repmgr"
+user = "repmgr_nat"
+dbname = "postgres"
 [barman]
 server = "main_backup"
 slot = "barman"
@@ -843,7 +843,7 @@ dir = "/var/lib/repmgr-nat"
             (with("main_backup", "--help"), "barman.server: \"--help\" must be"),
             (with("archive_timeout = 90", "archive_timeout = 0"), "barman.archive_timeout: 0 is not between"),
             (with("dir = \"/var/lib/repmgr-nat\"", "dir = \"state\""), "state.dir: \"state\" is not an absolute path"),
-            (with("user = \"repmgr\"", "user = \"\""), "postgres.user: \"\" must be"),
+            (with("user = \"repmgr_nat\"", "user = \"\""), "postgres.user: \"\" must be"),
             (with("[state]", "[nat]\ndnat_chain = \"PREROUTING\"\n[state]"), "nat.dnat_chain:"),
             (with("[state]", "[nat]\ndnat_chain = \"DOCKER\"\n[state]"), "looks like another tool's chain (DOCKER...)"),
             (

@@ -18,15 +18,21 @@ pub fn is_root() -> bool {
 
 /// The root step sets what it needs itself rather than inherit the caller's: a umask (the
 /// record must be readable by repmgr's OS user) and resource limits (a caller's `ulimit -f
-/// 0` would kill it between the switch and the record).
+/// 0` would kill it between the switch and the record). Where root may not lift a limit
+/// (no CAP_SYS_RESOURCE, in some containers), going past it is an error the step reports
+/// (SIGXFSZ ignored), never a kill half-way.
 pub fn sanitize_root() {
-    // SAFETY: umask and setrlimit have no memory effects; the limits are plain values.
+    // SAFETY: umask, signal and setrlimit have no memory effects; the limits are plain
+    // values, the handler is SIG_IGN.
     unsafe {
         libc::umask(0o022);
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
         let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
         for resource in [libc::RLIMIT_FSIZE, libc::RLIMIT_CPU, libc::RLIMIT_AS, libc::RLIMIT_DATA] {
-            if libc::setrlimit(resource, &unlimited) != 0 {
-                log::warn!("cannot lift resource limit {resource}: {}", std::io::Error::last_os_error());
+            let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            let limited = libc::getrlimit(resource, &mut now) == 0 && now.rlim_cur != libc::RLIM_INFINITY;
+            if limited && libc::setrlimit(resource, &unlimited) != 0 {
+                log::warn!("cannot lift the caller's resource limit {resource}: {}", std::io::Error::last_os_error());
             }
         }
         let files = libc::rlimit { rlim_cur: 1024, rlim_max: 1024 };
