@@ -408,7 +408,7 @@ mod tests {
             format!(
                 "\
 node 2 (10.8.2.1): SELECT pg_create_physical_replication_slot($1, true);  -- $1 = 'barman'
-{sudo} -n /usr/local/bin/repmgr-nat route 2 --ports all --timeline 2
+{sudo} -n /usr/bin/repmgr-nat route 2 --ports all --timeline 2
 # which runs as root:
 /usr/sbin/iptables-restore --noflush -w 5 <<EOF
 *nat

@@ -14,7 +14,7 @@ use crate::effects::state::StateDir;
 
 /// Where sudoers.d/repmgr-nat expects the program: the unprivileged side asks sudo to run
 /// exactly this path.
-pub const INSTALLED_PATH: &str = "/usr/local/bin/repmgr-nat";
+pub const INSTALLED_PATH: &str = "/usr/bin/repmgr-nat";
 
 pub trait Nat {
     /// What the nat table holds for our chains now.
@@ -112,7 +112,7 @@ fn refused(e: anyhow::Error) -> anyhow::Error {
     crate::exit::Exit::Refused(format!("{e:#}")).into()
 }
 
-/// The unprivileged side: `sudo -n /usr/local/bin/repmgr-nat route ...`.
+/// The unprivileged side: `sudo -n /usr/bin/repmgr-nat route ...`.
 pub struct ViaSudo<'a> {
     pub cfg: &'a Config,
 }
