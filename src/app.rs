@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, Ports};
 use crate::core::config::{self, Config, Node, NodeId};
 use crate::core::event::{Event, Triage};
 use crate::core::plan::Ask;
@@ -96,7 +96,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 (_, _, true) => route_show(&ctx),
                 (Some(node_id), Some(open), false) => {
                     let timeline = timeline.map(|t| ruleset::parse_timeline(&t).map_err(bad_input)).transpose()?;
-                    route(&ctx, node(&ctx.cfg, &node_id)?, open, timeline)
+                    route(&ctx, node(&ctx.cfg, &node_id)?, open_of(open), timeline)
                 }
                 _ => Err(Exit::BadInput("route needs a node id and --ports, or --show".into()).into()),
             }
@@ -287,6 +287,14 @@ fn route_show(ctx: &Ctx) -> Result<()> {
     let direct = Direct { cfg: &ctx.cfg, fw: &fw, state: &state };
     print!("{}", direct.live()?.render());
     Ok(())
+}
+
+fn open_of(ports: Ports) -> Open {
+    match ports {
+        Ports::None => Open::None,
+        Ports::Barman => Open::Barman,
+        Ports::All => Open::All,
+    }
 }
 
 /// The one privileged step: switch the chains to `node`. Without a timeline the recorded

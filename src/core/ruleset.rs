@@ -12,7 +12,7 @@ use crate::core::config::{Config, Node, NodeId};
 
 /// Which proxy ports forward to the node. The SNAT rule for the node is present in
 /// every case, so a route always names exactly one node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Open {
     /// Neither port forwards: both refuse connections.
