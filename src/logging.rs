@@ -20,15 +20,22 @@ pub fn init(level: log::LevelFilter) {
         // the database client logs every server notice as information: ours only
         .filter_module("tokio_postgres", log::LevelFilter::Warn)
         .format(move |buf, record| {
-            let message = escape(&record.args().to_string());
-            if journal {
-                writeln!(buf, "<{}>{message}", priority(record.level()))
+            let line = if journal {
+                journal_line(record.level(), &record.args().to_string())
             } else {
-                writeln!(buf, "{} repmgr-nat[{pid}] {}: {message}", buf.timestamp_millis(), record.level())
-            }
+                let message = escape(&record.args().to_string());
+                format!("{} repmgr-nat[{pid}] {}: {message}", buf.timestamp_millis(), record.level())
+            };
+            writeln!(buf, "{line}")
         })
         .target(env_logger::Target::Pipe(Box::new(Stderr)))
         .init();
+}
+
+/// A line for the journal: its priority as the `<N>` prefix systemd reads, no timestamp
+/// (the journal has its own), no program name (the unit's `SyslogIdentifier`).
+fn journal_line(level: log::Level, message: &str) -> String {
+    format!("<{}>{}", priority(level), escape(message))
 }
 
 /// syslog's priority of a level.
@@ -46,7 +53,12 @@ fn priority(level: log::Level) -> u8 {
 fn stderr_is_journal() -> bool {
     let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
     let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return false };
-    stream.to_string_lossy() == format!("{}:{}", meta.dev(), meta.ino())
+    names_file(&stream.to_string_lossy(), &meta)
+}
+
+/// Whether `JOURNAL_STREAM`'s `<device>:<inode>` is this file.
+fn names_file(stream: &str, meta: &std::fs::Metadata) -> bool {
+    stream == format!("{}:{}", meta.dev(), meta.ino())
 }
 
 /// A line as it may go into a log: newlines and tabs become spaces, every other control
@@ -142,5 +154,22 @@ mod tests {
     fn priorities_are_syslogs() {
         assert_eq!(priority(log::Level::Warn), 4);
         assert_eq!(priority(log::Level::Trace), 7);
+    }
+
+    #[test]
+    fn a_journal_line_is_its_priority_and_the_message_only() {
+        assert_eq!(journal_line(log::Level::Error, "watch: cannot read the rules"), "<3>watch: cannot read the rules");
+        assert_eq!(journal_line(log::Level::Warn, "node 2\nfake"), "<4>node 2 fake");
+        assert_eq!(journal_line(log::Level::Info, "nat: node 1 -> node 2"), "<6>nat: node 1 -> node 2");
+        assert_eq!(journal_line(log::Level::Debug, "x"), "<7>x");
+    }
+
+    #[test]
+    fn the_journal_is_recognised_by_device_and_inode() {
+        let file = std::env::temp_dir();
+        let meta = std::fs::metadata(&file).unwrap();
+        assert!(names_file(&format!("{}:{}", meta.dev(), meta.ino()), &meta));
+        assert!(!names_file(&format!("{}:{}", meta.dev(), meta.ino() + 1), &meta));
+        assert!(!names_file("", &meta));
     }
 }
