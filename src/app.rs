@@ -21,7 +21,7 @@ use crate::effects::firewall::{Firewall, Iptables};
 use crate::effects::nat::{Direct, Nat, ViaSudo};
 use crate::effects::privilege::{self, OsUser};
 use crate::effects::state::{Lock, StateDir};
-use crate::exit::{Exit, bad_input};
+use crate::exit::{self, Exit, bad_input};
 use crate::handler::{self, Effects};
 use crate::watch;
 
@@ -40,21 +40,11 @@ pub fn run(cli: Cli) -> Result<()> {
     let ctx = |path: Option<PathBuf>| -> Result<Ctx> { Ok(Ctx { cfg: load(path.as_deref())?, root, dry_run }) };
     match cli.command {
         Command::Event { node_id, event, success } => {
-            let event = Event::parse(&node_id, &event, success.as_deref()).map_err(bad_input)?;
-            let claim = match event.triage() {
-                Triage::Ignore { why, warn } => {
-                    let level = if warn { log::Level::Warn } else { log::Level::Debug };
-                    log::log!(level, "node {} {}: {why}", event.node, event.name);
-                    return Ok(());
-                }
-                Triage::Act(claim) => claim,
-            };
-            let ctx = ctx(acting_config(cli.config, root, dry_run)?)?;
-            ctx.cfg.node(event.node).map_err(bad_input)?;
-            let _lock = lock(&ctx)?;
-            with_effects(&ctx, |fx| {
-                handler::run(&ctx.cfg, fx, Ask::Event(claim), &format!("node {} {}", event.node, event.name))
-            })
+            let handled = handle_event(cli.config.clone(), root, dry_run, &node_id, &event, success.as_deref());
+            if !dry_run {
+                count_event(acting_config(cli.config, root, dry_run).unwrap_or(None), &event, &handled);
+            }
+            handled.map(drop)
         }
         Command::Reconcile { primary, boot } => {
             let ctx = ctx(acting_config(cli.config, root, dry_run)?)?;
@@ -101,6 +91,53 @@ pub fn run(cli: Cli) -> Result<()> {
                 _ => Err(Exit::BadInput("route needs a node id and --ports, or --show".into()).into()),
             }
         }
+    }
+}
+
+/// repmgr's event: checked, then the plan for the whole cluster if its claim holds. True
+/// when it was acted on, false when ignored.
+fn handle_event(
+    config: Option<PathBuf>,
+    root: bool,
+    dry_run: bool,
+    node_id: &str,
+    event: &str,
+    success: Option<&str>,
+) -> Result<bool> {
+    let event = Event::parse(node_id, event, success).map_err(bad_input)?;
+    let claim = match event.triage() {
+        Triage::Ignore { why, warn } => {
+            let level = if warn { log::Level::Warn } else { log::Level::Debug };
+            log::log!(level, "node {} {}: {why}", event.node, event.name);
+            return Ok(false);
+        }
+        Triage::Act(claim) => claim,
+    };
+    let ctx = Ctx { cfg: load(acting_config(config, root, dry_run)?.as_deref())?, root, dry_run };
+    ctx.cfg.node(event.node).map_err(bad_input)?;
+    let _lock = lock(&ctx)?;
+    with_effects(&ctx, |fx| {
+        handler::run(&ctx.cfg, fx, Ask::Event(claim), &format!("node {} {}", event.node, event.name))
+    })?;
+    Ok(true)
+}
+
+/// Counts a handled event for watch's metrics (in `watch.dir`, where watch reads it), by
+/// its name and outcome: acted (ok) or ignored, else what its exit code says.
+fn count_event(config: Option<PathBuf>, event: &str, handled: &Result<bool>) {
+    let Ok(cfg) = load(config.as_deref()) else { return };
+    let outcome = match handled {
+        Ok(true) => "ok",
+        Ok(false) => "ignored",
+        Err(e) => match exit::code(e) {
+            exit::BAD_INPUT => "bad_input",
+            exit::REFUSED => "refused",
+            _ => "failed",
+        },
+    };
+    let name = if Event::parse("1", event, None).is_ok() { event } else { "malformed" };
+    if let Err(e) = crate::effects::metrics::count_event(&cfg.watch.dir, name, outcome) {
+        log::debug!("event not counted for the metrics: {e:#}");
     }
 }
 

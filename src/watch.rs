@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use crate::app::Ctx;
 use crate::core::config::NodeId;
 use crate::core::config::{Config, Watch};
+use crate::core::metrics::{self, Snapshot, Tracker};
 use crate::core::plan::{self, Ask, Decision, Nat as NatState};
 use crate::core::ruleset::{Open, Routing};
 use crate::core::status::{Action, WatchReport};
@@ -29,6 +30,7 @@ use crate::core::view::{Answer, Lsn, Primary, Role, Slot, View, arbitrate};
 use crate::effects::barman::Barman;
 use crate::effects::db::{self, Pool, Postgres};
 use crate::effects::firewall::Iptables;
+use crate::effects::metrics as serve_metrics;
 use crate::effects::nat::{Direct, Nat, ViaSudo};
 use crate::effects::state::StateDir;
 use crate::handler::{self, Effects};
@@ -55,11 +57,18 @@ pub fn run(ctx: &Ctx) -> Result<()> {
 
     std::fs::create_dir_all(&cfg.watch.dir)
         .with_context(|| format!("cannot create watch.dir {}", cfg.watch.dir.display()))?;
+    if let Err(e) = serve_metrics::create_event_counts(&cfg.watch.dir) {
+        log::error!("watch: {e:#}: events are not counted");
+    }
+    let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+    if let Some(addr) = cfg.watch.metrics {
+        serve_metrics::serve(addr, Arc::clone(&snapshot), cfg.watch.dir.clone());
+    }
     let nodes = Pollers::start(&rt, cfg, cluster.pool());
     let mut signals = rt.block_on(Signals::new())?;
     // The first pass waits for every node's first answer (each has its deadline).
     rt.block_on(nodes.first_answers(cfg));
-    let mut watcher = Watcher::new(StateDir::new(&cfg.state.dir));
+    let mut watcher = Watcher::new(StateDir::new(&cfg.state.dir), snapshot);
     // what barman had confirmed, as the watch before this one saw it
     watcher.receive_wal.confirmed = report(cfg).and_then(|r| r.barman_confirmed);
     log::info!(
@@ -228,6 +237,11 @@ struct Watcher {
     failures: u32,
     last_action: Option<Action>,
     receive_wal: ReceiveWal,
+    /// The figures the metrics show, and where the listener reads the last pass's.
+    metrics: Tracker,
+    snapshot: Arc<Mutex<Snapshot>>,
+    /// The monotonic clock the metrics' durations are measured on.
+    clock: Instant,
 }
 
 /// barman's receive-wal, as `watch` sees it through the slot on the primary.
@@ -274,10 +288,13 @@ pub fn now_ms() -> u64 {
 }
 
 impl Watcher {
-    fn new(state: StateDir) -> Watcher {
+    fn new(state: StateDir, snapshot: Arc<Mutex<Snapshot>>) -> Watcher {
         Watcher {
             state,
             started: SystemTime::now(),
+            metrics: Tracker::new(now_ms()),
+            snapshot,
+            clock: Instant::now(),
             passes: 0,
             nat: None,
             seen: String::new(),
@@ -291,6 +308,7 @@ impl Watcher {
     /// One pass: decide from the view, act if need be, keep barman streaming, report.
     /// Returns whether the next answers are needed in a hurry.
     fn pass(&mut self, cfg: &Config, fx: &Effects, view: &View) -> bool {
+        let began = self.mono_ms();
         self.passes += 1;
         let (routing, in_place) = match self.routing(cfg, fx) {
             Ok(read) => read,
@@ -317,7 +335,28 @@ impl Watcher {
             _ => true,
         };
         self.report(cfg, &arbitration.describe(), &routing, view, hurry);
+        // the rules as they stand after the pass: read again if it acted
+        let (after, record) = match self.routing(cfg, fx) {
+            Ok((after, _)) if after != routing => (after, fx.nat.recorded().ok().flatten()),
+            _ => (routing, record),
+        };
+        self.metrics.pass(metrics::Pass {
+            began_mono_ms: began,
+            ended_mono_ms: self.mono_ms(),
+            ended_ms: now_ms(),
+            view,
+            arbitration: &arbitration,
+            routing: &after,
+            recorded: record,
+        });
+        if let Ok(mut shared) = self.snapshot.lock() {
+            *shared = self.metrics.snapshot().clone();
+        }
         hurry
+    }
+
+    fn mono_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
     }
 
     /// The nat table: read again when older than `Watch::NAT_EVERY` or after an action.
@@ -349,6 +388,7 @@ impl Watcher {
         self.nat = None;
         let result = handler::act_on(cfg, fx, Ask::Watch, "watch", view);
         self.nat = None;
+        self.metrics.acted(result.is_ok());
         let (steps, result) = match result {
             Ok(steps) => {
                 self.failures = 0;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -247,6 +247,8 @@ pub struct Watch {
     pub interval: Duration,
     /// Where `watch` keeps what it saw last (`status` reads it); writable by repmgr's OS user.
     pub dir: PathBuf,
+    /// Where `watch` serves its Prometheus metrics (`GET /metrics`); none: not at all.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Watch {
@@ -255,6 +257,8 @@ impl Watch {
     pub const HURRY: Duration = Duration::from_millis(50);
     /// How often `watch` reads the nat table (through sudo) when nothing else made it.
     pub const NAT_EVERY: Duration = Duration::from_secs(1);
+    /// Where the metrics are served unless `watch.metrics` says otherwise: loopback only.
+    pub const METRICS: &str = "127.0.0.1:9721";
 }
 
 impl Config {
@@ -425,11 +429,13 @@ struct RawWatch {
     interval_ms: i64,
     #[serde(default = "default_watch_dir")]
     dir: String,
+    /// An address and port, or `""` / `false` for none.
+    metrics: Option<toml::Value>,
 }
 
 impl Default for RawWatch {
     fn default() -> Self {
-        RawWatch { interval_ms: default_interval_ms(), dir: default_watch_dir() }
+        RawWatch { interval_ms: default_interval_ms(), dir: default_watch_dir(), metrics: None }
     }
 }
 
@@ -614,7 +620,8 @@ impl RawConfig {
         if !watch_dir.is_absolute() {
             bail!("watch.dir: {:?} is not an absolute path", self.watch.dir);
         }
-        let watch = Watch { interval: Duration::from_millis(interval_ms as u64), dir: watch_dir };
+        let metrics = metrics_address(self.watch.metrics)?;
+        let watch = Watch { interval: Duration::from_millis(interval_ms as u64), dir: watch_dir, metrics };
 
         Ok(Config {
             proxy,
@@ -627,6 +634,27 @@ impl RawConfig {
             watch,
             repmgr_user: os_user("repmgr.user", self.repmgr.user)?,
         })
+    }
+}
+
+/// `watch.metrics`: an address and port to listen on, or `""` / `false` for none.
+fn metrics_address(value: Option<toml::Value>) -> Result<Option<SocketAddr>> {
+    let text = match value {
+        None => Watch::METRICS.to_string(),
+        Some(toml::Value::String(text)) => text,
+        Some(toml::Value::Boolean(false)) => return Ok(None),
+        Some(other) => bail!(
+            "watch.metrics: {} is not an address and port such as {:?}, \"\" or false",
+            quoted(&other.to_string()),
+            Watch::METRICS
+        ),
+    };
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match text.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() != 0 => Ok(Some(addr)),
+        _ => bail!("watch.metrics: {} is not an address and port such as {:?}", quoted(&text), Watch::METRICS),
     }
 }
 
@@ -786,6 +814,16 @@ dir = "/var/lib/repmgr-nat"
         assert_eq!(c.nat.dnat_chain, "repmgr_dnat");
         assert_eq!(c.nat.snat_chain, "repmgr_snat");
         assert_eq!(c.state.lock_timeout, Duration::from_secs(150), "archive_timeout 90 + 60");
+        assert_eq!(c.watch.metrics, Some(SocketAddr::from(([127, 0, 0, 1], 9721))), "loopback only");
+    }
+
+    #[test]
+    fn metrics_may_be_turned_off_or_moved() {
+        let metrics = |value: &str| Config::parse(&format!("{EXAMPLE}[watch]\nmetrics = {value}\n")).unwrap().watch.metrics;
+        assert_eq!(metrics("false"), None);
+        assert_eq!(metrics("\"\""), None);
+        assert_eq!(metrics("\"[::1]:9721\""), Some("[::1]:9721".parse().unwrap()));
+        assert_eq!(metrics("\"10.8.3.1:9000\""), Some("10.8.3.1:9000".parse().unwrap()));
     }
 
     #[test]
@@ -882,6 +920,14 @@ dir = "/var/lib/repmgr-nat"
             (format!("{EXAMPLE}[watch]\ninterval_ms = 5\n"), "watch.interval_ms: 5 is not between 10 and 10000"),
             (format!("{EXAMPLE}[nat]\nno_primary = \"flap\"\n"), "unknown variant `flap`"),
             (format!("{EXAMPLE}[watch]\ndir = \"run\"\n"), "watch.dir: \"run\" is not an absolute path"),
+            (
+                format!("{EXAMPLE}[watch]\nmetrics = \"localhost:9721\"\n"),
+                "watch.metrics: \"localhost:9721\" is not an address and port such as \"127.0.0.1:9721\"",
+            ),
+            (format!("{EXAMPLE}[watch]\nmetrics = \"127.0.0.1\"\n"), "watch.metrics: \"127.0.0.1\" is not an address"),
+            (format!("{EXAMPLE}[watch]\nmetrics = \"127.0.0.1:0\"\n"), "watch.metrics: \"127.0.0.1:0\" is not an address"),
+            (format!("{EXAMPLE}[watch]\nmetrics = true\n"), "watch.metrics: \"true\" is not an address and port"),
+            (format!("{EXAMPLE}[watch]\nmetrics = 9721\n"), "watch.metrics: \"9721\" is not an address and port"),
             ("[proxy]\naddress = \"10.8.3.1\"".to_string(), "missing field `ports`"),
             (with("[nodes]\n1 = \"10.8.1.1\"\n2 = \"10.8.2.1\"", "[nodes]"), "nodes: at least one node is needed"),
             ("this is not toml".to_string(), "expected"),

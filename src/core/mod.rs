@@ -1,8 +1,10 @@
 //! The pure core: it decides and renders, and never acts. The configuration, repmgr's
-//! events, the view of the cluster, the plan, the rulesets and the status report.
+//! events, the view of the cluster, the plan, the rulesets, the status report and the
+//! metrics.
 
 pub mod config;
 pub mod event;
+pub mod metrics;
 pub mod plan;
 pub mod ruleset;
 pub mod status;

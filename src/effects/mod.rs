@@ -1,12 +1,13 @@
 //! The adapters: everything that touches the world (the nat table, the nodes, barman, the
-//! state directory, child processes), each behind a small trait where the core's plans
-//! reach it, so that unit tests run against recording fakes.
+//! state directory, child processes, the metrics listener), each behind a small trait
+//! where the core's plans reach it, so that unit tests run against recording fakes.
 
 pub mod barman;
 pub mod db;
 pub mod dryrun;
 pub mod exec;
 pub mod firewall;
+pub mod metrics;
 pub mod nat;
 pub mod pgpass;
 pub mod privilege;

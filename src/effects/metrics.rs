@@ -1,0 +1,255 @@
+//! The metrics' adapters: the small file in `watch.dir` where every `repmgr-nat event`
+//! counts itself, and the HTTP listener `watch` serves `GET /metrics` on.
+//!
+//! The listener is a thread of its own that answers one connection at a time, each within
+//! a deadline and from a request of bounded size: a local user who connects and sends
+//! nothing holds it for `DEADLINE` at most, and never the watch loop, which only swaps in
+//! the snapshot of its last pass.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::core::metrics::{self, EventCounts, Snapshot};
+
+/// The events' counts in `watch.dir`: `<event> <outcome> <count>` lines.
+pub const EVENTS_FILE: &str = "events";
+/// The longest the counts file may be read as (`EventCounts::MAX_LINES` lines fit).
+const EVENTS_MAX: u64 = 64 * 1024;
+/// How long an event waits for another one counting at the same moment.
+const COUNT_WAIT: Duration = Duration::from_secs(1);
+
+/// How long one connection may take, from accepting it to the last byte of the answer.
+const DEADLINE: Duration = Duration::from_secs(2);
+/// The largest request head accepted (request line and headers).
+const REQUEST_MAX: usize = 8 * 1024;
+/// How long to wait before trying the address again when it cannot be listened on.
+const REBIND_EVERY: Duration = Duration::from_secs(30);
+
+/// `watch`, at its start: the counts file, made if missing, kept if there (counts go on
+/// across restarts of watch; `watch.dir` is emptied at boot).
+pub fn create_event_counts(dir: &Path) -> Result<()> {
+    let path = dir.join(EVENTS_FILE);
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map(drop)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// Counts one event in `dir`'s counts file, if `watch` made one (nothing serves the counts
+/// otherwise). Under the file's own lock, so that events at the same moment both count.
+pub fn count_event(dir: &Path, event: &str, outcome: &str) -> Result<()> {
+    let path = dir.join(EVENTS_FILE);
+    let file = match OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    let deadline = Instant::now() + COUNT_WAIT;
+    while let Err(e) = file.try_lock() {
+        if Instant::now() >= deadline {
+            return Err(anyhow::anyhow!("cannot lock {}: {e}", path.display()));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    let mut counts = EventCounts::parse(&read_bounded(&file).with_context(|| format!("cannot read {}", path.display()))?);
+    if !counts.count(event, outcome) {
+        log::debug!("{}: event {event} {outcome} not counted", path.display());
+        return Ok(());
+    }
+    // the counts only grow, and so does their text: written over the old in place (the
+    // lock stays on this file), then cut to its length
+    let text = counts.render();
+    file.write_all_at(text.as_bytes(), 0)
+        .and_then(|()| file.set_len(text.len() as u64))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The counts as the file holds them now (none when it cannot be read).
+fn read_event_counts(dir: &Path) -> EventCounts {
+    let Ok(file) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(dir.join(EVENTS_FILE)) else {
+        return EventCounts::default();
+    };
+    // a shared lock keeps a half-written file out; without it within a moment, the lines
+    // that parse
+    let deadline = Instant::now() + Duration::from_millis(100);
+    while file.try_lock_shared().is_err() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    EventCounts::parse(&read_bounded(&file).unwrap_or_default())
+}
+
+fn read_bounded(file: &File) -> std::io::Result<String> {
+    let mut bytes = Vec::new();
+    file.take(EVENTS_MAX).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Serves `GET /metrics` on `addr` from a thread of its own: the snapshot of watch's last
+/// pass and the events' counts in `dir`. An address that cannot be listened on is logged
+/// and tried again every `REBIND_EVERY`: watch goes on without metrics meanwhile.
+pub fn serve(addr: SocketAddr, snapshot: Arc<Mutex<Snapshot>>, dir: PathBuf) {
+    let spawned = thread::Builder::new().name("metrics".into()).spawn(move || {
+        let mut failed = false;
+        loop {
+            match TcpListener::bind(addr) {
+                Ok(listener) => {
+                    log::info!("watch: metrics on http://{addr}/metrics");
+                    for stream in listener.incoming().flatten() {
+                        let body = || {
+                            let snapshot = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+                            metrics::render(&snapshot, &read_event_counts(&dir), env!("CARGO_PKG_VERSION"))
+                        };
+                        if let Err(e) = answer(stream, body) {
+                            log::debug!("watch: metrics: {e}");
+                        }
+                    }
+                }
+                Err(e) if !failed => {
+                    log::error!("watch: cannot serve metrics on {addr}: {e}; trying again every {} s", REBIND_EVERY.as_secs());
+                    failed = true;
+                }
+                Err(_) => {}
+            }
+            thread::sleep(REBIND_EVERY);
+        }
+    });
+    if let Err(e) = spawned {
+        log::error!("watch: cannot start serving metrics: {e}");
+    }
+}
+
+/// Reads one request head within the deadline and answers it.
+fn answer(mut stream: TcpStream, body: impl FnOnce() -> String) -> std::io::Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0; 1024];
+    while !complete(&head) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || head.len() >= REQUEST_MAX {
+            break;
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n.min(REQUEST_MAX - head.len())]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    stream.set_write_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))?;
+    stream.write_all(&respond(&head, body))
+}
+
+/// Whether a request head is whole: it ends with an empty line.
+fn complete(head: &[u8]) -> bool {
+    head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n")
+}
+
+/// The answer to a request head: the metrics for `GET /metrics`, an error otherwise.
+fn respond(head: &[u8], body: impl FnOnce() -> String) -> Vec<u8> {
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.trim_end().split(' ');
+    let (method, target, version) = (words.next(), words.next(), words.next());
+    let (status, extra, body) = match (method, target, version) {
+        _ if !complete(head) => ("400 Bad Request", "", "bad request\n".to_string()),
+        (Some(_), Some(_), Some(v)) if !v.starts_with("HTTP/1.") => ("400 Bad Request", "", "bad request\n".into()),
+        (Some("GET"), Some("/metrics"), Some(_)) => ("200 OK", "", body()),
+        (Some("GET"), Some(_), Some(_)) => ("404 Not Found", "", "only /metrics is served\n".into()),
+        (Some(_), Some(_), Some(_)) => ("405 Method Not Allowed", "Allow: GET\r\n", "only GET\n".into()),
+        _ => ("400 Bad Request", "", "bad request\n".into()),
+    };
+    let kind = if status.starts_with("200") { "text/plain; version=0.0.4; charset=utf-8" } else { "text/plain" };
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(answer: &[u8]) -> String {
+        String::from_utf8_lossy(answer).lines().next().unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn answers_get_metrics_only() {
+        let ok = respond(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n", || "repmgr_nat_passes_total 1\n".into());
+        let text = String::from_utf8(ok).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
+        assert!(text.ends_with("Content-Length: 26\r\nConnection: close\r\n\r\nrepmgr_nat_passes_total 1\n"), "{text}");
+        let never = || -> String { panic!("rendered for a request that is not GET /metrics") };
+        assert_eq!(status_of(&respond(b"GET / HTTP/1.1\r\n\r\n", never)), "HTTP/1.1 404 Not Found");
+        assert_eq!(status_of(&respond(b"POST /metrics HTTP/1.1\r\n\r\n", never)), "HTTP/1.1 405 Method Not Allowed");
+        assert_eq!(status_of(&respond(b"GET /metrics HTTP/1.1\r\nHost: x", never)), "HTTP/1.1 400 Bad Request");
+        assert_eq!(status_of(&respond(b"GET /metrics SMTP\r\n\r\n", never)), "HTTP/1.1 400 Bad Request");
+        assert_eq!(status_of(&respond(b"", never)), "HTTP/1.1 400 Bad Request");
+    }
+
+    #[test]
+    fn serves_on_loopback_within_its_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            for stream in listener.incoming().take(2) {
+                answer(stream.unwrap(), || "repmgr_nat_passes_total 7\n".into()).ok();
+            }
+        });
+        // a client that sends nothing is answered 400 once the deadline passed
+        let started = Instant::now();
+        let mut idle = TcpStream::connect(addr).unwrap();
+        let mut got = String::new();
+        idle.read_to_string(&mut got).unwrap();
+        assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+        assert!(started.elapsed() < DEADLINE + Duration::from_secs(1));
+        // then a scrape
+        let mut scrape = TcpStream::connect(addr).unwrap();
+        scrape.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        let mut got = String::new();
+        scrape.read_to_string(&mut got).unwrap();
+        assert!(got.starts_with("HTTP/1.1 200 OK") && got.ends_with("\r\n\r\nrepmgr_nat_passes_total 7\n"), "{got}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn events_count_themselves_only_where_watch_made_the_file() {
+        let dir = std::env::temp_dir().join(format!("repmgr-nat-test-events-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        count_event(&dir, "standby_promote", "ok").unwrap();
+        assert!(!dir.join(EVENTS_FILE).exists(), "no watch, no file");
+        create_event_counts(&dir).unwrap();
+        let counters: Vec<_> = (0..4)
+            .map(|i| {
+                let dir = dir.clone();
+                thread::spawn(move || count_event(&dir, "standby_promote", if i % 2 == 0 { "ok" } else { "refused" }))
+            })
+            .collect();
+        for c in counters {
+            c.join().unwrap().unwrap();
+        }
+        count_event(&dir, "node_rejoin", "ignored").unwrap();
+        create_event_counts(&dir).unwrap();
+        let counts = read_event_counts(&dir);
+        assert_eq!(counts.render(), "node_rejoin ignored 1\nstandby_promote ok 2\nstandby_promote refused 2\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
