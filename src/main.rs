@@ -12,6 +12,8 @@ mod effects;
 mod exit;
 mod handler;
 mod logging;
+#[cfg(test)]
+mod manual;
 mod watch;
 
 use std::process::ExitCode;
