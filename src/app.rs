@@ -302,11 +302,12 @@ fn boot_cluster(cfg: &Config, fx: &Effects) -> Result<()> {
     }
 }
 
-/// Removes the jumps and the chains; the recorded route stays for the next setup.
+/// Removes the jumps and the chains; the recorded route stays for the next setup. Under
+/// the run lock once setup made it (before that, no run can act).
 fn teardown(ctx: &Ctx) -> Result<()> {
     let cfg = &ctx.cfg;
     let state = StateDir::new(&cfg.state.dir);
-    let _lock = if state.path().is_dir() { lock(ctx)? } else { None };
+    let _lock = if state.has_run_lock() { lock(ctx)? } else { None };
     let out = Sink::Stdout;
     let printing = PrintFirewall { real: &Iptables, out: &out };
     let fw: &dyn Firewall = if ctx.dry_run { &printing } else { &Iptables };

@@ -42,10 +42,6 @@ impl StateDir {
         StateDir { dir: dir.to_path_buf(), owner: 0 }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
     /// Creates the directory (mode 0755) if it is missing; as root, checks it is root's.
     pub fn create(&self) -> Result<()> {
         match fs::create_dir(&self.dir) {
@@ -122,6 +118,12 @@ impl StateDir {
             .with_context(|| format!("cannot chown {}", path.display()))?;
         file.set_permissions(fs::Permissions::from_mode(0o640))
             .with_context(|| format!("cannot chmod {}", path.display()))
+    }
+
+    /// Whether `setup` made the run lock (in any form: `lock` checks it): before that, no
+    /// run can hold it.
+    pub fn has_run_lock(&self) -> bool {
+        fs::symlink_metadata(self.dir.join(RUN_LOCK)).is_ok()
     }
 
     /// The run lock: an exclusive `flock` on a file only root and repmgr's OS user's group
@@ -305,6 +307,14 @@ mod tests {
         let locks = "1: POSIX  ADVISORY  WRITE 77 08:01:999 0 EOF\n2: FLOCK  ADVISORY  WRITE 1234 00:1f:131077 0 EOF\n";
         assert_eq!(holder_pid(locks, 131077), Some(1234));
         assert_eq!(holder_pid(locks, 999), None, "only flock locks");
+    }
+
+    #[test]
+    fn the_run_lock_exists_once_made() {
+        let dir = temp_dir("has-lock");
+        assert!(!StateDir::new(&dir).has_run_lock());
+        assert!(state_of(&dir).has_run_lock());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
