@@ -100,8 +100,8 @@ fn main_page(man: &clap_mangen::Man, readme: &str, w: &mut dyn Write) -> io::Res
         ("/etc/sudoers.d/repmgr-nat", "what repmgr's OS user may run as root and as barman"),
         ("/var/lib/repmgr-nat", "the recorded route and the run lock (state.dir)"),
         ("/run/repmgr-nat", "what watch saw last, the events' counts, receive-wal's output (watch.dir)"),
-        ("/lib/systemd/system/repmgr-nat-setup.service", "the boot step (setup)"),
-        ("/lib/systemd/system/repmgr-nat-watch.service", "the service (watch)"),
+        ("/usr/lib/systemd/system/repmgr-nat-setup.service", "the boot step (setup)"),
+        ("/usr/lib/systemd/system/repmgr-nat-watch.service", "the service (watch)"),
     ] {
         roff.control("TP", []);
         roff.text([italic(path)]);
