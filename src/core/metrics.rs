@@ -104,10 +104,13 @@ pub struct Pass<'a> {
 #[derive(Clone, Debug, Default)]
 pub struct Tracker {
     snapshot: Snapshot,
-    /// Since when (monotonic milliseconds) the application port has not forwarded to the
-    /// legitimate primary: set by the first pass that sees it, cleared by the first that
-    /// sees it forward there (the switch's latency) or no legitimate primary at all.
-    outage_since: Option<u64>,
+    /// Since when (monotonic milliseconds) the application port has not forwarded to a
+    /// legitimate primary that answers (the routed primary gone, or another one
+    /// legitimate), and the node it routed to then: set by the first pass that sees it,
+    /// cleared by the first that sees the port forward to the legitimate primary, which is
+    /// the switch's latency when that is another node. Events may switch before any pass
+    /// sees a new primary: the outage began when the old one stopped answering.
+    outage_since: Option<(u64, Option<NodeId>)>,
     /// The node the rules routed to after the pass before.
     routed: Option<Option<NodeId>>,
 }
@@ -178,17 +181,17 @@ impl Tracker {
         }
         self.routed = Some(routed);
 
-        let served = |node: NodeId| route == Some((node, Open::All));
         match primary {
-            Some((node, _)) if served(node) => {
-                if let Some(since) = self.outage_since.take() {
+            Some((node, _)) if route == Some((node, Open::All)) => {
+                if let Some((since, from)) = self.outage_since.take()
+                    && from != Some(node)
+                {
                     s.switch_latency.observe(pass.ended_mono_ms.saturating_sub(since) as f64 / 1000.0);
                 }
             }
-            Some(_) => {
-                self.outage_since.get_or_insert(pass.began_mono_ms);
+            _ => {
+                self.outage_since.get_or_insert((pass.began_mono_ms, routed));
             }
-            None => self.outage_since = None,
         }
     }
 }
@@ -343,8 +346,8 @@ pub fn render(s: &Snapshot, events: &EventCounts, version: &str) -> String {
     out.family(
         "switch_latency_seconds",
         "histogram",
-        "From the first pass that saw the application ports not forwarding to the legitimate primary to the first \
-         that saw them forward there.",
+        "From the first pass that saw the application ports not forwarding to an answering legitimate primary to \
+         the first that saw them forward to another one.",
     );
     let mut cumulative = 0;
     for (bound, n) in LATENCY_BUCKETS.iter().zip(s.switch_latency.counts) {
@@ -463,6 +466,32 @@ mod tests {
     }
 
     #[test]
+    fn a_switch_an_event_made_counts_from_when_the_old_primary_stopped_answering() {
+        let mut t = Tracker::new(0);
+        let before = view(&[(1, primary(1)), (2, standby(1))]);
+        pass_at(&mut t, 0, &before, to(1, Open::All));
+        let down = view(&[(1, Answer::Down("connection refused".into())), (2, standby(1))]);
+        pass_at(&mut t, 250, &down, to(1, Open::All));
+        // the event moved the rules between two passes: no pass saw node 2 unserved
+        let after = view(&[(1, Answer::Down("connection refused".into())), (2, primary(2))]);
+        pass_at(&mut t, 2_000, &after, to(2, Open::All));
+        let s = t.snapshot();
+        assert_eq!((s.switches, s.switch_latency.count), (1, 1));
+        assert!((s.switch_latency.sum - 1.77).abs() < 1e-9, "{}", s.switch_latency.sum);
+    }
+
+    #[test]
+    fn a_primary_back_where_the_rules_are_is_no_switch() {
+        let mut t = Tracker::new(0);
+        let up = view(&[(1, primary(1)), (2, standby(1))]);
+        pass_at(&mut t, 0, &up, to(1, Open::All));
+        let down = view(&[(1, Answer::Silent("timeout".into())), (2, standby(1))]);
+        pass_at(&mut t, 250, &down, to(1, Open::All));
+        pass_at(&mut t, 500, &up, to(1, Open::All));
+        assert_eq!((t.snapshot().switches, t.snapshot().switch_latency.count), (0, 0));
+    }
+
+    #[test]
     fn no_latency_without_a_primary_to_switch_to() {
         let mut t = Tracker::new(0);
         let gone = view(&[(1, Answer::Silent("timeout".into())), (2, standby(1))]);
@@ -565,7 +594,7 @@ repmgr_nat_barman_streaming 1
 # HELP repmgr_nat_switches_total Times the rules moved to another node (by watch, an event, setup or by hand).
 # TYPE repmgr_nat_switches_total counter
 repmgr_nat_switches_total 1
-# HELP repmgr_nat_switch_latency_seconds From the first pass that saw the application ports not forwarding to the legitimate primary to the first that saw them forward there.
+# HELP repmgr_nat_switch_latency_seconds From the first pass that saw the application ports not forwarding to an answering legitimate primary to the first that saw them forward to another one.
 # TYPE repmgr_nat_switch_latency_seconds histogram
 repmgr_nat_switch_latency_seconds_bucket{le="0.05"} 0
 repmgr_nat_switch_latency_seconds_bucket{le="0.1"} 0
