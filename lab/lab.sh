@@ -20,69 +20,14 @@ source "$LIB/handler.sh"
 
 usage() {
     cat <<EOF
-usage: lab.sh COMMAND [ARGS]   (as root)
-
-Lifecycle
-  deps                          install the Debian packages the lab needs (only if missing)
-  up [--handler repmgr-nat|scripts] [--no-cron] [--no-assist]
-                                bring the whole lab up (runs \`down\` first); --no-assist:
-                                no bring-up assist (README: "Bring-up assist")
-  down [--purge-logs]           stop everything, delete the namespaces, remove what the lab
-                                installed; logs are kept in \$LAB_SAVE_LOGS ($LAB_LOGS_SAVE_DEFAULT)
-  status                        one screen: nodes, repmgr, NAT, barman, processes
-
-Cluster
-  psql [-d DB] [-U USER] TARGET SQL
-                                run SQL, print the result unaligned (| separated, no header).
-                                TARGET: db1|db2 (socket, as postgres, db postgres),
-                                proxy-app (from the app namespace to proxy:$APP_PORT, user app),
-                                proxy-barman (from the proxy namespace to proxy:$BARMAN_PORT as
-                                barman, the way barman connects)
-  stop NODE                     pg_ctl stop -m immediate
-  freeze NODE / thaw NODE       SIGSTOP / SIGCONT the node's postmaster (a hung disk, a frozen VM)
-  partition NODE / heal NODE    the node drops every packet from the proxy (a network partition
-                                between the two), or no longer
-  start NODE                    start PostgreSQL on NODE (its own options)
-  pgctl NODE ACTION             the node's pg_ctl wrapper: start|stop|immediate|restart|promote|status
-  wait-primary NODE [TIMEOUT]   until NODE is out of recovery and repmgr records it as primary
-  wait-standby NODE [TIMEOUT]   until NODE is in recovery and streaming from its upstream
-  rejoin NODE [--clone]         bring a stopped former primary back as a standby (repmgr node
-                                rejoin --force-rewind, else/with --clone: standby clone -F +
-                                standby register -F)
-  switchover NODE               repmgr standby switchover to NODE (through the ssh stand-in)
-  repmgr NODE ARGS...           run repmgr on NODE as postgres with NODE's config
-  repmgrd start|stop NODE       start/stop repmgrd on NODE
-  barman ARGS...                run barman as the barman user in the proxy namespace
-  backup                        a base backup (barman backup --wait); prints its id
-  recover BACKUP_ID             switch-wal --archive, then barman recover of the backup to the
-                                newest timeline, started on port 5499 in the proxy namespace
-                                until its recovery ends (psql target: recovered)
-  event NODE ID EVENT [SUCCESS] run the event handler as repmgr on NODE would (logged)
-  article-chains                run the article's chains script (rewritten) on the proxy
-  cron start|stop|status        the barman cron loop (barman -q cron every minute, second 0)
-  watch start|stop|kill|status  repmgr-nat watch as postgres in the proxy namespace (log:
-                                logs/watch.log); kill: SIGKILL, as a crash
-  nat                           iptables-save (every table) in the proxy namespace
-
-Events and clients
-  events [--summary]            the events log (every handler run: output, exit code, duration)
-  events drop|pass              from now on the event command fails before it reaches the
-                                proxy (as with ssh down), or reaches it again
-  wait-event EVENT [--node N] [--since-ms T] [--timeout S]
-                                until a handler run for EVENT has ended; prints its summary
-  probe ARGS...                 run lab-probe in the app namespace (builds it if needed)
-  exec NS [--user U] -- CMD...  run a command in a lab namespace (root unless --user)
-  handler ARGS...               run \`repmgr-nat ARGS\` as postgres in the proxy namespace
-  env                           addresses, ports, paths as KEY=VALUE lines
-  logs                          paths of every log
-
-Environment
-  REPMGR_NAT_BIN=PATH           install this repmgr-nat instead of building it
-  SEED_SCRIPTS=DIR              the article's scripts (default: <repo>/../shared/seed-scripts)
-  LAB_SAVE_LOGS=DIR             where \`down\` keeps the logs (default $LAB_LOGS_SAVE_DEFAULT)
-  LAB_KEEP_ON_FAILURE=1         a failing \`up\` leaves the lab as it is (for debugging)
-  LAB_HANDLER_ENV="K=V ..."     extra environment for every handler run (e.g. RUST_LOG=debug)
-  LAB_PROBE_BIN=PATH            use this lab-probe instead of building it
+usage: lab.sh COMMAND [ARGS]   (as root; every command and its output: lab/README.md, "Commands")
+  lifecycle  deps | up [--handler repmgr-nat|scripts] [--no-cron] [--no-assist] | down [--purge-logs] | status
+  cluster    psql [-d DB] [-U USER] db1|db2|proxy-app|proxy-barman|recovered SQL | stop|start NODE
+             freeze|thaw NODE | partition|heal NODE | pgctl NODE ACTION | wait-primary|wait-standby NODE [S]
+             rejoin NODE [--clone] | switchover NODE | repmgr NODE ARGS... | repmgrd start|stop NODE
+  barman     barman ARGS... | backup | recover BACKUP_ID | cron start|stop|status
+  handler    event NODE ID EVENT [SUCCESS] | events [--summary|drop|pass] | watch start|stop|kill|status | nat
+  clients    probe watch|hold|write|connect|tcp ARGS... | exec NS [--user U] -- CMD... | env
 EOF
 }
 
@@ -132,29 +77,21 @@ check_deps() {
     local p missing=()
     for p in "${DEPS_PKGS[@]}"; do pkg_installed "$p" || missing+=("$p"); done
     ((${#missing[@]} == 0)) || die "missing Debian packages: ${missing[*]}; run: lab.sh deps"
-    command -v cargo >/dev/null || [[ -n ${REPMGR_NAT_BIN:-} || ${1:-} == scripts ]] ||
-        die "cargo not found (needed to build repmgr-nat): install Rust, or set REPMGR_NAT_BIN"
+    command -v cargo >/dev/null || [[ -n ${REPMGR_NAT_DEB:-} || ${1:-} == scripts ]] ||
+        die "cargo not found (needed to build repmgr-nat): install Rust, or set REPMGR_NAT_DEB"
 }
 
 # ============================================================================ lock
-# One up/down at a time (two at once would tear each other's lab apart). A directory in
-# /run holds the owner's pid while up or down runs; a stale one (dead pid) is taken over.
-LOCK_DIR=/run/repmgr-nat-lab.lock
-LOCK_HELD=0
-lab_lock() {
-    local other
-    if ! mkdir "$LOCK_DIR" 2>/dev/null; then
-        other=$(cat "$LOCK_DIR/pid" 2>/dev/null || true)
-        if [[ -n $other ]] && kill -0 "$other" 2>/dev/null; then
-            die "another lab.sh up/down is running (pid $other); wait for it (lock: $LOCK_DIR)"
-        fi
-        rm -rf -- "$LOCK_DIR"
-        mkdir "$LOCK_DIR" || die "cannot take the lock $LOCK_DIR"
-    fi
-    echo $$ >"$LOCK_DIR/pid"
-    LOCK_HELD=1
+# One driver of the lab at a time: the tests, lab/bench and lab/demo hold LOCK for their
+# whole session and run lab.sh with LAB_LOCKED=1; `up` and `down` run by hand take it
+# for as long as they run (flock -o: nothing the lab starts inherits it).
+LOCK=/run/repmgr-nat-lab.session.lock
+locked() { # CMD ARGS...: lab.sh CMD ARGS under the lock, then exit with its status
+    local rc=0
+    LAB_LOCKED=1 flock -n -o -E 75 "$LOCK" "$0" "$@" || rc=$?
+    ((rc != 75)) || die "the lab is in use (the tests, lab/bench or lab/demo hold $LOCK); wait for them to end"
+    exit "$rc"
 }
-lab_unlock() { ((LOCK_HELD)) && rm -rf -- "$LOCK_DIR"; LOCK_HELD=0; }
 
 # ============================================================================ down
 DOWN_LOG=/dev/null
@@ -168,8 +105,9 @@ cmd_down() {
         esac
         shift
     done
-    local problems=() n
+    local problems=() n ours=0
     [[ -d $LAB_DIR/logs ]] && DOWN_LOG=$LAB_DIR/logs/down.log
+    [[ -e $RNAT_INSTALLED ]] && ours=1
     # 1. what the lab started, by pid file: the cron loop and repmgrd get TERM (waited for
     #    below, with everything else in the namespaces); PostgreSQL: pg_ctl stop -m immediate
     local pidf pid
@@ -198,9 +136,11 @@ cmd_down() {
     ((${#jobs[@]})) && { wait "${jobs[@]}" || true; }
     # 2. anything still inside the lab's namespaces (all of it was started by the lab)
     ns_kill_all || problems+=("processes in the lab's namespaces (ip netns pids NS)")
-    # 3. namespaces
+    # 3. repmgr-nat's package, purged in the proxy's namespace
+    uninstall_repmgr_nat || problems+=("dpkg --purge repmgr-nat (see $DOWN_LOG)")
+    # 4. namespaces
     net_down || problems+=("namespaces")
-    # 4. files the lab installed
+    # 5. files the lab installed
     local f
     for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG"; do
         if [[ -e $f ]] && has_marker "$f"; then rm -f -- "$f" || problems+=("$f"); fi
@@ -210,8 +150,7 @@ cmd_down() {
         # barman's lock files for the server live next to its directory
         rm -f -- /var/lib/barman/."$BARMAN_SERVER"-*.lock || problems+=("barman lock files")
     fi
-    uninstall_repmgr_nat || problems+=("repmgr-nat files")
-    # 5. keep the logs, then remove the lab directory
+    # 6. keep the logs, then remove the lab directory
     local save=${LAB_SAVE_LOGS:-$LAB_LOGS_SAVE_DEFAULT}
     if ((purge)); then
         rm -rf -- "$LAB_LOGS_SAVE_DEFAULT"
@@ -228,9 +167,10 @@ cmd_down() {
         done
     fi
     if [[ -e $LAB_DIR ]]; then rm -rf -- "$LAB_DIR" || problems+=("$LAB_DIR"); fi
-    # 6. verify
+    # 7. verify
     for n in "${LAB_NAMESPACES[@]}"; do ns_is_lab "$n" && problems+=("namespace $n still exists"); done
     for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG"; do [[ -e $f ]] && has_marker "$f" && problems+=("$f still exists"); done
+    ((ours)) && dpkg_knows repmgr-nat && problems+=("the package repmgr-nat is still installed")
     if ((${#problems[@]})); then
         die "down could not clean up: ${problems[*]}"
     fi
@@ -241,18 +181,16 @@ cmd_down() {
 UP_DONE=0
 up_cleanup() {
     local rc=$?
-    ((UP_DONE)) && { lab_unlock; return 0; }
+    ((UP_DONE)) && return 0
     trap - EXIT INT TERM
     echo >&2
     if [[ -n ${LAB_KEEP_ON_FAILURE:-} ]]; then
         say "up failed (exit $rc); LAB_KEEP_ON_FAILURE is set: the lab is left as it is (lab.sh down removes it)" >&2
-        lab_unlock
         exit "$rc"
     fi
     say "up failed (exit $rc): taking the lab down; logs are saved in ${LAB_SAVE_LOGS:-$LAB_LOGS_SAVE_DEFAULT}" >&2
     PHASE_NAME=
     cmd_down || true
-    lab_unlock
     exit "$rc"
 }
 
@@ -292,10 +230,13 @@ cmd_up() {
     state_set STARTED_MS "$UP_T0"
     state_set ASSIST "$assist"
 
+    phase "build lab/kit"
+    phase_done "$(kit_bin)"
+
     if [[ $mode == repmgr-nat ]]; then
-        phase "build repmgr-nat"
+        phase "build repmgr-nat's package"
         build_repmgr_nat
-        phase_done "${REPMGR_NAT_BIN:+REPMGR_NAT_BIN=}$RNAT_SRC_BIN"
+        phase_done "$RNAT_DEB"
     fi
 
     phase "network"
@@ -334,11 +275,11 @@ cmd_up() {
 
     phase "db1: repmgr primary register" "$EVENTS_LOG"
     db1_register
-    phase_done "$(event_brief primary_register 1)"
+    phase_done
 
     phase "db2: clone, start, register"
     db2_clone
-    phase_done "$(event_brief standby_register 2)"
+    phase_done
 
     phase "repmgrd on db1, db2"
     repmgrd_start db1
@@ -357,12 +298,12 @@ cmd_up() {
     phase_done
 
     phase "wait: app port reaches db1"
-    wait_app_reaches "$DB1_IP" 30
+    wait_until 30 app_reaches "$DB1_IP" ||
+        die "a query through $PROXY_IP:$APP_PORT from the app namespace did not reach $DB1_IP within 30 s; check: lab.sh nat, $EVENTS_LOG"
     phase_done
 
     UP_DONE=1
     trap - EXIT INT TERM
-    lab_unlock
     say "up: done in $(bc_div $(($(now_ms) - UP_T0))) s (handler $mode, cron $( ((cron)) && echo on || echo off)); \`lab.sh status\` shows it, \`lab.sh down\` removes it"
 }
 
@@ -375,8 +316,9 @@ preflight() {
         claim_path "$SUDOERS_SCRIPTS"
         [[ -d $(seed_dir) ]] || die "the article's scripts are missing: $(seed_dir) does not exist (set SEED_SCRIPTS)"
     else
-        claim_path "$RNAT_CONFIG"
-        for f in "$RNAT_BIN" "$RNAT_SUDOERS" "$RNAT_STATE_DIR"; do claim_product_path "$f"; done
+        ! dpkg_knows repmgr-nat ||
+            die "the package repmgr-nat is installed on this machine; the lab installs its own and purges it at down: remove it first (dpkg --purge repmgr-nat)"
+        [[ ! -e $RNAT_CONFIG ]] || die "$RNAT_CONFIG exists and no package owns it: move it away and run up again"
     fi
     if [[ -e $BARMAN_SERVER_HOME && ! -e $BARMAN_SERVER_HOME/.repmgr-nat-lab ]]; then
         die "$BARMAN_SERVER_HOME exists and was not made by the lab (no .repmgr-nat-lab inside): it holds somebody's barman data for '$BARMAN_SERVER'; move it away and run up again"
@@ -386,25 +328,7 @@ preflight() {
     return 0
 }
 
-# Summary of the most recent handler run for EVENT on NODE (for up's phase lines).
-event_brief() {
-    local ev=$1 node=$2
-    awk -v ev="$ev" -v node="$node" '
-        $3 == "begin" && $5 == "event=" ev && $4 == "node=" node { id = $2 }
-        $3 == "end" && $2 == id { r = $4 " " $5 }
-        END { if (r == "") print "no " ev " event logged"; else print ev " handler: " r }' "$EVENTS_LOG"
-}
-
-wait_app_reaches() {
-    local want=$1 timeout=$2 t0 got=
-    t0=$(now_ms)
-    while :; do
-        got=$(app_psql "select inet_server_addr()" 2>&1) && [[ $got == "$want" ]] && return 0
-        (($(now_ms) - t0 > timeout * 1000)) && break
-        sleep 0.2
-    done
-    die "a query through $PROXY_IP:$APP_PORT from the app namespace did not reach $want within ${timeout}s (last answer: $got); check: lab.sh nat, $EVENTS_LOG"
-}
+app_reaches() { [[ $(app_psql "select inet_server_addr()" 2>/dev/null) == "$1" ]]; }
 
 app_psql() {
     ip netns exec app env -i PATH="$SYS_PATH" LANG=C.UTF-8 PGPASSWORD="$PW_APP" PGCONNECT_TIMEOUT=2 \
@@ -506,44 +430,30 @@ cmd_repmgrd() {
 # in_recovery NODE -> t|f (empty when the node does not answer)
 in_recovery() { node_psql "$1" postgres "select pg_is_in_recovery()" 2>/dev/null || true; }
 
+is_primary() { # out of recovery, and repmgr records it as the primary
+    [[ $(in_recovery "$1") == f ]] &&
+        [[ $(node_psql "$1" repmgr "select type from repmgr.nodes where node_id = $(node_id "$1") and active" 2>/dev/null) == primary ]]
+}
+is_streaming_standby() {
+    [[ $(in_recovery "$1") == t && $(node_psql "$1" postgres "select status from pg_stat_wal_receiver" 2>/dev/null) == streaming ]]
+}
+
 cmd_wait_primary() {
     require_root "$@"; (($# >= 1)) || die "usage: lab.sh wait-primary NODE [TIMEOUT]"; check_node "$1"; require_up
-    local n=$1 timeout=${2:-30} t0 rec= typ=
-    t0=$(now_ms)
-    while :; do
-        rec=$(in_recovery "$n")
-        if [[ $rec == f ]]; then
-            typ=$(node_psql "$n" repmgr "select type from repmgr.nodes where node_id = $(node_id "$n") and active" 2>/dev/null || true)
-            [[ $typ == primary ]] && { say "$n is primary ($(bc_div $(($(now_ms) - t0))) s)"; return 0; }
-        fi
-        (($(now_ms) - t0 > timeout * 1000)) && break
-        sleep 0.2
-    done
-    node_repmgr "$n" cluster show >&2 || true
-    die "$n is not primary after ${timeout}s (in recovery: ${rec:-no answer}; repmgr type: ${typ:-?}); look at $(node_repmgrd_log db1) $(node_repmgrd_log db2) $EVENTS_LOG"
+    local t0; t0=$(now_ms)
+    if ! wait_until "${2:-30}" is_primary "$1"; then
+        node_repmgr "$1" cluster show >&2 || true
+        die "$1 is not primary after ${2:-30}s (in recovery: $(in_recovery "$1")); look at $(node_repmgrd_log db1) $(node_repmgrd_log db2) $EVENTS_LOG"
+    fi
+    say "$1 is primary ($(bc_div $(($(now_ms) - t0))) s)"
 }
 
 cmd_wait_standby() {
     require_root "$@"; (($# >= 1)) || die "usage: lab.sh wait-standby NODE [TIMEOUT]"; check_node "$1"; require_up
-    local n=$1 timeout=${2:-30} t0 rec= st=
-    t0=$(now_ms)
-    while :; do
-        rec=$(in_recovery "$n")
-        if [[ $rec == t ]]; then
-            st=$(node_psql "$n" postgres "select status from pg_stat_wal_receiver" 2>/dev/null || true)
-            [[ $st == streaming ]] && { say "$n is a streaming standby ($(bc_div $(($(now_ms) - t0))) s)"; return 0; }
-        fi
-        (($(now_ms) - t0 > timeout * 1000)) && break
-        sleep 0.2
-    done
-    die "$n is not a streaming standby after ${timeout}s (in recovery: ${rec:-no answer}; wal receiver: ${st:-none}); look at $(node_pglog "$n") $(node_repmgrd_log "$n")"
-}
-
-current_primary() { # the node that is out of recovery (exactly one), else fail
-    local n found=()
-    for n in "${NODES[@]}"; do [[ $(in_recovery "$n") == f ]] && found+=("$n"); done
-    ((${#found[@]} == 1)) || die "expected exactly one primary, found: ${found[*]:-none}"
-    echo "${found[0]}"
+    local t0; t0=$(now_ms)
+    wait_until "${2:-30}" is_streaming_standby "$1" ||
+        die "$1 is not a streaming standby after ${2:-30}s (in recovery: $(in_recovery "$1")); look at $(node_pglog "$1") $(node_repmgrd_log "$1")"
+    say "$1 is a streaming standby ($(bc_div $(($(now_ms) - t0))) s)"
 }
 
 cmd_rejoin() {
@@ -623,21 +533,12 @@ cmd_event() {
     as postgres "$n" sudo -n "$LAB_DIR/bin/lab-event" "$@"
 }
 
-# The article's chains script (its @reboot step), rewritten for the lab, run as root on the
-# proxy: in repmgr-nat mode this leaves the scripts' chains and jumps for `setup` to adopt.
-cmd_article_chains() {
-    require_root "$@"; require_up
-    HINT=$LAB_LOG
-    write_article_scripts
-    ip netns exec proxy "$SCRIPTS_DIR/repmgr_iptables_chains.sh"
-}
-
 cmd_cron() {
     require_root "$@"; require_up
     case ${1:-} in
     start) cron_start; say "cron loop running (pid $(cat "$CRON_PID"))" ;;
     stop) cron_stop; say "cron loop stopped" ;;
-    status) if [[ -s $CRON_PID ]] && kill -0 "$(cat "$CRON_PID")" 2>/dev/null; then echo "running $(cat "$CRON_PID")"; else echo stopped; return 1; fi ;;
+    status) if pid_alive "$CRON_PID"; then echo "running $(cat "$CRON_PID")"; else echo stopped; return 1; fi ;;
     *) die "usage: lab.sh cron start|stop|status" ;;
     esac
 }
@@ -646,9 +547,9 @@ cmd_watch() {
     require_root "$@"; require_up
     case ${1:-} in
     start) watch_start; say "watch running (pid $(cat "$WATCH_PID"), log $WATCH_LOG)" ;;
-    stop) watch_stop TERM; say "watch stopped" ;;
-    kill) watch_stop KILL; say "watch killed" ;;
-    status) if watch_running; then echo "running $(cat "$WATCH_PID")"; else echo stopped; return 1; fi ;;
+    stop) stop_pidfile "$WATCH_PID"; say "watch stopped" ;;
+    kill) stop_pidfile "$WATCH_PID" KILL; say "watch killed" ;;
+    status) if pid_alive "$WATCH_PID"; then echo "running $(cat "$WATCH_PID")"; else echo stopped; return 1; fi ;;
     *) die "usage: lab.sh watch start|stop|kill|status" ;;
     esac
 }
@@ -659,7 +560,7 @@ cmd_nat() { require_root "$@"; require_up; ip netns exec proxy iptables-save; }
 cmd_events() {
     require_root "$@"; require_up
     case ${1:-} in
-    --summary) events_summary ;;
+    --summary) "$(kit_bin)" events "$EVENTS_LOG" ;;
     drop) : >"$LAB_DIR/events.drop"; say "events are dropped before they reach the proxy" ;;
     pass) rm -f "$LAB_DIR/events.drop"; say "events reach the proxy" ;;
     "") cat "$EVENTS_LOG" ;;
@@ -667,59 +568,22 @@ cmd_events() {
     esac
 }
 
-# One line per handler run: <begin ms> <id> node=N event=E success=S from=NS exit=RC ms=DURATION
-events_summary() {
-    awk '
-        $3 == "begin" { b[$2] = $1 " " $2 " " $4 " " $5 " " $6 " " $7; order[++n] = $2 }
-        $3 == "end" { e[$2] = $4 " " $5 }
-        END { for (i = 1; i <= n; i++) { id = order[i]; print b[id] " " (id in e ? e[id] : "running") } }' "$EVENTS_LOG"
-}
-
-cmd_wait_event() {
-    require_root "$@"; require_up
-    local ev= node= since=0 timeout=30
-    (($#)) || die "usage: lab.sh wait-event EVENT [--node N] [--since-ms T] [--timeout S]"
-    ev=$1; shift
-    while (($#)); do
-        case $1 in
-        --node) node=$2; shift 2 ;;
-        --since-ms) since=$2; shift 2 ;;
-        --timeout) timeout=$2; shift 2 ;;
-        *) die "wait-event: unknown option $1" ;;
-        esac
-    done
-    local t0 line
-    t0=$(now_ms)
-    while :; do
-        line=$(events_summary | awk -v ev="event=$ev" -v node="${node:+node=$node}" -v since="$since" \
-            '$1 >= since && $4 == ev && (node == "" || $3 == node) && $7 ~ /^exit=/ { l = $0 } END { print l }')
-        [[ -n $line ]] && { echo "$line"; return 0; }
-        (($(now_ms) - t0 > timeout * 1000)) && break
-        sleep 0.1
-    done
-    die "no finished handler run for event $ev${node:+ on node $node} since $since within ${timeout}s; see lab.sh events"
-}
-
-probe_bin() {
-    local bin=$REPO_ROOT/target/release/lab-probe
-    if [[ -n ${LAB_PROBE_BIN:-} ]]; then
-        bin=$LAB_PROBE_BIN
-    elif [[ ! -x $bin || -n $(find "$LAB_ROOT/probe" -newer "$bin" -type f -print -quit) ]]; then
-        command -v cargo >/dev/null || die "cargo not found: cannot build lab-probe (or set LAB_PROBE_BIN)"
-        cargo build --release -q --manifest-path "$REPO_ROOT/Cargo.toml" -p lab-probe >&2 || die "cargo build -p lab-probe failed"
+kit_bin() { # lab/kit's binary, built when missing or older than its sources
+    local bin=$REPO_ROOT/target/release/lab-kit
+    if [[ -n ${LAB_KIT_BIN:-} ]]; then
+        bin=$LAB_KIT_BIN
+    elif [[ ! -x $bin || -n $(find "$LAB_ROOT/kit" -newer "$bin" -type f -print -quit) ]]; then
+        command -v cargo >/dev/null || die "cargo not found: cannot build lab/kit (or set LAB_KIT_BIN)"
+        cargo build --release -q --manifest-path "$REPO_ROOT/Cargo.toml" -p lab-kit >&2 || die "cargo build -p lab-kit failed"
     fi
-    [[ -x $bin ]] || die "lab-probe not found at $bin"
+    [[ -x $bin ]] || die "lab-kit not found at $bin"
     echo "$bin"
 }
 
-cmd_probe() {
-    require_root "$@"
-    local bin
-    bin=$(probe_bin)
-    # summary reads a file and needs no namespace
-    if [[ ${1:-} == summary ]]; then exec "$bin" "$@"; fi
-    require_up
-    exec ip netns exec app "$bin" "$@"
+cmd_probe() { # a lab-kit client, in the app namespace
+    require_root "$@"; require_up
+    local bin; bin=$(kit_bin)
+    exec ip netns exec app "$bin" probe "$@"
 }
 
 cmd_exec() {
@@ -743,8 +607,6 @@ cmd_exec() {
     fi
 }
 
-cmd_handler() { require_root "$@"; require_up; as postgres proxy "$RNAT_BIN" "$@"; }
-
 cmd_env() {
     local kv
     for kv in \
@@ -767,24 +629,11 @@ cmd_env() {
         "APP_USER=app" "APP_DB=app" "APP_PASSWORD=$PW_APP" "APP_TABLE=$APP_TABLE" \
         "APP_CONNINFO=host=$PROXY_IP port=$APP_PORT user=app password=$PW_APP dbname=app connect_timeout=1" \
         "REPMGR_PASSWORD=$PW_REPMGR" "BARMAN_PASSWORD=$PW_BARMAN" "STREAMING_BARMAN_PASSWORD=$PW_STREAMING" \
-        "PROBE_BIN=${LAB_PROBE_BIN:-$REPO_ROOT/target/release/lab-probe}" \
+        "KIT_BIN=${LAB_KIT_BIN:-$REPO_ROOT/target/release/lab-kit}" "SYS_PATH=$SYS_PATH" "WATCH_PID=$WATCH_PID" \
         "LAB_SH=$LAB_ROOT/lab.sh"; do
         local k=${kv%%=*} v=${kv#*=}
         if [[ $v == *' '* ]]; then printf "%s='%s'\n" "$k" "$v"; else printf '%s=%s\n' "$k" "$v"; fi
     done
-}
-
-cmd_logs() {
-    local n
-    echo "lab:        $LAB_LOG"
-    echo "events:     $EVENTS_LOG"
-    echo "cron loop:  $CRON_LOG"
-    for n in "${NODES[@]}"; do
-        echo "$n pg:     $(node_pglog "$n")"
-        echo "$n repmgr: $(node_repmgrd_log "$n")"
-    done
-    echo "barman:     /var/log/barman/barman.log"
-    echo "after down: ${LAB_SAVE_LOGS:-$LAB_LOGS_SAVE_DEFAULT}"
 }
 
 cmd_status() {
@@ -808,7 +657,7 @@ cmd_status() {
     echo "== barman check"
     barman_as check "$BARMAN_SERVER" 2>&1 || true
     echo "== handler runs"
-    events_summary | tail -n 10
+    "$(kit_bin)" events "$EVENTS_LOG" --last 10
 }
 
 # ============================================================================ main
@@ -820,14 +669,12 @@ main() {
     deps) cmd_deps "$@" ;;
     up)
         require_root "$@"
-        lab_lock
-        trap lab_unlock EXIT   # replaced by up's own trap once the lab starts to exist
+        [[ -n ${LAB_LOCKED:-} ]] || locked up "$@"
         cmd_up "$@"
         ;;
     down)
         require_root "$@"
-        lab_lock
-        trap lab_unlock EXIT
+        [[ -n ${LAB_LOCKED:-} ]] || locked down "$@"
         cmd_down "$@"
         say "down: clean"
         ;;
@@ -848,17 +695,13 @@ main() {
     backup) cmd_backup "$@" ;;
     recover) cmd_recover "$@" ;;
     event) cmd_event "$@" ;;
-    article-chains) cmd_article_chains "$@" ;;
     cron) cmd_cron "$@" ;;
     watch) cmd_watch "$@" ;;
     nat) cmd_nat "$@" ;;
     events) cmd_events "$@" ;;
-    wait-event) cmd_wait_event "$@" ;;
     probe) cmd_probe "$@" ;;
     exec) cmd_exec "$@" ;;
-    handler) cmd_handler "$@" ;;
     env) cmd_env "$@" ;;
-    logs) cmd_logs "$@" ;;
     help | -h | --help) usage ;;
     *) usage >&2; die "unknown command: $cmd" ;;
     esac

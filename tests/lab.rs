@@ -8,18 +8,20 @@ mod barman;
 mod common;
 #[path = "lab/hostile.rs"]
 mod hostile;
+#[path = "lab/package.rs"]
+mod package;
 #[path = "lab/watch.rs"]
 mod watch;
 
 use std::time::Duration;
 
-use common::{BOTH, DB1, DB2, Lab, PROXY, Restore, Wal, Writes, now_ms, routed_to, snapshot, sorted};
+use common::{BOTH, DB1, DB2, Lab, PROXY, Restore, assert_writes_on, now_ms, routed_to, snapshot, sorted, writer};
 
 #[test]
 fn primary_register_on_a_fresh_cluster_points_both_ports_at_db1() {
     let lab = Lab::up();
     let run = lab.wait_event("primary_register", "1", 0, 5);
-    assert_eq!(run.exit, 0, "{}", lab.event_output(&run.id));
+    assert_eq!(run.exit(), Some(0), "{}", lab.event_output(&run.id));
     assert_eq!(sorted(lab.our_rules()), routed_to(DB1, BOTH));
     assert_eq!(lab.app_reaches().unwrap(), DB1);
     assert_eq!(lab.barman_reaches().unwrap(), DB1);
@@ -120,19 +122,16 @@ fn automatic_failover_moves_ports_slot_and_barman_and_loses_nothing() {
     let lab = Lab::up();
     lab.wait_barman_ok(Duration::from_secs(30));
     let writes_file = std::env::temp_dir().join("repmgr-nat-lab-writes.txt");
-    let conninfo = &lab.env["APP_CONNINFO"];
-    let writer = lab
-        .spawn(&["probe", "write", "--conninfo", conninfo, "--count", "1000000", "--interval-ms", "20"], &writes_file);
-    lab.wait_for_line(&writes_file, &format!("ok {DB1} id="));
+    let writer = writer(&lab, &writes_file);
     std::thread::sleep(Duration::from_secs(1));
 
     let t0 = now_ms();
     lab.ok(&["stop", "db1"]);
     let promote = lab.wait_event("standby_promote", "2", t0, 60);
-    assert_eq!(promote.exit, 0, "{}", lab.event_output(&promote.id));
+    assert_eq!(promote.exit(), Some(0), "{}", lab.event_output(&promote.id));
     let after_first = lab.nat();
     let second = lab.wait_event("repmgrd_failover_promote", "2", t0, 60);
-    assert_eq!(second.exit, 0, "{}", lab.event_output(&second.id));
+    assert_eq!(second.exit(), Some(0), "{}", lab.event_output(&second.id));
     let said = lab.event_output(&second.id);
     assert!(said.contains("nothing to do: ports already point at node 2 (timeline 2) and its slot exists"), "{said}");
     assert!(!said.contains("nat:") && !said.contains("barman:"), "the second promote event acted:\n{said}");
@@ -149,29 +148,17 @@ fn automatic_failover_moves_ports_slot_and_barman_and_loses_nothing() {
     lab.stop(writer);
     let written = std::fs::read_to_string(&writes_file).unwrap();
     assert!(written.contains(&format!("ok {DB2} id=")), "no write reached db2 through the application port");
-    let rows = lab.ok(&["psql", "-d", "app", "db2", "select id, payload from writes"]);
-    Writes::read(&writes_file).check(&rows).unwrap_or_else(|e| panic!("on the new primary: {e}"));
+    assert_writes_on(&lab, &writes_file, "db2");
 
     // barman's WAL: no gap across the timeline switch
-    let history = lab.barman_history("00000002.history");
-    let switch_lsn = history.split_whitespace().nth(1).unwrap_or_else(|| panic!("bad history {history:?}"));
-    let switch = Wal::segment_of(switch_lsn);
-    let (wals, _) = lab.barman_wals();
-    let on = |tli: u32| -> Vec<u64> { wals.iter().filter(|w| w.timeline == tli).map(|w| w.segment).collect() };
-    let (tli1, tli2) = (on(1), on(2));
-    for (tli, segs) in [(1, &tli1), (2, &tli2)] {
-        assert!(!segs.is_empty(), "no WAL of timeline {tli} in barman: {wals:?}");
-        let contiguous = segs.windows(2).all(|w| w[1] == w[0] + 1 || w[1] == w[0]);
-        assert!(contiguous, "gap in timeline {tli}: {segs:?}");
-    }
-    assert!(*tli1.last().unwrap() + 1 >= switch, "timeline 1 ends before the switch at {switch_lsn}: {tli1:?}");
-    assert!(tli2[0] <= switch, "timeline 2 starts after the switch at {switch_lsn}: {tli2:?}");
+    let archive = lab.barman_archive().continuity().unwrap_or_else(|gap| panic!("barman's archive: {gap}"));
+    assert!(archive.contains("tl2"), "no WAL of timeline 2 in barman's archive: {archive}");
 
     // the old primary comes back as a standby: it keeps barman's slot, which nothing streams from
     let t1 = now_ms();
     lab.ok(&["rejoin", "db1"]);
     let rejoin = lab.wait_event("node_rejoin", "1", t1, 60);
-    assert_eq!(rejoin.exit, 0, "{}", lab.event_output(&rejoin.id));
+    assert_eq!(rejoin.exit(), Some(0), "{}", lab.event_output(&rejoin.id));
     lab.wait_slots("db2", Duration::from_secs(10));
     lab.repmgr_nat("postgres", &["status"]).expect(0, "status after the rejoin");
 }
@@ -182,13 +169,13 @@ fn switchover_moves_everything_and_barman_streams_from_the_new_primary() {
     let t0 = now_ms();
     lab.ok(&["switchover", "db2"]);
     let promote = lab.wait_event("standby_promote", "2", t0, 60);
-    assert_eq!(promote.exit, 0, "{}", lab.event_output(&promote.id));
+    assert_eq!(promote.exit(), Some(0), "{}", lab.event_output(&promote.id));
     let done = lab.wait_event("standby_switchover", "2", t0, 60);
-    assert_eq!(done.exit, 0, "{}", lab.event_output(&done.id));
+    assert_eq!(done.exit(), Some(0), "{}", lab.event_output(&done.id));
     // repmgr 5.3 rejoins the old primary with --no-wait, which sends no node_rejoin; its
     // repmgrd reports the reconnection instead
     let back = lab.wait_event("repmgrd_standby_reconnect", "1", t0, 60);
-    assert_eq!(back.exit, 0, "{}", lab.event_output(&back.id));
+    assert_eq!(back.exit(), Some(0), "{}", lab.event_output(&back.id));
     lab.wait_slots("db2", Duration::from_secs(10));
     assert_eq!(sorted(lab.our_rules()), routed_to(DB2, BOTH));
     assert_eq!(lab.app_reaches().unwrap(), DB2);
@@ -202,8 +189,7 @@ fn a_connection_held_to_the_old_primary_is_cut_when_the_rules_move() {
     lab.ok(&["repmgrd", "stop", "db1"]);
     lab.ok(&["repmgrd", "stop", "db2"]);
     let held_file = std::env::temp_dir().join("repmgr-nat-lab-held.txt");
-    let conninfo = &lab.env["APP_CONNINFO"];
-    let held = lab.spawn(&["probe", "hold", "--conninfo", conninfo, "--interval-ms", "50"], &held_file);
+    let held = lab.client("hold", 50, &[], &held_file);
     lab.wait_for_line(&held_file, &format!("ok {DB1} conn=1"));
 
     // db2 promoted while db1 still runs: the held connection still talks to db1

@@ -25,44 +25,24 @@ EOF
     echo "$MARKER" >"$BARMAN_SERVER_HOME/.repmgr-nat-lab"
 }
 
+barman_ok() { barman_as check "$BARMAN_SERVER" >/dev/null 2>&1; }
+
 # barman check, bounded wait until every line is OK.
 barman_wait_ok() {
-    local timeout=${1:-60} t0 out rc=1
-    t0=$(now_ms)
-    while :; do
-        out=$(barman_as check "$BARMAN_SERVER" 2>&1) && rc=0 || rc=$?
-        ((rc == 0)) && return 0
-        (( $(now_ms) - t0 > timeout * 1000 )) && break
-        sleep 0.5
-    done
-    printf '%s\n' "$out" | sed 's/^/    /' >&2
-    die "barman check $BARMAN_SERVER still not all OK after ${timeout}s (output above); look at /var/log/barman/barman.log, $EVENTS_LOG, $CRON_LOG"
+    wait_until "$1" barman_ok && return 0
+    barman_as check "$BARMAN_SERVER" 2>&1 | sed 's/^/    /' >&2
+    die "barman check $BARMAN_SERVER still not all OK after ${1}s (output above); look at /var/log/barman/barman.log, $EVENTS_LOG, $CRON_LOG"
 }
 
 # ---- the cron stand-in -------------------------------------------------------------------
 cron_start() {
-    [[ -s $CRON_PID ]] && kill -0 "$(cat "$CRON_PID")" 2>/dev/null && { say "cron loop already running (pid $(cat "$CRON_PID"))"; return 0; }
+    pid_alive "$CRON_PID" && { say "cron loop already running (pid $(cat "$CRON_PID"))"; return 0; }
     rm -f "$CRON_PID"
     ip netns exec proxy setsid "$LAB_DIR/bin/lab-cron" </dev/null >>"$CRON_LOG" 2>&1 &
-    local i
-    for i in $(seq 50); do
-        [[ -s $CRON_PID ]] && return 0
-        sleep 0.05
-    done
-    die "the barman cron loop did not start; look at $CRON_LOG"
+    wait_until 5 pid_alive "$CRON_PID" || die "the barman cron loop did not start; look at $CRON_LOG"
 }
 
-cron_stop() {
-    local pid i
-    [[ -s $CRON_PID ]] || return 0
-    pid=$(cat "$CRON_PID")
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid"
-        for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-    fi
-    rm -f "$CRON_PID"
-}
+cron_stop() { stop_pidfile "$CRON_PID"; }
 
 # ---- barman's own proof: a backup, and a restore of it into a scratch instance -----------
 RECOVERED_DIR=$LAB_DIR/recovered          # barman recover writes the data directory here
@@ -94,7 +74,7 @@ barman_recover() {
     as postgres proxy "$PG_BIN/pg_ctl" -D "$RECOVERED_DIR" -l "$RECOVERED_RUN/postgresql.log" -w -t 120 \
         -o "-c port=$RECOVERED_PORT -c listen_addresses='' -c unix_socket_directories=$RECOVERED_RUN -c shared_preload_libraries='' -c synchronous_standby_names='' -c archive_mode=off" \
         start >>"$LAB_LOG" 2>&1 || die "the recovered instance did not start; look at $RECOVERED_RUN/postgresql.log"
-    wait_until 120 "the recovered instance to end its recovery ($RECOVERED_RUN/postgresql.log)" recovered_done
+    wait_until 120 recovered_done || die "the recovered instance did not end its recovery within 120 s; look at $RECOVERED_RUN/postgresql.log"
 }
 
 recovered_psql() { # DB SQL

@@ -25,7 +25,6 @@ LAB_LOG=$LAB_DIR/logs/lab.log
 CRON_LOG=$LAB_DIR/logs/cron.log
 CRON_PID=$LAB_DIR/cron.pid
 STATE_FILE=$LAB_DIR/lab.env
-INSTALLED_LIST=$LAB_DIR/installed.list   # product files the lab installed (path + sha256)
 SYS_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 # System files the lab writes itself; each carries MARKER.
@@ -41,11 +40,11 @@ SUDOERS_SCRIPTS=/etc/sudoers.d/repmgr-nat-lab-scripts
 POLICY_RC_D=/usr/sbin/policy-rc.d             # only while `deps` installs, only if absent
 MARKED_FILES=("$SUDOERS_LAB" "$SUDOERS_SCRIPTS" "$BARMAN_CONF" "$PGPASS_POSTGRES" "$PGPASS_BARMAN" "$POLICY_RC_D")
 
-# What repmgr-nat's README tells a user to install (handler mode repmgr-nat).
-RNAT_BIN=/usr/local/bin/repmgr-nat
+# repmgr-nat as its Debian package installs it (handler mode repmgr-nat).
+RNAT_BIN=/usr/bin/repmgr-nat
 RNAT_CONFIG=/etc/repmgr-nat.toml
-RNAT_SUDOERS=/etc/sudoers.d/repmgr-nat
 RNAT_STATE_DIR=/var/lib/repmgr-nat
+RNAT_INSTALLED=$LAB_DIR/repmgr-nat.installed   # the lab installed the package: down purges it
 WATCH_DIR=$LAB_DIR/watch                 # the config's watch.dir (the unit's /run/repmgr-nat)
 WATCH_PID=$LAB_DIR/watch.pid
 WATCH_LOG=$LAB_DIR/logs/watch.log
@@ -65,7 +64,6 @@ REPO_ROOT=$(cd "$LAB_ROOT/.." && pwd)
 node_ip() { case $1 in db1) echo "$DB1_IP" ;; db2) echo "$DB2_IP" ;; *) die "unknown node '$1' (db1 or db2)" ;; esac; }
 node_id() { case $1 in db1) echo 1 ;; db2) echo 2 ;; *) die "unknown node '$1' (db1 or db2)" ;; esac; }
 node_other() { case $1 in db1) echo db2 ;; db2) echo db1 ;; *) die "unknown node '$1' (db1 or db2)" ;; esac; }
-node_by_ip() { case $1 in "$DB1_IP") echo db1 ;; "$DB2_IP") echo db2 ;; *) return 1 ;; esac; }
 check_node() { [[ $1 == db1 || $1 == db2 ]] || die "unknown node '$1' (expected db1 or db2)"; }
 node_dir() { echo "$LAB_DIR/$1"; }
 node_data() { echo "$LAB_DIR/$1/data"; }
@@ -121,6 +119,12 @@ as() {
     fi
 }
 
+# Whether dpkg knows PACKAGE (installed, or its conffiles left): not the lab's to touch.
+dpkg_knows() {
+    local st
+    st=$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) && [[ -n $st && $st != not-installed ]]
+}
+
 # ---- marked system files ---------------------------------------------------------------
 has_marker() { [[ -f $1 ]] && grep -qF "$MARKER" "$1"; }
 
@@ -166,13 +170,27 @@ phase_done() {
 }
 bc_div() { printf '%d.%02d' $(($1 / 1000)) $(($1 % 1000 / 10)); }   # ms -> s.cc
 
-# wait_until SECONDS WHAT CMD...: until CMD succeeds (every 0.1 s), or die naming WHAT.
+# wait_until SECONDS CMD...: until CMD succeeds (tried every 0.1 s); 1 when SECONDS pass first.
 wait_until() {
-    local timeout=$1 what=$2 t0
-    shift 2
-    t0=$(now_ms)
+    local deadline=$(($(now_ms) + $1 * 1000))
+    shift
     until "$@" >/dev/null 2>&1; do
-        (($(now_ms) - t0 > timeout * 1000)) && die "waited ${timeout}s for $what"
+        (($(now_ms) > deadline)) && return 1
         sleep 0.1
     done
+}
+
+pid_alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }   # PIDFILE
+pid_gone() { ! kill -0 "$1" 2>/dev/null; }                           # PID
+
+# stop_pidfile FILE [SIGNAL]: SIGNAL (TERM) to the process FILE names, KILL if it is still
+# there 5 s later; the file goes.
+stop_pidfile() {
+    local pid
+    [[ -s $1 ]] || { rm -f "$1"; return 0; }
+    pid=$(cat "$1")
+    rm -f "$1"
+    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -"${2:-TERM}" "$pid"
+    wait_until 5 pid_gone "$pid" || { kill -KILL "$pid" 2>/dev/null; wait_until 2 pid_gone "$pid"; }
 }

@@ -107,14 +107,12 @@ install_scripts_handler() {
 # just struck. `up --no-assist` shows the unassisted behaviour.
 scripts_assist_start() {
     run node_psql db1 postgres "select pg_create_physical_replication_slot('$BARMAN_SLOT', true)"
-    ip netns exec proxy bash -c '
-        for _ in $(seq 600); do
-            grep -q "out Waiting for the WAL file" "$1" && break
-            sleep 0.05
-        done
+    {
+        wait_until 30 grep -q "out Waiting for the WAL file" "$EVENTS_LOG"
         echo "$(date +%FT%T.%3N) bring-up assist: barman -q cron (the handler waits for a WAL file)"
-        exec runuser -u barman -- env -i HOME=/var/lib/barman PATH="$2" LANG=C.UTF-8 /usr/bin/barman -q cron' \
-        assist "$EVENTS_LOG" "$SYS_PATH" </dev/null >>"$CRON_LOG" 2>&1 &
+        exec ip netns exec proxy runuser -u barman -- env -i HOME=/var/lib/barman PATH="$SYS_PATH" LANG=C.UTF-8 \
+            /usr/bin/barman -q cron
+    } </dev/null >>"$CRON_LOG" 2>&1 &
 }
 
 scripts_boot() { # the article's @reboot step, as root on the proxy
@@ -122,37 +120,27 @@ scripts_boot() { # the article's @reboot step, as root on the proxy
     run ip netns exec proxy "$SCRIPTS_DIR/repmgr_iptables_chains.sh"
 }
 
-# ---- handler: repmgr-nat, installed the way its README tells a user -------------------------
-record_installed() { echo "$1 $2" >>"$INSTALLED_LIST"; }   # PATH SHA256|dir
-
-# A product path may be overwritten only when the lab installed it (recorded, same content).
-claim_product_path() {
-    local p=$1
-    [[ -e $p ]] || return 0
-    die "$p exists and was not installed by the lab; the lab installs repmgr-nat itself and removes it at down: move $p away (or uninstall repmgr-nat) and run up again"
-}
-
-build_repmgr_nat() {
-    if [[ -n ${REPMGR_NAT_BIN:-} ]]; then
-        [[ -x $REPMGR_NAT_BIN ]] || die "REPMGR_NAT_BIN=$REPMGR_NAT_BIN is not an executable file"
-        RNAT_SRC_BIN=$REPMGR_NAT_BIN
+# ---- handler: repmgr-nat, installed from its Debian package as its README says -------------
+build_repmgr_nat() { # RNAT_DEB: REPMGR_NAT_DEB, or what packaging/deb builds
+    if [[ -n ${REPMGR_NAT_DEB:-} ]]; then
+        [[ -f $REPMGR_NAT_DEB ]] || die "REPMGR_NAT_DEB=$REPMGR_NAT_DEB is not a file"
+        RNAT_DEB=$REPMGR_NAT_DEB
         return 0
     fi
-    command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) or set REPMGR_NAT_BIN to a built repmgr-nat"
-    HINT=$LAB_LOG
-    run cargo build --release --manifest-path "$REPO_ROOT/Cargo.toml" -p repmgr-nat
-    RNAT_SRC_BIN=$REPO_ROOT/target/release/repmgr-nat
-    [[ -x $RNAT_SRC_BIN ]] || die "cargo build succeeded but $RNAT_SRC_BIN is missing"
+    command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) or set REPMGR_NAT_DEB to a built package"
+    RNAT_DEB=$("$REPO_ROOT/packaging/deb" 2>>"$LAB_LOG" | tail -n 1) || die "packaging/deb failed; look at $LAB_LOG"
+    [[ -f $RNAT_DEB ]] || die "packaging/deb printed no package ($RNAT_DEB); look at $LAB_LOG"
 }
 
+# `dpkg -i` of the package, then what an administrator edits: /etc/repmgr-nat.toml (a
+# conffile: the purge at down removes it). The packaged sudoers file already names postgres
+# and main_backup, as the lab does.
 install_repmgr_nat() {
-    local f
-    for f in "$RNAT_BIN" "$RNAT_SUDOERS" "$RNAT_STATE_DIR"; do claim_product_path "$f"; done
-    claim_path "$RNAT_CONFIG"
     HINT=$LAB_LOG
-    run install -m 0755 "$RNAT_SRC_BIN" "$RNAT_BIN"
-    record_installed "$RNAT_BIN" "$(sha256sum <"$RNAT_BIN" | cut -d' ' -f1)"
-    write_marked "$RNAT_CONFIG" 0644 root:root '#' <<EOF
+    touch "$RNAT_INSTALLED"   # first: down purges an interrupted install too
+    run dpkg -i "$RNAT_DEB"
+    cat >"$RNAT_CONFIG" <<EOF || die "cannot write $RNAT_CONFIG"
+# $MARKER
 [proxy]
 address = "$PROXY_IP"
 [ports]
@@ -178,26 +166,23 @@ dir = "$RNAT_STATE_DIR"
 [watch]
 dir = "$WATCH_DIR"
 EOF
-    if [[ -f $REPO_ROOT/sudoers.d/repmgr-nat ]]; then
-        run visudo -cf "$REPO_ROOT/sudoers.d/repmgr-nat"
-        run install -m 0440 "$REPO_ROOT/sudoers.d/repmgr-nat" "$RNAT_SUDOERS"
-        record_installed "$RNAT_SUDOERS" "$(sha256sum <"$RNAT_SUDOERS" | cut -d' ' -f1)"
-        RNAT_SUDOERS_NOTE=
-    else
-        RNAT_SUDOERS_NOTE="sudoers.d/repmgr-nat is not in the repository yet: NOT installed, repmgr-nat's sudo calls will fail"
-        warn "$RNAT_SUDOERS_NOTE"
-    fi
-    run install -d -m 0755 "$RNAT_STATE_DIR"
-    record_installed "$RNAT_STATE_DIR" dir
     # what the watch unit's RuntimeDirectory= gives it: a directory of repmgr's OS user
     run install -d -o postgres -g postgres -m 0755 "$WATCH_DIR"
 }
 
-# ---- repmgr-nat watch, as the unit runs it: as postgres, in the proxy namespace ------------
-watch_running() { [[ -s $WATCH_PID ]] && kill -0 "$(cat "$WATCH_PID")" 2>/dev/null; }
+# down: `dpkg --purge`, in the proxy's namespace, where its prerm tears the chains down (in
+# an empty one of its own when the proxy's is gone: never in this machine's own tables).
+uninstall_repmgr_nat() {
+    [[ -e $RNAT_INSTALLED ]] || return 0
+    local -a ns=(unshare --net)
+    ns_is_lab proxy && ns=(ip netns exec proxy)
+    "${ns[@]}" env -i PATH="$SYS_PATH" dpkg --purge repmgr-nat >>"$DOWN_LOG" 2>&1 || return 1
+    rm -f "$RNAT_INSTALLED"
+}
 
+# ---- repmgr-nat watch, as the unit runs it: as postgres, in the proxy namespace ------------
 watch_start() {
-    watch_running && return 0
+    pid_alive "$WATCH_PID" && return 0
     [[ $(state_get HANDLER) == repmgr-nat ]] || die "watch: the lab runs the article's scripts, not repmgr-nat"
     local -a extra=()
     [[ -n ${LAB_HANDLER_ENV:-} ]] && read -r -a extra <<<"$LAB_HANDLER_ENV"
@@ -206,17 +191,7 @@ watch_start() {
         env -i HOME=/var/lib/postgresql USER=postgres LOGNAME=postgres PATH="$SYS_PATH" LANG=C.UTF-8 \
         ${extra[@]+"${extra[@]}"} "$RNAT_BIN" watch </dev/null >>"$WATCH_LOG" 2>&1 &
     echo $! >"$WATCH_PID"
-    wait_until 5 "watch's first pass ($WATCH_LOG)" test -s "$WATCH_DIR/watch.json"
-}
-
-# watch_stop [SIGNAL]: TERM (the unit's stop) by default; KILL for a crash.
-watch_stop() {
-    local sig=${1:-TERM} pid
-    watch_running || { rm -f "$WATCH_PID"; return 0; }
-    pid=$(cat "$WATCH_PID")
-    kill -"$sig" "$pid"
-    wait_until 10 "watch (pid $pid) to end" bash -c "! kill -0 $pid 2>/dev/null"
-    rm -f "$WATCH_PID"
+    wait_until 5 test -s "$WATCH_DIR/watch.json" || die "watch wrote no report within 5 s; look at $WATCH_LOG"
 }
 
 repmgr_nat_boot() { # the boot step, as packaging/repmgr-nat-setup.service runs it: as root on the proxy
@@ -224,21 +199,3 @@ repmgr_nat_boot() { # the boot step, as packaging/repmgr-nat-setup.service runs 
     run ip netns exec proxy env -i PATH="$SYS_PATH" "$RNAT_BIN" setup
 }
 
-# Remove what the lab installed of repmgr-nat (only files recorded with the same content).
-uninstall_repmgr_nat() {
-    [[ -f $INSTALLED_LIST ]] || return 0
-    local p sum rc=0
-    while read -r p sum; do
-        [[ -e $p ]] || continue
-        if [[ $sum == dir ]]; then
-            rm -rf -- "$p" || { warn "cannot remove $p"; rc=1; }
-        elif [[ $(sha256sum <"$p" | cut -d' ' -f1) == "$sum" ]]; then
-            rm -f -- "$p" || { warn "cannot remove $p"; rc=1; }
-        else
-            warn "$p changed since the lab installed it: left in place"
-            rc=1
-        fi
-    done <"$INSTALLED_LIST"
-    rm -f "$INSTALLED_LIST"
-    return $rc
-}

@@ -53,13 +53,7 @@ rm -rf "$fifo_dir"
 ms; t1=$REPLY
 # ssh would wait until the remote side closes its output: a handler that leaves a process
 # holding it open would hang repmgr there. Wait a bounded time and say so.
-held=0
-for _ in $(seq 500); do
-    kill -0 "$stamp_pid" 2>/dev/null || break
-    sleep 0.01
-    held=1
-done
-if ((held)) && kill -0 "$stamp_pid" 2>/dev/null; then
+if ! timeout 5 tail -s 0.01 --pid="$stamp_pid" -f /dev/null; then
     ms
     echo "$REPLY $id warn the handler exited but a process it started still holds its output open (over ssh, repmgr would hang here)" >>"$EVENTS_LOG"
 fi

@@ -66,28 +66,17 @@ net_down() { # best effort; reports what it could not remove
 
 # Kill every process still inside the lab's namespaces (everything there was started by the
 # lab). TERM first, KILL after 3 s.
+lab_pids() { local ns; for ns in "${LAB_NAMESPACES[@]}"; do ns_is_lab "$ns" && ip netns pids "$ns" 2>/dev/null; done; }
+ns_empty() { [[ -z $(lab_pids) ]]; }
 ns_kill_all() {
-    local ns pids sig i
+    local sig pids
     for sig in TERM KILL; do
-        pids=
-        for ns in "${LAB_NAMESPACES[@]}"; do
-            ns_is_lab "$ns" || continue
-            pids+=" $(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')"
-        done
-        pids=$(echo $pids)
-        [[ -z $pids ]] && return 0
+        pids=$(lab_pids | tr '\n' ' ')
+        [[ -z ${pids// /} ]] && return 0
         echo "down: kill -$sig $pids (processes left in the lab's namespaces)" >>"$DOWN_LOG"
         # shellcheck disable=SC2086
         kill -"$sig" $pids 2>/dev/null
-        for i in $(seq 30); do
-            sleep 0.1
-            local left=
-            for ns in "${LAB_NAMESPACES[@]}"; do
-                ns_is_lab "$ns" || continue
-                left+=$(ip netns pids "$ns" 2>/dev/null)
-            done
-            [[ -z $left ]] && return 0
-        done
+        wait_until 3 ns_empty && return 0
     done
     return 1
 }

@@ -240,29 +240,13 @@ db2_clone() {
 }
 
 repmgrd_start() {
-    local n=$1 pidf
-    pidf=$(node_repmgrd_pid "$n")
+    local n=$1
     HINT=$(node_repmgrd_log "$n")
     run ip netns exec "$n" runuser -u postgres -- env -i HOME=/var/lib/postgresql USER=postgres LOGNAME=postgres \
         "PATH=$LAB_DIR/sshbin:$SYS_PATH" LANG=C.UTF-8 \
-        "$PG_BIN/repmgrd" -f "$(node_conf "$n")" --pid-file "$pidf" --daemonize
-    local i
-    for i in $(seq 50); do
-        [[ -s $pidf ]] && kill -0 "$(cat "$pidf")" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "repmgrd on $n did not start (no live pid in $pidf); look at $(node_repmgrd_log "$n")"
+        "$PG_BIN/repmgrd" -f "$(node_conf "$n")" --pid-file "$(node_repmgrd_pid "$n")" --daemonize
+    wait_until 5 pid_alive "$(node_repmgrd_pid "$n")" ||
+        die "repmgrd on $n did not start (no live pid in $(node_repmgrd_pid "$n")); look at $(node_repmgrd_log "$n")"
 }
 
-repmgrd_stop() {
-    local n=$1 pidf pid i
-    pidf=$(node_repmgrd_pid "$n")
-    [[ -s $pidf ]] || return 0
-    pid=$(cat "$pidf")
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid"
-        for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$pid" 2>/dev/null && { kill -KILL "$pid"; sleep 0.1; }
-    fi
-    rm -f "$pidf"
-}
+repmgrd_stop() { stop_pidfile "$(node_repmgrd_pid "$1")"; }

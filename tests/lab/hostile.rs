@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{self, BOTH, DB1, DB2, Lab, Restore, routed_to, snapshot, sorted};
 
-const ROUTE: &str = "/usr/local/bin/repmgr-nat";
+const ROUTE: &str = "/usr/bin/repmgr-nat";
 const CONFIG: &str = "/etc/repmgr-nat.toml";
 const STATE: &str = "/var/lib/repmgr-nat";
 /// Far more than the commands below take when nothing stalls them.
@@ -332,7 +332,7 @@ fn tls_verify_full_refuses_an_impostor_before_the_password() {
             "exec",
             "proxy",
             "--",
-            &lab.env["PROBE_BIN"],
+            &lab.env["KIT_BIN"],
             "impostor",
             "--listen",
             "198.51.100.250:5432",

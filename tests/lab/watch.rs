@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{BOTH, DB1, DB2, Lab, Writes, now_ms, routed_to, sorted};
+use crate::common::{BOTH, DB1, DB2, Lab, assert_writes_on, now_ms, routed_to, sorted, writer};
 
 /// Far more than convergence takes (about a second); a test that waits this long failed.
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -21,11 +21,7 @@ fn with_every_event_lost_watch_moves_ports_slot_and_barman_to_the_new_primary() 
     let lab = Lab::up();
     lab.ok(&["watch", "start"]);
     let writes = std::env::temp_dir().join("repmgr-nat-lab-writes-lost-events.txt");
-    let writer = lab.spawn(
-        &["probe", "write", "--conninfo", &lab.env["APP_CONNINFO"], "--count", "1000000", "--interval-ms", "20"],
-        &writes,
-    );
-    lab.wait_for_line(&writes, &format!("ok {DB1} id="));
+    let writer = writer(&lab, &writes);
 
     lab.ok(&["events", "drop"]);
     let t0 = now_ms();
@@ -38,22 +34,16 @@ fn with_every_event_lost_watch_moves_ports_slot_and_barman_to_the_new_primary() 
     lab.wait_barman_ok(CONVERGE);
 
     // no event reached the proxy: watch did it all
-    let runs: Vec<String> = lab
-        .ok(&["events", "--summary"])
-        .lines()
-        .filter(|l| l.split(' ').next().and_then(|t| t.parse::<u64>().ok()).is_some_and(|t| t >= t0))
-        .map(str::to_string)
-        .collect();
-    assert!(runs.iter().any(|r| r.contains("event=standby_promote")), "repmgrd sent no promote: {runs:?}");
-    assert!(runs.iter().all(|r| r.contains("exit=255")), "an event reached the proxy: {runs:?}");
+    let runs: Vec<_> = lab.events().into_iter().filter(|r| r.begin_ms >= t0).collect();
+    assert!(runs.iter().any(|r| r.event == "standby_promote"), "repmgrd sent no promote: {runs:?}");
+    assert!(runs.iter().all(|r| r.end.is_some_and(|e| e.exit == 255)), "an event reached the proxy: {runs:?}");
 
     // every commit acknowledged through the application port is on the new primary
     std::thread::sleep(Duration::from_secs(1));
     lab.stop(writer);
     let written = std::fs::read_to_string(&writes).unwrap();
     assert!(written.contains(&format!("ok {DB2} id=")), "no write reached db2 through the application port");
-    let rows = lab.ok(&["psql", "-d", "app", "db2", "select id, payload from writes"]);
-    Writes::read(&writes).check(&rows).unwrap_or_else(|e| panic!("on the new primary: {e}"));
+    assert_writes_on(&lab, &writes, "db2");
 
     let status = lab.repmgr_nat("postgres", &["status"]).expect(0, "status after the failover");
     assert!(status.stdout.contains("watch: pass "), "status does not show watch:\n{}", status.stdout);
