@@ -1,0 +1,139 @@
+//! repmgr-nat as repmgr and an operator see it from outside: exit codes and one-line errors,
+//! for bad input that must be refused before anything is asked or changed. No root, no
+//! lab: the binary with a config of the test's own (as root, the config must be trusted,
+//! and a fresh directory of root's is).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const CONFIG: &str = "\
+[proxy]
+address = \"198.51.100.3\"
+[ports]
+postgres = 5432
+barman = 54321
+app = 54322
+[nodes]
+1 = \"198.51.100.11\"
+2 = \"198.51.100.12\"
+[postgres]
+user = \"repmgr_nat\"
+dbname = \"postgres\"
+[barman]
+server = \"main_backup\"
+slot = \"barman\"
+";
+
+/// A directory of the test's own, removed when it goes.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("repmgr-nat-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn config(&self, text: &str) -> PathBuf {
+        let path = self.0.join("repmgr-nat.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// repmgr-nat ARGS with no environment of the caller's.
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_repmgr-nat"))
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .unwrap()
+}
+
+/// Exits `code` with exactly one line on stderr, containing `says`; nothing on stdout.
+#[track_caller]
+fn refused(args: &[&str], code: i32, says: &str) {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: one line, not:\n{stderr}");
+    assert!(stderr.contains(says), "{args:?}: {stderr:?} does not say {says:?}");
+    assert!(out.stdout.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn help_and_version_exit_0_on_stdout() {
+    let out = run(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for command in ["event", "setup", "reconcile", "watch", "status", "teardown", "route"] {
+        assert!(help.contains(command), "--help lists {command}:\n{help}");
+    }
+    let out = run(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("repmgr-nat "));
+}
+
+#[test]
+fn a_bad_command_line_is_one_line_and_exit_2() {
+    refused(&["route --show"], 2, "unrecognized subcommand");
+    refused(&["event"], 2, "required");
+    refused(&["route", "2", "--ports", "everything"], 2, "invalid value");
+    refused(&["status", "--json", "extra"], 2, "unexpected argument");
+}
+
+#[test]
+fn a_malformed_event_is_refused_before_the_config_is_read() {
+    let missing = "/nonexistent/repmgr-nat.toml";
+    refused(&["--config", missing, "event", "x", "standby_promote", "1"], 2, "node id");
+    refused(&["--config", missing, "event", "1", "standby_promote\u{1b}[31m", "1"], 2, "event");
+    refused(&["--config", missing, "event", "1", "standby_promote", "yes"], 2, "success");
+    // ignored events read no config at all
+    let out = run(&["--config", missing, "event", "1", "repmgrd_start", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_bad_config_is_one_line_naming_the_file_or_the_key() {
+    refused(&["--config", "/nonexistent/repmgr-nat.toml", "status"], 2, "/nonexistent/repmgr-nat.toml");
+    let scratch = Scratch::new("bad-config");
+    let unknown = scratch.config(&CONFIG.replace("[barman]\n", "[barman]\nslots = true\n"));
+    refused(&["--config", path(&unknown), "status"], 2, "slots");
+    let bad = scratch.config(&CONFIG.replace("54321", "70000"));
+    refused(&["--config", path(&bad), "status"], 2, "barman");
+    let not_toml = scratch.config("[proxy\n");
+    refused(&["--config", path(&not_toml), "--dry-run", "reconcile"], 2, "bad config");
+}
+
+#[test]
+fn an_unknown_node_is_refused_naming_the_known_ones() {
+    let scratch = Scratch::new("unknown-node");
+    let config = scratch.config(CONFIG);
+    let config = path(&config);
+    refused(&["--config", config, "--dry-run", "event", "7", "standby_promote", "1"], 2, "node id 7");
+    refused(&["--config", config, "--dry-run", "reconcile", "--primary", "9"], 2, "node id 9");
+}
+
+#[test]
+fn route_and_setup_need_root_and_route_takes_no_other_config() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        refused(&["--config", "/tmp/other.toml", "route", "1", "--ports", "all"], 2, "route reads only /etc/repmgr-nat.toml");
+    } else {
+        refused(&["route", "1", "--ports", "all"], 2, "must run as root");
+        refused(&["setup"], 2, "must run as root");
+        refused(&["teardown"], 2, "must run as root");
+    }
+}
