@@ -34,76 +34,66 @@ pub struct Ctx {
     pub dry_run: bool,
 }
 
+/// How this run was invoked: decided once, before any command.
+struct Invocation {
+    config: Option<PathBuf>,
+    root: bool,
+    dry_run: bool,
+}
+
+impl Invocation {
+    /// For a command that only reads: the config asked for.
+    fn reading(&self) -> Result<Ctx> {
+        Ok(Ctx { cfg: load(self.config.as_deref())?, root: self.root, dry_run: self.dry_run })
+    }
+
+    /// For a command that may change the rules through sudo: only the config root routes
+    /// by (see `acting_config`).
+    fn acting(&self) -> Result<Ctx> {
+        let path = acting_config(self.config.clone(), self.root, self.dry_run)?;
+        Ok(Ctx { cfg: load(path.as_deref())?, root: self.root, dry_run: self.dry_run })
+    }
+
+    /// For a command that changes the nat table itself: root, with the umask and limits
+    /// the root step sets for itself.
+    fn as_root(&self, command: &str) -> Result<()> {
+        require_root(command, self.root)?;
+        privilege::sanitize_root();
+        Ok(())
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
-    let dry_run = cli.dry_run;
-    let root = privilege::is_root();
-    let ctx = |path: Option<PathBuf>| -> Result<Ctx> { Ok(Ctx { cfg: load(path.as_deref())?, root, dry_run }) };
-    match cli.command {
+    let inv = Invocation { config: cli.config.clone(), root: privilege::is_root(), dry_run: cli.dry_run };
+    match &cli.command {
         Command::Event { node_id, event, success } => {
-            let handled = handle_event(cli.config.clone(), root, dry_run, &node_id, &event, success.as_deref());
-            if !dry_run {
-                count_event(acting_config(cli.config, root, dry_run).unwrap_or(None), &event, &handled);
+            let handled = handle_event(&inv, node_id, event, success.as_deref());
+            if !inv.dry_run {
+                count_event(&inv, event, &handled);
             }
             handled.map(drop)
         }
-        Command::Reconcile { primary, boot } => {
-            let ctx = ctx(acting_config(cli.config, root, dry_run)?)?;
-            let named = primary.map(|text| node(&ctx.cfg, &text)).transpose()?;
-            let _lock = lock(&ctx)?;
-            if boot {
-                return with_effects(&ctx, |fx| boot_cluster(&ctx.cfg, fx));
-            }
-            with_effects(&ctx, |fx| handler::run(&ctx.cfg, fx, Ask::Reconcile { named }, "reconcile"))
-        }
-        Command::Watch => {
-            let ctx = ctx(acting_config(cli.config, root, dry_run)?)?;
-            watch::run(&ctx)
-        }
-        Command::Status { json } => status(&ctx(cli.config)?, json),
+        Command::Reconcile { primary, boot } => reconcile(&inv.acting()?, primary.as_deref(), *boot),
+        Command::Watch => watch::run(&inv.acting()?),
+        Command::Status { json } => status(&inv.reading()?, *json),
         Command::Setup => {
-            require_root("setup", root)?;
-            privilege::sanitize_root();
-            setup(&ctx(cli.config.clone())?, &cli)
+            inv.as_root("setup")?;
+            setup(&inv.reading()?, &cli)
         }
         Command::Teardown => {
-            require_root("teardown", root)?;
-            privilege::sanitize_root();
-            teardown(&ctx(cli.config)?)
+            inv.as_root("teardown")?;
+            teardown(&inv.reading()?)
         }
         Command::Route { node_id, ports, timeline, show } => {
-            require_root("route", root)?;
-            privilege::sanitize_root();
-            if let Some(path) = &cli.config {
-                return Err(Exit::BadInput(format!(
-                    "route reads only {}; --config {} and REPMGR_NAT_CONFIG are refused",
-                    config::DEFAULT_PATH,
-                    path.display()
-                ))
-                .into());
-            }
-            let ctx = ctx(None)?;
-            match (node_id, ports, show) {
-                (_, _, true) => route_show(&ctx),
-                (Some(node_id), Some(open), false) => {
-                    let timeline = timeline.map(|t| ruleset::parse_timeline(&t).map_err(bad_input)).transpose()?;
-                    route(&ctx, node(&ctx.cfg, &node_id)?, open_of(open), timeline)
-                }
-                _ => Err(Exit::BadInput("route needs a node id and --ports, or --show".into()).into()),
-            }
+            inv.as_root("route")?;
+            route_command(&inv, node_id.as_deref(), *ports, timeline.as_deref(), *show)
         }
     }
 }
 
 /// repmgr's event: checked, then the plan for the whole cluster if its claim holds. True
 /// when it was acted on, false when ignored.
-fn handle_event(
-    config: Option<PathBuf>,
-    root: bool,
-    dry_run: bool,
-    node_id: &str,
-    event: &str,
-    success: Option<&str>,
-) -> Result<bool> {
+fn handle_event(inv: &Invocation, node_id: &str, event: &str, success: Option<&str>) -> Result<bool> {
     let event = Event::parse(node_id, event, success).map_err(bad_input)?;
     let claim = match event.triage() {
         Triage::Ignore { why, warn } => {
@@ -113,7 +103,7 @@ fn handle_event(
         }
         Triage::Act(claim) => claim,
     };
-    let ctx = Ctx { cfg: load(acting_config(config, root, dry_run)?.as_deref())?, root, dry_run };
+    let ctx = inv.acting()?;
     ctx.cfg.node(event.node).map_err(bad_input)?;
     let _lock = lock(&ctx)?;
     with_effects(&ctx, |fx| {
@@ -122,10 +112,47 @@ fn handle_event(
     Ok(true)
 }
 
+/// Routes to the legitimate primary (or the one named); `--boot` is setup's cluster part.
+fn reconcile(ctx: &Ctx, primary: Option<&str>, boot: bool) -> Result<()> {
+    let named = primary.map(|text| node(&ctx.cfg, text)).transpose()?;
+    let _lock = lock(ctx)?;
+    if boot {
+        return with_effects(ctx, |fx| boot_cluster(&ctx.cfg, fx));
+    }
+    with_effects(ctx, |fx| handler::run(&ctx.cfg, fx, Ask::Reconcile { named }, "reconcile"))
+}
+
+/// The root step: reads only the default config; shows the chains, or switches them.
+fn route_command(
+    inv: &Invocation,
+    node_id: Option<&str>,
+    ports: Option<Ports>,
+    timeline: Option<&str>,
+    show: bool,
+) -> Result<()> {
+    if let Some(path) = &inv.config {
+        return Err(Exit::BadInput(format!(
+            "route reads only {}; --config {} and REPMGR_NAT_CONFIG are refused",
+            config::DEFAULT_PATH,
+            path.display()
+        ))
+        .into());
+    }
+    let ctx = inv.reading()?;
+    match (node_id, ports, show) {
+        (_, _, true) => route_show(&ctx),
+        (Some(node_id), Some(open), false) => {
+            let timeline = timeline.map(|t| ruleset::parse_timeline(t).map_err(bad_input)).transpose()?;
+            route(&ctx, node(&ctx.cfg, node_id)?, open_of(open), timeline)
+        }
+        _ => Err(Exit::BadInput("route needs a node id and --ports, or --show".into()).into()),
+    }
+}
+
 /// Counts a handled event for watch's metrics (in `watch.dir`, where watch reads it), by
 /// its name and outcome: acted (ok) or ignored, else what its exit code says.
-fn count_event(config: Option<PathBuf>, event: &str, handled: &Result<bool>) {
-    let Ok(cfg) = load(config.as_deref()) else { return };
+fn count_event(inv: &Invocation, event: &str, handled: &Result<bool>) {
+    let Ok(Ctx { cfg, .. }) = inv.acting() else { return };
     let outcome = match handled {
         Ok(true) => "ok",
         Ok(false) => "ignored",

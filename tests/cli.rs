@@ -100,7 +100,7 @@ fn a_malformed_event_is_refused_before_the_config_is_read() {
     refused(&["--config", missing, "event", "x", "standby_promote", "1"], 2, "node id");
     refused(&["--config", missing, "event", "1", "standby_promote\u{1b}[31m", "1"], 2, "event");
     refused(&["--config", missing, "event", "1", "standby_promote", "yes"], 2, "success");
-    // ignored events read no config at all
+    // ignored events need no config
     let out = run(&["--config", missing, "event", "1", "repmgrd_start", "1"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
