@@ -37,7 +37,6 @@ DEPS_PKGS=(iptables iproute2 sudo conntrack postgresql-15 postgresql-15-repmgr b
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 cmd_deps() {
-    require_root "$@"
     local p missing=()
     for p in "${DEPS_PKGS[@]}"; do pkg_installed "$p" || missing+=("$p"); done
     if ((${#missing[@]} == 0)); then
@@ -96,7 +95,6 @@ locked() { # CMD ARGS...: lab.sh CMD ARGS under the lock, then exit with its sta
 # ============================================================================ down
 DOWN_LOG=/dev/null
 cmd_down() {
-    require_root "$@"
     local purge=0
     while (($#)); do
         case $1 in
@@ -195,7 +193,6 @@ up_cleanup() {
 }
 
 cmd_up() {
-    require_root "$@"
     local mode=repmgr-nat cron=1 assist=1
     while (($#)); do
         case $1 in
@@ -211,100 +208,48 @@ cmd_up() {
     check_deps "$mode"
     UP_T0=$(now_ms)
 
-    phase "down (previous lab)"
-    cmd_down
-    phase_done
-
-    phase "preflight"
-    preflight "$mode"
-    phase_done
-
+    step "down (previous lab)" cmd_down
+    step "preflight" preflight "$mode"
     trap up_cleanup EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
-
     install -d -o root -g root -m 0755 "$LAB_DIR" "$LAB_DIR/logs" || die "cannot create $LAB_DIR"
     : >"$LAB_LOG"
     : >"$CRON_LOG"
     state_set HANDLER "$mode"
     state_set STARTED_MS "$UP_T0"
     state_set ASSIST "$assist"
+    state_set CRON "$cron"
+    step "build lab/kit" build_kit
+    [[ $mode == scripts ]] || step "build repmgr-nat's package" build_repmgr_nat
+    step "network" net_up
+    step "TLS: the lab's CA and the nodes' certificates" write_tls_certs
+    step "handler: install + boot step" install_handler "$mode"
+    step "barman config" barman_configure
+    step "db1: initdb, start, users" db1_create
+    step "db1: repmgr primary register" db1_register
+    step "db2: clone, start, register" db2_clone
+    step "repmgrd on db1, db2" repmgrd_start db1 db2
+    if ((cron)); then step "barman cron loop" cron_start; fi
+    step "wait: barman check all OK" barman_wait_ok 60
+    step "wait: app port reaches db1" wait_app_reaches "$DB1_IP"
 
-    phase "build lab/kit"
-    phase_done "$(kit_bin)"
+    UP_DONE=1
+    trap - EXIT INT TERM
+    say "up: done in $(bc_div $(($(now_ms) - UP_T0))) s (handler $mode, cron $( ((cron)) && echo on || echo off)); \`lab.sh status\` shows it, \`lab.sh down\` removes it"
+}
 
-    if [[ $mode == repmgr-nat ]]; then
-        phase "build repmgr-nat's package"
-        build_repmgr_nat
-        phase_done "$RNAT_DEB"
-    fi
-
-    phase "network"
-    net_up
-    phase_done "namespaces ${LAB_NAMESPACES[*]}, bridge $BRIDGE in $NS_BRIDGE"
-
-    phase "TLS: the lab's CA and the nodes' certificates"
-    write_tls_certs
-    phase_done "$TLS_DIR"
-
-    phase "handler: install + boot step"
-    install_lab_bin "$mode"
-    if [[ $mode == scripts ]]; then
+install_handler() { # MODE: the lab's own scripts, the handler, its boot step
+    install_lab_bin "$1"
+    if [[ $1 == scripts ]]; then
         install_scripts_handler
         scripts_boot
     else
         install_repmgr_nat
         repmgr_nat_boot
     fi
-    local fwd
-    fwd=$(ip netns exec proxy sysctl -n net.ipv4.ip_forward)
-    [[ $fwd == 1 ]] || die "after the boot step net.ipv4.ip_forward is $fwd in the proxy namespace (the handler's boot step must set it); look at $LAB_LOG"
-    phase_done "$mode; proxy ip_forward=1, root namespace ip_forward=$(sysctl -n net.ipv4.ip_forward)"
-
-    phase "barman config"
-    barman_configure
-    phase_done "$BARMAN_CONF"
-
-    phase "db1: initdb, start, users"
-    node_dirs db1
-    node_dirs db2
-    write_bootstrap_sql
-    db1_init
-    write_pgpass_files
-    phase_done
-
-    phase "db1: repmgr primary register" "$EVENTS_LOG"
-    db1_register
-    phase_done
-
-    phase "db2: clone, start, register"
-    db2_clone
-    phase_done
-
-    phase "repmgrd on db1, db2"
-    repmgrd_start db1
-    repmgrd_start db2
-    phase_done
-
-    if ((cron)); then
-        phase "barman cron loop"
-        cron_start
-        phase_done "pid $(cat "$CRON_PID"), log $CRON_LOG"
-    fi
-    state_set CRON "$cron"
-
-    phase "wait: barman check all OK"
-    barman_wait_ok 60
-    phase_done
-
-    phase "wait: app port reaches db1"
-    wait_until 30 app_reaches "$DB1_IP" ||
-        die "a query through $PROXY_IP:$APP_PORT from the app namespace did not reach $DB1_IP within 30 s; check: lab.sh nat, $EVENTS_LOG"
-    phase_done
-
-    UP_DONE=1
-    trap - EXIT INT TERM
-    say "up: done in $(bc_div $(($(now_ms) - UP_T0))) s (handler $mode, cron $( ((cron)) && echo on || echo off)); \`lab.sh status\` shows it, \`lab.sh down\` removes it"
+    [[ $(ip netns exec proxy sysctl -n net.ipv4.ip_forward) == 1 ]] ||
+        die "after the boot step net.ipv4.ip_forward is not 1 in the proxy namespace (the handler's boot step must set it); look at $LAB_LOG"
 }
 
 # Refuse early (before anything is created) when a path the lab would write belongs to
@@ -328,16 +273,14 @@ preflight() {
     return 0
 }
 
-app_reaches() { [[ $(app_psql "select inet_server_addr()" 2>/dev/null) == "$1" ]]; }
-
-app_psql() {
-    ip netns exec app env -i PATH="$SYS_PATH" LANG=C.UTF-8 PGPASSWORD="$PW_APP" PGCONNECT_TIMEOUT=2 \
-        "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$PROXY_IP" -p "$APP_PORT" -U app -d "${APP_DB:-app}" -c "$1"
+app_reaches() { [[ $(cmd_psql proxy-app "select host(inet_server_addr())" 2>/dev/null) == "$1" ]]; }
+wait_app_reaches() {
+    wait_until 30 app_reaches "$1" ||
+        die "a query through $PROXY_IP:$APP_PORT from the app namespace did not reach $1 within 30 s; check: lab.sh nat, $EVENTS_LOG"
 }
 
 # ============================================================================ cluster commands
 cmd_psql() {
-    require_root "$@"
     local db= user=
     while (($#)); do
         case $1 in
@@ -348,7 +291,6 @@ cmd_psql() {
     done
     (($# == 2)) || die "usage: lab.sh psql [-d DB] [-U USER] db1|db2|proxy-app|proxy-barman|recovered SQL"
     local target=$1 sql=$2
-    require_up
     case $target in
     db1 | db2)
         pg_as "$target" "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$(node_sock "$target")" -p "$PG_PORT" \
@@ -368,17 +310,12 @@ cmd_psql() {
     esac
 }
 
-cmd_stop() {
-    require_root "$@"; (($# == 1)) || die "usage: lab.sh stop NODE"; check_node "$1"; require_up
-    pg_as "$1" "$(node_pgctl "$1")" immediate || die "pg_ctl stop -m immediate failed on $1; look at $(node_pglog "$1")"
-}
-
 postmaster_pid() { head -n 1 "$(node_data "$1")/postmaster.pid" 2>/dev/null; }
 
 # freeze|thaw NODE: SIGSTOP or SIGCONT to the postmaster (its children keep running, as
 # with a hung disk: new connections are accepted by the kernel and never answered).
 cmd_freeze() {
-    require_root "$@"; (($# == 2)) || die "usage: lab.sh freeze|thaw NODE"; check_node "$2"; require_up
+    (($# == 2)) || die "usage: lab.sh freeze|thaw NODE"; check_node "$2"
     local pid sig=STOP
     [[ $1 == thaw ]] && sig=CONT
     pid=$(postmaster_pid "$2")
@@ -391,7 +328,7 @@ cmd_freeze() {
 # proxy sends it, both ways in effect: a network partition between them, the database
 # nodes still see each other. The proxy's tables are not touched.
 cmd_partition() {
-    require_root "$@"; (($# == 2)) || die "usage: lab.sh partition|heal NODE"; check_node "$2"; require_up
+    (($# == 2)) || die "usage: lab.sh partition|heal NODE"; check_node "$2"
     local rule=(INPUT -s "$PROXY_IP" -j DROP)
     if [[ $1 == partition ]]; then
         ip netns exec "$2" iptables -C "${rule[@]}" 2>/dev/null || ip netns exec "$2" iptables -I "${rule[@]}" ||
@@ -403,23 +340,18 @@ cmd_partition() {
     fi
 }
 
-cmd_start() {
-    require_root "$@"; (($# == 1)) || die "usage: lab.sh start NODE"; check_node "$1"; require_up
-    pg_as "$1" "$(node_pgctl "$1")" start || die "PostgreSQL did not start on $1; look at $(node_pglog "$1")"
-}
-
-cmd_pgctl() {
-    require_root "$@"; (($# == 2)) || die "usage: lab.sh pgctl NODE ACTION"; check_node "$1"; require_up
-    pg_as "$1" "$(node_pgctl "$1")" "$2"
+cmd_pgctl() { # NODE ACTION: the node's pg_ctl wrapper (stop: immediate, as a crash)
+    (($# == 2)) || die "usage: lab.sh pgctl NODE ACTION"; check_node "$1"
+    pg_as "$1" "$(node_pgctl "$1")" "$2" || die "pg_ctl $2 failed on $1; look at $(node_pglog "$1")"
 }
 
 cmd_repmgr() {
-    require_root "$@"; (($# >= 1)) || die "usage: lab.sh repmgr NODE ARGS..."; check_node "$1"; require_up
+    (($# >= 1)) || die "usage: lab.sh repmgr NODE ARGS..."; check_node "$1"
     node_repmgr "$@"
 }
 
 cmd_repmgrd() {
-    require_root "$@"; (($# == 2)) || die "usage: lab.sh repmgrd start|stop NODE"; check_node "$2"; require_up
+    (($# == 2)) || die "usage: lab.sh repmgrd start|stop NODE"; check_node "$2"
     case $1 in
     start) repmgrd_start "$2" ;;
     stop) repmgrd_stop "$2" ;;
@@ -439,7 +371,7 @@ is_streaming_standby() {
 }
 
 cmd_wait_primary() {
-    require_root "$@"; (($# >= 1)) || die "usage: lab.sh wait-primary NODE [TIMEOUT]"; check_node "$1"; require_up
+    (($# >= 1)) || die "usage: lab.sh wait-primary NODE [TIMEOUT]"; check_node "$1"
     local t0; t0=$(now_ms)
     if ! wait_until "${2:-30}" is_primary "$1"; then
         node_repmgr "$1" cluster show >&2 || true
@@ -449,7 +381,7 @@ cmd_wait_primary() {
 }
 
 cmd_wait_standby() {
-    require_root "$@"; (($# >= 1)) || die "usage: lab.sh wait-standby NODE [TIMEOUT]"; check_node "$1"; require_up
+    (($# >= 1)) || die "usage: lab.sh wait-standby NODE [TIMEOUT]"; check_node "$1"
     local t0; t0=$(now_ms)
     wait_until "${2:-30}" is_streaming_standby "$1" ||
         die "$1 is not a streaming standby after ${2:-30}s (in recovery: $(in_recovery "$1")); look at $(node_pglog "$1") $(node_repmgrd_log "$1")"
@@ -457,10 +389,9 @@ cmd_wait_standby() {
 }
 
 cmd_rejoin() {
-    require_root "$@"
     local clone=0
     [[ ${2:-} == --clone ]] && { clone=1; set -- "$1"; }
-    (($# == 1)) || die "usage: lab.sh rejoin NODE [--clone]"; check_node "$1"; require_up
+    (($# == 1)) || die "usage: lab.sh rejoin NODE [--clone]"; check_node "$1"
     local n=$1 p
     p=$(node_other "$n")
     [[ $(in_recovery "$p") == f ]] || die "rejoin $n: $p is not a running primary"
@@ -502,7 +433,7 @@ cmd_rejoin() {
 }
 
 cmd_switchover() {
-    require_root "$@"; (($# == 1)) || die "usage: lab.sh switchover NODE (the standby that becomes primary)"; check_node "$1"; require_up
+    (($# == 1)) || die "usage: lab.sh switchover NODE (the standby that becomes primary)"; check_node "$1"
     local n=$1 old
     old=$(node_other "$n")
     [[ $(in_recovery "$n") == t ]] || die "switchover: $n is not a running standby"
@@ -513,12 +444,12 @@ cmd_switchover() {
     cmd_wait_standby "$old" 30
 }
 
-cmd_barman() { require_root "$@"; require_up; barman_as "$@"; }
+cmd_barman() { barman_as "$@"; }
 
-cmd_backup() { require_root "$@"; require_up; barman_backup; }
+cmd_backup() { barman_backup; }
 
 cmd_recover() {
-    require_root "$@"; (($# == 1)) || die "usage: lab.sh recover BACKUP_ID"; require_up
+    (($# == 1)) || die "usage: lab.sh recover BACKUP_ID"
     barman_recover "$1"
     say "recovered $1 to the newest timeline: lab.sh psql recovered SQL"
 }
@@ -526,15 +457,13 @@ cmd_recover() {
 # Fire the event handler as repmgr would: from NODE's namespace, as postgres, through the
 # crossing (logged in the events log like any other run). Exit code: the handler's.
 cmd_event() {
-    require_root "$@"
     (($# == 3 || $# == 4)) || die "usage: lab.sh event NODE NODE_ID EVENT [SUCCESS]  (e.g. lab.sh event db2 2 standby_promote 1)"
-    check_node "$1"; require_up
+    check_node "$1"
     local n=$1; shift
     as postgres "$n" sudo -n "$LAB_DIR/bin/lab-event" "$@"
 }
 
 cmd_cron() {
-    require_root "$@"; require_up
     case ${1:-} in
     start) cron_start; say "cron loop running (pid $(cat "$CRON_PID"))" ;;
     stop) cron_stop; say "cron loop stopped" ;;
@@ -544,7 +473,6 @@ cmd_cron() {
 }
 
 cmd_watch() {
-    require_root "$@"; require_up
     case ${1:-} in
     start) watch_start; say "watch running (pid $(cat "$WATCH_PID"), log $WATCH_LOG)" ;;
     stop) stop_pidfile "$WATCH_PID"; say "watch stopped" ;;
@@ -554,11 +482,10 @@ cmd_watch() {
     esac
 }
 
-cmd_nat() { require_root "$@"; require_up; ip netns exec proxy iptables-save; }
+cmd_nat() { ip netns exec proxy iptables-save; }
 
 # ============================================================================ events, clients
 cmd_events() {
-    require_root "$@"; require_up
     case ${1:-} in
     --summary) "$(kit_bin)" events "$EVENTS_LOG" ;;
     drop) : >"$LAB_DIR/events.drop"; say "events are dropped before they reach the proxy" ;;
@@ -580,14 +507,14 @@ kit_bin() { # lab/kit's binary, built when missing or older than its sources
     echo "$bin"
 }
 
+build_kit() { kit_bin >/dev/null; }
+
 cmd_probe() { # a lab-kit client, in the app namespace
-    require_root "$@"; require_up
     local bin; bin=$(kit_bin)
     exec ip netns exec app "$bin" probe "$@"
 }
 
 cmd_exec() {
-    require_root "$@"
     local ns=${1:-} user=
     shift || true
     [[ -n $ns ]] || die "usage: lab.sh exec NS [--user U] -- CMD..."
@@ -637,7 +564,6 @@ cmd_env() {
 }
 
 cmd_status() {
-    require_root "$@"; require_up
     local n
     echo "== lab (handler $(state_get HANDLER), cron $(state_get CRON))"
     for n in "${NODES[@]}"; do
@@ -649,7 +575,7 @@ cmd_status() {
     for n in "${NODES[@]}"; do
         node_running "$n" && { node_repmgr "$n" cluster show 2>&1 || true; break; }
     done
-    echo "== app port: $(app_psql 'select inet_server_addr()' 2>&1 | head -n1)"
+    echo "== app port: $(cmd_psql proxy-app 'select host(inet_server_addr())' 2>&1 | head -n1)"
     echo "== nat (proxy)"
     ip netns exec proxy iptables-save -t nat | grep -E '^(-A|:repmgr)' || true
     echo "== slots"
@@ -666,24 +592,28 @@ main() {
     local cmd=${1:-help}
     shift || true
     case $cmd in
+    help | -h | --help) usage; return ;;
+    env) cmd_env; return ;;
+    esac
+    require_root
+    case $cmd in deps | up | down) ;; *) require_up ;; esac
+    case $cmd in
     deps) cmd_deps "$@" ;;
     up)
-        require_root "$@"
         [[ -n ${LAB_LOCKED:-} ]] || locked up "$@"
         cmd_up "$@"
         ;;
     down)
-        require_root "$@"
         [[ -n ${LAB_LOCKED:-} ]] || locked down "$@"
         cmd_down "$@"
         say "down: clean"
         ;;
     status) cmd_status "$@" ;;
     psql) cmd_psql "$@" ;;
-    stop) cmd_stop "$@" ;;
+    stop) cmd_pgctl "${1:-}" immediate ;;
     freeze | thaw) cmd_freeze "$cmd" "$@" ;;
     partition | heal) cmd_partition "$cmd" "$@" ;;
-    start) cmd_start "$@" ;;
+    start) cmd_pgctl "${1:-}" start ;;
     pgctl) cmd_pgctl "$@" ;;
     wait-primary) cmd_wait_primary "$@" ;;
     wait-standby) cmd_wait_standby "$@" ;;
@@ -701,8 +631,6 @@ main() {
     events) cmd_events "$@" ;;
     probe) cmd_probe "$@" ;;
     exec) cmd_exec "$@" ;;
-    env) cmd_env "$@" ;;
-    help | -h | --help) usage ;;
     *) usage >&2; die "unknown command: $cmd" ;;
     esac
 }

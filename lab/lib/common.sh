@@ -168,6 +168,7 @@ phase_done() {
     printf '[lab] %6s s  %s%s\n' "$(bc_div $((t - PHASE_T0)))" "$PHASE_NAME" "${1:+ ($1)}"
     PHASE_NAME= HINT=
 }
+step() { phase "$1"; shift; "$@"; phase_done; }   # NAME CMD...: a phase of up
 bc_div() { printf '%d.%02d' $(($1 / 1000)) $(($1 % 1000 / 10)); }   # ms -> s.cc
 
 # wait_until SECONDS CMD...: until CMD succeeds (tried every 0.1 s); 1 when SECONDS pass first.

@@ -217,6 +217,14 @@ nudge_start() {
 }
 nudge_stop() { touch "$LAB_DIR/db1/nudge.stop"; }
 
+db1_create() { # both nodes' directories; db1 initialised, started, its users; the password files
+    node_dirs db1
+    node_dirs db2
+    write_bootstrap_sql
+    db1_init
+    write_pgpass_files
+}
+
 db1_register() {
     HINT="$(node_repmgrd_log db1) $EVENTS_LOG"
     if [[ $(state_get ASSIST) == 1 ]]; then
@@ -239,7 +247,14 @@ db2_clone() {
     run node_repmgr $n standby register
 }
 
-repmgrd_start() {
+repmgrd_start() { # NODE...
+    local n
+    for n; do
+        repmgrd_start_one "$n"
+    done
+}
+
+repmgrd_start_one() {
     local n=$1
     HINT=$(node_repmgrd_log "$n")
     run ip netns exec "$n" runuser -u postgres -- env -i HOME=/var/lib/postgresql USER=postgres LOGNAME=postgres \
