@@ -1,6 +1,7 @@
 //! `repmgr-nat watch`: the level-triggered service. It keeps a connection to every node
 //! and asks each one every `watch.interval_ms` (every 50 ms while the routed primary does
-//! not answer: a promotion is near), reads the nat table every second through the same
+//! not answer: a promotion is near; at once when the kept connection ends, as a node's
+//! shutdown ends it), reads the nat table every second through the same
 //! `sudo ... route --show` as the other commands, and whenever the legitimate primary,
 //! the rules, the slot or barman disagree it carries out the plan an event would, through
 //! the same code and under the same run lock. A lost event, a nat table flushed by someone
@@ -139,6 +140,7 @@ impl Pollers {
                 (Arc::clone(&pollers.latest), Arc::clone(&pollers.changed), Arc::clone(&pollers.hurry));
             rt.spawn(async move {
                 let node = cfg.nodes[index];
+                let ended = pool.ended(node);
                 loop {
                     let started = tokio::time::Instant::now();
                     let answer = pool.answer(&cfg, node).await;
@@ -160,7 +162,12 @@ impl Pollers {
                     } else {
                         cfg.watch.interval
                     };
-                    tokio::time::sleep_until(started + every).await;
+                    // the next tick, or at once when the kept connection ends (a node that
+                    // shuts down closes it before it refuses new ones)
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(started + every) => {}
+                        _ = ended.notified() => {}
+                    }
                 }
             });
         }

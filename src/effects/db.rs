@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::runtime::Runtime;
+use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::PgLsn;
@@ -81,14 +82,22 @@ pub fn runtime() -> Result<Runtime> {
 #[derive(Default)]
 pub struct Pool {
     clients: Mutex<BTreeMap<NodeId, Arc<Client>>>,
+    ended: Mutex<BTreeMap<NodeId, Arc<Notify>>>,
 }
 
 impl Pool {
+    /// Notified when a kept connection to `node` ends: the server closed it (a shutdown
+    /// terminates every backend first), or the network did. watch asks the node again at
+    /// once instead of at its next tick.
+    pub fn ended(&self, node: Node) -> Arc<Notify> {
+        Arc::clone(self.ended.lock().expect("ended").entry(node.id()).or_default())
+    }
+
     async fn client(&self, cfg: &Config, node: Node) -> Result<Arc<Client>, Answer> {
         if let Some(client) = self.cached(node) {
             return Ok(client);
         }
-        let client = Arc::new(connect(cfg, node).await?);
+        let client = Arc::new(connect(cfg, node, self.ended(node)).await?);
         self.clients.lock().expect("clients").insert(node.id(), Arc::clone(&client));
         Ok(client)
     }
@@ -307,8 +316,9 @@ pub async fn ask(client: &Client, slot: &str) -> Result<NodeState, Answer> {
     })
 }
 
-/// Opens a connection to the node: the caller bounds it with the deadline.
-async fn connect(cfg: &Config, node: Node) -> Result<Client, Answer> {
+/// Opens a connection to the node: the caller bounds it with the deadline. `ended` is
+/// notified when the connection ends.
+async fn connect(cfg: &Config, node: Node, ended: Arc<Notify>) -> Result<Client, Answer> {
     let pg = &cfg.postgres;
     let mut conf = tokio_postgres::Config::new();
     // the name the node's certificate must carry, if not its address (verify-full); the
@@ -345,23 +355,24 @@ async fn connect(cfg: &Config, node: Node) -> Result<Client, Answer> {
     });
     use tokio_postgres::config::SslMode as Mode;
     match pg.sslmode {
-        SslMode::Disable => connect_with(conf.ssl_mode(Mode::Disable), NoTls).await,
-        SslMode::Prefer => connect_with(conf.ssl_mode(Mode::Prefer), tls(cfg)?.clone()).await,
-        _ => connect_with(conf.ssl_mode(Mode::Require), tls(cfg)?.clone()).await,
+        SslMode::Disable => connect_with(conf.ssl_mode(Mode::Disable), NoTls, ended).await,
+        SslMode::Prefer => connect_with(conf.ssl_mode(Mode::Prefer), tls(cfg)?.clone(), ended).await,
+        _ => connect_with(conf.ssl_mode(Mode::Require), tls(cfg)?.clone(), ended).await,
     }
 }
 
-async fn connect_with<T>(conf: &tokio_postgres::Config, tls: T) -> Result<Client, Answer>
+async fn connect_with<T>(conf: &tokio_postgres::Config, tls: T, ended: Arc<Notify>) -> Result<Client, Answer>
 where
     T: MakeTlsConnect<Socket>,
     T::Stream: Send + 'static,
 {
     let (client, connection) = conf.connect(tls).await.map_err(|e| classify(&e))?;
-    // The connection ends when the client is dropped.
+    // The connection ends when the client is dropped, or the server or the network ends it.
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             log::debug!("connection ended: {}", message(&e));
         }
+        ended.notify_one();
     });
     Ok(client)
 }

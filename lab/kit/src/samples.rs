@@ -146,27 +146,39 @@ impl Outage {
     }
 }
 
+/// An attempt that took this long was held: its SYN was dropped and sent again (Linux
+/// waits 1 s before the first retransmission); one that was not held takes milliseconds.
+pub const HELD_MS: u64 = 1000;
+
 /// New connections with a long connect timeout, one begun every interval whether the
 /// last one ended or not (`probe connect`), from T0 on: what a client with that timeout
-/// saw, and when the new primary first answered.
+/// saw, and when the port opened on the new primary.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Connects {
     pub attempts: usize,
     pub failed: usize,
-    /// The longest an attempt waited for its answer (a held SYN is retransmitted).
+    /// Attempts that were held (took HELD_MS or more) and then answered.
+    pub held: usize,
+    /// The longest an attempt waited for its answer.
     pub longest_wait_ms: u64,
-    /// When the first attempt that `primary` answered began, relative to T0.
+    /// When the first attempt that `primary` answered without being held began, relative
+    /// to T0: the port was open to it then.
     pub first_on_primary_ms: Option<u64>,
 }
 
 impl Connects {
     pub fn of(samples: &[Sample], t0: u64, primary: &str) -> Connects {
         let after: Vec<&Sample> = samples.iter().filter(|s| s.at >= t0).collect();
+        let wait = |s: &Sample| s.ended() - s.at;
         Connects {
             attempts: after.len(),
             failed: after.iter().filter(|s| !s.ok()).count(),
-            longest_wait_ms: after.iter().map(|s| s.ended() - s.at).max().unwrap_or(0),
-            first_on_primary_ms: after.iter().find(|s| s.server() == Some(primary)).map(|s| s.at - t0),
+            held: after.iter().filter(|s| s.ok() && wait(s) >= HELD_MS).count(),
+            longest_wait_ms: after.iter().map(|s| wait(s)).max().unwrap_or(0),
+            first_on_primary_ms: after
+                .iter()
+                .find(|s| s.server() == Some(primary) && wait(s) < HELD_MS)
+                .map(|s| s.at - t0),
         }
     }
 }
@@ -302,12 +314,12 @@ mod tests {
     }
 
     #[test]
-    fn connects_count_failures_waits_and_the_first_answer_of_the_primary() {
+    fn connects_count_failures_held_attempts_and_when_the_port_opened() {
         let s = samples(
             "950 ok a ms=5\n1000 ok a ms=4\n1025 ok b ms=1010\n1050 err ms=5000 timeout\n1075 ok b ms=6\n",
         );
         let c = Connects::of(&s, 1000, "b");
-        assert_eq!(c, Connects { attempts: 4, failed: 1, longest_wait_ms: 5000, first_on_primary_ms: Some(25) });
+        assert_eq!(c, Connects { attempts: 4, failed: 1, held: 1, longest_wait_ms: 5000, first_on_primary_ms: Some(75) });
         assert_eq!(first_ack_on(&s, 1000, "b"), Some(81), "1075 + 6 ends before 1025 + 1010");
     }
 

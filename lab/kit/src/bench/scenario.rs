@@ -49,8 +49,9 @@ pub struct ScenarioResult {
     pub ready_ms: Option<u64>,
     pub outage: Outage,
     pub connects: Connects,
-    /// The same, from when PostgreSQL was ready.
-    pub connects_after_ready: Connects,
+    /// The same, from when repmgr-nat's promote path began: PostgreSQL ready (watch sees
+    /// the promotion then), or repmgr's `standby_promote` event when no watch runs.
+    pub connects_after_promote: Connects,
     /// When the first write the new primary acknowledged came back.
     pub first_write_ms: Option<u64>,
     pub runs: Vec<Run>,
@@ -160,7 +161,7 @@ pub fn run(
         for child in [clients.watch, clients.connect, clients.write] {
             lab.stop(child);
         }
-        measure(&lab, scenario, t0, dir, &mut result);
+        measure(&lab, handler, scenario, t0, dir, &mut result);
         barman_continuity(&lab, scenario, &mut result);
         if scenario == Scenario::Duplicate && !args.no_nat && !handler.watch() {
             // the last scenario's lab is healthy (both nodes up): the NAT switches run on it
@@ -239,7 +240,7 @@ fn settle(lab: &Lab, t0: u64, watch: &Path, result: &mut ScenarioResult) {
     }
 }
 
-fn measure(lab: &Lab, scenario: Scenario, t0: u64, dir: &Path, result: &mut ScenarioResult) {
+fn measure(lab: &Lab, handler: Handler, scenario: Scenario, t0: u64, dir: &Path, result: &mut ScenarioResult) {
     let (primary, log) = if scenario.promotes() { (DB2, "DB2_PG_LOG") } else { (DB1, "DB1_PG_LOG") };
     result.outage = Outage::of(&read_samples(&dir.join("watch.txt")), t0);
     let connects = read_samples(&dir.join("connect.txt"));
@@ -248,14 +249,15 @@ fn measure(lab: &Lab, scenario: Scenario, t0: u64, dir: &Path, result: &mut Scen
     if scenario.promotes() {
         let text = std::fs::read_to_string(&lab.env[log]).unwrap_or_default();
         result.ready_ms = pglog::ready_after(&text, t0).map(|t| t - t0);
-        if let Some(ready) = result.ready_ms {
-            result.connects_after_ready = Connects::of(&connects, t0 + ready, primary);
-        }
     }
     let runs: Vec<EventRun> = lab.events().into_iter().filter(|r| r.begin_ms >= t0).collect();
     std::fs::write(dir.join("events.txt"), runs.iter().map(|r| r.summary() + "\n").collect::<String>())
         .expect("events.txt");
     result.promotion_ms = runs.iter().find(|r| r.event == "standby_promote").map(|r| r.begin_ms - t0);
+    let path = if handler.watch() { result.ready_ms } else { result.ready_ms.max(result.promotion_ms) };
+    if let Some(path) = path {
+        result.connects_after_promote = Connects::of(&connects, t0 + path, primary);
+    }
     result.runs = runs
         .iter()
         .map(|r| Run {
@@ -268,18 +270,23 @@ fn measure(lab: &Lab, scenario: Scenario, t0: u64, dir: &Path, result: &mut Scen
         .collect();
 }
 
-/// `barman check` all OK, and its WAL archive without a gap, within BARMAN_BOUND.
+/// `barman check` all OK within BARMAN_BOUND; then, after a forced switch (as a restore
+/// would begin: `barman switch-wal --archive`), its WAL archive without a gap.
 fn barman_continuity(lab: &Lab, scenario: Scenario, result: &mut ScenarioResult) {
     let t = now_ms();
-    let (mut ok, mut wal) = (false, Err(String::new()));
-    poll_until(BARMAN_BOUND, || {
-        if !ok {
-            let check = lab.lab(&["barman", "check", "main_backup"]);
-            ok = check.code == 0 && !check.stdout.contains("FAILED");
-            if ok {
-                result.barman_ok_after_s = Some((now_ms() - t) as f64 / 1000.0);
-            }
-        }
+    let ok = poll_until(BARMAN_BOUND, || {
+        let check = lab.lab(&["barman", "check", "main_backup"]);
+        check.code == 0 && !check.stdout.contains("FAILED")
+    });
+    if ok {
+        result.barman_ok_after_s = Some((now_ms() - t) as f64 / 1000.0);
+    }
+    let switched = lab.lab(&["barman", "switch-wal", "--force", "--archive", "--archive-timeout=30", "main_backup"]);
+    if switched.code != 0 {
+        result.notes.push(format!("barman switch-wal --archive: {}", switched.stderr.trim()));
+    }
+    let mut wal = Err(String::new());
+    poll_until(Duration::from_secs(10), || {
         if wal.is_err() {
             wal = lab.barman_archive().continuity();
             // without a promotion there is one timeline; with one, the switch must be there
@@ -290,7 +297,7 @@ fn barman_continuity(lab: &Lab, scenario: Scenario, result: &mut ScenarioResult)
                 wal = Err(format!("{desc}: no timeline 2"));
             }
         }
-        ok && wal.is_ok()
+        wal.is_ok()
     });
     match wal {
         Ok(desc) => result.wal = Some(desc),
