@@ -110,18 +110,20 @@ cmd_down() {
     #    below, with everything else in the namespaces); PostgreSQL: pg_ctl stop -m immediate
     local pidf pid
     for pidf in "$WATCH_PID" "$CRON_PID" "$(node_repmgrd_pid db1)" "$(node_repmgrd_pid db2)"; do
-        [[ -s $pidf ]] || continue
+        [[ -s $pidf ]] && ! from_before_boot "$pidf" || { rm -f "$pidf"; continue; }
         pid=$(cat "$pidf")
-        [[ $pid =~ ^[0-9]+$ ]] && kill -TERM "$pid" 2>/dev/null
+        if [[ $pid =~ ^[0-9]+$ ]]; then kill -TERM "$pid" 2>/dev/null || true; fi
         echo "down: kill -TERM $pid ($pidf)" >>"$DOWN_LOG"
         rm -f "$pidf"
     done
     local -a jobs=()
     for n in "${NODES[@]}"; do
         [[ -f $(node_data "$n")/postmaster.pid ]] || continue
+        # after a reboot the pid names some other process: pg_ctl must not signal it
+        if from_before_boot "$(node_data "$n")/postmaster.pid"; then rm -f "$(node_data "$n")/postmaster.pid"; continue; fi
         # a postmaster frozen by `lab.sh freeze` must hear pg_ctl
         pid=$(postmaster_pid "$n")
-        [[ $pid =~ ^[0-9]+$ ]] && kill -CONT "$pid" 2>/dev/null
+        if [[ $pid =~ ^[0-9]+$ ]]; then kill -CONT "$pid" 2>/dev/null || true; fi
         # (a stale postmaster.pid makes pg_ctl fail; leftovers are killed below)
         if ns_is_lab "$n"; then
             as postgres "$n" "$PG_BIN/pg_ctl" -D "$(node_data "$n")" -m immediate -w -t 20 stop >>"$DOWN_LOG" 2>&1 &
@@ -181,6 +183,7 @@ up_cleanup() {
     local rc=$?
     ((UP_DONE)) && return 0
     trap - EXIT INT TERM
+    failed_silently "$rc"
     echo >&2
     if [[ -n ${LAB_KEEP_ON_FAILURE:-} ]]; then
         say "up failed (exit $rc); LAB_KEEP_ON_FAILURE is set: the lab is left as it is (lab.sh down removes it)" >&2
@@ -635,4 +638,5 @@ main() {
     esac
 }
 
+trap 'failed_silently $?' EXIT
 main "$@"

@@ -80,10 +80,22 @@ say() { printf '[lab] %s\n' "$*"; }
 warn() { printf '[lab] WARNING: %s\n' "$*" >&2; }
 # Extra "where to look" hint printed by die(); phases set it.
 HINT=
+DIED=
 die() {
     printf '[lab] ERROR%s: %s\n' "${PHASE_NAME:+ (during: $PHASE_NAME)}" "$*" >&2
     [[ -n $HINT ]] && printf '[lab]   look at: %s\n' "$HINT" >&2
+    DIED=1
     exit 1
+}
+# Under set -e a failing command ends the run; the ERR trap notes which (set -E: functions
+# inherit it) and the EXIT trap says so, so that no run fails without a word.
+FAILED_AT=
+set -E
+trap 'FAILED_AT="${BASH_SOURCE[0]##*/}:$LINENO: $BASH_COMMAND"' ERR
+failed_silently() { # RC: one line for a run that ends non-zero without die
+    (($1 == 0)) || [[ -n $DIED ]] ||
+        printf '[lab] ERROR%s: exit %d after a command failed: %s\n' \
+            "${PHASE_NAME:+ (during: $PHASE_NAME)}" "$1" "${FAILED_AT:-unknown}" >&2
 }
 
 require_root() {
@@ -181,6 +193,8 @@ wait_until() {
     done
 }
 
+# FILE was written before this machine booted: the pid in it names nothing the lab started.
+from_before_boot() { [[ -e $1 ]] && (($(stat -c %Y "$1") < $(awk '$1 == "btime" { print $2 }' /proc/stat))); }
 pid_alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }   # PIDFILE
 pid_gone() { ! kill -0 "$1" 2>/dev/null; }                           # PID
 

@@ -412,7 +412,8 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if thread::panicking() {
+        // (no EVENTS_LOG when up itself failed)
+        if thread::panicking() && self.env.contains_key("EVENTS_LOG") {
             eprintln!("--- failed; the last handler runs:");
             for run in self.events().iter().rev().take(20).rev() {
                 eprintln!("{}", run.summary());
