@@ -51,11 +51,18 @@ pub fn prepare(lab: &Lab) -> String {
     backup
 }
 
-/// A writer through the application port every 20 ms, its output in `dir`.
+/// Acknowledged rows the writer has before a case begins: the restore then also covers
+/// WAL written well before the switch, not only the moments around it.
+const ROWS_BEFORE: usize = 100;
+
+/// A writer through the application port every 20 ms, its output in `dir`; back once it
+/// has `ROWS_BEFORE` acknowledged rows.
 pub fn writer(lab: &Lab, dir: &Path, name: &str) -> (Child, PathBuf) {
     let file = dir.join(format!("writes-{name}.txt"));
     let child = lab.client("write", 20, &["--count", "100000000"], &file);
-    lab.wait_for_line(&file, " ok ");
+    lab.wait_until(&format!("{ROWS_BEFORE} rows acknowledged to the writer"), Duration::from_secs(120), || {
+        std::fs::read_to_string(&file).is_ok_and(|w| w.lines().filter(|l| l.contains(" ok ")).count() >= ROWS_BEFORE)
+    });
     (child, file)
 }
 
