@@ -67,9 +67,10 @@ pub fn run(cli: Cli) -> Result<()> {
     let inv = Invocation { config: cli.config.clone(), root: privilege::is_root(), dry_run: cli.dry_run };
     match &cli.command {
         Command::Event { node_id, event, success } => {
-            let handled = handle_event(&inv, node_id, event, success.as_deref());
+            let mut ctx = None;
+            let handled = handle_event(&inv, &mut ctx, node_id, event, success.as_deref());
             if !inv.dry_run {
-                count_event(&inv, event, &handled);
+                count_event(&inv, ctx, event, &handled);
             }
             handled.map(drop)
         }
@@ -92,8 +93,14 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// repmgr's event: checked, then the plan for the whole cluster if its claim holds. True
-/// when it was acted on, false when ignored.
-fn handle_event(inv: &Invocation, node_id: &str, event: &str, success: Option<&str>) -> Result<bool> {
+/// when it was acted on, false when ignored. The config it read stays in `ctx`.
+fn handle_event(
+    inv: &Invocation,
+    ctx: &mut Option<Ctx>,
+    node_id: &str,
+    event: &str,
+    success: Option<&str>,
+) -> Result<bool> {
     let event = Event::parse(node_id, event, success).map_err(bad_input)?;
     let claim = match event.triage() {
         Triage::Ignore { why, warn } => {
@@ -103,10 +110,10 @@ fn handle_event(inv: &Invocation, node_id: &str, event: &str, success: Option<&s
         }
         Triage::Act(claim) => claim,
     };
-    let ctx = inv.acting()?;
+    let ctx = ctx.insert(inv.acting()?);
     ctx.cfg.node(event.node).map_err(bad_input)?;
-    let _lock = lock(&ctx)?;
-    with_effects(&ctx, |fx| {
+    let _lock = lock(ctx)?;
+    with_effects(ctx, |fx| {
         handler::run(&ctx.cfg, fx, Ask::Event(claim), &format!("node {} {}", event.node, event.name))
     })?;
     Ok(true)
@@ -150,9 +157,10 @@ fn route_command(
 }
 
 /// Counts a handled event for watch's metrics (in `watch.dir`, where watch reads it), by
-/// its name and outcome: acted (ok) or ignored, else what its exit code says.
-fn count_event(inv: &Invocation, event: &str, handled: &Result<bool>) {
-    let Ok(Ctx { cfg, .. }) = inv.acting() else { return };
+/// its name and outcome: acted (ok) or ignored, else what its exit code says. The config
+/// is the one the event read, or read now (an ignored event reads none).
+fn count_event(inv: &Invocation, ctx: Option<Ctx>, event: &str, handled: &Result<bool>) {
+    let Some(Ctx { cfg, .. }) = ctx.or_else(|| inv.acting().ok()) else { return };
     let outcome = match handled {
         Ok(true) => "ok",
         Ok(false) => "ignored",
@@ -304,8 +312,8 @@ fn setup(ctx: &Ctx, cli: &Cli) -> Result<()> {
     crate::logging::relay(&out.stderr);
     match out.code() {
         Some(0) => Ok(()),
-        Some(2) => Err(Exit::BadInput(format!("setup: {cmd} found bad input")).into()),
-        Some(3) => Err(Exit::Refused(format!("setup: {cmd} refused")).into()),
+        Some(code) if code == i32::from(exit::BAD_INPUT) => Err(Exit::BadInput(format!("setup: {cmd} found bad input")).into()),
+        Some(code) if code == i32::from(exit::REFUSED) => Err(Exit::Refused(format!("setup: {cmd} refused")).into()),
         _ => Err(anyhow::anyhow!("setup: {cmd} failed")),
     }
 }

@@ -62,15 +62,14 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     if let Err(e) = serve_metrics::create_event_counts(&cfg.watch.dir) {
         log::error!("watch: {e:#}: events are not counted");
     }
-    let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+    let mut watcher = Watcher::new(StateDir::new(&cfg.state.dir));
     if let Some(addr) = cfg.watch.metrics {
-        serve_metrics::serve(addr, Arc::clone(&snapshot), cfg.watch.dir.clone());
+        serve_metrics::serve(addr, Arc::clone(&watcher.snapshot), cfg.watch.dir.clone());
     }
     let nodes = Pollers::start(&rt, cfg, cluster.pool());
     let mut signals = rt.block_on(Signals::new())?;
     // The first pass waits for every node's first answer (each has its deadline).
     rt.block_on(nodes.first_answers(cfg));
-    let mut watcher = Watcher::new(StateDir::new(&cfg.state.dir), snapshot);
     // what barman had confirmed, as the watch before this one saw it
     watcher.receive_wal.confirmed = report(cfg).and_then(|r| r.barman_confirmed);
     log::info!(
@@ -157,12 +156,14 @@ pub fn now_ms() -> u64 {
 }
 
 impl Watcher {
-    fn new(state: StateDir, snapshot: Arc<Mutex<Snapshot>>) -> Watcher {
+    /// The metrics' shared snapshot starts as the tracker's own (no pass yet), not empty.
+    fn new(state: StateDir) -> Watcher {
+        let metrics = Tracker::new(now_ms());
         Watcher {
             state,
             started: SystemTime::now(),
-            metrics: Tracker::new(now_ms()),
-            snapshot,
+            snapshot: Arc::new(Mutex::new(metrics.snapshot().clone())),
+            metrics,
             clock: Instant::now(),
             passes: 0,
             nat: None,
@@ -199,16 +200,17 @@ impl Watcher {
         } else {
             self.keep_barman_streaming(cfg, fx, view, &routing);
         }
-        let hurry = match (&arbitration.primary, &routing) {
-            (Primary::Legit { node, .. }, Routing::To(route)) => route.node != *node,
-            _ => true,
-        };
-        self.report(cfg, &arbitration.describe(), &routing, view, hurry);
-        // the rules as they stand after the pass: read again if it acted
+        // the rules as they stand after the pass: read again if it acted (and kept for
+        // the next pass)
         let (after, record) = match self.routing(cfg, fx) {
             Ok((after, _)) if after != routing => (after, fx.nat.recorded().ok().flatten()),
             _ => (routing, record),
         };
+        let hurry = match (&arbitration.primary, &after) {
+            (Primary::Legit { node, .. }, Routing::To(route)) => route.node != *node,
+            _ => true,
+        };
+        self.report(cfg, &arbitration.describe(), &after, view, hurry);
         self.metrics.pass(metrics::Pass {
             began_mono_ms: began,
             ended_mono_ms: self.mono_ms(),

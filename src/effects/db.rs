@@ -408,16 +408,8 @@ fn tls(cfg: &Config) -> Result<&'static postgres_native_tls::MakeTlsConnector, A
 
 /// Every certificate of a PEM file (one or a bundle).
 fn root_certificates(path: &Path) -> Result<Vec<native_tls::Certificate>, String> {
-    const END: &str = "-----END CERTIFICATE-----";
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut certs = Vec::new();
-    let mut rest = text.as_str();
-    while let Some(begin) = rest.find("-----BEGIN CERTIFICATE-----") {
-        let Some(end) = rest[begin..].find(END) else { break };
-        let pem = &rest[begin..begin + end + END.len()];
-        certs.push(native_tls::Certificate::from_pem(pem.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?);
-        rest = &rest[begin + end + END.len()..];
-    }
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = native_tls::Certificate::stack_from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
     if certs.is_empty() {
         return Err(format!("{} holds no PEM certificate", path.display()));
     }

@@ -42,7 +42,8 @@ impl StateDir {
         StateDir { dir: dir.to_path_buf(), owner: 0 }
     }
 
-    /// Creates the directory (mode 0755) if it is missing; as root, checks it is root's.
+    /// Creates the directory (mode 0755) if it is missing, then checks that it and every
+    /// directory above it are root's.
     pub fn create(&self) -> Result<()> {
         match fs::create_dir(&self.dir) {
             Ok(()) => fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755))
@@ -68,7 +69,7 @@ impl StateDir {
     /// The route root last applied, if any: a file of root's, which nobody else can write.
     pub fn recorded(&self, cfg: &Config) -> Result<Option<Record>> {
         let path = self.dir.join(RECORD);
-        if !path.exists() && fs::symlink_metadata(&path).is_err() {
+        if fs::symlink_metadata(&path).is_err() {
             return Ok(None);
         }
         self.check_trusted()?;
@@ -99,7 +100,7 @@ impl StateDir {
     }
 
     /// As root: the run lock file, `root:<group> 0640`, made if missing and put right if
-    /// not (`setup` does it, and every switch).
+    /// not (`setup` does it).
     pub fn make_run_lock(&self, group: u32) -> Result<()> {
         let path = self.dir.join(RUN_LOCK);
         let file = OpenOptions::new()
