@@ -195,17 +195,26 @@ wait_until() {
 
 # FILE was written before this machine booted: the pid in it names nothing the lab started.
 from_before_boot() { [[ -e $1 ]] && (($(stat -c %Y "$1") < $(awk '$1 == "btime" { print $2 }' /proc/stat))); }
-pid_alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }   # PIDFILE
-pid_gone() { ! kill -0 "$1" 2>/dev/null; }                           # PID
+# lab_pid PIDFILE: the pid in it, if that process lives in one of the lab's namespaces
+# (watch, the cron loop and repmgrd all do): a pid reused by another process, after a
+# reboot or not, is never signalled.
+lab_pid() {
+    local pid ns
+    [[ -s $1 ]] && pid=$(<"$1") && [[ $pid =~ ^[0-9]+$ ]] || return 1
+    ns=$(ip netns identify "$pid" 2>/dev/null) && [[ -n $ns ]] && ns_is_lab "$ns" || return 1
+    echo "$pid"
+}
+pid_alive() { lab_pid "$1" >/dev/null; }        # PIDFILE
+pid_gone() { ! kill -0 "$1" 2>/dev/null; }      # PID
 
 # stop_pidfile FILE [SIGNAL]: SIGNAL (TERM) to the process FILE names, KILL if it is still
 # there 5 s later; the file goes.
 stop_pidfile() {
     local pid
-    [[ -s $1 ]] || { rm -f "$1"; return 0; }
-    pid=$(cat "$1")
+    pid=$(lab_pid "$1") || { rm -f "$1"; return 0; }
     rm -f "$1"
-    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 0
     kill -"${2:-TERM}" "$pid"
-    wait_until 5 pid_gone "$pid" || { kill -KILL "$pid" 2>/dev/null; wait_until 2 pid_gone "$pid"; }
+    wait_until 5 pid_gone "$pid" && return 0
+    kill -KILL "$pid" 2>/dev/null || true
+    wait_until 2 pid_gone "$pid" || die "pid $pid ($1) is still there after KILL"
 }

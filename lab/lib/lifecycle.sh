@@ -80,10 +80,10 @@ cmd_down() {
     #    below, with everything else in the namespaces); PostgreSQL: pg_ctl stop -m immediate
     local pidf pid
     for pidf in "$WATCH_PID" "$CRON_PID" "$(node_repmgrd_pid db1)" "$(node_repmgrd_pid db2)"; do
-        [[ -s $pidf ]] && ! from_before_boot "$pidf" || { rm -f "$pidf"; continue; }
-        pid=$(cat "$pidf")
-        if [[ $pid =~ ^[0-9]+$ ]]; then kill -TERM "$pid" 2>/dev/null || true; fi
-        echo "down: kill -TERM $pid ($pidf)" >>"$DOWN_LOG"
+        if pid=$(lab_pid "$pidf"); then
+            kill -TERM "$pid" 2>/dev/null || true
+            echo "down: kill -TERM $pid ($pidf)" >>"$DOWN_LOG"
+        fi
         rm -f "$pidf"
     done
     local -a jobs=()
@@ -236,7 +236,9 @@ preflight() {
     else
         ! dpkg_knows repmgr-nat ||
             die "the package repmgr-nat is installed on this machine; the lab installs its own and purges it at down: remove it first (dpkg --purge repmgr-nat)"
-        [[ ! -e $RNAT_CONFIG ]] || die "$RNAT_CONFIG exists and no package owns it: move it away and run up again"
+        for f in "$RNAT_CONFIG" "$RNAT_BIN" /etc/sudoers.d/repmgr-nat "$RNAT_STATE_DIR" /run/repmgr-nat; do
+            [[ ! -e $f ]] || die "$f exists and no package owns it (repmgr-nat installed by hand?): the lab's package would overwrite it and its purge remove it; move it away and run up again"
+        done
     fi
     if [[ -e $BARMAN_SERVER_HOME && ! -e $BARMAN_SERVER_HOME/.repmgr-nat-lab ]]; then
         die "$BARMAN_SERVER_HOME exists and was not made by the lab (no .repmgr-nat-lab inside): it holds somebody's barman data for '$BARMAN_SERVER'; move it away and run up again"

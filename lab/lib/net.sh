@@ -66,7 +66,7 @@ net_down() { # best effort; reports what it could not remove
 
 # Kill every process still inside the lab's namespaces (everything there was started by the
 # lab). TERM first, KILL after 3 s.
-lab_pids() { local ns; for ns in "${LAB_NAMESPACES[@]}"; do ns_is_lab "$ns" && ip netns pids "$ns" 2>/dev/null; done; }
+lab_pids() { local ns; for ns in "${LAB_NAMESPACES[@]}"; do ns_is_lab "$ns" || continue; ip netns pids "$ns" 2>/dev/null; done; }
 ns_empty() { [[ -z $(lab_pids) ]]; }
 ns_kill_all() {
     local sig pids
