@@ -5,14 +5,11 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
 
 use lab_kit::clients::series;
 use lab_kit::lab::poll_until;
 
-use crate::common::{DB1, DB2, Lab};
-
-const CONVERGE: Duration = Duration::from_secs(30);
+use crate::common::{CONVERGE, DB1, DB2, Lab};
 
 const PACKAGED: &[&str] = &[
     "/usr/bin/repmgr-nat",

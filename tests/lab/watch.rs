@@ -5,16 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{BOTH, DB1, DB2, Lab, assert_writes_on, now_ms, routed_to, sorted, writer};
+use crate::common::{CONVERGE, DB1, DB2, Lab, assert_writes_on, now_ms, writer};
 
-/// Far more than convergence takes (about a second); a test that waits this long failed.
-const CONVERGE: Duration = Duration::from_secs(30);
 /// Far more than any command may take with a node frozen (its deadline is 2 s in the lab).
 const BOUNDED: Duration = Duration::from_secs(20);
-
-fn routed(lab: &Lab, node: &str) -> bool {
-    sorted(lab.our_rules()) == routed_to(node, BOTH)
-}
 
 #[test]
 fn with_every_event_lost_watch_moves_ports_slot_and_barman_to_the_new_primary() {
@@ -27,7 +21,7 @@ fn with_every_event_lost_watch_moves_ports_slot_and_barman_to_the_new_primary() 
     let t0 = now_ms();
     lab.ok(&["stop", "db1"]);
     lab.ok(&["wait-primary", "db2", "60"]);
-    lab.wait_until("the rules on db2", CONVERGE, || routed(&lab, DB2));
+    lab.wait_until("the rules on db2", CONVERGE, || lab.routed(DB2));
     assert_eq!(lab.app_reaches().unwrap(), DB2);
     assert_eq!(lab.barman_reaches().unwrap(), DB2);
     assert_eq!(lab.slots("db2"), ["barman"]);
@@ -64,12 +58,12 @@ fn watch_repairs_the_tables_and_survives_a_kill_in_the_middle_of_a_switch() {
         iptables(&["-t", table, "-F"]);
         iptables(&["-t", table, "-X"]);
     }
-    lab.wait_until("the tables restored after a flush", CONVERGE, || routed(&lab, DB1));
+    lab.wait_until("the tables restored after a flush", CONVERGE, || lab.routed(DB1));
     // a jump, then a rule, deleted by hand
     iptables(&["-t", "nat", "-D", "PREROUTING", "-j", "repmgr_dnat"]);
-    lab.wait_until("the jump restored", CONVERGE, || routed(&lab, DB1));
+    lab.wait_until("the jump restored", CONVERGE, || lab.routed(DB1));
     iptables(&["-t", "nat", "-D", "repmgr_dnat", "2"]);
-    lab.wait_until("the application port's rule restored", CONVERGE, || routed(&lab, DB1));
+    lab.wait_until("the application port's rule restored", CONVERGE, || lab.routed(DB1));
     assert_eq!(lab.app_reaches().unwrap(), DB1);
 
     // killed (SIGKILL) right after the switch of a failover, while it restarts barman
@@ -83,7 +77,7 @@ fn watch_repairs_the_tables_and_survives_a_kill_in_the_middle_of_a_switch() {
     });
     lab.ok(&["watch", "kill"]);
     lab.ok(&["watch", "start"]);
-    lab.wait_until("the rules on db2", CONVERGE, || routed(&lab, DB2));
+    lab.wait_until("the rules on db2", CONVERGE, || lab.routed(DB2));
     assert_eq!(lab.slots("db2"), ["barman"]);
     lab.wait_barman_ok(CONVERGE);
     assert_eq!(lab.app_reaches().unwrap(), DB2);
@@ -107,7 +101,7 @@ fn a_frozen_node_delays_no_command_and_watch_keeps_routing() {
 
     let passes = lab.watch_passes();
     lab.wait_until("watch passing", CONVERGE, || lab.watch_passes() >= passes + 4);
-    assert!(routed(&lab, DB1));
+    assert!(lab.routed(DB1));
     assert_eq!(lab.app_reaches().unwrap(), DB1);
 }
 
@@ -132,7 +126,7 @@ fn a_partition_at_promotion_time_is_waited_out_then_followed() {
     }
 
     drop(partition);
-    lab.wait_until("the rules on db2 after the heal", CONVERGE, || routed(&lab, DB2));
+    lab.wait_until("the rules on db2 after the heal", CONVERGE, || lab.routed(DB2));
     assert_eq!(lab.slots("db2"), ["barman"]);
     assert_eq!(lab.app_reaches().unwrap(), DB2);
     lab.wait_barman_ok(CONVERGE);

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::events::{self, EventRun};
 use crate::wal::Archive;
+use crate::writes::{Comparison, Writes};
 
 /// One driver of the lab at a time on this machine (the tests, the benchmark, the demo, or
 /// `lab.sh up|down` run by hand): whoever drives it holds this lock, and tells lab.sh so.
@@ -185,6 +186,25 @@ impl Lab {
         let mut args = vec!["probe", kind, "--conninfo", &self.env["APP_CONNINFO"], "--interval-ms", &interval];
         args.extend(extra);
         self.spawn(&args, file)
+    }
+
+    /// A writer through the application port every 20 ms, its output in `file`; back once
+    /// `acknowledged` of its rows were.
+    pub fn writer(&self, file: &Path, acknowledged: usize) -> Child {
+        let child = self.client("write", 20, &["--count", "100000000"], file);
+        self.wait_until(&format!("{acknowledged} rows acknowledged to the writer"), Duration::from_secs(120), || {
+            std::fs::read_to_string(file).is_ok_and(|w| w.lines().filter(|l| l.contains(" ok ")).count() >= acknowledged)
+        });
+        child
+    }
+
+    /// What the writer that wrote `file` was told was committed, compared with the rows of
+    /// `target`'s writes table (db1, db2, recovered).
+    pub fn compare_writes(&self, file: &Path, target: &str) -> Comparison {
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let writes = Writes::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let rows = self.ok(&["psql", "-d", "app", target, "select id, payload from writes"]);
+        writes.compare(&rows).unwrap_or_else(|e| panic!("{target}'s rows: {e}"))
     }
 
     /// A query; target is db1|db2 (local socket), proxy-app (from the app namespace

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::lab::{DB1, DB2, Lab};
-use crate::writes::{Comparison, Writes};
+use crate::writes::Comparison;
 
 /// Far more than convergence takes (about a second): waiting this long is a failure.
 pub const CONVERGE: Duration = Duration::from_secs(30);
@@ -59,11 +59,7 @@ const ROWS_BEFORE: usize = 100;
 /// has `ROWS_BEFORE` acknowledged rows.
 pub fn writer(lab: &Lab, dir: &Path, name: &str) -> (Child, PathBuf) {
     let file = dir.join(format!("writes-{name}.txt"));
-    let child = lab.client("write", 20, &["--count", "100000000"], &file);
-    lab.wait_until(&format!("{ROWS_BEFORE} rows acknowledged to the writer"), Duration::from_secs(120), || {
-        std::fs::read_to_string(&file).is_ok_and(|w| w.lines().filter(|l| l.contains(" ok ")).count() >= ROWS_BEFORE)
-    });
-    (child, file)
+    (lab.writer(&file, ROWS_BEFORE), file)
 }
 
 /// Runs a case on a lab made ready by `prepare`; what barman's restore holds.
@@ -147,9 +143,6 @@ pub fn restore(lab: &Lab, backup: &str, (writer, file): (Child, PathBuf), primar
         std::fs::read_to_string(&file).is_ok_and(|w| w.lines().rev().take(20).filter(|l| l.contains(&on_primary)).count() >= 10)
     });
     lab.stop(writer);
-    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    let writes = Writes::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     lab.ok(&["recover", backup]);
-    let rows = lab.ok(&["psql", "-d", "app", "recovered", "select id, payload from writes"]);
-    writes.compare(&rows).unwrap_or_else(|e| panic!("the restored rows: {e}"))
+    lab.compare_writes(&file, "recovered")
 }

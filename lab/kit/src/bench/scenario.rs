@@ -287,15 +287,13 @@ fn barman_continuity(lab: &Lab, scenario: Scenario, result: &mut ScenarioResult)
     }
     let mut wal = Err(String::new());
     poll_until(Duration::from_secs(10), || {
-        if wal.is_err() {
-            wal = lab.barman_archive().continuity();
-            // without a promotion there is one timeline; with one, the switch must be there
-            if let Ok(desc) = &wal
-                && scenario.promotes()
-                && !desc.contains("tl2")
-            {
-                wal = Err(format!("{desc}: no timeline 2"));
-            }
+        wal = lab.barman_archive().continuity();
+        // without a promotion there is one timeline; with one, the switch must be there
+        if let Ok(desc) = &wal
+            && scenario.promotes()
+            && !desc.contains("tl2")
+        {
+            wal = Err(format!("{desc}: no timeline 2"));
         }
         wal.is_ok()
     });
