@@ -48,12 +48,14 @@ pub fn act_on(cfg: &Config, fx: &Effects, ask: Ask, label: &str, view: &View) ->
         let level = if verbose { log::Level::Info } else { log::Level::Debug };
         log::log!(level, "{label}: node {}: {}", node.id(), answer.describe());
     }
-    let arbitration = arbitrate(view, record.map_or(0, |r| r.timeline));
-    if !arbitration.stale.is_empty() {
+    let arbitration = arbitrate(view, record);
+    let nat = NatState { routing: &routing, record, in_place: live.in_place(cfg) };
+    let decision = plan::decide(cfg, ask, view, nat);
+    // a refusal says it in its one line
+    if !arbitration.stale.is_empty() && !matches!(decision, Decision::Refuse(_)) {
         log::warn!("{label}: the legitimate primary: {}", arbitration.describe());
     }
-    let nat = NatState { routing: &routing, record, in_place: live.in_place(cfg) };
-    match plan::decide(cfg, ask, view, nat) {
+    match decision {
         Decision::Nothing(why) => {
             log::info!("{label}: nothing to do: {why}");
             Ok(Vec::new())
@@ -317,7 +319,7 @@ mod tests {
         let fake = Fake::new(rec(1, Open::All, 1), view(&[(1, primary(1, IDLE)), (2, standby(None))]));
         let err = promote(&cfg, &fake, 2).unwrap_err();
         assert_eq!(exit::code(&err), exit::REFUSED);
-        assert_eq!(format!("{err:#}"), "node 2 standby_promote: node 2 is in recovery, not a primary; nothing changed");
+        assert_eq!(format!("{err:#}"), "node 2 standby_promote: node 2 is in recovery on timeline 1; the legitimate primary: node 1 on timeline 1; nothing changed");
         assert_eq!(fake.calls(), []);
 
         let fake = Fake::new(rec(1, Open::All, 1), view(&[(1, primary(1, IDLE)), (2, down())]));

@@ -243,7 +243,7 @@ fn an_old_primary_back_on_its_old_timeline_never_gets_the_ports() {
     let run = lab.event("db1", "1", "standby_promote", "1").expect(3, "a replayed promote for the old primary");
     assert!(
         run.stderr
-            .contains("node 1 is a primary on timeline 1, but node 2 is the primary on timeline 2; nothing changed"),
+            .contains("node 1 is a primary on timeline 1; the legitimate primary: node 2 on timeline 2; split brain"),
         "{}",
         run.stderr
     );
@@ -273,7 +273,7 @@ fn stale_failed_and_malformed_events_change_nothing() {
     let before = snapshot(&lab);
     let cases: &[(&str, &str, &str, &str, i32, &str)] = &[
         // a replayed promote for a node that is a standby now
-        ("db2", "2", "standby_promote", "1", 3, "node 2 is in recovery, not a primary; nothing changed"),
+        ("db2", "2", "standby_promote", "1", 3, "in recovery on timeline 1; the legitimate primary: node 1 on timeline 1; nothing changed"),
         // a standby-type event naming the primary: its slot stays
         ("db1", "1", "standby_follow", "1", 3, "node 1 is not in recovery; a primary keeps its slot"),
         ("db1", "1", "node_rejoin", "1", 3, "node 1 is not in recovery; a primary keeps its slot"),

@@ -65,7 +65,7 @@ pub struct Snapshot {
     pub last_pass: Duration,
     /// The legitimate primary and its timeline.
     pub primary: Option<(NodeId, u32)>,
-    /// "legit", "none", "ambiguous" or "fenced" (see `view::Primary`).
+    /// "legit", "none", "ambiguous", "fenced" or "unconfirmed" (see `view::Primary`).
     pub primary_state: &'static str,
     /// Primaries on a timeline below the highest one.
     pub stale_primaries: usize,
@@ -143,6 +143,7 @@ impl Tracker {
             Primary::None => (None, "none"),
             Primary::Ambiguous { .. } => (None, "ambiguous"),
             Primary::Fenced { .. } => (None, "fenced"),
+            Primary::Unconfirmed { .. } => (None, "unconfirmed"),
         };
         s.primary = primary;
         s.primary_state = state;
@@ -275,9 +276,9 @@ pub fn render(s: &Snapshot, events: &EventCounts, version: &str) -> String {
         "primary_state",
         "gauge",
         "Whether there is a legitimate primary (legit), or why not: none answers as primary (none), two share the \
-         highest timeline (ambiguous), the highest is below the recorded timeline (fenced). 1 for the current state.",
+         highest timeline (ambiguous), the highest is below the recorded timeline (fenced), a primary back on the recorded timeline while a node cannot be asked (unconfirmed). 1 for the current state.",
     );
-    for state in ["legit", "none", "ambiguous", "fenced"] {
+    for state in ["legit", "none", "ambiguous", "fenced", "unconfirmed"] {
         out.sample("primary_state", &[("state", state)], flag(s.primary_state == state));
     }
     out.one(
@@ -424,7 +425,7 @@ mod tests {
     use crate::core::view::{Answer, Lsn, NodeState, Slot, arbitrate};
 
     fn pass_at(t: &mut Tracker, began: u64, view: &View, routing: Routing) {
-        let arbitration = arbitrate(view, 0);
+        let arbitration = arbitrate(view, None);
         let recorded = match routing {
             Routing::To(route) => Some(Record { route, timeline: 2 }),
             _ => None,
@@ -553,12 +554,13 @@ repmgr_nat_primary_node_id 2
 # HELP repmgr_nat_primary_timeline The legitimate primary's timeline, 0 when there is none.
 # TYPE repmgr_nat_primary_timeline gauge
 repmgr_nat_primary_timeline 2
-# HELP repmgr_nat_primary_state Whether there is a legitimate primary (legit), or why not: none answers as primary (none), two share the highest timeline (ambiguous), the highest is below the recorded timeline (fenced). 1 for the current state.
+# HELP repmgr_nat_primary_state Whether there is a legitimate primary (legit), or why not: none answers as primary (none), two share the highest timeline (ambiguous), the highest is below the recorded timeline (fenced), a primary back on the recorded timeline while a node cannot be asked (unconfirmed). 1 for the current state.
 # TYPE repmgr_nat_primary_state gauge
 repmgr_nat_primary_state{state="legit"} 1
 repmgr_nat_primary_state{state="none"} 0
 repmgr_nat_primary_state{state="ambiguous"} 0
 repmgr_nat_primary_state{state="fenced"} 0
+repmgr_nat_primary_state{state="unconfirmed"} 0
 # HELP repmgr_nat_stale_primaries Primaries on a timeline below the highest one (split brain: an old primary back without a rewind).
 # TYPE repmgr_nat_stale_primaries gauge
 repmgr_nat_stale_primaries 0

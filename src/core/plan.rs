@@ -8,7 +8,7 @@ use std::fmt;
 use crate::core::config::{Config, NoPrimary, Node, OpenApp};
 use crate::core::event::Claim;
 use crate::core::ruleset::{Open, Record, Route, Routing};
-use crate::core::view::{Answer, Arbitration, Lsn, Primary, Role, View, arbitrate, join};
+use crate::core::view::{Answer, Arbitration, Lsn, Primary, Role, View, arbitrate};
 
 /// Why the cluster is looked at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +97,7 @@ pub struct Nat<'a> {
 
 /// The steps that make the cluster right for `ask`, from one view of every node.
 pub fn decide(cfg: &Config, ask: Ask, view: &View, nat: Nat) -> Decision {
-    let arbitration = arbitrate(view, nat.record.map_or(0, |r| r.timeline));
+    let arbitration = arbitrate(view, nat.record);
     let target = match target(ask, view, &arbitration) {
         Ok(target) => target,
         Err(decision) => return decision,
@@ -146,29 +146,24 @@ fn target(ask: Ask, view: &View, arbitration: &Arbitration) -> Result<Option<(No
                 return Err(Decision::Unanswered(format!("node {} is not configured; nothing changed", claim.node())));
             };
             match (claim, view.answer(node)) {
-                (Claim::Promote(_), Some(Answer::Up(state))) if state.role == Role::Standby => {
-                    Err(Decision::Refuse(format!("node {} is in recovery, not a primary; nothing changed", node.id())))
-                }
                 (Claim::Promote(_), Some(Answer::Up(state))) => match &arbitration.primary {
                     Primary::Legit { node: legit, timeline } if *legit == node => Ok(Some((node, *timeline))),
-                    Primary::Legit { node: legit, timeline } => Err(Decision::Refuse(format!(
-                        "node {} is a primary on timeline {}, but node {} is the primary on timeline {timeline}; \
-                         nothing changed",
-                        node.id(),
-                        state.timeline,
-                        legit.id()
-                    ))),
-                    Primary::Ambiguous { nodes, timeline } => Err(Decision::Refuse(format!(
-                        "nodes {} are all primary on timeline {timeline}; nothing changed; name the right one \
-                         with reconcile --primary",
-                        join(nodes)
-                    ))),
-                    Primary::Fenced { timeline, recorded, .. } => Err(Decision::Refuse(format!(
-                        "node {} is a primary on timeline {timeline}, below timeline {recorded} recorded with the \
-                         route; nothing changed",
-                        node.id()
-                    ))),
-                    Primary::None => unreachable!("node {} answered as a primary", node.id()),
+                    other => {
+                        let role = match state.role {
+                            Role::Primary => "a primary",
+                            Role::Standby => "in recovery",
+                        };
+                        let hint = match other {
+                            Primary::Ambiguous { .. } => "; name the right one with reconcile --primary",
+                            _ => "",
+                        };
+                        Err(Decision::Refuse(format!(
+                            "node {} is {role} on timeline {}; the legitimate primary: {}; nothing changed{hint}",
+                            node.id(),
+                            state.timeline,
+                            arbitration.describe()
+                        )))
+                    }
                 },
                 (Claim::Standby(_), Some(Answer::Up(state))) if state.role == Role::Primary => Err(Decision::Refuse(
                     format!("node {} is not in recovery; a primary keeps its slot; nothing changed", node.id()),
@@ -392,13 +387,14 @@ mod tests {
             // the old primary still answers, as a standby with barman streaming from it: no more
             (promote_of(2), view(&[(1, standby(ACTIVE)), (2, primary(2, None))]), to(1, Open::All),    rec(1, Open::All, 1),        act(&[CreateSlot(n2), switch(2, Open::All, 2), RestartBarman(n2), ConfirmBarman(n2), TerminateWalsender(n1, 4242)])),
             // a stale promote: the node is a standby now
-            (promote_of(2), view(&[(1, primary(1, IDLE)), (2, standby(None))]), to(1, Open::All),     rec(1, Open::All, 1),        refuse("node 2 is in recovery, not a primary; nothing changed")),
+            (promote_of(2), view(&[(1, primary(1, IDLE)), (2, standby(None))]), to(1, Open::All),     rec(1, Open::All, 1),        refuse("node 2 is in recovery on timeline 1; the legitimate primary: node 1 on timeline 1; nothing changed")),
             // a replayed promote for the old primary, back on its old timeline
-            (promote_of(1), view(&[(1, primary(1, IDLE)), (2, primary(2, ACTIVE))]), to(2, Open::All), rec(2, Open::All, 2),       refuse("node 1 is a primary on timeline 1, but node 2 is the primary on timeline 2; nothing changed")),
+            (promote_of(1), view(&[(1, primary(1, IDLE)), (2, primary(2, ACTIVE))]), to(2, Open::All), rec(2, Open::All, 2),       refuse("node 1 is a primary on timeline 1; the legitimate primary: node 2 on timeline 2; split brain: stale primary node 1 on timeline 1; nothing changed")),
             // two primaries on one timeline
-            (promote_of(2), view(&[(1, primary(2, IDLE)), (2, primary(2, None))]), to(1, Open::All),  rec(1, Open::All, 2),        refuse("nodes 1 and 2 are all primary on timeline 2; nothing changed; name the right one with reconcile --primary")),
+            (promote_of(2), view(&[(1, primary(2, IDLE)), (2, primary(2, None))]), to(1, Open::All),  rec(1, Open::All, 2),        refuse("node 2 is a primary on timeline 2; the legitimate primary: ambiguous: nodes 1 and 2 are all primary on timeline 2; nothing changed; name the right one with reconcile --primary")),
             // the true primary unreachable from here, the old one answers
-            (promote_of(1), view(&[(1, primary(1, IDLE)), (2, silent())]),       to(2, Open::All),     rec(2, Open::All, 2),        refuse("node 1 is a primary on timeline 1, below timeline 2 recorded with the route; nothing changed")),
+            (promote_of(1), view(&[(1, primary(1, IDLE)), (2, silent())]),       to(2, Open::All),     rec(2, Open::All, 2),        refuse("node 1 is a primary on timeline 1; the legitimate primary: none: node 1 is a primary on timeline 1, below timeline 2 recorded with the route to node 2; nothing changed")),
+            (promote_of(1), view(&[(1, primary(1, IDLE)), (2, silent())]),       to(1, Open::Barman),  rec(1, Open::Barman, 1),     refuse("node 1 is a primary on timeline 1; the legitimate primary: unconfirmed: node 1 is a primary on timeline 1, but node 2 cannot be asked and may be on a higher one; nothing changed")),
             // the node cannot be asked
             (promote_of(2), view(&[(1, primary(1, IDLE)), (2, down())]),         to(1, Open::All),     rec(1, Open::All, 1),        Decision::Unanswered("node 2 cannot be asked (down: connection refused); nothing changed".into())),
             (promote_of(7), view(&[(1, primary(1, IDLE)), (2, down())]),         to(1, Open::All),     rec(1, Open::All, 1),        Decision::Unanswered("node 7 is not configured; nothing changed".into())),
@@ -465,8 +461,11 @@ mod tests {
             (Ask::Converge, view(&[(1, silent()), (2, standby(IDLE))]),             to(1, Open::All),    rec(1, Open::All, 1), hold("none reachable")),
             (Ask::Converge, view(&[(1, rejected()), (2, standby(IDLE))]),           to(1, Open::All),    rec(1, Open::All, 1), hold("none reachable")),
             // the true primary unreachable, a stale one answers: never route to it
-            (Ask::Converge, view(&[(1, primary(1, IDLE)), (2, silent())]),          to(2, Open::All),    rec(2, Open::All, 2), hold("none: node 1 is a primary on timeline 1, below timeline 2 recorded with the route")),
+            (Ask::Converge, view(&[(1, primary(1, IDLE)), (2, silent())]),          to(2, Open::All),    rec(2, Open::All, 2), hold("none: node 1 is a primary on timeline 1, below timeline 2 recorded with the route to node 2")),
             (Ask::Converge, view(&[(1, primary(2, IDLE)), (2, primary(2, IDLE))]),  to(1, Open::All),    rec(1, Open::All, 2), hold("ambiguous: nodes 1 and 2 are all primary on timeline 2")),
+            // back from down on the recorded timeline while the other cannot be asked: it may
+            // have been promoted meanwhile; wait
+            (Ask::Converge, view(&[(1, primary(1, IDLE)), (2, silent())]),          to(1, Open::Barman), rec(1, Open::Barman, 1), hold("unconfirmed: node 1 is a primary on timeline 1, but node 2 cannot be asked and may be on a higher one")),
         ]);
         // watch does not wait for barman's confirmation: it sees barman's walsender instead
         check(&example(), vec![

@@ -141,7 +141,7 @@ pub fn assess(cfg: &Config, seen: Seen) -> Report {
         Ok(r) => (r, None),
         Err(e) => (None, Some(e)),
     };
-    let arbitration = arbitrate(view, recorded.map_or(0, |r| r.timeline));
+    let arbitration = arbitrate(view, recorded);
     let wanted = match arbitration.primary {
         Primary::Legit { node, timeline } => Some(Record { route: Route::new(node, Open::All), timeline }),
         _ => None,
@@ -457,7 +457,7 @@ mod tests {
         assert_eq!(
             report.problems,
             [
-                "no legitimate primary: none: node 1 is a primary on timeline 1, below timeline 2 recorded with the route"
+                "no legitimate primary: none: node 1 is a primary on timeline 1, below timeline 2 recorded with the route to node 2"
             ]
         );
     }

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::core::config::Node;
+use crate::core::ruleset::{Open, Record, Route};
 
 /// A WAL position, as PostgreSQL's `pg_lsn` (printed `X/Y`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -183,7 +184,13 @@ pub enum Primary {
     Ambiguous { nodes: Vec<Node>, timeline: u32 },
     /// The highest primary that answers is on a timeline below the one recorded with the
     /// route: the true primary may just be unreachable from here while a stale one answers.
-    Fenced { node: Node, timeline: u32, recorded: u32 },
+    Fenced { node: Node, timeline: u32, recorded: Record },
+    /// The only primary that answers is on the recorded timeline but is not what the route
+    /// fully points at (its application port was closed when it went down, say), while other
+    /// nodes cannot be asked: one of them may have been promoted to a higher timeline
+    /// while the proxy could not see it, and this one be its former primary come back (a
+    /// reboot with PostgreSQL enabled at boot). Wait until they answer.
+    Unconfirmed { node: Node, timeline: u32, unknown: Vec<Node> },
 }
 
 /// The decision about the primary, and the primaries that lost it (split brain).
@@ -205,9 +212,17 @@ impl Arbitration {
                 format!("ambiguous: nodes {} are all primary on timeline {timeline}", join(nodes))
             }
             Primary::Fenced { node, timeline, recorded } => format!(
-                "none: node {} is a primary on timeline {timeline}, below timeline {recorded} recorded with the \
-                 route",
-                node.id()
+                "none: node {} is a primary on timeline {timeline}, below timeline {} recorded with the route to \
+                 node {}",
+                node.id(),
+                recorded.timeline,
+                recorded.route.node.id()
+            ),
+            Primary::Unconfirmed { node, timeline, unknown } => format!(
+                "unconfirmed: node {} is a primary on timeline {timeline}, but node {} cannot be asked and may be on \
+                 a higher one",
+                node.id(),
+                join(unknown)
             ),
         };
         if !self.stale.is_empty() {
@@ -220,17 +235,32 @@ impl Arbitration {
 }
 
 /// The legitimate primary: the node not in recovery on the highest timeline, unless two
-/// share it, or it is below `recorded`, the timeline of the route last applied (0: none).
-pub fn arbitrate(view: &View, recorded: u32) -> Arbitration {
+/// share it, or it is below the timeline of the route last applied (`record`), or it is
+/// on that timeline, not where the route points, and a node that may be above it cannot
+/// be asked (one that refuses connections serves nobody: it counts as asked).
+pub fn arbitrate(view: &View, record: Option<Record>) -> Arbitration {
     let highest = view.primaries().map(|(_, t)| t).max();
     let Some(highest) = highest else {
         return Arbitration { primary: Primary::None, stale: Vec::new() };
     };
     let top: Vec<Node> = view.primaries().filter(|(_, t)| *t == highest).map(|(n, _)| n).collect();
     let stale = view.primaries().filter(|(_, t)| *t < highest).collect();
+    let unknown = |node: Node| -> Vec<Node> {
+        let unknown = view.nodes.iter().filter(|(n, a)| *n != node && matches!(a, Answer::Silent(_) | Answer::Rejected(_)));
+        unknown.map(|(n, _)| *n).collect()
+    };
     let primary = match top[..] {
-        [node] if highest < recorded => Primary::Fenced { node, timeline: highest, recorded },
-        [node] => Primary::Legit { node, timeline: highest },
+        [node] => match record {
+            Some(recorded) if highest < recorded.timeline => Primary::Fenced { node, timeline: highest, recorded },
+            Some(recorded)
+                if highest == recorded.timeline
+                    && recorded.route != Route::new(node, Open::All)
+                    && !unknown(node).is_empty() =>
+            {
+                Primary::Unconfirmed { node, timeline: highest, unknown: unknown(node) }
+            }
+            _ => Primary::Legit { node, timeline: highest },
+        },
         _ => Primary::Ambiguous { nodes: top, timeline: highest },
     };
     Arbitration { primary, stale }
@@ -267,41 +297,58 @@ pub mod tests {
         assert_eq!(Lsn(5).since(Lsn(7)), 0);
     }
 
-    /// answers, recorded timeline -> the legitimate primary and the stale ones.
+    /// answers, the record -> the legitimate primary and the stale ones.
     #[test]
     #[rustfmt::skip]
     fn arbitration_table() {
         let down = || Answer::Down("connection refused".into());
         let silent = || Answer::Silent("timeout".into());
+        let rec = |id, open, timeline| Some(Record { route: Route::new(n(id), open), timeline });
         let cases = [
             // the usual: one primary
-            (view(&[(1, primary(1)), (2, standby(1))]),    0, Primary::Legit { node: n(1), timeline: 1 }, vec![]),
-            (view(&[(1, down()), (2, primary(2))]),         1, Primary::Legit { node: n(2), timeline: 2 }, vec![]),
+            (view(&[(1, primary(1)), (2, standby(1))]),    None,                   Primary::Legit { node: n(1), timeline: 1 }, vec![]),
+            (view(&[(1, down()), (2, primary(2))]),         rec(1, Open::All, 1),   Primary::Legit { node: n(2), timeline: 2 }, vec![]),
             // the old primary came back on its old timeline: the higher timeline wins
-            (view(&[(1, primary(1)), (2, primary(2))]),    2, Primary::Legit { node: n(2), timeline: 2 }, vec![(n(1), 1)]),
-            (view(&[(1, primary(3)), (2, primary(2))]),    2, Primary::Legit { node: n(1), timeline: 3 }, vec![(n(2), 2)]),
+            (view(&[(1, primary(1)), (2, primary(2))]),    rec(2, Open::All, 2),   Primary::Legit { node: n(2), timeline: 2 }, vec![(n(1), 1)]),
+            (view(&[(1, primary(3)), (2, primary(2))]),    rec(2, Open::All, 2),   Primary::Legit { node: n(1), timeline: 3 }, vec![(n(2), 2)]),
             // nobody: down, silent, or standbys only
-            (view(&[(1, down()), (2, standby(2))]),         2, Primary::None, vec![]),
-            (view(&[(1, silent()), (2, silent())]),         0, Primary::None, vec![]),
+            (view(&[(1, down()), (2, standby(2))]),         rec(2, Open::All, 2),   Primary::None, vec![]),
+            (view(&[(1, silent()), (2, silent())]),         None,                   Primary::None, vec![]),
             // two on the same highest timeline: nobody can tell
-            (view(&[(1, primary(2)), (2, primary(2)), (3, primary(1))]), 0,
+            (view(&[(1, primary(2)), (2, primary(2)), (3, primary(1))]), None,
                 Primary::Ambiguous { nodes: vec![n(1), n(2)], timeline: 2 }, vec![(n(3), 1)]),
             // the true primary (timeline 2) unreachable from here while a stale one answers
-            (view(&[(1, primary(1)), (2, silent())]),      2, Primary::Fenced { node: n(1), timeline: 1, recorded: 2 }, vec![]),
+            (view(&[(1, primary(1)), (2, silent())]),      rec(2, Open::All, 2),
+                Primary::Fenced { node: n(1), timeline: 1, recorded: Record { route: Route::new(n(2), Open::All), timeline: 2 } }, vec![]),
+            // the routed primary answers while another node does not: it stays
+            (view(&[(1, primary(1)), (2, silent())]),      rec(1, Open::All, 1),   Primary::Legit { node: n(1), timeline: 1 }, vec![]),
+            // it went down (the application port closed), and is back while another node
+            // cannot be asked: that one may have been promoted meanwhile
+            (view(&[(1, primary(1)), (2, silent())]),      rec(1, Open::Barman, 1),
+                Primary::Unconfirmed { node: n(1), timeline: 1, unknown: vec![n(2)] }, vec![]),
+            (view(&[(1, primary(1)), (2, standby(1))]),    rec(1, Open::Barman, 1), Primary::Legit { node: n(1), timeline: 1 }, vec![]),
+            (view(&[(1, primary(1)), (2, down())]),        rec(1, Open::Barman, 1), Primary::Legit { node: n(1), timeline: 1 }, vec![]),
+            // a promotion seen: a higher timeline needs nobody's confirmation
+            (view(&[(1, silent()), (2, primary(2))]),      rec(1, Open::Barman, 1), Primary::Legit { node: n(2), timeline: 2 }, vec![]),
             // no record yet, or a record from before timelines were recorded
-            (view(&[(1, primary(1)), (2, silent())]),      0, Primary::Legit { node: n(1), timeline: 1 }, vec![]),
+            (view(&[(1, primary(1)), (2, silent())]),      None,                   Primary::Legit { node: n(1), timeline: 1 }, vec![]),
+            (view(&[(1, primary(1)), (2, silent())]),      rec(2, Open::All, 0),   Primary::Legit { node: n(1), timeline: 1 }, vec![]),
         ];
-        for (view, recorded, primary, stale) in cases {
-            let got = arbitrate(&view, recorded);
-            assert_eq!(got, Arbitration { primary, stale }, "{} (recorded timeline {recorded})", view.describe());
+        for (view, record, primary, stale) in cases {
+            let got = arbitrate(&view, record);
+            assert_eq!(got, Arbitration { primary, stale }, "{} (record {record:?})", view.describe());
         }
     }
 
     #[test]
     fn describes_the_split_brain() {
-        let a = arbitrate(&view(&[(1, primary(1)), (2, primary(2))]), 0);
+        let a = arbitrate(&view(&[(1, primary(1)), (2, primary(2))]), None);
         assert_eq!(a.describe(), "node 2 on timeline 2; split brain: stale primary node 1 on timeline 1");
-        let a = arbitrate(&view(&[(1, primary(1)), (2, Answer::Silent("timeout".into()))]), 2);
-        assert_eq!(a.describe(), "none: node 1 is a primary on timeline 1, below timeline 2 recorded with the route");
+        let routed = Record { route: Route::new(n(2), Open::All), timeline: 2 };
+        let a = arbitrate(&view(&[(1, primary(1)), (2, Answer::Silent("timeout".into()))]), Some(routed));
+        assert_eq!(
+            a.describe(),
+            "none: node 1 is a primary on timeline 1, below timeline 2 recorded with the route to node 2"
+        );
     }
 }
