@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -87,6 +87,8 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Route { node_id, ports, timeline, show } => {
             inv.as_root("route")?;
+            privilege::block_callers_signals();
+            crate::logging::never_block_on_pipes();
             route_command(&inv, node_id.as_deref(), *ports, timeline.as_deref(), *show)
         }
     }
@@ -275,6 +277,9 @@ fn status(ctx: &Ctx, json: bool) -> Result<()> {
 fn setup(ctx: &Ctx, cli: &Cli) -> Result<()> {
     let cfg = &ctx.cfg;
     let user = OsUser::named(&cfg.repmgr_user).map_err(|e| bad_input(e.context("repmgr.user")))?;
+    // one budget for the whole run (the boot unit's TimeoutStartSec outlasts it): the
+    // lock, the nodes' deadline, barman's confirmation
+    let deadline = Instant::now() + cfg.state.lock_timeout + cfg.barman.worst_case() + Duration::from_secs(30);
     let state = StateDir::new(&cfg.state.dir);
     if !ctx.dry_run {
         state.create()?;
@@ -305,16 +310,12 @@ fn setup(ctx: &Ctx, cli: &Cli) -> Result<()> {
         .arg(exe.to_string_lossy())
         .args(args)
         .env("HOME", user.home.to_string_lossy());
-    // the nodes' deadline, the lock, barman's confirmation: well within the unit's limit
-    let limit = cfg.state.lock_timeout + cfg.barman.worst_case() + Duration::from_secs(30);
-    let out = exec::run_status(&cmd, None, limit)?;
+    let out = exec::run_status(&cmd, None, deadline.saturating_duration_since(Instant::now()))?;
     print!("{}", out.stdout);
     crate::logging::relay(&out.stderr);
     match out.code() {
         Some(0) => Ok(()),
-        Some(code) if code == i32::from(exit::BAD_INPUT) => Err(Exit::BadInput(format!("setup: {cmd} found bad input")).into()),
-        Some(code) if code == i32::from(exit::REFUSED) => Err(Exit::Refused(format!("setup: {cmd} refused")).into()),
-        _ => Err(anyhow::anyhow!("setup: {cmd} failed")),
+        code => Err(exit::of_child(code, anyhow::anyhow!("setup: {cmd} failed"))),
     }
 }
 

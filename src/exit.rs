@@ -47,6 +47,17 @@ pub fn code(err: &anyhow::Error) -> u8 {
     }
 }
 
+/// The failure of a child repmgr-nat (the root step through sudo, setup's cluster part),
+/// keeping the exit code it chose: a refusal stays a refusal.
+pub fn of_child(code: Option<i32>, err: anyhow::Error) -> anyhow::Error {
+    let why = format!("{err:#}");
+    match code.and_then(|c| u8::try_from(c).ok()) {
+        Some(BAD_INPUT) => Exit::BadInput(why).into(),
+        Some(REFUSED) => Exit::Refused(why).into(),
+        _ => err,
+    }
+}
+
 /// Any error as bad input (exit 2), on one line.
 pub fn bad_input(e: anyhow::Error) -> anyhow::Error {
     Exit::BadInput(format!("{e:#}")).into()
@@ -65,5 +76,13 @@ mod tests {
         assert_eq!(code(&bad), BAD_INPUT);
         assert_eq!(code(&anyhow::anyhow!("iptables-restore failed")), FAILED);
         assert_eq!(code(&Exit::Inconsistent("ports point at node 1".into()).into()), INCONSISTENT);
+    }
+
+    #[test]
+    fn a_child_keeps_its_exit_code() {
+        assert_eq!(code(&of_child(Some(3), anyhow::anyhow!("sudo route 2 failed"))), REFUSED);
+        assert_eq!(code(&of_child(Some(2), anyhow::anyhow!("sudo route 7 failed"))), BAD_INPUT);
+        assert_eq!(code(&of_child(Some(1), anyhow::anyhow!("sudo: a password is required"))), FAILED);
+        assert_eq!(code(&of_child(None, anyhow::anyhow!("killed"))), FAILED);
     }
 }

@@ -118,6 +118,16 @@ impl fmt::Display for ExecError {
     }
 }
 
+impl ExecError {
+    /// The exit code of a child that ran and failed.
+    pub fn code(&self) -> Option<i32> {
+        match self {
+            ExecError::Failed { output, .. } => output.code(),
+            _ => None,
+        }
+    }
+}
+
 impl std::error::Error for ExecError {}
 
 fn last_line(text: &str) -> Option<&str> {

@@ -58,6 +58,10 @@ impl Nat for Direct<'_> {
             let what = if changed { format!("{before} -> {route}") } else { format!("{route}, repaired") };
             log::info!("nat: {what} ({} ms)", started.elapsed().as_millis());
         }
+        // recorded at once: the rules and the record disagree for as short a time as can be
+        if changed || self.state.recorded(cfg).ok().flatten() != Some(record) {
+            self.state.record(record)?;
+        }
         if changed {
             for (node, port) in ruleset::cuts(cfg, &before, route) {
                 let started = Instant::now();
@@ -73,9 +77,6 @@ impl Nat for Direct<'_> {
                     Err(e) => log::error!("nat: cannot cut connections proxied to node {}{through}: {e:#}", node.id()),
                 }
             }
-        }
-        if changed || self.state.recorded(cfg).ok().flatten() != Some(record) {
-            self.state.record(record)?;
         }
         if changed {
             crate::logging::audit(&format!("switched {before} -> {record}"));
@@ -136,7 +137,8 @@ impl ViaSudo<'_> {
     }
 
     fn run(&self, cmd: &Cmd) -> Result<String> {
-        let out = exec::run(cmd, None, ROUTE_TIMEOUT)?;
+        // root's refusal (exit 3) or bad input (2) stays what it is for our caller
+        let out = exec::run(cmd, None, ROUTE_TIMEOUT).map_err(|e| crate::exit::of_child(e.code(), e.into()))?;
         // What root logged belongs in the same log as ours.
         crate::logging::relay(&out.stderr);
         Ok(out.stdout)

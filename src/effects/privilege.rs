@@ -43,6 +43,36 @@ pub fn sanitize_root() {
     }
 }
 
+/// The root step, once begun, runs to its end: sudo passes on to it every signal its caller
+/// sends sudo, so those are blocked (not ignored: the children it starts get the default
+/// mask back), and the caller can neither kill it nor stop it between the switch and the
+/// record, nor while it holds root's switch lock. Its own deadlines bound it.
+pub fn block_callers_signals() {
+    const CALLERS: [libc::c_int; 10] = [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGALRM,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+    ];
+    // SAFETY: `set` is initialised by sigemptyset before use; pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in CALLERS {
+            libc::sigaddset(&mut set, signal);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            log::warn!("cannot block the caller's signals: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
 /// An OS user, as the password database has it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OsUser {

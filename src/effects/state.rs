@@ -130,6 +130,21 @@ impl StateDir {
     /// The run lock: an exclusive `flock` on a file only root and repmgr's OS user's group
     /// can open. Waits up to `timeout`, saying who holds it.
     pub fn lock(&self, timeout: Duration) -> Result<Lock> {
+        let (file, path) = self.open_run_lock()?;
+        wait_for_lock(file, &path, timeout)
+    }
+
+    /// The run lock if no other run holds it (`watch` never waits: the holder does the work).
+    pub fn try_lock(&self) -> Result<Option<Lock>> {
+        let (file, path) = self.open_run_lock()?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Lock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+        }
+    }
+
+    fn open_run_lock(&self) -> Result<(File, PathBuf)> {
         let path = self.dir.join(RUN_LOCK);
         let file = OpenOptions::new()
             .read(true)
@@ -144,7 +159,7 @@ impl StateDir {
                 path.display()
             );
         }
-        wait_for_lock(file, &path, timeout)
+        Ok((file, path))
     }
 
     /// Root's lock around one switch: `route` runs under the run lock of the event that
@@ -160,6 +175,10 @@ impl StateDir {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
+        let meta = file.metadata()?;
+        if !meta.is_file() || meta.uid() != self.owner || meta.mode() & 0o077 != 0 {
+            bail!("{} must be root's and closed to others (mode 0600): anyone could hold it", path.display());
+        }
         wait_for_lock(file, &path, timeout)
     }
 }

@@ -192,6 +192,21 @@ fn no_local_user_stalls_the_root_step_or_the_events() {
     assert_eq!(lab.record(), "1 all 1\n", "the switch went through");
     lab.in_proxy("postgres", &[], "sudo", &["-n", ROUTE, "route", "2", "--ports", "all"]).expect(0, "the next route");
 
+    // the caller signals its sudo, which passes the signal on to the root step: whatever
+    // the moment, the step finishes, the rules and the record agree and the lock is free
+    shell(&format!(
+        "for d in 0 0.005 0.01 0.02 0.05 0.1; do for id in 1 2; do \
+         sudo -n {ROUTE} route $id --ports all >/dev/null 2>&1 & p=$!; \
+         sleep $d; kill -TERM $p; kill -TSTP $p; kill -HUP $p; kill -CONT $p; wait $p; \
+         done; done; true"
+    ))
+    .expect(0, "routes signalled by their caller");
+    let record = lab.record();
+    let node = if record.starts_with("1 ") { DB1 } else { DB2 };
+    assert!(record.ends_with(" all 1\n"), "the record after signalled routes: {record:?}");
+    assert_eq!(sorted(lab.our_rules()), routed_to(node, BOTH), "the rules disagree with the record {record:?}");
+    lab.in_proxy("postgres", &[], "sudo", &["-n", ROUTE, "route", "2", "--ports", "all"]).expect(0, "route after them");
+
     // forty switches at once: the tables and the record agree, nothing left behind
     let storm: Vec<_> = (0..40)
         .map(|i| {
@@ -248,6 +263,13 @@ fn planted_files_and_hostile_arguments_change_nothing() {
     sudo_route("2").expect(1, "route with route.lock a symbolic link");
     assert_eq!(std::fs::read("/etc/passwd").unwrap(), passwd);
     std::fs::remove_file(&lock).unwrap();
+    // ... or a file of postgres's, open to all, that anyone could hold
+    std::fs::write(&lock, "").unwrap();
+    std::os::unix::fs::chown(&lock, Some(uid("postgres")), None).unwrap();
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = sudo_route("2").expect(1, "route with route.lock of postgres's");
+    assert!(run.stderr.contains("route.lock must be root's"), "{}", run.stderr);
+    std::fs::remove_file(&lock).unwrap();
     // ... or as run.lock
     let run_lock = format!("{STATE}/run.lock");
     let _run_lock = Restore::file(&run_lock);
@@ -271,6 +293,26 @@ fn planted_files_and_hostile_arguments_change_nothing() {
     sudo_route("2").expect(1, "route with a group-writable state dir");
     lab.repmgr_nat("postgres", &["status"]).expect(4, "status with a group-writable state dir");
     std::fs::set_permissions(STATE, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(state(&lab), before);
+
+    // a rule repmgr-nat never writes, in one of its chains: nothing is emptied, exit 3
+    let foreign = ["-t", "nat", "-A", "repmgr_dnat", "-p", "udp", "--dport", "53", "-j", "ACCEPT"];
+    lab.ok(&[&["exec", "proxy", "--", "iptables"][..], &foreign[..]].concat());
+    let with_foreign = state(&lab);
+    let run = sudo_route("2").expect(3, "route with a foreign rule in its chain");
+    assert!(run.stderr.contains("udp"), "the foreign rule is not named: {}", run.stderr);
+    lab.repmgr_nat("root", &["setup"]).expect(3, "setup with a foreign rule in its chain");
+    assert_eq!(state(&lab), with_foreign);
+    let removal: Vec<&str> = foreign.iter().map(|a| if *a == "-A" { "-D" } else { a }).collect();
+    lab.ok(&[&["exec", "proxy", "--", "iptables"][..], &removal[..]].concat());
+    // a chain that belongs to another tool: bad input, before anything is looked at
+    {
+        let _config = Restore::file(CONFIG);
+        let text = std::fs::read_to_string(CONFIG).unwrap();
+        std::fs::write(CONFIG, format!("{text}[nat]\ndnat_chain = \"DOCKER\"\n")).unwrap();
+        let run = lab.repmgr_nat("root", &["setup"]).expect(2, "a config naming DOCKER's chain");
+        assert!(run.stderr.contains("DOCKER"), "{}", run.stderr);
+    }
     assert_eq!(state(&lab), before);
 
     // root never reads a password file another user controls
