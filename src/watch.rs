@@ -1,7 +1,7 @@
 //! `repmgr-nat watch`: the level-triggered service. It keeps a connection to every node
 //! and asks each one every `watch.interval_ms` (every 50 ms while the routed primary does
 //! not answer: a promotion is near; at once when the kept connection ends, as a node's
-//! shutdown ends it), reads the nat table every second through the same
+//! shutdown ends it), reads the nat table twice a second through the same
 //! `sudo ... route --show` as the other commands, and whenever the legitimate primary,
 //! the rules, the slot or barman disagree it carries out the plan an event would, through
 //! the same code and under the same run lock. A lost event, a nat table flushed by someone
@@ -31,7 +31,7 @@ use crate::effects::db::{self, Postgres};
 use crate::effects::firewall::Iptables;
 use crate::effects::metrics as serve_metrics;
 use crate::effects::nat::{Direct, Nat, ViaSudo};
-use crate::effects::state::StateDir;
+use crate::effects::state::{Lock, StateDir};
 use crate::handler::{self, Effects};
 
 mod poll;
@@ -79,7 +79,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         Watch::HURRY.min(cfg.watch.interval).as_millis()
     );
     loop {
-        let reason = rt.block_on(nodes.wait(cfg.watch.interval, &mut signals));
+        let reason = match watcher.fresh_after.take() {
+            Some(since) => rt.block_on(nodes.answers_since(since, cfg, &mut signals)),
+            None => rt.block_on(nodes.wait(cfg.watch.interval, &mut signals)),
+        };
         if reason == Wake::Stop {
             log::info!("watch: stopping");
             return Ok(());
@@ -104,6 +107,13 @@ struct Watcher {
     retry_at: Option<Instant>,
     failures: u32,
     last_action: Option<Action>,
+    /// Why the run lock cannot be taken, as last said.
+    lock_problem: Option<String>,
+    /// Another run held the run lock: what it did may be missing from the answers of the
+    /// passes until it ended.
+    contended: bool,
+    /// The next pass waits for answers asked after this (another run just ended).
+    fresh_after: Option<Instant>,
     receive_wal: ReceiveWal,
     /// The figures the metrics show, and where the listener reads the last pass's.
     metrics: Tracker,
@@ -171,6 +181,9 @@ impl Watcher {
             retry_at: None,
             failures: 0,
             last_action: None,
+            lock_problem: None,
+            contended: false,
+            fresh_after: None,
             receive_wal: ReceiveWal::default(),
         }
     }
@@ -191,7 +204,7 @@ impl Watcher {
             log::error!("watch: {e:#}");
             None
         });
-        let arbitration = arbitrate(view, record.map_or(0, |r| r.timeline));
+        let arbitration = arbitrate(view, record);
         self.say(format!("primary: {}; rules: {routing}; nodes: {}", arbitration.describe(), brief(view)));
 
         let decision = plan::decide(cfg, Ask::Watch, view, NatState { routing: &routing, record, in_place });
@@ -249,13 +262,10 @@ impl Watcher {
         if self.retry_at.is_some_and(|at| Instant::now() < at) {
             return;
         }
-        let _lock = match self.state.lock(Duration::ZERO) {
-            Ok(lock) => lock,
-            Err(e) => {
-                log::debug!("watch: not acting this pass: {e:#}");
-                return;
-            }
-        };
+        let Some(_lock) = self.run_lock() else { return };
+        if self.view_predates_another_run() {
+            return;
+        }
         self.nat = None;
         let result = handler::act_on(cfg, fx, Ask::Watch, "watch", view);
         self.nat = None;
@@ -328,9 +338,43 @@ impl Watcher {
             rw.starts,
             wait.as_secs()
         );
+        let Some(_lock) = self.run_lock() else { return };
+        if self.view_predates_another_run() {
+            return;
+        }
         if let Err(e) = fx.backup.start_receive_wal() {
             log::error!("watch: {e:#}");
         }
+    }
+
+    /// The run lock, unless another run holds it (that run does the work: the next pass
+    /// sees the result) or it cannot be taken at all (said once, not every pass: nothing
+    /// can act until `setup` makes it right).
+    fn run_lock(&mut self) -> Option<Lock> {
+        let (lock, problem) = match self.state.try_lock() {
+            Ok(lock) => (lock, None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
+        self.contended |= lock.is_none() && problem.is_none();
+        if problem != self.lock_problem {
+            match &problem {
+                Some(why) => log::error!("watch: cannot take the run lock, so cannot act: {why}"),
+                None => log::info!("watch: the run lock can be taken again"),
+            }
+            self.lock_problem = problem;
+        }
+        lock
+    }
+
+    /// Whether another run held the run lock since the answers of this pass were asked:
+    /// then the next pass decides, on answers asked after it ended, and the two runs never
+    /// do the same work twice.
+    fn view_predates_another_run(&mut self) -> bool {
+        if std::mem::take(&mut self.contended) {
+            self.fresh_after = Some(Instant::now());
+            return true;
+        }
+        false
     }
 
     /// Logs `line` when it differs from the last one: one line per change, not per pass.

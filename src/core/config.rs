@@ -258,7 +258,7 @@ impl Watch {
     /// this often (or at `interval`, if that is shorter).
     pub const HURRY: Duration = Duration::from_millis(50);
     /// How often `watch` reads the nat table (through sudo) when nothing else made it.
-    pub const NAT_EVERY: Duration = Duration::from_secs(1);
+    pub const NAT_EVERY: Duration = Duration::from_millis(500);
     /// Where the metrics are served unless `watch.metrics` says otherwise: loopback only.
     pub const METRICS: &str = "127.0.0.1:9721";
 }

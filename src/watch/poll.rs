@@ -115,6 +115,23 @@ impl Pollers {
         }
     }
 
+    /// Until every node answered after `since` (or its deadline passed: the view counts it
+    /// silent then), or a signal to stop.
+    pub(super) async fn answers_since(&self, since: Instant, cfg: &Config, signals: &mut Signals) -> Wake {
+        let deadline = tokio::time::Instant::from_std(since + cfg.postgres.connect_timeout);
+        loop {
+            let fresh = self.latest.lock().expect("latest").values().all(|(_, at)| *at >= since);
+            if fresh || tokio::time::Instant::now() >= deadline {
+                return Wake::Changed;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                _ = signals.term.recv() => return Wake::Stop,
+                _ = signals.int.recv() => return Wake::Stop,
+            }
+        }
+    }
+
     /// Every node's latest answer; one older than the deadline counts as silence.
     pub(super) fn view(&self, cfg: &Config) -> View {
         let latest = self.latest.lock().expect("latest");
