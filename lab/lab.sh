@@ -89,7 +89,9 @@ cmd_partition() {
             die "cannot partition $2"
         say "$2 no longer hears the proxy"
     else
-        while ip netns exec "$2" iptables -C "${rule[@]}" 2>/dev/null; do ip netns exec "$2" iptables -D "${rule[@]}"; done
+        while ip netns exec "$2" iptables -C "${rule[@]}" 2>/dev/null; do
+            ip netns exec "$2" iptables -D "${rule[@]}" || die "cannot heal $2"
+        done
         say "$2 hears the proxy again"
     fi
 }
@@ -306,6 +308,7 @@ cmd_env() {
         "BARMAN_SERVER=$BARMAN_SERVER" "BARMAN_SLOT=$BARMAN_SLOT" "BARMAN_CONF=$BARMAN_CONF" \
         "BARMAN_HOME=$BARMAN_SERVER_HOME" \
         "REPMGR_NAT_BIN=$RNAT_BIN" "REPMGR_NAT_CONFIG=$RNAT_CONFIG" "REPMGR_NAT_STATE_DIR=$RNAT_STATE_DIR" \
+        "REPMGR_NAT_DEB=$(state_get DEB)" \
         "SCRIPTS_DIR=$SCRIPTS_DIR" \
         "APP_USER=app" "APP_DB=app" "APP_PASSWORD=$PW_APP" "APP_TABLE=$APP_TABLE" \
         "APP_CONNINFO=host=$PROXY_IP port=$APP_PORT user=app password=$PW_APP dbname=app connect_timeout=1" \

@@ -139,6 +139,7 @@ install_repmgr_nat() {
     HINT=$LAB_LOG
     touch "$RNAT_INSTALLED"   # first: down purges an interrupted install too
     run dpkg -i "$RNAT_DEB"
+    state_set DEB "$RNAT_DEB"
     cat >"$RNAT_CONFIG" <<EOF || die "cannot write $RNAT_CONFIG"
 # $MARKER
 [proxy]

@@ -77,7 +77,7 @@ log_level=INFO
 failover=automatic
 promote_command='$PG_BIN/repmgr standby promote -f $conf --log-to-file'
 follow_command='$PG_BIN/repmgr standby follow -f $conf --log-to-file --upstream-node-id=%n'
-# fast failover for the lab (LAB-NOTES)
+# a failover within seconds: two reconnect attempts a second apart
 reconnect_attempts=2
 reconnect_interval=1
 monitor_interval_secs=1

@@ -3,8 +3,10 @@
 //! failover through it with watch's metrics scraped meanwhile, then `dpkg --purge`, which
 //! must leave no rule, chain or file behind.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use lab_kit::clients::series;
 use lab_kit::lab::poll_until;
@@ -29,17 +31,27 @@ fn the_package_fails_over_reports_metrics_and_purges_without_a_trace() {
     for path in PACKAGED {
         assert!(Path::new(path).exists(), "the package did not install {path}");
     }
-    let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
-    assert_eq!(mode("/etc/sudoers.d/repmgr-nat"), 0o440);
-    assert_eq!(mode("/usr/bin/repmgr-nat"), 0o755);
+    let meta = |p: &str| std::fs::metadata(p).unwrap();
+    assert_eq!(meta("/etc/sudoers.d/repmgr-nat").permissions().mode() & 0o7777, 0o440);
+    assert_eq!(meta("/usr/bin/repmgr-nat").permissions().mode() & 0o7777, 0o755);
+    let state = meta("/var/lib/repmgr-nat");
+    assert_eq!((state.uid(), state.permissions().mode() & 0o7777), (0, 0o755), "the state directory");
     let conffiles = lab.in_proxy("root", &[], "dpkg-query", &["-W", "-f=${Conffiles}", "repmgr-nat"]).expect(0, "conffiles");
     for conffile in ["/etc/repmgr-nat.toml", "/etc/sudoers.d/repmgr-nat"] {
         assert!(conffiles.stdout.contains(conffile), "{conffile} is not a conffile: {}", conffiles.stdout);
     }
+    // installed, not enabled: the operator enables the units
+    let wants = lab.in_proxy("root", &[], "sh", &["-c", "ls -d /etc/systemd/system/*.wants/repmgr-nat* 2>/dev/null"]);
+    assert_eq!(wants.stdout.trim(), "", "the package enabled a unit");
+    // a reinstall keeps the administrator's config
+    let edited = std::fs::read("/etc/repmgr-nat.toml").unwrap();
+    lab.in_proxy("root", &[], "dpkg", &["-i", "--force-confold", &lab.env["REPMGR_NAT_DEB"]]).expect(0, "a reinstall");
+    assert_eq!(std::fs::read("/etc/repmgr-nat.toml").unwrap(), edited, "a reinstall changed /etc/repmgr-nat.toml");
 
     // watch, as the packaged unit runs it, serves its metrics on the proxy's loopback
     lab.ok(&["watch", "start"]);
-    let metrics = || lab.lab(&["exec", "proxy", "--", &lab.env["KIT_BIN"], "metrics"]).stdout;
+    let scrape = || lab.lab(&["exec", "proxy", "--", &lab.env["KIT_BIN"], "metrics"]);
+    let metrics = || scrape().stdout;
     let shows = |text: &str, name: &str, at_least: f64| series(text, name).is_some_and(|v| v >= at_least);
     lab.wait_until("metrics: the route and both nodes up", CONVERGE, || {
         let m = metrics();
@@ -48,10 +60,34 @@ fn the_package_fails_over_reports_metrics_and_purges_without_a_trace() {
             && shows(&m, "repmgr_nat_node_up{node=\"2\"}", 1.0)
     });
 
-    // a failover through the packaged paths: the event and sudo call /usr/bin/repmgr-nat
-    lab.ok(&["stop", "db1"]);
-    lab.ok(&["wait-primary", "db2", "60"]);
-    lab.wait_until("the rules on db2", CONVERGE, || lab.routed(DB2));
+    // a failover through the packaged paths (the event and sudo call /usr/bin/repmgr-nat),
+    // scraped all through: every scrape answers, and some show the primary lost, not yet
+    // replaced
+    let done = AtomicBool::new(false);
+    let scrapes = std::thread::scope(|s| {
+        let scraper = s.spawn(|| {
+            let started = Instant::now();
+            let mut scrapes = Vec::new();
+            while !done.load(Ordering::Relaxed) && started.elapsed() < 2 * CONVERGE {
+                scrapes.push(scrape());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            scrapes
+        });
+        lab.ok(&["stop", "db1"]);
+        lab.ok(&["wait-primary", "db2", "60"]);
+        lab.wait_until("the rules on db2", CONVERGE, || lab.routed(DB2));
+        done.store(true, Ordering::Relaxed);
+        scraper.join().unwrap()
+    });
+    let failed: Vec<_> = scrapes.iter().filter(|r| r.code != 0).collect();
+    assert!(failed.is_empty(), "{} of {} scrapes failed during the failover: {failed:?}", failed.len(), scrapes.len());
+    let lost = scrapes.iter().any(|r| {
+        series(&r.stdout, "repmgr_nat_node_up{node=\"1\"}") == Some(0.0)
+            && series(&r.stdout, "repmgr_nat_route_node_id") == Some(1.0)
+            && series(&r.stdout, "repmgr_nat_primary_state{state=\"none\"}") == Some(1.0)
+    });
+    assert!(lost, "none of {} scrapes saw node 1 down while the route still pointed at it", scrapes.len());
     assert_eq!(lab.app_reaches().unwrap(), DB2);
     let mut last = String::new();
     let after = poll_until(CONVERGE, || {
@@ -68,13 +104,17 @@ fn the_package_fails_over_reports_metrics_and_purges_without_a_trace() {
     let m = metrics();
     assert!(m.contains("repmgr_nat_slot_lag_bytes{node=\"2\"}"), "no slot lag for db2:\n{m}");
 
-    // dpkg --purge, in the proxy's namespace as an operator would run it on the proxy
+    // dpkg --purge, in the proxy's namespace as an operator would run it on the proxy:
+    // every file the package installed goes, with what it made at run time
+    let listed = lab.in_proxy("root", &[], "dpkg", &["-L", "repmgr-nat"]).expect(0, "dpkg -L");
+    let mut installed: Vec<String> =
+        listed.stdout.lines().filter(|p| Path::new(p).is_file()).map(str::to_string).collect();
+    installed.extend(PACKAGED.iter().map(|p| p.to_string()));
     lab.ok(&["watch", "stop"]);
     lab.ok(&["exec", "proxy", "--", "dpkg", "--purge", "repmgr-nat"]);
     assert_eq!(lab.our_rules(), Vec::<String>::new(), "the purge left rules or chains");
-    for path in PACKAGED {
-        assert!(!Path::new(path).exists(), "the purge left {path}");
-    }
+    let left: Vec<_> = installed.iter().filter(|p| Path::new(p).exists()).collect();
+    assert!(left.is_empty(), "the purge left {left:?}");
     let status = lab.in_proxy("root", &[], "dpkg-query", &["-W", "-f=${db:Status-Status}", "repmgr-nat"]);
     assert!(status.code != 0 || status.stdout.trim() == "not-installed", "dpkg still knows repmgr-nat: {}", status.stdout);
     assert_ne!(lab.app_reaches().ok().as_deref(), Some(DB1), "nothing may route to the old primary");
