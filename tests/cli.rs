@@ -137,3 +137,32 @@ fn route_and_setup_need_root_and_route_takes_no_other_config() {
         refused(&["teardown"], 2, "must run as root");
     }
 }
+
+#[test]
+fn in_the_journal_each_line_carries_its_priority_and_no_timestamp() {
+    use std::os::unix::fs::MetadataExt;
+    let scratch = Scratch::new("journal");
+    let log = scratch.0.join("stderr");
+    let inode = std::fs::File::create(&log).unwrap().metadata().unwrap();
+    let stream = format!("{}:{}", inode.dev(), inode.ino());
+    // stderr the file JOURNAL_STREAM names (as systemd passes it), or not
+    let stderr_of = |args: &[&str], journal: bool| {
+        let file = std::fs::OpenOptions::new().write(true).truncate(true).open(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_repmgr-nat"));
+        cmd.args(args).env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").stderr(file);
+        if journal {
+            cmd.env("JOURNAL_STREAM", &stream);
+        }
+        cmd.status().unwrap();
+        std::fs::read_to_string(&log).unwrap()
+    };
+    let missing = "/nonexistent/repmgr-nat.toml";
+    let failed_event = ["--config", missing, "event", "1", "standby_promote", "0"];
+    let warning = stderr_of(&failed_event, true);
+    assert!(warning.starts_with("<4>") && warning.lines().count() == 1, "{warning:?}");
+    let error = stderr_of(&["--config", missing, "status"], true);
+    assert!(error.starts_with("<3>") && error.contains(missing), "{error:?}");
+    // elsewhere: a timestamp, the program and its pid, the level
+    let plain = stderr_of(&failed_event, false);
+    assert!(plain.starts_with("20") && plain.contains(" repmgr-nat[") && plain.contains("WARN"), "{plain:?}");
+}

@@ -561,26 +561,7 @@ mod tests {
 
     #[test]
     fn shows_what_watch_saw_last() {
-        let watch = WatchReport {
-            version: 1,
-            pid: 77,
-            started_ms: 1_000,
-            pass: 12,
-            passed_ms: 10_000,
-            interval_ms: 250,
-            hurry: false,
-            primary: "node 2 on timeline 2".into(),
-            rules: "node 2 ports all".into(),
-            nodes: "1: down: connection refused, 2: primary on timeline 2".into(),
-            unanswered: vec![NodeId::new(1)],
-            receive_wal: None,
-            barman_confirmed: None,
-            last_action: Some(Action {
-                at_ms: 9_000,
-                steps: vec!["route node 2 ports all (timeline 2)".into()],
-                result: "ok".into(),
-            }),
-        };
+        let watch = watch_report();
         assert_eq!(
             watch.describe(10_120),
             "pass 12 of pid 77, 120 ms ago: primary node 2 on timeline 2; rules node 2 ports all; last action 1 s ago: \
@@ -606,5 +587,47 @@ mod tests {
         assert_eq!(json["rules"]["route"]["open"], "all");
         assert_eq!(json["rules"]["route"]["node"], 1);
         assert_eq!(json["recorded"]["timeline"], 3);
+    }
+
+    /// The README's schema table is the contract: every field `status --json` prints is in
+    /// it, and every field in it is printed.
+    #[test]
+    fn the_readme_documents_every_json_field() {
+        use std::collections::BTreeSet;
+
+        use crate::manual::{spans, table};
+
+        let cfg = example();
+        let v = view(&[(1, up(Role::Primary, 3, true)), (2, up(Role::Standby, 3, true))]);
+        let mut report = assess(&cfg, seen(&v, live_to(&cfg, 1, Open::All), rec(1, Open::All, 3)));
+        report.watch = Some(watch_report());
+        let mut printed = BTreeSet::new();
+        for (key, value) in serde_json::to_value(&report).unwrap().as_object().unwrap() {
+            match (key.as_str(), value) {
+                ("nodes", serde_json::Value::Array(nodes)) => {
+                    printed.extend(nodes[0].as_object().unwrap().keys().map(|k| format!("nodes[].{k}")))
+                }
+                ("rules" | "watch", serde_json::Value::Object(fields)) => {
+                    printed.extend(fields.keys().map(|k| format!("{key}.{k}")))
+                }
+                _ => {
+                    printed.insert(key.clone());
+                }
+            }
+        }
+        // "`nodes[].role`, `.timeline`": a leading dot continues the name before it
+        let mut documented = BTreeSet::new();
+        for row in table(include_str!("../../README.md"), "status --json") {
+            let mut prefix = String::new();
+            for (name, code) in spans(&row[0]) {
+                if code {
+                    let full = name.strip_prefix('.').map_or(name.clone(), |short| format!("{prefix}{short}"));
+                    prefix = full[..full.rfind('.').map_or(0, |i| i + 1)].to_string();
+                    documented.insert(full);
+                }
+            }
+        }
+        documented.retain(|field| field != "nodes" && field != "watch");
+        assert_eq!(printed, documented, "status --json against the README's table");
     }
 }
