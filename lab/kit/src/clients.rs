@@ -135,13 +135,20 @@ fn every_interval(o: &Opts, mut attempt: impl FnMut(u64) -> bool) {
 const SERVER_SQL: &str = "select coalesce(host(inet_server_addr()), 'local')";
 
 /// A connection, or the one kept from before; then `sql` on it.
-fn query(had: Option<Client>, conninfo: &str, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<(Client, postgres::Row), String> {
+fn query(had: Option<Client>, conninfo: &str, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<(Client, postgres::Row), QueryError> {
     let mut client = match had {
         Some(c) => c,
-        None => Client::connect(conninfo, NoTls).map_err(|e| short_reason(&e))?,
+        None => Client::connect(conninfo, NoTls).map_err(|e| QueryError { reason: short_reason(&e), sent: false })?,
     };
-    let row = client.query_one(sql, params).map_err(|e| short_reason(&e))?;
+    let row = client.query_one(sql, params).map_err(|e| QueryError { reason: short_reason(&e), sent: true })?;
     Ok((client, row))
+}
+
+/// Why a query failed, and whether its statement may have reached a server (a failed
+/// connect sends none: a write that failed so never committed).
+struct QueryError {
+    reason: String,
+    sent: bool,
 }
 
 // ------------------------------------------------------------------------------- the clients
@@ -155,7 +162,7 @@ pub fn watch(o: &Opts) {
                 let _ = c.close();
                 emit(&format!("{t} ok {}", row.get::<_, String>(0)));
             }
-            Some(Err(reason)) => emit(&format!("{t} err {reason}")),
+            Some(Err(e)) => emit(&format!("{t} err {}", e.reason)),
             None if stopped() => return false,
             None => emit(&format!("{t} err timeout after {} ms", o.timeout_ms)),
         }
@@ -177,7 +184,7 @@ pub fn hold(o: &Opts) {
                 client = Some(c);
                 emit(&format!("{t} ok {} conn={conn}", row.get::<_, String>(0)));
             }
-            Some(Err(reason)) => emit(&format!("{t} err {reason}")),
+            Some(Err(e)) => emit(&format!("{t} err {}", e.reason)),
             None if stopped() => return false,
             None => emit(&format!("{t} err timeout after {} ms", o.timeout_ms)),
         }
@@ -211,8 +218,9 @@ pub fn write(o: &Opts, count: u64) -> Result<(), String> {
                 emit(&format!("{t} ok {} id={} seq={seq} ms={took}", row.get::<_, String>(1), row.get::<_, i64>(0)));
                 false
             }
-            Some(Err(reason)) => {
-                emit(&format!("{t} err {reason}"));
+            // sent=no: the connect failed, this attempt cannot have committed
+            Some(Err(e)) => {
+                emit(&format!("{t} err {}{}", if e.sent { "" } else { "sent=no " }, e.reason));
                 true
             }
             None if stopped() => break,
@@ -253,7 +261,7 @@ pub fn connect(o: &Opts) {
                     let _ = c.close();
                     emit(&format!("{t} ok {} ms={took}", row.get::<_, String>(0)));
                 }
-                Err(reason) => emit(&format!("{t} err ms={took} {reason}")),
+                Err(e) => emit(&format!("{t} err ms={took} {}", e.reason)),
             }
             in_flight.fetch_sub(1, Ordering::SeqCst);
         });

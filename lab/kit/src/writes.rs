@@ -2,7 +2,7 @@
 //! commit with its payload, and no row nobody attempted. Each row's payload is
 //! `lab-kit <pid> <attempt>`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -10,12 +10,14 @@ use crate::samples::{self, Outcome};
 
 pub const PID_LINE: &str = "# lab-kit probe write pid=";
 
-/// Every acknowledged commit (row id -> attempt number) and how many attempts were made.
+/// Every acknowledged commit (row id -> attempt number), how many attempts were made, and
+/// which of them never reached a server (their connect failed: they cannot have committed).
 #[derive(Debug)]
 pub struct Writes {
     pub pid: u32,
     pub attempts: u64,
     pub acked: BTreeMap<i64, u64>,
+    pub unsent: BTreeSet<u64>,
 }
 
 /// How a table compares with what was written.
@@ -27,7 +29,7 @@ pub struct Comparison {
     pub rows: usize,
     /// Acknowledged commits the table lacks, or holds with another payload.
     pub missing: Vec<i64>,
-    /// Rows with a payload nobody attempted.
+    /// Rows with a payload nobody attempted, or whose attempt never reached a server.
     pub invented: Vec<String>,
 }
 
@@ -55,9 +57,12 @@ impl Writes {
             .find_map(|l| l.strip_prefix(PID_LINE))
             .and_then(|p| p.parse().ok())
             .ok_or("no pid line: not the output of probe write")?;
-        let mut writes = Writes { pid, attempts: 0, acked: BTreeMap::new() };
+        let mut writes = Writes { pid, attempts: 0, acked: BTreeMap::new(), unsent: BTreeSet::new() };
         for s in samples::parse(text)? {
             writes.attempts += 1;
+            if s.field::<String>("sent").as_deref() == Some("no") {
+                writes.unsent.insert(writes.attempts);
+            }
             if let Outcome::Ok { .. } = s.outcome {
                 let (Some(id), Some(seq)) = (s.field("id"), s.field("seq")) else {
                     return Err(format!("an acknowledged write without id and seq at {}", s.at));
@@ -86,7 +91,7 @@ impl Writes {
             .values()
             .filter(|p| {
                 let seq = p.strip_prefix(&prefix).and_then(|s| s.parse::<u64>().ok());
-                !seq.is_some_and(|seq| (1..=self.attempts).contains(&seq))
+                !seq.is_some_and(|seq| (1..=self.attempts).contains(&seq) && !self.unsent.contains(&seq))
             })
             .cloned()
             .collect();
@@ -104,15 +109,16 @@ mod tests {
 1020 ok 198.51.100.11 id=2 seq=2 ms=3
 1040 err db error: FATAL: terminating connection due to administrator command
 1100 err timeout after 2000 ms (commit not acknowledged)
-1200 ok 198.51.100.12 id=4 seq=5 ms=4
+1150 err sent=no connection refused
+1200 ok 198.51.100.12 id=4 seq=6 ms=4
 ";
 
     #[test]
     fn acknowledged_rows_are_found() {
         let w = Writes::parse(OUT).unwrap();
-        assert_eq!((w.pid, w.attempts, w.acked.len()), (42, 5, 3));
+        assert_eq!((w.pid, w.attempts, w.acked.len()), (42, 6, 3));
         // seq 4 was not acknowledged but committed: present, and not invented
-        let c = w.compare("1|lab-kit 42 1\n2|lab-kit 42 2\n3|lab-kit 42 4\n4|lab-kit 42 5\n").unwrap();
+        let c = w.compare("1|lab-kit 42 1\n2|lab-kit 42 2\n3|lab-kit 42 4\n4|lab-kit 42 6\n").unwrap();
         assert!(c.holds_everything(), "{c:?}");
         assert_eq!(c.verdict(), Ok(4));
     }
@@ -120,9 +126,10 @@ mod tests {
     #[test]
     fn missing_changed_and_invented_rows_are_named() {
         let w = Writes::parse(OUT).unwrap();
-        let c = w.compare("1|lab-kit 42 1\n2|lab-kit 42 3\n9|lab-kit 41 1\n").unwrap();
+        // seq 5's connect failed: a row of it was never sent
+        let c = w.compare("1|lab-kit 42 1\n2|lab-kit 42 3\n9|lab-kit 41 1\n10|lab-kit 42 5\n").unwrap();
         assert_eq!(c.missing, [2, 4]);
-        assert_eq!(c.invented, ["lab-kit 41 1"]);
+        assert_eq!(c.invented, ["lab-kit 41 1", "lab-kit 42 5"]);
         assert!(c.verdict().unwrap_err().contains("2 acknowledged commits missing"));
     }
 
