@@ -1,4 +1,5 @@
 #!/bin/bash
+# shellcheck source-path=SCRIPTDIR/lib
 # The repmgr-nat lab: a whole cluster (PostgreSQL 15 + repmgr/repmgrd on db1 and db2, barman
 # and the NAT on the proxy, a client namespace) in network namespaces on this machine.
 # See lab/README.md. Run `lab.sh help` for the commands.
@@ -7,17 +8,11 @@ export LC_ALL=C.UTF-8
 umask 022
 
 LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib
-# shellcheck source=lib/common.sh
 source "$LIB/common.sh"
-# shellcheck source=lib/net.sh
 source "$LIB/net.sh"
-# shellcheck source=lib/pg.sh
 source "$LIB/pg.sh"
-# shellcheck source=lib/barman.sh
 source "$LIB/barman.sh"
-# shellcheck source=lib/handler.sh
 source "$LIB/handler.sh"
-# shellcheck source=lib/lifecycle.sh
 source "$LIB/lifecycle.sh"
 
 usage() {
