@@ -4,7 +4,6 @@
 barman_as() { as barman proxy /usr/bin/barman "$@"; }
 
 barman_configure() {
-    claim_path "$BARMAN_CONF"
     if [[ -e $BARMAN_SERVER_HOME && ! -e $BARMAN_SERVER_HOME/.repmgr-nat-lab ]]; then
         die "$BARMAN_SERVER_HOME exists and was not made by the lab (no .repmgr-nat-lab inside): it holds somebody's barman data for '$BARMAN_SERVER'; move it away and run up again"
     fi
