@@ -61,7 +61,8 @@ LAB_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)   # .../lab
 REPO_ROOT=$(cd "$LAB_ROOT/.." && pwd)
 
 # ---- node helpers ----------------------------------------------------------------------
-node_ip() { case $1 in db1) echo "$DB1_IP" ;; db2) echo "$DB2_IP" ;; *) die "unknown node '$1' (db1 or db2)" ;; esac; }
+ns_ip() { case $1 in db1) echo "$DB1_IP" ;; db2) echo "$DB2_IP" ;; proxy) echo "$PROXY_IP" ;; app) echo "$APP_IP" ;; esac; }
+node_ip() { check_node "$1"; ns_ip "$1"; }
 node_id() { case $1 in db1) echo 1 ;; db2) echo 2 ;; *) die "unknown node '$1' (db1 or db2)" ;; esac; }
 node_other() { case $1 in db1) echo db2 ;; db2) echo db1 ;; *) die "unknown node '$1' (db1 or db2)" ;; esac; }
 check_node() { [[ $1 == db1 || $1 == db2 ]] || die "unknown node '$1' (expected db1 or db2)"; }

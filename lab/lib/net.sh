@@ -1,8 +1,6 @@
 # shellcheck shell=bash
 # Network namespaces: one bridge in its own namespace, one veth pair per host.
 
-ns_ip() { case $1 in db1) echo "$DB1_IP" ;; db2) echo "$DB2_IP" ;; proxy) echo "$PROXY_IP" ;; app) echo "$APP_IP" ;; esac; }
-
 ns_exists() { [[ -e /run/netns/$1 ]]; }
 
 # Is namespace NS one the lab made? It must carry the lab's interface or address (so that
