@@ -5,11 +5,10 @@
 SCRIPTS_DIR=$LAB_DIR/scripts               # root-owned copies of the article's scripts
 SCRIPTS_STATE=$LAB_DIR/scripts-state       # repmgr_master lives here (written by postgres)
 
-# install_lab_script NAME TEMPLATE VAR... : root-owned script in $LAB_DIR/bin with the given
-# shell variables defined at the top.
+# install_lab_script DEST TEMPLATE VAR...: $LAB_DIR/DEST, a root-owned script: lib/TEMPLATE
+# with the given shell variables defined at the top.
 install_lab_script() {
-    local name=$1 template=$2; shift 2
-    local dest=$LAB_DIR/bin/$name
+    local dest=$LAB_DIR/$1 template=$2; shift 2
     {
         echo '#!/bin/bash'
         echo "# $MARKER"
@@ -22,29 +21,19 @@ install_lab_script() {
 
 # Scripts of the lab itself: event crossing, ssh stand-in, cron loop; sudoers for postgres.
 install_lab_bin() {
-    local mode=$1
+    local HANDLER_MODE=$1
     install -d -o root -g root -m 0755 "$LAB_DIR/bin" "$LAB_DIR/sshbin"
-    local HANDLER_MODE=$mode
-    local -a HANDLER_CMD HANDLER_ENV=()
-    if [[ $mode == scripts ]]; then
-        HANDLER_CMD=("$SCRIPTS_DIR/repmgr_handler.sh")
-    else
-        HANDLER_CMD=("$RNAT_BIN" event)
-    fi
+    local -a HANDLER_CMD=("$RNAT_BIN" event) HANDLER_ENV=()
+    [[ $HANDLER_MODE == scripts ]] && HANDLER_CMD=("$SCRIPTS_DIR/repmgr_handler.sh")
     [[ -n ${LAB_HANDLER_ENV:-} ]] && read -r -a HANDLER_ENV <<<"$LAB_HANDLER_ENV"
-    install_lab_script lab-event lab-event.sh HANDLER_MODE HANDLER_CMD HANDLER_ENV EVENTS_LOG SYS_PATH
+    install_lab_script bin/lab-event lab-event.sh HANDLER_MODE HANDLER_CMD HANDLER_ENV EVENTS_LOG SYS_PATH
 
     local LAB_SSHBIN=$LAB_DIR/sshbin
     local -A NODE_NS=([$DB1_IP]=db1 [$DB2_IP]=db2 [db1]=db1 [db2]=db2)
     local SSH_LOG=$LAB_DIR/logs/ssh.log
-    install_lab_script lab-ssh lab-ssh.sh NODE_NS LAB_SSHBIN SYS_PATH SSH_LOG
-    install_lab_script lab-cron cron-loop.sh CRON_PID SYS_PATH
-    {
-        echo '#!/bin/bash'
-        echo "# $MARKER"
-        declare -p LAB_DIR
-        cat "$LAB_ROOT/lib/ssh-standin.sh"
-    } >"$LAB_DIR/sshbin/ssh" && chmod 0755 "$LAB_DIR/sshbin/ssh" || die "cannot write $LAB_DIR/sshbin/ssh"
+    install_lab_script bin/lab-ssh lab-ssh.sh NODE_NS LAB_SSHBIN SYS_PATH SSH_LOG
+    install_lab_script bin/lab-cron cron-loop.sh CRON_PID SYS_PATH
+    install_lab_script sshbin/ssh ssh-standin.sh LAB_DIR
 
     install -d -o root -g root -m 0700 "$LAB_DIR/tmp"
     : >"$EVENTS_LOG" && chmod 0644 "$EVENTS_LOG"
