@@ -41,10 +41,7 @@ cmd_psql() {
     (($# == 2)) || die "usage: lab.sh psql [-d DB] [-U USER] db1|db2|proxy-app|proxy-barman|recovered SQL"
     local target=$1 sql=$2
     case $target in
-    db1 | db2)
-        pg_as "$target" "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$(node_sock "$target")" -p "$PG_PORT" \
-            -U "${user:-postgres}" -d "${db:-postgres}" -c "$sql"
-        ;;
+    db1 | db2) node_psql "$target" "${db:-postgres}" "$sql" "${user:-postgres}" ;;
     proxy-app)
         # any lab user: the passwords come from postgres' pgpass (read by root here)
         ip netns exec app env -i PATH="$SYS_PATH" LANG=C.UTF-8 PGPASSFILE="$PGPASS_POSTGRES" PGCONNECT_TIMEOUT=2 \

@@ -94,12 +94,11 @@ EOF
     chmod 0644 "$conf"
 }
 
-# pg as postgres inside the node's namespace
 pg_as() { local n=$1; shift; as postgres "$n" "$@"; }
 
-node_psql() { # node_psql NODE DB SQL  (socket, superuser postgres; unaligned, tuples only)
-    local n=$1 db=$2 sql=$3
-    pg_as "$n" "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$(node_sock "$n")" -p "$PG_PORT" -U postgres -d "$db" -c "$sql"
+node_psql() { # NODE DB SQL [USER]: over the socket, as USER (postgres); unaligned, tuples only
+    local n=$1 db=$2 sql=$3 user=${4:-postgres}
+    pg_as "$n" "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$(node_sock "$n")" -p "$PG_PORT" -U "$user" -d "$db" -c "$sql"
 }
 
 node_running() { [[ -f $(node_data "$1")/postmaster.pid ]] && pg_as "$1" "$(node_pgctl "$1")" status >/dev/null 2>&1; }
