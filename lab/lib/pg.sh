@@ -62,7 +62,7 @@ EOF
 }
 
 write_repmgr_conf() {
-    local n=$1 conf sshpath
+    local n=$1 conf
     conf=$(node_conf "$n")
     cat >"$conf" <<EOF
 # $MARKER
@@ -146,7 +146,6 @@ EOF
     HINT=$(node_pglog $n)
     run as postgres $n "$(node_pgctl $n)" start
     # No synchronous standby exists yet: bootstrap writes commit locally.
-    HINT=$(node_pglog $n)
     run as postgres $n env "PGOPTIONS=-c synchronous_commit=local" "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 \
         -h "$(node_sock $n)" -p "$PG_PORT" -U postgres -d postgres -f "$LAB_DIR/bootstrap.sql"
 }
