@@ -245,21 +245,15 @@ db2_clone() {
     run node_repmgr $n standby register
 }
 
-repmgrd_start() { # NODE...
+repmgrd_start() { # NODE...: as node_repmgr runs repmgr (ssh stand-in on PATH)
     local n
     for n; do
-        repmgrd_start_one "$n"
+        HINT=$(node_repmgrd_log "$n")
+        AS_EXTRA_ENV="PATH=$LAB_DIR/sshbin:$SYS_PATH" run as postgres "$n" \
+            "$PG_BIN/repmgrd" -f "$(node_conf "$n")" --pid-file "$(node_repmgrd_pid "$n")" --daemonize
+        wait_until 5 pid_alive "$(node_repmgrd_pid "$n")" ||
+            die "repmgrd on $n did not start (no live pid in $(node_repmgrd_pid "$n")); look at $(node_repmgrd_log "$n")"
     done
-}
-
-repmgrd_start_one() {
-    local n=$1
-    HINT=$(node_repmgrd_log "$n")
-    run ip netns exec "$n" runuser -u postgres -- env -i HOME=/var/lib/postgresql USER=postgres LOGNAME=postgres \
-        "PATH=$LAB_DIR/sshbin:$SYS_PATH" LANG=C.UTF-8 \
-        "$PG_BIN/repmgrd" -f "$(node_conf "$n")" --pid-file "$(node_repmgrd_pid "$n")" --daemonize
-    wait_until 5 pid_alive "$(node_repmgrd_pid "$n")" ||
-        die "repmgrd on $n did not start (no live pid in $(node_repmgrd_pid "$n")); look at $(node_repmgrd_log "$n")"
 }
 
 repmgrd_stop() { stop_pidfile "$(node_repmgrd_pid "$1")"; }
