@@ -78,7 +78,7 @@ cmd_down() {
     [[ -e $RNAT_INSTALLED ]] && ours=1
     # 1. what the lab started, by pid file: the cron loop and repmgrd get TERM (waited for
     #    below, with everything else in the namespaces); PostgreSQL: pg_ctl stop -m immediate
-    local pidf pid
+    local pidf pid ns
     for pidf in "$WATCH_PID" "$CRON_PID" "$(node_repmgrd_pid db1)" "$(node_repmgrd_pid db2)"; do
         if pid=$(lab_pid "$pidf"); then
             kill -TERM "$pid" 2>/dev/null || true
@@ -95,11 +95,9 @@ cmd_down() {
         pid=$(postmaster_pid "$n")
         if [[ $pid =~ ^[0-9]+$ ]]; then kill -CONT "$pid" 2>/dev/null || true; fi
         # (a stale postmaster.pid makes pg_ctl fail; leftovers are killed below)
-        if ns_is_lab "$n"; then
-            as postgres "$n" "$PG_BIN/pg_ctl" -D "$(node_data "$n")" -m immediate -w -t 20 stop >>"$DOWN_LOG" 2>&1 &
-        else
-            as postgres - "$PG_BIN/pg_ctl" -D "$(node_data "$n")" -m immediate -w -t 20 stop >>"$DOWN_LOG" 2>&1 &
-        fi
+        ns=-
+        ns_is_lab "$n" && ns=$n
+        as postgres "$ns" "$PG_BIN/pg_ctl" -D "$(node_data "$n")" -m immediate -w -t 20 stop >>"$DOWN_LOG" 2>&1 &
         jobs+=($!)
     done
     recovered_stop
@@ -130,10 +128,9 @@ cmd_down() {
         cp -a "$LAB_DIR/logs/." "$save/" 2>/dev/null || true
         if [[ -f $EVENTS_LOG ]]; then cp -a "$EVENTS_LOG" "$save/" || true; fi
         for n in "${NODES[@]}"; do
-            for f in "$(node_pglog "$n")" "$(node_repmgrd_log "$n")"; do
+            for f in "$(node_pglog "$n")" "$(node_repmgrd_log "$n")" "$(node_conf "$n")"; do
                 if [[ -f $f ]]; then cp -a "$f" "$save/$n-$(basename "$f")" || true; fi
             done
-            if [[ -f $(node_conf "$n") ]]; then cp -a "$(node_conf "$n")" "$save/$n-repmgr.conf" || true; fi
         done
     fi
     if [[ -e $LAB_DIR ]]; then rm -rf -- "$LAB_DIR" || problems+=("$LAB_DIR"); fi
