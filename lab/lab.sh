@@ -192,10 +192,6 @@ cmd_switchover() {
     cmd_wait_standby "$old" 30
 }
 
-cmd_barman() { barman_as "$@"; }
-
-cmd_backup() { barman_backup; }
-
 cmd_recover() {
     (($# == 1)) || die "usage: lab.sh recover BACKUP_ID"
     barman_recover "$1"
@@ -214,7 +210,7 @@ cmd_event() {
 cmd_cron() {
     case ${1:-} in
     start) cron_start; say "cron loop running (pid $(cat "$CRON_PID"))" ;;
-    stop) cron_stop; say "cron loop stopped" ;;
+    stop) stop_pidfile "$CRON_PID"; say "cron loop stopped" ;;
     status) if pid_alive "$CRON_PID"; then echo "running $(cat "$CRON_PID")"; else echo stopped; return 1; fi ;;
     *) die "usage: lab.sh cron start|stop|status" ;;
     esac
@@ -229,8 +225,6 @@ cmd_watch() {
     *) die "usage: lab.sh watch start|stop|kill|status" ;;
     esac
 }
-
-cmd_nat() { ip netns exec proxy iptables-save; }
 
 # ============================================================================ events, clients
 cmd_events() {
@@ -370,13 +364,13 @@ main() {
     switchover) cmd_switchover "$@" ;;
     repmgr) cmd_repmgr "$@" ;;
     repmgrd) cmd_repmgrd "$@" ;;
-    barman) cmd_barman "$@" ;;
-    backup) cmd_backup "$@" ;;
+    barman) barman_as "$@" ;;
+    backup) barman_backup ;;
     recover) cmd_recover "$@" ;;
     event) cmd_event "$@" ;;
     cron) cmd_cron "$@" ;;
     watch) cmd_watch "$@" ;;
-    nat) cmd_nat "$@" ;;
+    nat) ip netns exec proxy iptables-save ;;
     events) cmd_events "$@" ;;
     probe) cmd_probe "$@" ;;
     exec) cmd_exec "$@" ;;

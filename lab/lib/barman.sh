@@ -41,8 +41,6 @@ cron_start() {
     wait_until 5 pid_alive "$CRON_PID" || die "the barman cron loop did not start; look at $CRON_LOG"
 }
 
-cron_stop() { stop_pidfile "$CRON_PID"; }
-
 # ---- barman's own proof: a backup, and a restore of it into a scratch instance -----------
 RECOVERED_DIR=$LAB_DIR/recovered          # barman recover writes the data directory here
 RECOVERED_RUN=$LAB_DIR/recovered-run      # its socket directory and log
