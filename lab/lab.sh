@@ -307,12 +307,11 @@ cmd_env() {
 }
 
 cmd_status() {
-    local n
+    local n role
     echo "== lab (handler $(state_get HANDLER), cron $(state_get CRON))"
     for n in "${NODES[@]}"; do
-        local r
-        r=$(in_recovery "$n")
-        printf '%s %-15s %s\n' "$n" "$(node_ip "$n")" "$(case $r in t) echo standby ;; f) echo primary ;; *) echo 'down / not answering' ;; esac)"
+        case $(in_recovery "$n") in t) role=standby ;; f) role=primary ;; *) role='down / not answering' ;; esac
+        printf '%s %-15s %s\n' "$n" "$(node_ip "$n")" "$role"
     done
     echo "== repmgr cluster show"
     for n in "${NODES[@]}"; do
