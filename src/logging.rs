@@ -62,18 +62,25 @@ fn names_file(stream: &str, meta: &std::fs::Metadata) -> bool {
 }
 
 /// A line as it may go into a log: newlines and tabs become spaces, every other control
-/// character (CR, ESC, ...) is written `\xNN`, so no server message or argument can fake a
-/// line or drive a terminal.
+/// character (CR, ESC, ...) is written `\xNN`, and the invisible characters that reorder
+/// or hide text (bidirectional overrides, zero-width ones) `\u{NNNN}`, so no server message
+/// or argument can fake a line, drive a terminal or show other text than it holds.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.trim_end().chars() {
         match c {
             '\n' | '\t' => out.push(' '),
             c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c if invisible(c) => out.push_str(&format!("\\u{{{:04x}}}", u32::from(c))),
             c => out.push(c),
         }
     }
     out
+}
+
+/// Unicode's format characters that change how text around them shows, or hide.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{061c}' | '\u{feff}' | '\u{00ad}')
 }
 
 /// Lines another repmgr-nat printed (the root step, through sudo), logged again here at
@@ -171,6 +178,8 @@ mod tests {
         assert_eq!(escape("node 2\nDETAIL:\tx\n"), "node 2 DETAIL: x");
         assert_eq!(escape("standby_promote\r\x1b[31mFAKE"), "standby_promote\\x0d\\x1b[31mFAKE");
         assert_eq!(escape("ümlaut ok"), "ümlaut ok");
+        assert_eq!(escape("node 1\u{202e}2 edon"), "node 1\\u{202e}2 edon");
+        assert_eq!(escape("a\u{200b}b"), "a\\u{200b}b");
     }
 
     #[test]

@@ -415,6 +415,7 @@ dir = "/var/lib/repmgr-nat"
             (with("slot = \"barman\"", "slot = \"Barman\""), "barman.slot: \"Barman\" must be"),
             (with("slot = \"barman\"", "slot = \"x'); drop table t; --\""), "barman.slot:"),
             (with("main_backup", "--help"), "barman.server: \"--help\" must be"),
+            (with("main_backup", "all"), "barman.server: \"all\" means every server"),
             (with("archive_timeout = 90", "archive_timeout = 0"), "barman.archive_timeout: 0 is not between"),
             (with("dir = \"/var/lib/repmgr-nat\"", "dir = \"state\""), "state.dir: \"state\" is not an absolute path"),
             (with("user = \"repmgr_nat\"", "user = \"\""), "postgres.user: \"\" must be"),

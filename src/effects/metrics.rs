@@ -9,7 +9,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -37,14 +37,17 @@ const REBIND_EVERY: Duration = Duration::from_secs(30);
 /// across restarts of watch; `watch.dir` is emptied at boot).
 pub fn create_event_counts(dir: &Path) -> Result<()> {
     let path = dir.join(EVENTS_FILE);
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .create(true)
-        .mode(0o644)
+        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
-        .map(drop)
-        .with_context(|| format!("cannot create {}", path.display()))
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    // repmgr's OS user's alone (events and watch run as it): another user who could open
+    // it could hold its lock, and every event would wait for it
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", path.display()))
 }
 
 /// Counts one event in `dir`'s counts file, if `watch` made one (nothing serves the counts

@@ -450,6 +450,10 @@ fn slot_name(value: String) -> Result<String> {
 }
 
 fn barman_server(value: String) -> Result<String> {
+    // barman reads "all" as every server it has: repmgr-nat acts on one
+    if value == "all" {
+        bail!("barman.server: \"all\" means every server to barman; name the one that streams from the cluster");
+    }
     name("barman.server", value, 64, |b| b.is_ascii_alphanumeric() || b"_-.".contains(&b), "letters, digits, _ - .")
 }
 
