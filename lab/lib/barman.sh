@@ -24,6 +24,7 @@ EOF
     echo "$MARKER" >"$BARMAN_SERVER_HOME/.repmgr-nat-lab"
 }
 
+# barman check exits non-zero when any check FAILED (lab-kit's barman::Check reads the lines)
 barman_ok() { barman_as check "$BARMAN_SERVER" >/dev/null 2>&1; }
 
 # barman check, bounded wait until every line is OK.

@@ -373,15 +373,20 @@ impl Lab {
         self.events().iter().filter(|r| r.id == id).flat_map(|r| r.output.iter().map(|l| format!("{l}\n"))).collect()
     }
 
-    /// `barman check main_backup` until it is all OK (receive-wal may be starting).
+    /// `barman check` of the lab's server.
+    pub fn barman_check(&self) -> (crate::barman::Check, Run) {
+        let run = self.lab(&["barman", "check", &self.env["BARMAN_SERVER"]]);
+        (crate::barman::Check::parse(run.code, &run.stdout), run)
+    }
+
+    /// `barman check` until it is all OK (receive-wal may be starting).
     #[track_caller]
     pub fn wait_barman_ok(&self, timeout: Duration) -> String {
         let mut last = None;
         let ok = poll_until(timeout, || {
-            let run = self.lab(&["barman", "check", "main_backup"]);
-            let done = run.code == 0 && !run.stdout.contains("FAILED");
+            let (check, run) = self.barman_check();
             last = Some(run);
-            done
+            check.ok()
         });
         let run = last.expect("one check");
         assert!(ok, "barman check not OK within {timeout:?}:\n{}{}", run.stdout, run.stderr);

@@ -5,6 +5,7 @@
 //! same harness and the same measures; each format has one parser here and each measure
 //! one definition, with tests on recorded samples.
 
+pub mod barman;
 pub mod bench;
 pub mod clients;
 pub mod demo;

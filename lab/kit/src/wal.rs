@@ -75,6 +75,10 @@ impl Archive {
         self.wals.iter().filter(|w| w.timeline == timeline).map(|w| w.segment).collect()
     }
 
+    pub fn has_timeline(&self, timeline: u32) -> bool {
+        self.wals.iter().any(|w| w.timeline == timeline)
+    }
+
     /// One line describing the archive, or what is wrong with it.
     pub fn continuity(&self) -> Result<String, String> {
         let mut timelines: Vec<u32> = self.wals.iter().map(|w| w.timeline).collect();
@@ -137,6 +141,7 @@ mod tests {
             &[(2, "0/4000060")],
         );
         assert_eq!(a.continuity(), Ok("tl1 1..3 (3), tl2 4..4 (1)".into()));
+        assert!(a.has_timeline(2) && !a.has_timeline(3));
     }
 
     #[test]

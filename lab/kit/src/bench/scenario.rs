@@ -274,10 +274,7 @@ fn measure(lab: &Lab, handler: Handler, scenario: Scenario, t0: u64, dir: &Path,
 /// would begin: `barman switch-wal --archive`), its WAL archive without a gap.
 fn barman_continuity(lab: &Lab, scenario: Scenario, result: &mut ScenarioResult) {
     let t = now_ms();
-    let ok = poll_until(BARMAN_BOUND, || {
-        let check = lab.lab(&["barman", "check", "main_backup"]);
-        check.code == 0 && !check.stdout.contains("FAILED")
-    });
+    let ok = poll_until(BARMAN_BOUND, || lab.barman_check().0.ok());
     if ok {
         result.barman_ok_after_s = Some((now_ms() - t) as f64 / 1000.0);
     }
@@ -287,11 +284,12 @@ fn barman_continuity(lab: &Lab, scenario: Scenario, result: &mut ScenarioResult)
     }
     let mut wal = Err(String::new());
     poll_until(Duration::from_secs(10), || {
-        wal = lab.barman_archive().continuity();
+        let archive = lab.barman_archive();
+        wal = archive.continuity();
         // without a promotion there is one timeline; with one, the switch must be there
         if let Ok(desc) = &wal
             && scenario.promotes()
-            && !desc.contains("tl2")
+            && !archive.has_timeline(2)
         {
             wal = Err(format!("{desc}: no timeline 2"));
         }
