@@ -16,6 +16,7 @@ mod watch;
 use std::time::Duration;
 
 use common::{BOTH, DB1, DB2, Lab, PROXY, Restore, assert_writes_on, now_ms, routed_to, snapshot, sorted, writer};
+use lab_kit::samples::{self, Sample};
 
 #[test]
 fn primary_register_on_a_fresh_cluster_points_both_ports_at_db1() {
@@ -146,8 +147,8 @@ fn automatic_failover_moves_ports_slot_and_barman_and_loses_nothing() {
     // some writes after the switch, then every acknowledged commit must be on db2
     std::thread::sleep(Duration::from_secs(2));
     lab.stop(writer);
-    let written = std::fs::read_to_string(&writes_file).unwrap();
-    assert!(written.contains(&format!("ok {DB2} id=")), "no write reached db2 through the application port");
+    let written = samples::read(&writes_file);
+    assert!(written.iter().any(|s| s.server() == Some(DB2)), "no write reached db2 through the application port");
     assert_writes_on(&lab, &writes_file, "db2");
 
     // barman's WAL: no gap across the timeline switch
@@ -191,7 +192,8 @@ fn a_connection_held_to_the_old_primary_is_cut_when_the_rules_move() {
     lab.ok(&["repmgrd", "stop", "db2"]);
     let held_file = std::env::temp_dir().join("repmgr-nat-lab-held.txt");
     let held = lab.client("hold", 50, &[], &held_file);
-    lab.wait_for_line(&held_file, &format!("ok {DB1} conn=1"));
+    let held_to = |s: &Sample, node| s.server() == Some(node) && s.field::<u64>("conn") == Some(1);
+    lab.wait_samples("the connection held to db1", &held_file, |s| s.iter().any(|s| held_to(s, DB1)));
 
     // db2 promoted while db1 still runs: the held connection still talks to db1
     lab.ok(&["pgctl", "db2", "promote"]);
@@ -201,22 +203,13 @@ fn a_connection_held_to_the_old_primary_is_cut_when_the_rules_move() {
     std::thread::sleep(Duration::from_secs(2));
     lab.stop(held);
 
-    let lines: Vec<(u64, String)> = std::fs::read_to_string(&held_file)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once(' ').map(|(t, rest)| (t.parse().unwrap(), rest.to_string())))
-        .collect();
-    let before: Vec<&String> = lines.iter().filter(|(t, _)| *t < switched).map(|(_, l)| l).collect();
-    assert!(before.iter().any(|l| l.starts_with(&format!("ok {DB1} conn=1"))), "not held to db1 first: {lines:?}");
-    let after: Vec<&String> = lines.iter().filter(|(t, _)| *t >= switched).map(|(_, l)| l).collect();
-    let cut = after.iter().position(|l| l.starts_with("err")).unwrap_or_else(|| panic!("never cut: {after:?}"));
-    assert!(
-        after[cut + 1..].iter().any(|l| l.starts_with(&format!("ok {DB2}"))),
-        "no new connection to db2: {after:?}"
-    );
+    let (before, after): (Vec<Sample>, Vec<Sample>) = samples::read(&held_file).into_iter().partition(|s| s.at < switched);
+    assert!(before.iter().any(|s| held_to(s, DB1)), "not held to db1 first: {before:?}");
+    let cut = after.iter().position(|s| !s.ok()).unwrap_or_else(|| panic!("never cut: {after:?}"));
+    assert!(after[cut + 1..].iter().any(|s| s.server() == Some(DB2)), "no new connection to db2: {after:?}");
     let last = after.last().unwrap();
-    assert!(last.starts_with(&format!("ok {DB2}")), "still answered by {last}");
-    assert!(!after.iter().skip(cut).any(|l| l.contains(DB1)), "db1 answered after the cut: {after:?}");
+    assert_eq!(last.server(), Some(DB2), "still answered by {last:?}");
+    assert!(!after[cut..].iter().any(|s| s.server() == Some(DB1)), "db1 answered after the cut: {after:?}");
 }
 
 #[test]

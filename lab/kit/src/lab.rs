@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::events::{self, EventRun};
+use crate::samples::{self, Sample};
 use crate::wal::Archive;
 use crate::writes::{Comparison, Writes};
 
@@ -192,9 +193,8 @@ impl Lab {
     /// `acknowledged` of its rows were.
     pub fn writer(&self, file: &Path, acknowledged: usize) -> Child {
         let child = self.client("write", 20, &["--count", "100000000"], file);
-        self.wait_until(&format!("{acknowledged} rows acknowledged to the writer"), Duration::from_secs(120), || {
-            std::fs::read_to_string(file).is_ok_and(|w| w.lines().filter(|l| l.contains(" ok ")).count() >= acknowledged)
-        });
+        let what = format!("{acknowledged} rows acknowledged to the writer");
+        self.wait_samples(&what, file, |s| s.iter().filter(|s| s.ok()).count() >= acknowledged);
         child
     }
 
@@ -402,6 +402,12 @@ impl Lab {
     /// barman's WAL archive.
     pub fn barman_archive(&self) -> Archive {
         Archive::read(&Path::new(&self.env["BARMAN_HOME"]).join("wals")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Waits until the samples a background client wrote to `file` satisfy `done`.
+    #[track_caller]
+    pub fn wait_samples(&self, what: &str, file: &Path, done: impl Fn(&[Sample]) -> bool) {
+        self.wait_until(what, Duration::from_secs(120), || done(&samples::read(file)));
     }
 
     /// Waits until a background client's output has a line containing `text`.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::lab::{DB1, DB2, Lab};
+use crate::samples;
 use crate::writes::Comparison;
 
 /// Far more than convergence takes (about a second): waiting this long is a failure.
@@ -138,9 +139,8 @@ pub fn barman_away_at_a_failover(lab: &Lab, dir: &Path, name: &str) -> (Child, P
 /// Stops the writer once more writes reached `primary`, restores `backup` to the newest
 /// timeline and compares its rows with what was acknowledged.
 pub fn restore(lab: &Lab, backup: &str, (writer, file): (Child, PathBuf), primary: &str) -> Comparison {
-    let on_primary = format!("ok {primary} ");
     lab.wait_until("writes through the application port to the new primary", CONVERGE, || {
-        std::fs::read_to_string(&file).is_ok_and(|w| w.lines().rev().take(20).filter(|l| l.contains(&on_primary)).count() >= 10)
+        samples::read(&file).iter().rev().take(20).filter(|s| s.server() == Some(primary)).count() >= 10
     });
     lab.stop(writer);
     lab.ok(&["recover", backup]);

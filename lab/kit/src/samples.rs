@@ -56,6 +56,14 @@ fn key_value(word: &str) -> Option<(&str, &str)> {
     (!k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')).then_some((k, v))
 }
 
+/// The samples a client has written to `path` so far: its complete lines (none while
+/// the file is missing or unreadable as samples).
+pub fn read(path: &std::path::Path) -> Vec<Sample> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    parse(complete).unwrap_or_default()
+}
+
 /// The samples of a client's output, sorted by when each attempt began (a client whose
 /// attempts overlap prints them as they end). Comments are skipped; any other line that
 /// fits no form is an error.
@@ -240,6 +248,17 @@ pub fn timeline(samples: &[Sample], t0: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_only_complete_lines_of_a_file_being_written() {
+        let path = std::env::temp_dir().join(format!("lab-kit-samples-{}", std::process::id()));
+        std::fs::write(&path, "# lab-kit probe write pid=1\n1000 ok 198.51.100.11 id=1 seq=1\n1020 ok 198.5").unwrap();
+        let read = read(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].server(), Some("198.51.100.11"));
+        assert!(super::read(std::path::Path::new("/nonexistent/samples")).is_empty());
+    }
 
     fn samples(text: &str) -> Vec<Sample> {
         parse(text).unwrap()

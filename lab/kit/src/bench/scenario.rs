@@ -154,7 +154,7 @@ pub fn run(
             lab.ok(&["repmgrd", "stop", "db2"]);
         }
         let clients = start_clients(&lab, dir);
-        lab.wait_for_line(&dir.join("write.txt"), " ok ");
+        lab.wait_samples("the writer's first acknowledged write", &dir.join("write.txt"), |s| s.iter().any(|s| s.ok()));
         let t0 = act(&lab, scenario, &args.phase, &mut result);
         settle(&lab, t0, &dir.join("watch.txt"), &mut result);
         std::thread::sleep(Duration::from_secs(1));
