@@ -508,3 +508,21 @@ pub fn render(results: &Results) -> String {
     }
     r.out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A whole benchmark run's results (lab/kit at 50b8914, BENCHMARKS.md's "after" run),
+    /// rendered again: the report is a function of the results alone.
+    #[test]
+    fn renders_a_recorded_run_as_recorded() {
+        let results: Results = serde_json::from_str(include_str!("testdata/results.json")).unwrap();
+        let expected = include_str!("testdata/report.md");
+        let got = render(&results);
+        if got != expected {
+            let at = got.lines().zip(expected.lines()).position(|(a, b)| a != b).unwrap_or(0);
+            panic!("line {}: got\n{}\nexpected\n{}", at + 1, got.lines().nth(at).unwrap_or(""), expected.lines().nth(at).unwrap_or(""));
+        }
+    }
+}
