@@ -81,7 +81,8 @@ fn main_page(man: &clap_mangen::Man, readme: &str, w: &mut dyn Write) -> io::Res
         let [key, default, meaning] = &row[..] else { continue };
         roff.control("TP", []);
         // "required", "none", or a value: "(default: 250)"
-        let default = if default.contains('`') { format!("default: {}", manual::plain(default)) } else { manual::plain(default) };
+        let default =
+            if default.contains('`') { format!("default: {}", manual::plain(default)) } else { manual::plain(default) };
         roff.text([bold(manual::plain(key)), roman(format!(" ({default})"))]);
         roff.text(inline(meaning));
     }

@@ -319,7 +319,10 @@ mod tests {
         let fake = Fake::new(rec(1, Open::All, 1), view(&[(1, primary(1, IDLE)), (2, standby(None))]));
         let err = promote(&cfg, &fake, 2).unwrap_err();
         assert_eq!(exit::code(&err), exit::REFUSED);
-        assert_eq!(format!("{err:#}"), "node 2 standby_promote: node 2 is in recovery on timeline 1; the legitimate primary: node 1 on timeline 1; nothing changed");
+        assert_eq!(
+            format!("{err:#}"),
+            "node 2 standby_promote: node 2 is in recovery on timeline 1; the legitimate primary: node 1 on timeline 1; nothing changed"
+        );
         assert_eq!(fake.calls(), []);
 
         let fake = Fake::new(rec(1, Open::All, 1), view(&[(1, primary(1, IDLE)), (2, down())]));

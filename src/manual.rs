@@ -70,11 +70,10 @@ mod tests {
     fn reads_a_markdown_table_under_its_heading() {
         let md = "# x\n| a | b |\n|---|---|\n| 0 | no |\n## Codes\n\ntext\n\n| code | meaning |\n|---|---|\n| `1` | a \\| b |\n| 2 | [c](#c) |\n\nafter\n| 9 | not this |\n";
         assert_eq!(table(md, "Codes"), [vec!["`1`", "a | b"], vec!["2", "[c](#c)"]]);
-        assert_eq!(spans("`nodes.<id>` or [the list](#l), `x`"), [
-            ("nodes.<id>".to_string(), true),
-            (" or the list, ".to_string(), false),
-            ("x".to_string(), true)
-        ]);
+        assert_eq!(
+            spans("`nodes.<id>` or [the list](#l), `x`"),
+            [("nodes.<id>".to_string(), true), (" or the list, ".to_string(), false), ("x".to_string(), true)]
+        );
         assert_eq!(plain("`a` [b]"), "a [b]");
     }
 
@@ -113,7 +112,8 @@ mod tests {
         assert!(accepted.len() > 30 && accepted.contains("watch.metrics"), "{accepted:?}");
         assert_eq!(documented_keys(), accepted);
         // a node's table form
-        let fields = fields_refused_with(&PACKAGED.replacen("[nodes]", "[nodes]\n9 = { address = \"10.8.9.1\", x = 1 }", 1));
+        let fields =
+            fields_refused_with(&PACKAGED.replacen("[nodes]", "[nodes]\n9 = { address = \"10.8.9.1\", x = 1 }", 1));
         let nodes = table(README, CONFIG_HEADING).into_iter().find(|row| row[0] == "`nodes.<id>`").unwrap();
         for field in fields {
             assert!(nodes[2].contains(&format!("{field} = ")), "nodes.<id> does not show {field}: {}", nodes[2]);
@@ -144,7 +144,8 @@ mod tests {
             assert!(MAN.contains(&format!("\\fB{key}\\fR")), "the man page does not show {key}");
         }
         let codes = [0, exit::FAILED, exit::BAD_INPUT, exit::REFUSED, exit::INCONSISTENT];
-        let documented: Vec<u8> = table(README, EXIT_HEADING).iter().map(|row| plain(&row[0]).parse().unwrap()).collect();
+        let documented: Vec<u8> =
+            table(README, EXIT_HEADING).iter().map(|row| plain(&row[0]).parse().unwrap()).collect();
         assert_eq!(documented, codes, "the README's exit codes");
         let status = MAN.split(".SH \"EXIT STATUS\"").nth(1).expect("an EXIT STATUS section");
         for code in codes {

@@ -130,7 +130,11 @@ fn an_unknown_node_is_refused_naming_the_known_ones() {
 fn route_and_setup_need_root_and_route_takes_no_other_config() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        refused(&["--config", "/tmp/other.toml", "route", "1", "--ports", "all"], 2, "route reads only /etc/repmgr-nat.toml");
+        refused(
+            &["--config", "/tmp/other.toml", "route", "1", "--ports", "all"],
+            2,
+            "route reads only /etc/repmgr-nat.toml",
+        );
     } else {
         refused(&["route", "1", "--ports", "all"], 2, "must run as root");
         refused(&["setup"], 2, "must run as root");

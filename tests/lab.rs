@@ -203,7 +203,8 @@ fn a_connection_held_to_the_old_primary_is_cut_when_the_rules_move() {
     std::thread::sleep(Duration::from_secs(2));
     lab.stop(held);
 
-    let (before, after): (Vec<Sample>, Vec<Sample>) = samples::read(&held_file).into_iter().partition(|s| s.at < switched);
+    let (before, after): (Vec<Sample>, Vec<Sample>) =
+        samples::read(&held_file).into_iter().partition(|s| s.at < switched);
     assert!(before.iter().any(|s| held_to(s, DB1)), "not held to db1 first: {before:?}");
     let cut = after.iter().position(|s| !s.ok()).unwrap_or_else(|| panic!("never cut: {after:?}"));
     assert!(after[cut + 1..].iter().any(|s| s.server() == Some(DB2)), "no new connection to db2: {after:?}");
@@ -267,7 +268,14 @@ fn stale_failed_and_malformed_events_change_nothing() {
     let before = snapshot(&lab);
     let cases: &[(&str, &str, &str, &str, i32, &str)] = &[
         // a replayed promote for a node that is a standby now
-        ("db2", "2", "standby_promote", "1", 3, "in recovery on timeline 1; the legitimate primary: node 1 on timeline 1; nothing changed"),
+        (
+            "db2",
+            "2",
+            "standby_promote",
+            "1",
+            3,
+            "in recovery on timeline 1; the legitimate primary: node 1 on timeline 1; nothing changed",
+        ),
         // a standby-type event naming the primary: its slot stays
         ("db1", "1", "standby_follow", "1", 3, "node 1 is not in recovery; a primary keeps its slot"),
         ("db1", "1", "node_rejoin", "1", 3, "node 1 is not in recovery; a primary keeps its slot"),

@@ -355,7 +355,8 @@ dir = "/var/lib/repmgr-nat"
 
     #[test]
     fn metrics_may_be_turned_off_or_moved() {
-        let metrics = |value: &str| Config::parse(&format!("{EXAMPLE}[watch]\nmetrics = {value}\n")).unwrap().watch.metrics;
+        let metrics =
+            |value: &str| Config::parse(&format!("{EXAMPLE}[watch]\nmetrics = {value}\n")).unwrap().watch.metrics;
         assert_eq!(metrics("false"), None);
         assert_eq!(metrics("\"\""), None);
         assert_eq!(metrics("\"[::1]:9721\""), Some("[::1]:9721".parse().unwrap()));
@@ -462,7 +463,10 @@ dir = "/var/lib/repmgr-nat"
                 "watch.metrics: \"localhost:9721\" is not an address and port such as \"127.0.0.1:9721\"",
             ),
             (format!("{EXAMPLE}[watch]\nmetrics = \"127.0.0.1\"\n"), "watch.metrics: \"127.0.0.1\" is not an address"),
-            (format!("{EXAMPLE}[watch]\nmetrics = \"127.0.0.1:0\"\n"), "watch.metrics: \"127.0.0.1:0\" is not an address"),
+            (
+                format!("{EXAMPLE}[watch]\nmetrics = \"127.0.0.1:0\"\n"),
+                "watch.metrics: \"127.0.0.1:0\" is not an address",
+            ),
             (format!("{EXAMPLE}[watch]\nmetrics = true\n"), "watch.metrics: \"true\" is not an address and port"),
             (format!("{EXAMPLE}[watch]\nmetrics = 9721\n"), "watch.metrics: \"9721\" is not an address and port"),
             ("[proxy]\naddress = \"10.8.3.1\"".to_string(), "missing field `ports`"),

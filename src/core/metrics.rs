@@ -117,7 +117,10 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(started_ms: u64) -> Tracker {
-        Tracker { snapshot: Snapshot { started_ms, primary_state: "none", ..Snapshot::default() }, ..Tracker::default() }
+        Tracker {
+            snapshot: Snapshot { started_ms, primary_state: "none", ..Snapshot::default() },
+            ..Tracker::default()
+        }
     }
 
     pub fn snapshot(&self) -> &Snapshot {
@@ -156,7 +159,8 @@ impl Tracker {
             Routing::Nothing | Routing::Unrecognised => None,
         };
         s.route = route;
-        s.route_timeline = pass.recorded.filter(|r| Some(r.route.node.id()) == route.map(|(n, _)| n)).map(|r| r.timeline);
+        s.route_timeline =
+            pass.recorded.filter(|r| Some(r.route.node.id()) == route.map(|(n, _)| n)).map(|r| r.timeline);
         s.nodes = pass
             .view
             .nodes
@@ -172,7 +176,9 @@ impl Tracker {
             })
             .collect();
         s.barman_streaming = match pass.routing {
-            Routing::To(route) => pass.view.state(route.node).and_then(|s| s.slot).is_some_and(|s| s.active_pid.is_some()),
+            Routing::To(route) => {
+                pass.view.state(route.node).and_then(|s| s.slot).is_some_and(|s| s.active_pid.is_some())
+            }
             _ => false,
         };
 
@@ -242,7 +248,9 @@ impl EventCounts {
 /// A word the counts file and a label value take: 1-64 of `a-z 0-9 _`, as repmgr's event
 /// names are.
 fn label_word(word: &str) -> bool {
-    !word.is_empty() && word.len() <= 64 && word.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    !word.is_empty()
+        && word.len() <= 64
+        && word.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// The Prometheus text exposition format (version 0.0.4) of everything watch knows.
@@ -252,12 +260,7 @@ pub fn render(s: &Snapshot, events: &EventCounts, version: &str) -> String {
     out.sample("build_info", &[("version", version)], 1);
     out.one("watch_start_time_seconds", "gauge", "When watch started, in unix time.", Millis(s.started_ms));
     out.one("passes_total", "counter", "Passes watch made.", s.passes);
-    out.one(
-        "last_pass_timestamp_seconds",
-        "gauge",
-        "When the last pass ended, in unix time.",
-        Millis(s.last_pass_ms),
-    );
+    out.one("last_pass_timestamp_seconds", "gauge", "When the last pass ended, in unix time.", Millis(s.last_pass_ms));
     out.one("last_pass_duration_seconds", "gauge", "How long the last pass took.", s.last_pass.as_secs_f64());
 
     out.one(
@@ -384,11 +387,7 @@ struct Millis(u64);
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (secs, ms) = (self.0 / 1000, self.0 % 1000);
-        if ms == 0 {
-            write!(f, "{secs}")
-        } else {
-            write!(f, "{secs}.{}", format!("{ms:03}").trim_end_matches('0'))
-        }
+        if ms == 0 { write!(f, "{secs}") } else { write!(f, "{secs}.{}", format!("{ms:03}").trim_end_matches('0')) }
     }
 }
 

@@ -246,7 +246,8 @@ pub fn arbitrate(view: &View, record: Option<Record>) -> Arbitration {
     let top: Vec<Node> = view.primaries().filter(|(_, t)| *t == highest).map(|(n, _)| n).collect();
     let stale = view.primaries().filter(|(_, t)| *t < highest).collect();
     let unknown = |node: Node| -> Vec<Node> {
-        let unknown = view.nodes.iter().filter(|(n, a)| *n != node && matches!(a, Answer::Silent(_) | Answer::Rejected(_)));
+        let unknown =
+            view.nodes.iter().filter(|(n, a)| *n != node && matches!(a, Answer::Silent(_) | Answer::Rejected(_)));
         unknown.map(|(n, _)| *n).collect()
     };
     let primary = match top[..] {

@@ -66,7 +66,8 @@ pub fn count_event(dir: &Path, event: &str, outcome: &str) -> Result<()> {
         }
         thread::sleep(Duration::from_millis(5));
     }
-    let mut counts = EventCounts::parse(&read_bounded(&file).with_context(|| format!("cannot read {}", path.display()))?);
+    let mut counts =
+        EventCounts::parse(&read_bounded(&file).with_context(|| format!("cannot read {}", path.display()))?);
     if !counts.count(event, outcome) {
         log::debug!("{}: event {event} {outcome} not counted", path.display());
         return Ok(());
@@ -120,7 +121,10 @@ pub fn serve(addr: SocketAddr, snapshot: Arc<Mutex<Snapshot>>, dir: PathBuf) {
                     }
                 }
                 Err(e) if !failed => {
-                    log::error!("watch: cannot serve metrics on {addr}: {e}; trying again every {} s", REBIND_EVERY.as_secs());
+                    log::error!(
+                        "watch: cannot serve metrics on {addr}: {e}; trying again every {} s",
+                        REBIND_EVERY.as_secs()
+                    );
                     failed = true;
                 }
                 Err(_) => {}

@@ -36,7 +36,8 @@ fn the_package_fails_over_reports_metrics_and_purges_without_a_trace() {
     assert_eq!(meta("/usr/bin/repmgr-nat").permissions().mode() & 0o7777, 0o755);
     let state = meta("/var/lib/repmgr-nat");
     assert_eq!((state.uid(), state.permissions().mode() & 0o7777), (0, 0o755), "the state directory");
-    let conffiles = lab.in_proxy("root", &[], "dpkg-query", &["-W", "-f=${Conffiles}", "repmgr-nat"]).expect(0, "conffiles");
+    let conffiles =
+        lab.in_proxy("root", &[], "dpkg-query", &["-W", "-f=${Conffiles}", "repmgr-nat"]).expect(0, "conffiles");
     for conffile in ["/etc/repmgr-nat.toml", "/etc/sudoers.d/repmgr-nat"] {
         assert!(conffiles.stdout.contains(conffile), "{conffile} is not a conffile: {}", conffiles.stdout);
     }
@@ -116,6 +117,10 @@ fn the_package_fails_over_reports_metrics_and_purges_without_a_trace() {
     let left: Vec<_> = installed.iter().filter(|p| Path::new(p).exists()).collect();
     assert!(left.is_empty(), "the purge left {left:?}");
     let status = lab.in_proxy("root", &[], "dpkg-query", &["-W", "-f=${db:Status-Status}", "repmgr-nat"]);
-    assert!(status.code != 0 || status.stdout.trim() == "not-installed", "dpkg still knows repmgr-nat: {}", status.stdout);
+    assert!(
+        status.code != 0 || status.stdout.trim() == "not-installed",
+        "dpkg still knows repmgr-nat: {}",
+        status.stdout
+    );
     assert_ne!(lab.app_reaches().ok().as_deref(), Some(DB1), "nothing may route to the old primary");
 }

@@ -63,8 +63,14 @@ mod tests {
     #[test]
     fn names_what_failed() {
         let out = OK
-            .replace("\treceive-wal running: OK", "\treceive-wal running: FAILED (See the Barman log file for more details)")
-            .replace("\treplication slot: OK", "\treplication slot: FAILED (slot 'barman' not initialised: is 'receive-wal' running?)");
+            .replace(
+                "\treceive-wal running: OK",
+                "\treceive-wal running: FAILED (See the Barman log file for more details)",
+            )
+            .replace(
+                "\treplication slot: OK",
+                "\treplication slot: FAILED (slot 'barman' not initialised: is 'receive-wal' running?)",
+            );
         let check = Check::parse(1, &out);
         assert_eq!(check.failed, ["replication slot", "receive-wal running"]);
         assert!(!check.ok());

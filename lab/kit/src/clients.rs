@@ -135,7 +135,12 @@ fn every_interval(o: &Opts, mut attempt: impl FnMut(u64) -> bool) {
 const SERVER_SQL: &str = "select coalesce(host(inet_server_addr()), 'local')";
 
 /// A connection, or the one kept from before; then `sql` on it.
-fn query(had: Option<Client>, conninfo: &str, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<(Client, postgres::Row), QueryError> {
+fn query(
+    had: Option<Client>,
+    conninfo: &str,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> Result<(Client, postgres::Row), QueryError> {
     let mut client = match had {
         Some(c) => c,
         None => Client::connect(conninfo, NoTls).map_err(|e| QueryError { reason: short_reason(&e), sent: false })?,

@@ -19,7 +19,10 @@ pub fn run(handler: &str, keep: bool) -> Result<(), String> {
     say(&format!("lab up (handler: {handler})"));
     let lab = Lab::up_with(&session, &["--handler", handler], &[]);
     let file = std::path::Path::new(&lab.env["LAB_DIR"]).join("logs/demo-watch.txt");
-    say(&format!("client: a new connection to {}:{} every 50 ms, from the app namespace", lab.env["PROXY_IP"], lab.env["APP_PORT"]));
+    say(&format!(
+        "client: a new connection to {}:{} every 50 ms, from the app namespace",
+        lab.env["PROXY_IP"], lab.env["APP_PORT"]
+    ));
     let client = lab.client("watch", 50, &[], &file);
     std::thread::sleep(Duration::from_secs(3));
     let text = std::fs::read_to_string(&file).unwrap_or_default();

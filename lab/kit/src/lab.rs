@@ -221,7 +221,8 @@ impl Lab {
 
     /// A query in database `db` ("": the target's default).
     pub fn try_sql_in(&self, target: &str, db: &str, sql: &str) -> Result<String, String> {
-        let run = if db.is_empty() { self.lab(&["psql", target, sql]) } else { self.lab(&["psql", "-d", db, target, sql]) };
+        let run =
+            if db.is_empty() { self.lab(&["psql", target, sql]) } else { self.lab(&["psql", "-d", db, target, sql]) };
         if run.code == 0 { Ok(run.stdout.trim().to_string()) } else { Err(run.stderr) }
     }
 

@@ -139,14 +139,20 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Switches { count, targets, commands } => {
             let targets = targets
                 .iter()
-                .map(|t| t.split_once('=').map(|(i, a)| (i.to_string(), a.to_string())).ok_or(format!("--target {t}: ID=ADDRESS")))
+                .map(|t| {
+                    t.split_once('=')
+                        .map(|(i, a)| (i.to_string(), a.to_string()))
+                        .ok_or(format!("--target {t}: ID=ADDRESS"))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             if targets.len() < 2 {
                 return Err("at least two --target".into());
             }
             bench::switches(count, &targets, &commands)
         }
-        Cmd::Bench(args) => bench::run(args, std::env::args().skip(1).collect::<Vec<_>>().join(" ").replacen("bench", "lab/bench", 1)),
+        Cmd::Bench(args) => {
+            bench::run(args, std::env::args().skip(1).collect::<Vec<_>>().join(" ").replacen("bench", "lab/bench", 1))
+        }
         Cmd::BenchReport { dir } => bench::report_again(&dir),
         Cmd::Demo { keep, handler } => demo::run(&handler, keep),
     }

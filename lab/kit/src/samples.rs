@@ -334,11 +334,12 @@ mod tests {
 
     #[test]
     fn connects_count_failures_held_attempts_and_when_the_port_opened() {
-        let s = samples(
-            "950 ok a ms=5\n1000 ok a ms=4\n1025 ok b ms=1010\n1050 err ms=5000 timeout\n1075 ok b ms=6\n",
-        );
+        let s = samples("950 ok a ms=5\n1000 ok a ms=4\n1025 ok b ms=1010\n1050 err ms=5000 timeout\n1075 ok b ms=6\n");
         let c = Connects::of(&s, 1000, "b");
-        assert_eq!(c, Connects { attempts: 4, failed: 1, held: 1, longest_wait_ms: 5000, first_on_primary_ms: Some(75) });
+        assert_eq!(
+            c,
+            Connects { attempts: 4, failed: 1, held: 1, longest_wait_ms: 5000, first_on_primary_ms: Some(75) }
+        );
         assert_eq!(first_ack_on(&s, 1000, "b"), Some(81), "1075 + 6 ends before 1025 + 1010");
     }
 

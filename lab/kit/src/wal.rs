@@ -104,7 +104,10 @@ impl Archive {
             let switch = at / SEGMENT;
             let parent = self.segments(tli - 1);
             if parent.last().is_none_or(|last| last + 1 < switch) {
-                return Err(format!("{desc}: timeline {} ends before the switch to {tli} in segment {switch}", tli - 1));
+                return Err(format!(
+                    "{desc}: timeline {} ends before the switch to {tli} in segment {switch}",
+                    tli - 1
+                ));
             }
             if segs[0] > switch {
                 return Err(format!("{desc}: timeline {tli} starts after its switch in segment {switch}"));
@@ -137,7 +140,12 @@ mod tests {
     #[test]
     fn a_failover_archive_without_a_gap() {
         let a = archive(
-            &["000000010000000000000001", "000000010000000000000002", "000000010000000000000003", "000000020000000000000004"],
+            &[
+                "000000010000000000000001",
+                "000000010000000000000002",
+                "000000010000000000000003",
+                "000000020000000000000004",
+            ],
             &[(2, "0/4000060")],
         );
         assert_eq!(a.continuity(), Ok("tl1 1..3 (3), tl2 4..4 (1)".into()));

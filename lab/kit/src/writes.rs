@@ -84,8 +84,12 @@ impl Writes {
             let (id, payload) = line.split_once('|').ok_or(format!("bad row {line:?}"))?;
             found.insert(id.parse::<i64>().map_err(|e| format!("{line}: {e}"))?, payload.to_string());
         }
-        let missing =
-            self.acked.iter().filter(|(id, seq)| found.get(id) != Some(&self.payload(**seq))).map(|(id, _)| *id).collect();
+        let missing = self
+            .acked
+            .iter()
+            .filter(|(id, seq)| found.get(id) != Some(&self.payload(**seq)))
+            .map(|(id, _)| *id)
+            .collect();
         let prefix = format!("lab-kit {} ", self.pid);
         let invented = found
             .values()
@@ -95,7 +99,13 @@ impl Writes {
             })
             .cloned()
             .collect();
-        Ok(Comparison { attempted: self.attempts, acknowledged: self.acked.len(), rows: found.len(), missing, invented })
+        Ok(Comparison {
+            attempted: self.attempts,
+            acknowledged: self.acked.len(),
+            rows: found.len(),
+            missing,
+            invented,
+        })
     }
 }
 

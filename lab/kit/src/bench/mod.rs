@@ -181,7 +181,10 @@ fn say(text: &str) {
 /// error, its message kept.
 fn attempt<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|e| {
-        e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
     })
 }
 
@@ -202,7 +205,11 @@ fn output(program: &str, args: &[&str]) -> String {
 fn machine() -> (String, String) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']).to_string()))
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_else(|| "?".into());
     let mem_gb = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -291,7 +298,13 @@ pub fn run(args: Args, command: String) -> Result<(), String> {
             let t = now_ms();
             let (result, nat) = scenario::run(&session, &args, handler, scenario, &dir);
             save(&dir.join("result.json"), &result);
-            say(&format!("{}: {} done in {:.0} s: {}", handler.name(), scenario.name(), (now_ms() - t) as f64 / 1000.0, result.brief()));
+            say(&format!(
+                "{}: {} done in {:.0} s: {}",
+                handler.name(),
+                scenario.name(),
+                (now_ms() - t) as f64 / 1000.0,
+                result.brief()
+            ));
             results.scenarios.push(result);
             results.nat.extend(nat);
         }
@@ -318,7 +331,10 @@ pub fn run(args: Args, command: String) -> Result<(), String> {
         }
     }
     if args.soak_minutes > 0 {
-        say(&format!("soak: watch over {} min idle, then {} min of writes (fresh lab) ...", args.soak_minutes, args.soak_minutes));
+        say(&format!(
+            "soak: watch over {} min idle, then {} min of writes (fresh lab) ...",
+            args.soak_minutes, args.soak_minutes
+        ));
         let dir = out.join("soak");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let soak = soak::run(&session, Duration::from_secs(args.soak_minutes * 60), &dir);

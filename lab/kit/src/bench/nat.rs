@@ -46,7 +46,9 @@ impl Mode {
         match self {
             Mode::ScriptsRoot => "scripts: `repmgr_iptables.sh` x2, as root",
             Mode::ScriptsSudo => "scripts: the same through `sudo` as postgres (as their handler runs it)",
-            Mode::RnatSudo => "repmgr-nat: `sudo -n repmgr-nat route <id> --ports all` as postgres (as its handler runs it)",
+            Mode::RnatSudo => {
+                "repmgr-nat: `sudo -n repmgr-nat route <id> --ports all` as postgres (as its handler runs it)"
+            }
             Mode::RnatRoot => "repmgr-nat: `repmgr-nat route <id> --ports all` as root",
         }
     }
@@ -103,8 +105,13 @@ pub fn switches(count: usize, targets: &[(String, String)], commands: &[String])
         let t = Instant::now();
         let mut stdout = String::new();
         for command in commands {
-            let words: Vec<String> = command.replace("{id}", id).replace("{ip}", ip).split(' ').map(String::from).collect();
-            let out = Command::new(&words[0]).args(&words[1..]).stdin(Stdio::null()).output().map_err(|e| format!("{}: {e}", words[0]))?;
+            let words: Vec<String> =
+                command.replace("{id}", id).replace("{ip}", ip).split(' ').map(String::from).collect();
+            let out = Command::new(&words[0])
+                .args(&words[1..])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("{}: {e}", words[0]))?;
             result.stderr.push_str(&String::from_utf8_lossy(&out.stderr));
             stdout.push_str(&String::from_utf8_lossy(&out.stdout));
             if !out.status.success() {
@@ -305,7 +312,14 @@ fn in_scale_ns(program: &str, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn scale_one(bin: &str, nodes: usize, ports: usize, count: usize, state: &Path, dir: &Path) -> Result<ScaleResult, String> {
+fn scale_one(
+    bin: &str,
+    nodes: usize,
+    ports: usize,
+    count: usize,
+    state: &Path,
+    dir: &Path,
+) -> Result<ScaleResult, String> {
     std::fs::write(CONFIG, scale_config(nodes, ports, state)).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(state.join("route"));
     let _ = Command::new("ip").args(["netns", "del", SCALE_NS]).status();
@@ -329,8 +343,26 @@ fn scale_one(bin: &str, nodes: usize, ports: usize, count: usize, state: &Path, 
     let rules = in_scale_ns("iptables-save", &["-t", "nat"])?.lines().filter(|l| l.starts_with("-A repmgr_")).count();
     let trace = dir.join(format!("n{nodes}-p{ports}.strace"));
     let trace = trace.to_string_lossy();
-    in_scale_ns("strace", &["-f", "-qq", "-e", "trace=execve", "-e", "status=successful", "-o", &trace, bin, "route", "2", "--ports", "all"])?;
-    let execs = std::fs::read_to_string(&*trace).map_err(|e| e.to_string())?.lines().filter(|l| l.contains("execve(")).count();
+    in_scale_ns(
+        "strace",
+        &[
+            "-f",
+            "-qq",
+            "-e",
+            "trace=execve",
+            "-e",
+            "status=successful",
+            "-o",
+            &trace,
+            bin,
+            "route",
+            "2",
+            "--ports",
+            "all",
+        ],
+    )?;
+    let execs =
+        std::fs::read_to_string(&*trace).map_err(|e| e.to_string())?.lines().filter(|l| l.contains("execve(")).count();
     Ok(ScaleResult { nodes, ports, switch: Spread::of(&result.us), rules, execs, failed: None })
 }
 
@@ -340,7 +372,14 @@ fn scale_one(bin: &str, nodes: usize, ports: usize, count: usize, state: &Path, 
 pub fn scaling(count: usize, dir: &Path) -> Vec<ScaleResult> {
     std::fs::create_dir_all(dir).expect("scaling dir");
     if Path::new("/run/netns").join(SCALE_NS).exists() {
-        return vec![ScaleResult { nodes: 0, ports: 0, switch: None, rules: 0, execs: 0, failed: Some(format!("namespace {SCALE_NS} exists and is not the benchmark's")) }];
+        return vec![ScaleResult {
+            nodes: 0,
+            ports: 0,
+            switch: None,
+            rules: 0,
+            execs: 0,
+            failed: Some(format!("namespace {SCALE_NS} exists and is not the benchmark's")),
+        }];
     }
     let bin = crate::lab::repo().join("target/release/repmgr-nat").to_string_lossy().into_owned();
     let saved: Option<PathBuf> = Path::new(CONFIG).exists().then(|| dir.join("repmgr-nat.toml.saved"));

@@ -94,13 +94,23 @@ impl Report<'_> {
         let heads: Vec<&str> = handlers.iter().map(|h| h.title()).collect();
         self.line("### Failover scenarios (each on a freshly built lab; ratio = repmgr-nat (events) / scripts; targets judged for repmgr-nat (events))");
         self.line("");
-        self.line(format!("| scenario | measure (from T0: the stop, or the command's start) | {} | ratio | target |", heads.join(" | ")));
+        self.line(format!(
+            "| scenario | measure (from T0: the stop, or the command's start) | {} | ratio | target |",
+            heads.join(" | ")
+        ));
         self.line(format!("|---|---|{}---|---|", "---|".repeat(handlers.len())));
         for scenario in self.scenarios() {
             let rnat = self.find(Handler::RepmgrNat, scenario).cloned();
             let mut label = scenario.title().to_string();
             if scenario.promotes() {
-                self.row(scenario, &label, "promotion: repmgr's `standby_promote` event began", |s| secs(s.promotion_ms), |_| None, String::new());
+                self.row(
+                    scenario,
+                    &label,
+                    "promotion: repmgr's `standby_promote` event began",
+                    |s| secs(s.promotion_ms),
+                    |_| None,
+                    String::new(),
+                );
                 label.clear();
                 let target = match &rnat {
                     Some(s) => match (s.outage.back_ms, s.promotion_ms) {
@@ -113,27 +123,60 @@ impl Report<'_> {
                             format!("<= promotion + 1 s = {}: **{v}**", secs(Some(p + 1000)))
                         }
                         (None, _) if s.outage.first_err_ms.is_none() && s.outage.probes > 0 => {
-                            self.targets.judge(format!("application outage <= promotion + 1 s: {}", scenario.name()), "no refusal", true);
+                            self.targets.judge(
+                                format!("application outage <= promotion + 1 s: {}", scenario.name()),
+                                "no refusal",
+                                true,
+                            );
                             "<= promotion + 1 s: **met**".into()
                         }
                         _ => {
-                            self.targets.judge(format!("application outage <= promotion + 1 s: {}", scenario.name()), "no measurement", false);
+                            self.targets.judge(
+                                format!("application outage <= promotion + 1 s: {}", scenario.name()),
+                                "no measurement",
+                                false,
+                            );
                             "<= promotion + 1 s: **missed** (no measurement)".into()
                         }
                     },
                     None => String::new(),
                 };
-                self.row(scenario, "", "application answers again: first answer after the last refusal", back, back_value, target);
+                self.row(
+                    scenario,
+                    "",
+                    "application answers again: first answer after the last refusal",
+                    back,
+                    back_value,
+                    target,
+                );
             } else {
-                self.row(scenario, &label, "application answers again: first answer after the last refusal", back, back_value, String::new());
+                self.row(
+                    scenario,
+                    &label,
+                    "application answers again: first answer after the last refusal",
+                    back,
+                    back_value,
+                    String::new(),
+                );
                 label.clear();
             }
-            self.row(scenario, &label, "first answer after the first refusal", |s| secs(s.outage.first_ok_ms), |_| None, String::new());
+            self.row(
+                scenario,
+                &label,
+                "first answer after the first refusal",
+                |s| secs(s.outage.first_ok_ms),
+                |_| None,
+                String::new(),
+            );
             let target = match (&rnat, scenario) {
                 (Some(s), Scenario::Duplicate) => {
                     let v = self.targets.judge(
                         "duplicate promote event: 0 s outage",
-                        format!("refused for {} ({} interruptions)", secs(Some(s.outage.refused_ms)), s.outage.interruptions),
+                        format!(
+                            "refused for {} ({} interruptions)",
+                            secs(Some(s.outage.refused_ms)),
+                            s.outage.interruptions
+                        ),
                         s.outage.refused_ms == 0 && s.outage.probes > 0,
                     );
                     format!("0 s: **{v}**")
@@ -158,7 +201,11 @@ impl Report<'_> {
                     format!("<= 2 s: **{v}**")
                 }
                 Some(None) => {
-                    self.targets.judge(format!("repmgr waits <= ~2 s per event: {}", scenario.name()), "no handler run measured", false);
+                    self.targets.judge(
+                        format!("repmgr waits <= ~2 s per event: {}", scenario.name()),
+                        "no handler run measured",
+                        false,
+                    );
                     "<= 2 s: **missed**".into()
                 }
                 None => String::new(),
@@ -174,7 +221,10 @@ impl Report<'_> {
             self.row(
                 scenario,
                 "",
-                &format!("barman check all OK (within {} s) / WAL archive without a gap (after a forced switch)", BARMAN_BOUND.as_secs()),
+                &format!(
+                    "barman check all OK (within {} s) / WAL archive without a gap (after a forced switch)",
+                    BARMAN_BOUND.as_secs()
+                ),
                 |s| {
                     let ok = s.barman_ok_after_s.map_or("no".into(), |t| format!("yes (after {t:.2} s)"));
                     format!("{ok} / {}", if s.wal.is_some() { "yes" } else { "no" })
@@ -200,18 +250,27 @@ impl Report<'_> {
                     self.line(format!("| {} | {} | no ready line | | | | | |", scenario.name(), h.title()));
                     continue;
                 };
-                let after = |t: Option<u64>| t.map_or("-".into(), |t| format!("{:+.3} s", (t as f64 - ready as f64) / 1000.0));
+                let after =
+                    |t: Option<u64>| t.map_or("-".into(), |t| format!("{:+.3} s", (t as f64 - ready as f64) / 1000.0));
                 let open = s.connects.first_on_primary_ms;
                 let judged = if h == Handler::Scripts {
                     String::new()
                 } else {
                     let a = self.targets.judge(
-                        format!("application port open <= 0.2 s after PostgreSQL is ready: {}, {}", scenario.name(), h.name()),
+                        format!(
+                            "application port open <= 0.2 s after PostgreSQL is ready: {}, {}",
+                            scenario.name(),
+                            h.name()
+                        ),
                         after(open),
                         open.is_some_and(|o| o <= ready + 200),
                     );
                     let b = self.targets.judge(
-                        format!("no failed connection (5 s timeout) once the promote path began: {}, {}", scenario.name(), h.name()),
+                        format!(
+                            "no failed connection (5 s timeout) once the promote path began: {}, {}",
+                            scenario.name(),
+                            h.name()
+                        ),
                         format!("{} failed", s.connects_after_promote.failed),
                         s.connects_after_promote.failed == 0 && s.connects_after_promote.attempts > 0,
                     );
@@ -289,13 +348,24 @@ impl Report<'_> {
                 self.line(format!("| {} | failed: {why} | | | | | | |", mode.title()));
                 continue;
             }
-            let like = if matches!(mode, Mode::ScriptsSudo | Mode::RnatSudo) { self.median(Mode::ScriptsSudo) } else { base };
-            let spread = |s: &Option<Spread>| s.map_or(("-".into(), "-".into(), "-".into()), |s| (msu(s.median), msu(s.p90), format!("{}-{}", msu(s.min), msu(s.max))));
+            let like =
+                if matches!(mode, Mode::ScriptsSudo | Mode::RnatSudo) { self.median(Mode::ScriptsSudo) } else { base };
+            let spread = |s: &Option<Spread>| {
+                s.map_or(("-".into(), "-".into(), "-".into()), |s| {
+                    (msu(s.median), msu(s.p90), format!("{}-{}", msu(s.min), msu(s.max)))
+                })
+            };
             let (median, p90, range) = spread(&r.alone);
             let window = r.window.as_ref().map_or("-".into(), |w| {
                 format!(
                     "{} of {} ({:.0}/s); {} windows, {:.1} ms per switch, longest {:.1} ms; {} timed out",
-                    w.refused, w.attempts, w.per_second, w.windows, w.total_window_ms / n as f64, w.longest_window_ms, w.other
+                    w.refused,
+                    w.attempts,
+                    w.per_second,
+                    w.windows,
+                    w.total_window_ms / n as f64,
+                    w.longest_window_ms,
+                    w.other
                 )
             });
             self.line(format!(
@@ -323,7 +393,11 @@ impl Report<'_> {
             let window = r.window.as_ref();
             self.targets.judge(
                 format!("no window without a rule: {title}"),
-                format!("{} refused of {} connects during {n} switches", window.map_or(0, |w| w.refused), window.map_or(0, |w| w.attempts)),
+                format!(
+                    "{} refused of {} connects during {n} switches",
+                    window.map_or(0, |w| w.refused),
+                    window.map_or(0, |w| w.attempts)
+                ),
                 window.is_some_and(|w| w.refused == 0 && w.attempts > 0),
             );
             if let (Some((rules, rv)), Some((cut, cv))) = (&r.step_rules, &r.step_cut) {
@@ -414,7 +488,10 @@ impl Report<'_> {
         if self.r.scaling.is_empty() {
             return;
         }
-        self.line(format!("### repmgr-nat's switch by cluster size (as root, throwaway namespace, {} switches each; median)", self.r.meta.switches));
+        self.line(format!(
+            "### repmgr-nat's switch by cluster size (as root, throwaway namespace, {} switches each; median)",
+            self.r.meta.switches
+        ));
         self.line("");
         let heads: Vec<String> = SCALE_PORTS.iter().map(|p| p.to_string()).collect();
         self.line(format!("| nodes \\ application ports | {} |", heads.join(" | ")));
@@ -426,7 +503,13 @@ impl Report<'_> {
                     None => "not run".into(),
                     Some(s) => match (&s.failed, s.switch) {
                         (Some(why), _) => format!("failed: {why}"),
-                        (None, Some(sw)) => format!("{} (p90 {}; {} rules, {} processes)", msu(sw.median), msu(sw.p90), s.rules, s.execs),
+                        (None, Some(sw)) => format!(
+                            "{} (p90 {}; {} rules, {} processes)",
+                            msu(sw.median),
+                            msu(sw.p90),
+                            s.rules,
+                            s.execs
+                        ),
                         (None, None) => "-".into(),
                     },
                 };
@@ -489,7 +572,11 @@ pub fn render(results: &Results) -> String {
     r.line(format!("Versions: {}.", m.versions));
     r.line(format!("repmgr-nat: {}.", m.commit));
     r.line(format!("Command: `{}`; it took {} min {} s.", m.command, took / 60, took % 60));
-    let phase = if m.phase == "off" { "as soon as each lab was up".to_string() } else { format!("at second {} of a minute (barman's cron runs at second 0)", m.phase) };
+    let phase = if m.phase == "off" {
+        "as soon as each lab was up".to_string()
+    } else {
+        format!("at second {} of a minute (barman's cron runs at second 0)", m.phase)
+    };
     r.line(format!("T0 {phase}; {} switches per NAT measurement.", m.switches));
     r.line("");
     r.failover_table();
@@ -522,7 +609,12 @@ mod tests {
         let got = render(&results);
         if got != expected {
             let at = got.lines().zip(expected.lines()).position(|(a, b)| a != b).unwrap_or(0);
-            panic!("line {}: got\n{}\nexpected\n{}", at + 1, got.lines().nth(at).unwrap_or(""), expected.lines().nth(at).unwrap_or(""));
+            panic!(
+                "line {}: got\n{}\nexpected\n{}",
+                at + 1,
+                got.lines().nth(at).unwrap_or(""),
+                expected.lines().nth(at).unwrap_or("")
+            );
         }
     }
 }

@@ -136,14 +136,13 @@ pub fn run(
     let mut nat = Vec::new();
     let logs = dir.join("lab-logs");
     let outcome = attempt(|| {
-        let lab = Lab::up_with(
-            session,
-            &["--handler", handler.lab_handler()],
-            &[("LAB_SAVE_LOGS", &logs.to_string_lossy())],
-        );
+        let lab =
+            Lab::up_with(session, &["--handler", handler.lab_handler()], &[("LAB_SAVE_LOGS", &logs.to_string_lossy())]);
         if handler.watch() {
             lab.ok(&["watch", "start"]);
-            lab.wait_until("watch's slot on the standby", Duration::from_secs(30), || lab.slot_active("db2") == Some(false));
+            lab.wait_until("watch's slot on the standby", Duration::from_secs(30), || {
+                lab.slot_active("db2") == Some(false)
+            });
         }
         if handler == Handler::WatchOnly {
             lab.ok(&["events", "drop"]);

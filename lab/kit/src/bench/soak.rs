@@ -69,7 +69,8 @@ fn usage(pid: u32) -> Option<(u64, u64)> {
 /// Watches watch for `length`, calling `each` with the second it is in, about once a
 /// second.
 fn phase(lab: &Lab, length: Duration, mut each: impl FnMut(u64)) -> Cost {
-    let pid: u32 = std::fs::read_to_string(&lab.env["WATCH_PID"]).ok().and_then(|p| p.trim().parse().ok()).expect("watch's pid");
+    let pid: u32 =
+        std::fs::read_to_string(&lab.env["WATCH_PID"]).ok().and_then(|p| p.trim().parse().ok()).expect("watch's pid");
     // SAFETY: sysconf has no memory preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let (ticks0, rss0) = usage(pid).expect("watch is running");
@@ -104,7 +105,9 @@ pub fn run(session: &Session, length: Duration, dir: &Path) -> Soak {
     let outcome = attempt(|| {
         let lab = Lab::up_with(session, &[], &[("LAB_SAVE_LOGS", &logs.to_string_lossy())]);
         lab.ok(&["watch", "start"]);
-        lab.wait_until("watch's slot on the standby", Duration::from_secs(30), || lab.slot_active("db2") == Some(false));
+        lab.wait_until("watch's slot on the standby", Duration::from_secs(30), || {
+            lab.slot_active("db2") == Some(false)
+        });
         soak.idle = Some(phase(&lab, length, |_| {}));
 
         // about 1 MB of rows a second on the primary, committed as the application would
@@ -122,8 +125,7 @@ pub fn run(session: &Session, length: Duration, dir: &Path) -> Soak {
                 soak.standby_pg_wal_max = soak.standby_pg_wal_max.max(pg_wal);
             }
         }));
-        soak.wal_written =
-            number(&lab, "db1", &format!("select pg_wal_lsn_diff(pg_current_wal_lsn(), '{start_lsn}')"));
+        soak.wal_written = number(&lab, "db1", &format!("select pg_wal_lsn_diff(pg_current_wal_lsn(), '{start_lsn}')"));
         soak.standby_slot_max = samples.iter().copied().max().unwrap_or(0);
         soak.standby_slot_mean = samples.iter().sum::<u64>() / samples.len().max(1) as u64;
         soak.standby_pg_wal_end = pg_wal;
