@@ -137,6 +137,8 @@ wal_log_hints = on
 max_wal_senders = 10
 max_replication_slots = 10
 wal_keep_size = 256MB
+# the backstop for barman's slots while nothing advances them (README: What barman can restore)
+max_slot_wal_keep_size = 1200MB
 hot_standby = on
 shared_buffers = 32MB
 password_encryption = scram-sha-256
