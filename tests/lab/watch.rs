@@ -152,3 +152,26 @@ fn a_partition_at_promotion_time_is_waited_out_then_followed() {
     assert_eq!(lab.app_reaches().unwrap(), DB2);
     lab.wait_barman_ok(CONVERGE);
 }
+
+#[test]
+fn watch_restarts_barman_and_makes_its_slot_again_without_cron() {
+    let lab = Lab::up();
+    lab.ok(&["cron", "stop"]); // nothing else would start receive-wal for a minute
+    lab.ok(&["watch", "start"]);
+    lab.wait_until("barman streaming from db1", CONVERGE, || lab.slot_active("db1") == Some(true));
+
+    // receive-wal stopped (killed, its host busy): watch starts it again
+    lab.ok(&["barman", "receive-wal", "--stop", &lab.env["BARMAN_SERVER"]]);
+    lab.wait_until("barman's walsender gone", CONVERGE, || lab.slot_active("db1") == Some(false));
+    lab.wait_until("barman streaming again", CONVERGE, || lab.slot_active("db1") == Some(true));
+    let log = std::fs::read_to_string(&lab.env["WATCH_LOG"]).unwrap();
+    assert!(log.contains("starting barman receive-wal"), "watch did not say it started receive-wal:\n{log}");
+
+    // the slot dropped on the primary by hand: watch makes it again, and barman follows
+    lab.ok(&["barman", "receive-wal", "--stop", &lab.env["BARMAN_SERVER"]]);
+    lab.wait_until("barman's walsender gone", CONVERGE, || lab.slot_active("db1") == Some(false));
+    lab.sql("db1", "select pg_drop_replication_slot('barman')");
+    lab.wait_until("the slot made again and streamed from", CONVERGE, || lab.slot_active("db1") == Some(true));
+    assert!(lab.routed(DB1));
+    lab.wait_barman_ok(CONVERGE);
+}
