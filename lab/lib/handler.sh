@@ -170,16 +170,22 @@ uninstall_repmgr_nat() {
     rm -f "$RNAT_INSTALLED"
 }
 
-# ---- repmgr-nat watch, as the unit runs it: as postgres, in the proxy namespace ------------
+# ---- repmgr-nat watch, as the packaged unit runs it, in the proxy namespace -----------------
 watch_start() {
     pid_alive "$WATCH_PID" && return 0
     [[ $(state_get HANDLER) == repmgr-nat ]] || die "watch: the lab runs the article's scripts, not repmgr-nat"
-    local -a extra=()
+    local -a extra=() exec=()
     [[ -n ${LAB_HANDLER_ENV:-} ]] && read -r -a extra <<<"$LAB_HANDLER_ENV"
+    # the user, group and command line of the packaged unit (systemd does not run here)
+    local unit=/usr/lib/systemd/system/repmgr-nat-watch.service user group home
+    user=$(sed -n 's/^User=//p' "$unit") group=$(sed -n 's/^Group=//p' "$unit")
+    read -r -a exec <<<"$(sed -n 's/^ExecStart=//p' "$unit")"
+    [[ -n $user && -n $group && ${#exec[@]} -gt 0 ]] || die "cannot read User=, Group= and ExecStart= in $unit"
+    home=$(getent passwd "$user" | cut -d: -f6)
     # ip netns exec and setpriv exec: the pid is repmgr-nat's own
-    ip netns exec proxy setpriv --reuid=postgres --regid=postgres --init-groups -- \
-        env -i HOME=/var/lib/postgresql USER=postgres LOGNAME=postgres PATH="$SYS_PATH" LANG=C.UTF-8 \
-        ${extra[@]+"${extra[@]}"} "$RNAT_BIN" watch </dev/null >>"$WATCH_LOG" 2>&1 &
+    ip netns exec proxy setpriv --reuid="$user" --regid="$group" --init-groups -- \
+        env -i HOME="$home" USER="$user" LOGNAME="$user" PATH="$SYS_PATH" LANG=C.UTF-8 \
+        ${extra[@]+"${extra[@]}"} "${exec[@]}" </dev/null >>"$WATCH_LOG" 2>&1 &
     echo $! >"$WATCH_PID"
     wait_until 5 test -s "$WATCH_DIR/watch.json" || die "watch wrote no report within 5 s; look at $WATCH_LOG"
 }
