@@ -1,7 +1,8 @@
 //! What `watch` exports to Prometheus: the figures it keeps from pass to pass (`Tracker`),
 //! the counts of repmgr's events (`EventCounts`, kept by the `event` processes in a small
 //! file), and the text exposition format they are served in (`render`). Pure: the clock
-//! readings come in as numbers, the serving and the file are adapters.
+//! readings come in as numbers, the serving and the file are adapters. What is kept and
+//! how it is rendered change together, so they share this file.
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write};

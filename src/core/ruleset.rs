@@ -2,7 +2,8 @@
 //! `iptables-save` prints rules, so the live chains compare line by line), the one
 //! `iptables-restore` transaction that puts everything of ours in place (chains, jumps,
 //! the hold, the route), and the reading of what the kernel holds now. Pure code: no
-//! process is run here; nothing else of the tables is ever written.
+//! process is run here; nothing else of the tables is ever written. Rendering and reading
+//! stay in one file: they must agree line by line, and its tests prove they do.
 
 use std::fmt;
 

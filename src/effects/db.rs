@@ -5,7 +5,8 @@
 //! TLS, login and the queries together. A node that misses it counts as silent, and its
 //! connection is dropped: nothing waits on a frozen node (a stopped postmaster accepts
 //! the TCP connection and then never answers). TCP keepalives notice a dead peer of an
-//! idle connection.
+//! idle connection. One file, though long: the deadline, TLS and the reading of errors
+//! (down, silent, rejected) are one contract with the rest.
 
 use std::collections::BTreeMap;
 use std::future::Future;

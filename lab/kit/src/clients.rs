@@ -2,6 +2,7 @@
 //! way an application does and print one line per attempt (the format `samples` reads),
 //! flushed at once. They stop cleanly on SIGTERM or SIGINT, or after `--duration-s`.
 //! The `postgres` crate does not read ~/.pgpass: the conninfo carries the password.
+//! Every client is here: they share the connect, the deadline and the line format.
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};

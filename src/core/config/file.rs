@@ -1,5 +1,6 @@
 //! The file as written, and its validation into `Config`. Unknown keys are errors: a
-//! misspelt key must not be ignored.
+//! misspelt key must not be ignored. One file, though long: each key's default and its
+//! check sit side by side, in the order of the README's configuration table.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
