@@ -9,7 +9,7 @@
 //!
 //! Each node is asked by a task of its own, so a frozen or unreachable node delays nobody:
 //! a pass decides on every node's latest answer, and an answer older than the deadline
-//! counts as silence.
+//! counts as silence. Keeping barman's receive-wal streaming is in `receive_wal`.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -19,13 +19,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 
 use crate::app::Ctx;
-use crate::core::config::NodeId;
 use crate::core::config::{Config, Watch};
 use crate::core::metrics::{self, Snapshot, Tracker};
 use crate::core::plan::{self, Ask, Decision, Nat as NatState};
-use crate::core::ruleset::{Open, Routing};
+use crate::core::ruleset::Routing;
 use crate::core::status::{Action, WatchReport};
-use crate::core::view::{Answer, Lsn, Primary, Role, Slot, View, arbitrate};
+use crate::core::view::{Answer, Primary, View, arbitrate};
 use crate::effects::barman::Barman;
 use crate::effects::db::{self, Postgres};
 use crate::effects::firewall::Iptables;
@@ -35,13 +34,10 @@ use crate::effects::state::{Lock, StateDir};
 use crate::handler::{self, Effects};
 
 mod poll;
+mod receive_wal;
 use poll::{Pollers, Signals, Wake};
+use receive_wal::{RECEIVE_WAL_LOG, ReceiveWal};
 
-/// Where the receive-wal `watch` starts writes what it prints.
-const RECEIVE_WAL_LOG: &str = "receive-wal.log";
-/// How long barman's slot on the primary may be without its walsender before `watch`
-/// starts receive-wal (it restarts by itself after a switch within about a second).
-const RECEIVE_WAL_GRACE: Duration = Duration::from_secs(3);
 /// The longest pause between two attempts to start receive-wal, or to repeat a failed step.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -120,38 +116,6 @@ struct Watcher {
     snapshot: Arc<Mutex<Snapshot>>,
     /// The monotonic clock the metrics' durations are measured on.
     clock: Instant,
-}
-
-/// barman's receive-wal, as `watch` sees it through the slot on the primary.
-#[derive(Default)]
-struct ReceiveWal {
-    inactive_since: Option<Instant>,
-    next_start: Option<Instant>,
-    starts: u32,
-    /// The last position barman had confirmed (its slot's restart_lsn while it streamed),
-    /// and on which node.
-    confirmed: Option<(NodeId, Lsn)>,
-    /// Why barman cannot stream, when watch can tell: the WAL it needs is gone.
-    gap: Option<String>,
-}
-
-impl ReceiveWal {
-    /// For `status`, while barman does not stream: for how long, and what the last
-    /// receive-wal watch started said.
-    fn describe(&self, dir: &Path) -> Option<String> {
-        let since = self.inactive_since?;
-        let mut text = format!("for {} s", since.elapsed().as_secs());
-        if let Some(gap) = &self.gap {
-            text.push_str(&format!("; {gap}"));
-        }
-        if self.starts > 0 {
-            text.push_str(&format!("; watch started receive-wal {} times", self.starts));
-        }
-        if let Some(line) = last_line(&dir.join(RECEIVE_WAL_LOG)) {
-            text.push_str(&format!("; the last receive-wal said: {line}"));
-        }
-        Some(text)
-    }
 }
 
 /// What `watch` wrote after its last pass, if it can be read.
@@ -290,63 +254,6 @@ impl Watcher {
         }
     }
 
-    /// barman's slot on the routed primary without its walsender for a while:
-    /// receive-wal is not running (it failed, or was stopped, and barman's cron is up to a
-    /// minute away). Start it, backing off while it keeps failing, and say why it failed.
-    fn keep_barman_streaming(&mut self, cfg: &Config, fx: &Effects, view: &View, routing: &Routing) {
-        let Routing::To(route) = routing else { return };
-        let slot = view.state(route.node).filter(|s| s.role == Role::Primary).and_then(|s| s.slot);
-        let rw = &mut self.receive_wal;
-        if let Some(Slot { active_pid: Some(_), restart_lsn: Some(lsn) }) = slot {
-            if rw.starts > 0 {
-                log::info!("watch: barman's receive-wal streams from node {} again", route.node.id());
-            }
-            *rw = ReceiveWal { confirmed: Some((route.node.id(), lsn)), ..ReceiveWal::default() };
-            return;
-        }
-        if route.open == Open::None || slot.is_none() {
-            return;
-        }
-        // barman resumes at the start of the segment it had confirmed last: if the primary
-        // keeps no WAL from there (nothing kept it for barman), barman can never stream it
-        rw.gap = match (rw.confirmed, slot.and_then(|s| s.restart_lsn)) {
-            (Some((on, needed)), Some(kept)) if kept.segment() > needed.segment() => Some(format!(
-                "barman needs WAL from {needed} (what it had confirmed on node {on}), node {} keeps WAL from {kept} \
-                 only: barman's archive has a gap there; take a new base backup",
-                route.node.id()
-            )),
-            _ => None,
-        };
-        let now = Instant::now();
-        let since = *rw.inactive_since.get_or_insert(now);
-        if now.duration_since(since) < RECEIVE_WAL_GRACE || rw.next_start.is_some_and(|at| now < at) {
-            return;
-        }
-        let said = last_line(&cfg.watch.dir.join(RECEIVE_WAL_LOG));
-        rw.starts += 1;
-        let wait = backoff(Duration::from_secs(1), rw.starts);
-        rw.next_start = Some(now + wait);
-        let mut why = said.map(|line| format!("; the last receive-wal said: {line}")).unwrap_or_default();
-        if let Some(gap) = &rw.gap {
-            why = format!("; {gap}{why}");
-        }
-        log::warn!(
-            "watch: barman's slot on node {} has had no walsender for {} s: starting barman receive-wal (attempt {}, \
-             next in {} s){why}",
-            route.node.id(),
-            now.duration_since(since).as_secs(),
-            rw.starts,
-            wait.as_secs()
-        );
-        let Some(_lock) = self.run_lock() else { return };
-        if self.view_predates_another_run() {
-            return;
-        }
-        if let Err(e) = fx.backup.start_receive_wal() {
-            log::error!("watch: {e:#}");
-        }
-    }
-
     /// The run lock, unless another run holds it (that run does the work: the next pass
     /// sees the result) or it cannot be taken at all (said once, not every pass: nothing
     /// can act until `setup` makes it right).
@@ -429,12 +336,6 @@ fn brief(view: &View) -> String {
 /// `base` doubled with every failure, at most `MAX_BACKOFF`.
 fn backoff(base: Duration, failures: u32) -> Duration {
     base.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(MAX_BACKOFF)
-}
-
-fn last_line(path: &Path) -> Option<String> {
-    let text = std::fs::read(path).ok()?;
-    let text = String::from_utf8_lossy(&text);
-    text.lines().map(str::trim).rfind(|l| !l.is_empty()).map(|l| l.chars().take(300).collect())
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<()> {
