@@ -2,7 +2,8 @@
 //! cluster up in network namespaces and takes it down again; `Lab` runs commands in it and
 //! reads what a user would look at (the nat table, the slots, which server answers,
 //! repmgr-nat's exit code). Its helpers panic when something does not happen in time: a
-//! test fails, the benchmark records the scenario as failed.
+//! test fails, the benchmark records the scenario as failed. The database queries are in
+//! `query`, the guards that put the lab back (`Undo`, `Restore`) in `guard`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -15,7 +16,10 @@ use std::time::{Duration, Instant};
 use crate::events::{self, EventRun};
 use crate::samples::{self, Sample};
 use crate::wal::Archive;
-use crate::writes::{Comparison, Writes};
+
+mod guard;
+mod query;
+pub use guard::{Restore, Undo};
 
 /// One driver of the lab at a time on this machine (the tests, the benchmark, the demo, or
 /// `lab.sh up|down` run by hand): whoever drives it holds this lock, and tells lab.sh so.
@@ -198,71 +202,6 @@ impl Lab {
         child
     }
 
-    /// What the writer that wrote `file` was told was committed, compared with the rows of
-    /// `target`'s writes table (db1, db2, recovered).
-    pub fn compare_writes(&self, file: &Path, target: &str) -> Comparison {
-        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let writes = Writes::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let rows = self.ok(&["psql", "-d", "app", target, "select id, payload from writes"]);
-        writes.compare(&rows).unwrap_or_else(|e| panic!("{target}'s rows: {e}"))
-    }
-
-    /// A query; target is db1|db2 (local socket), proxy-app (from the app namespace
-    /// through the application port), proxy-barman (from the proxy, as barman does) or
-    /// recovered (the instance `lab.sh recover` started).
-    #[track_caller]
-    pub fn sql(&self, target: &str, sql: &str) -> String {
-        self.ok(&["psql", target, sql]).trim().to_string()
-    }
-
-    pub fn try_sql(&self, target: &str, sql: &str) -> Result<String, String> {
-        self.try_sql_in(target, "", sql)
-    }
-
-    /// A query in database `db` ("": the target's default).
-    pub fn try_sql_in(&self, target: &str, db: &str, sql: &str) -> Result<String, String> {
-        let run =
-            if db.is_empty() { self.lab(&["psql", target, sql]) } else { self.lab(&["psql", "-d", db, target, sql]) };
-        if run.code == 0 { Ok(run.stdout.trim().to_string()) } else { Err(run.stderr) }
-    }
-
-    /// The server a new connection through the application port reaches.
-    pub fn app_reaches(&self) -> Result<String, String> {
-        self.try_sql("proxy-app", "select host(inet_server_addr())")
-    }
-
-    /// The server a new connection through barman's port reaches (as barman connects).
-    pub fn barman_reaches(&self) -> Result<String, String> {
-        self.try_sql("proxy-barman", "select host(inet_server_addr())")
-    }
-
-    /// The replication slots on a node (empty when it is down).
-    pub fn slots(&self, node: &str) -> Vec<String> {
-        match self.try_sql(node, "select slot_name from pg_replication_slots order by 1") {
-            Ok(text) => text.lines().map(str::to_string).collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-
-    /// barman's slot on a node: None when it has none, else whether a walsender uses it.
-    pub fn slot_active(&self, node: &str) -> Option<bool> {
-        match self.try_sql(node, "select active from pg_replication_slots where slot_name = 'barman'").ok()?.as_str() {
-            "t" => Some(true),
-            "f" => Some(false),
-            _ => None,
-        }
-    }
-
-    /// Waits until barman streams from `primary` (a walsender on its slot) and from
-    /// nothing else (the other node may keep a slot, without a walsender).
-    #[track_caller]
-    pub fn wait_slots(&self, primary: &str, timeout: Duration) {
-        let standby = if primary == "db1" { "db2" } else { "db1" };
-        self.wait_until(&format!("barman streaming from {primary} only"), timeout, || {
-            self.slot_active(primary) == Some(true) && self.slot_active(standby) != Some(true)
-        });
-    }
-
     /// How many passes `lab.sh watch start` made so far (0 when it wrote nothing yet).
     pub fn watch_passes(&self) -> u64 {
         let path = Path::new(&self.env["WATCH_DIR"]).join("watch.json");
@@ -433,13 +372,6 @@ impl Lab {
     pub fn leave_up(self) {
         std::mem::forget(self);
     }
-
-    /// `lab.sh DO NODE` now, `lab.sh UNDO NODE` when the guard goes.
-    #[track_caller]
-    pub fn fault(&self, fault: &str, undo: &str, node: &str) -> Undo<'_> {
-        self.ok(&[fault, node]);
-        Undo { lab: self, args: vec![undo.to_string(), node.to_string()] }
-    }
 }
 
 impl Drop for Lab {
@@ -457,50 +389,6 @@ impl Drop for Lab {
             if !thread::panicking() {
                 panic!("lab.sh down failed");
             }
-        }
-    }
-}
-
-/// Undoes a fault (`lab.sh thaw NODE`, `lab.sh heal NODE`, ...) when dropped, also when a
-/// test fails half-way.
-pub struct Undo<'a> {
-    lab: &'a Lab,
-    args: Vec<String>,
-}
-
-impl Drop for Undo<'_> {
-    fn drop(&mut self) {
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let run = self.lab.lab(&args);
-        if run.code != 0 {
-            eprintln!("lab.sh {args:?} failed: {}", run.stderr);
-        }
-    }
-}
-
-/// Puts a file back as it was when the guard was made (or removes it), also when a test
-/// fails half-way.
-pub struct Restore {
-    path: PathBuf,
-    saved: Option<(Vec<u8>, std::fs::Metadata)>,
-}
-
-impl Restore {
-    pub fn file(path: impl AsRef<Path>) -> Restore {
-        let path = path.as_ref().to_path_buf();
-        let saved = std::fs::read(&path).ok().map(|content| (content, std::fs::metadata(&path).expect("metadata")));
-        Restore { path, saved }
-    }
-}
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let _ = std::fs::remove_file(&self.path);
-        if let Some((content, meta)) = &self.saved {
-            std::fs::write(&self.path, content).expect("cannot restore a file");
-            std::os::unix::fs::chown(&self.path, Some(meta.uid()), Some(meta.gid())).expect("chown");
-            std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(meta.mode())).expect("chmod");
         }
     }
 }
