@@ -16,6 +16,11 @@ pub struct Cost {
     pub seconds: f64,
     /// CPU time (user + system) over wall time, percent of one core.
     pub cpu_percent: f64,
+    /// The same with the processes watch started and waited for (`sudo repmgr-nat route
+    /// --show` twice a second: sudo, the root step, iptables-save). None in runs from before
+    /// it was measured.
+    #[serde(default)]
+    pub cpu_with_children_percent: Option<f64>,
     pub rss_start_kb: u64,
     pub rss_max_kb: u64,
     pub rss_end_kb: u64,
@@ -55,15 +60,23 @@ impl Soak {
     }
 }
 
-/// utime + stime (clock ticks) and VmRSS (kB) of a process.
-fn usage(pid: u32) -> Option<(u64, u64)> {
+/// A process's CPU time (clock ticks: its own utime + stime, and cutime + cstime, that of
+/// the children it waited for) and its VmRSS (kB).
+struct Usage {
+    own: u64,
+    children: u64,
+    rss_kb: u64,
+}
+
+fn usage(pid: u32) -> Option<Usage> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let tick = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    let (own, children) = (tick(11)? + tick(12)?, tick(13)? + tick(14)?);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
-    Some((ticks, rss))
+    let rss_kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(Usage { own, children, rss_kb })
 }
 
 /// Watches watch for `length`, calling `each` with the second it is in, about once a
@@ -73,24 +86,27 @@ fn phase(lab: &Lab, length: Duration, mut each: impl FnMut(u64)) -> Cost {
         std::fs::read_to_string(&lab.env["WATCH_PID"]).ok().and_then(|p| p.trim().parse().ok()).expect("watch's pid");
     // SAFETY: sysconf has no memory preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let (ticks0, rss0) = usage(pid).expect("watch is running");
+    let before = usage(pid).expect("watch is running");
     let passes0 = lab.watch_passes();
     let start = Instant::now();
-    let mut rss_max = rss0;
+    let mut rss_max = before.rss_kb;
     while start.elapsed() < length {
         let second = start.elapsed().as_secs();
         each(second);
-        rss_max = rss_max.max(usage(pid).expect("watch still running").1);
+        rss_max = rss_max.max(usage(pid).expect("watch still running").rss_kb);
         std::thread::sleep(Duration::from_secs(second + 1).saturating_sub(start.elapsed()));
     }
-    let (ticks, rss) = usage(pid).expect("watch still running");
+    let after = usage(pid).expect("watch still running");
     let seconds = start.elapsed().as_secs_f64();
+    let percent = |ticks: u64| ticks as f64 / hz / seconds * 100.0;
+    let own = after.own - before.own;
     Cost {
         seconds,
-        cpu_percent: (ticks - ticks0) as f64 / hz / seconds * 100.0,
-        rss_start_kb: rss0,
-        rss_max_kb: rss_max.max(rss),
-        rss_end_kb: rss,
+        cpu_percent: percent(own),
+        cpu_with_children_percent: Some(percent(own + after.children - before.children)),
+        rss_start_kb: before.rss_kb,
+        rss_max_kb: rss_max.max(after.rss_kb),
+        rss_end_kb: after.rss_kb,
         passes: lab.watch_passes() - passes0,
     }
 }

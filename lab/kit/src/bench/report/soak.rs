@@ -10,14 +10,17 @@ impl Report<'_> {
         if let Some(why) = &s.failed {
             self.line(format!("Failed: {why}"));
         }
-        self.line("| phase | length | watch CPU (% of one core) | RSS start / largest / end | passes |");
-        self.line("|---|---|---|---|---|");
+        self.line(
+            "| phase | length | watch CPU (% of one core) | with the processes it runs (sudo route --show) | RSS start / largest / end | passes |",
+        );
+        self.line("|---|---|---|---|---|---|");
         for (name, cost) in [("idle (no change)", &s.idle), ("writes (about 1 MB of rows a second)", &s.load)] {
             if let Some(c) = cost {
                 self.line(format!(
-                    "| {name} | {:.0} min | {:.2} % | {} / {} / {} kB | {} ({:.1}/s) |",
+                    "| {name} | {:.0} min | {:.2} % | {} | {} / {} / {} kB | {} ({:.1}/s) |",
                     c.seconds / 60.0,
                     c.cpu_percent,
+                    c.cpu_with_children_percent.map_or("-".to_string(), |p| format!("{p:.2} %")),
                     c.rss_start_kb,
                     c.rss_max_kb,
                     c.rss_end_kb,
