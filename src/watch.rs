@@ -227,9 +227,6 @@ impl Watcher {
             return;
         }
         let Some(_lock) = self.run_lock() else { return };
-        if self.view_predates_another_run() {
-            return;
-        }
         self.nat = None;
         let result = handler::act_on(cfg, fx, Ask::Watch, "watch", view);
         self.nat = None;
@@ -254,34 +251,34 @@ impl Watcher {
         }
     }
 
-    /// The run lock, unless another run holds it (that run does the work: the next pass
-    /// sees the result) or it cannot be taken at all (said once, not every pass: nothing
-    /// can act until `setup` makes it right).
+    /// The run lock, to act on this pass's answers. None when another run holds it (that
+    /// run does the work), when another run held it since (this pass's answers may predate
+    /// its work: the next pass decides, on answers asked after it ended, so the two never
+    /// do the same step twice), or when it cannot be taken at all (said once, not every
+    /// pass: nothing can act until `setup` makes it right).
     fn run_lock(&mut self) -> Option<Lock> {
         let (lock, problem) = match self.state.try_lock() {
             Ok(lock) => (lock, None),
             Err(e) => (None, Some(format!("{e:#}"))),
         };
-        self.contended |= lock.is_none() && problem.is_none();
         if problem != self.lock_problem {
             match &problem {
                 Some(why) => log::error!("watch: cannot take the run lock, so cannot act: {why}"),
                 None => log::info!("watch: the run lock can be taken again"),
             }
-            self.lock_problem = problem;
+            self.lock_problem = problem.clone();
         }
-        lock
-    }
-
-    /// Whether another run held the run lock since the answers of this pass were asked:
-    /// then the next pass decides, on answers asked after it ended, and the two runs never
-    /// do the same work twice.
-    fn view_predates_another_run(&mut self) -> bool {
-        if std::mem::take(&mut self.contended) {
-            self.fresh_after = Some(Instant::now());
-            return true;
+        match lock {
+            None if problem.is_none() => {
+                self.contended = true;
+                None
+            }
+            Some(_) if std::mem::take(&mut self.contended) => {
+                self.fresh_after = Some(Instant::now());
+                None
+            }
+            lock => lock,
         }
-        false
     }
 
     /// Logs `line` when it differs from the last one: one line per change, not per pass.

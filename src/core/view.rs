@@ -245,23 +245,26 @@ pub fn arbitrate(view: &View, record: Option<Record>) -> Arbitration {
     };
     let top: Vec<Node> = view.primaries().filter(|(_, t)| *t == highest).map(|(n, _)| n).collect();
     let stale = view.primaries().filter(|(_, t)| *t < highest).collect();
-    let unknown = |node: Node| -> Vec<Node> {
-        let unknown =
-            view.nodes.iter().filter(|(n, a)| *n != node && matches!(a, Answer::Silent(_) | Answer::Rejected(_)));
-        unknown.map(|(n, _)| *n).collect()
-    };
     let primary = match top[..] {
-        [node] => match record {
-            Some(recorded) if highest < recorded.timeline => Primary::Fenced { node, timeline: highest, recorded },
-            Some(recorded)
-                if highest == recorded.timeline
-                    && recorded.route != Route::new(node, Open::All)
-                    && !unknown(node).is_empty() =>
-            {
-                Primary::Unconfirmed { node, timeline: highest, unknown: unknown(node) }
+        [node] => {
+            let unknown: Vec<Node> = view
+                .nodes
+                .iter()
+                .filter(|(n, a)| *n != node && matches!(a, Answer::Silent(_) | Answer::Rejected(_)))
+                .map(|(n, _)| *n)
+                .collect();
+            match record {
+                Some(recorded) if highest < recorded.timeline => Primary::Fenced { node, timeline: highest, recorded },
+                Some(recorded)
+                    if highest == recorded.timeline
+                        && recorded.route != Route::new(node, Open::All)
+                        && !unknown.is_empty() =>
+                {
+                    Primary::Unconfirmed { node, timeline: highest, unknown }
+                }
+                _ => Primary::Legit { node, timeline: highest },
             }
-            _ => Primary::Legit { node, timeline: highest },
-        },
+        }
         _ => Primary::Ambiguous { nodes: top, timeline: highest },
     };
     Arbitration { primary, stale }

@@ -82,6 +82,9 @@ impl Watcher {
         if now.duration_since(since) < RECEIVE_WAL_GRACE || rw.next_start.is_some_and(|at| now < at) {
             return;
         }
+        // under the run lock, as every action: an attempt is counted and said only when made
+        let Some(_lock) = self.run_lock() else { return };
+        let rw = &mut self.receive_wal;
         let said = last_line(&cfg.watch.dir.join(RECEIVE_WAL_LOG));
         rw.starts += 1;
         let wait = backoff(Duration::from_secs(1), rw.starts);
@@ -98,10 +101,6 @@ impl Watcher {
             rw.starts,
             wait.as_secs()
         );
-        let Some(_lock) = self.run_lock() else { return };
-        if self.view_predates_another_run() {
-            return;
-        }
         if let Err(e) = fx.backup.start_receive_wal() {
             log::error!("watch: {e:#}");
         }

@@ -56,12 +56,13 @@ fn key_value(word: &str) -> Option<(&str, &str)> {
     (!k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')).then_some((k, v))
 }
 
-/// The samples a client has written to `path` so far: its complete lines (none while
-/// the file is missing or unreadable as samples).
+/// The samples a client has written to `path` so far: its complete lines (none while the
+/// file does not exist yet). A complete line that is no sample is a broken client: it
+/// panics, naming the file, rather than look like a client that has not answered.
 pub fn read(path: &std::path::Path) -> Vec<Sample> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
-    parse(complete).unwrap_or_default()
+    parse(complete).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The samples of a client's output, sorted by when each attempt began (a client whose
