@@ -232,6 +232,7 @@ impl Watcher {
             arbitration: &arbitration,
             routing: &after,
             recorded: record,
+            barman: cfg.barman.is_some(),
         });
         if let Ok(mut shared) = self.snapshot.lock() {
             *shared = self.metrics.snapshot().clone();
