@@ -218,10 +218,13 @@ impl Watcher {
             (Primary::Legit { node, .. }, Routing::To(route)) => route.node != *node,
             _ => true,
         };
-        let misrouted = match &arbitration.primary {
-            Primary::Legit { node, .. } => after != Routing::To(Route::new(*node, Open::All)),
+        // serving: the application ports forward to a legitimate primary (none seen, as
+        // from a proxy cut off from the new primary, is not serving either)
+        let serving = match &arbitration.primary {
+            Primary::Legit { node, .. } => after == Routing::To(Route::new(*node, Open::All)),
             _ => false,
         };
+        let misrouted = !serving;
         self.misrouted_since = if misrouted { Some(self.misrouted_since.unwrap_or_else(now_ms)) } else { None };
         self.report(cfg, &arbitration.describe(), &after, view, hurry);
         self.metrics.pass(metrics::Pass {

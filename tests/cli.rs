@@ -198,7 +198,7 @@ fn can_serve_says_whether_watch_runs_and_routes_in_one_line() {
     assert!(out.stdout.is_empty() && out.stderr.is_empty(), "exit code only");
 
     std::fs::write(&json, report(std::process::id(), Some(now - 10_000))).unwrap();
-    refused(&args, 1, "have not forwarded to the legitimate primary");
+    refused(&args, 1, "have not forwarded to a legitimate primary");
     // a pid no process has (above the kernel's pid_max)
     std::fs::write(&json, report(4_194_305, None)).unwrap();
     refused(&args, 1, "is not running");

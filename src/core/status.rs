@@ -37,8 +37,8 @@ pub struct WatchReport {
     /// and on which node: a watch started again after a restart knows what barman needs.
     pub barman_confirmed: Option<(NodeId, Lsn)>,
     pub last_action: Option<Action>,
-    /// Since when (unix ms) the application ports have not forwarded to the legitimate
-    /// primary watch saw; none while they do, or while there is none.
+    /// Since when (unix ms) the application ports have not forwarded to a legitimate
+    /// primary (none seen, or not the one they forward to); none while they do.
     #[serde(default)]
     pub misrouted_since_ms: Option<u64>,
 }
@@ -67,15 +67,18 @@ impl WatchReport {
     }
 }
 
-/// How long the application ports may miss the legitimate primary before this proxy host
+/// How long the application ports may miss a legitimate primary before this proxy host
 /// says it cannot serve: a switch takes a fraction of a second, and keepalived must not
 /// move the shared address for one.
 pub const MISROUTED_GRACE_MS: u64 = 2000;
 
 /// `can-serve`, for keepalived: whether this proxy host can serve the shared address. It
 /// cannot while its watch does not run (no report, its process gone, or its last pass
-/// older than a node's deadline and 2 s), nor while its application ports have missed the
-/// legitimate primary for `MISROUTED_GRACE_MS`. Why not, in one line.
+/// older than a node's deadline and 2 s), nor while its application ports have not
+/// forwarded to a legitimate primary for `MISROUTED_GRACE_MS`: it sees none (every node
+/// down, or the new primary out of its reach) or routes elsewhere. When both proxy hosts
+/// cannot serve, keepalived moves nothing (their priorities drop alike). Why not, in one
+/// line.
 pub fn can_serve(cfg: &Config, report: Option<&WatchReport>, running: bool, now_ms: u64) -> Result<(), String> {
     let Some(report) = report else {
         return Err(format!("watch has written nothing in {}: it does not run here", cfg.watch.dir.display()));
@@ -90,7 +93,7 @@ pub fn can_serve(cfg: &Config, report: Option<&WatchReport>, running: bool, now_
     }
     match report.misrouted_since_ms.map(|since| now_ms.saturating_sub(since)) {
         Some(missed) if missed > MISROUTED_GRACE_MS => Err(format!(
-            "the application ports have not forwarded to the legitimate primary for {missed} ms (primary {}; rules {})",
+            "the application ports have not forwarded to a legitimate primary for {missed} ms (primary: {}; rules: {})",
             report.primary, report.rules
         )),
         _ => Ok(()),
@@ -619,8 +622,8 @@ mod tests {
         let stuck = WatchReport { misrouted_since_ms: Some(8_000), ..switching };
         assert_eq!(
             can_serve(&cfg, Some(&stuck), true, 10_200),
-            Err("the application ports have not forwarded to the legitimate primary for 2200 ms (primary node 2 on \
-                 timeline 2; rules node 2 ports all)"
+            Err("the application ports have not forwarded to a legitimate primary for 2200 ms (primary: node 2 on \
+                 timeline 2; rules: node 2 ports all)"
                 .into())
         );
     }
