@@ -82,6 +82,12 @@ impl Node {
     pub fn addr(self) -> Ipv4Addr {
         self.addr
     }
+
+    /// A node at any address, loopback included (the config refuses those).
+    #[cfg(test)]
+    pub const fn new(id: NodeId, addr: Ipv4Addr) -> Node {
+        Node { id, addr }
+    }
 }
 
 /// In JSON a node is its id.

@@ -301,15 +301,20 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     outputs.into_iter().map(|o| o.expect("every future finished")).collect()
 }
 
-/// Asks a connected node what it is.
+/// Asks a connected node what it is. An answer of another shape than `VIEW_SQL`'s (a
+/// man in the middle, anything else at the node's address) is a rejection, never a panic.
 pub async fn ask(client: &Client, slot: &str) -> Result<NodeState, Answer> {
     let row = client.query_one(VIEW_SQL, &[&slot]).await.map_err(|e| classify(&e))?;
-    let in_recovery: bool = row.get(0);
-    let timeline: i32 = row.get(1);
-    let lsn: PgLsn = row.get(2);
-    let exists: bool = row.get(3);
-    let active_pid: Option<i32> = row.get(4);
-    let restart_lsn: Option<PgLsn> = row.get(5);
+    read_state(&row).map_err(|e| Answer::Rejected(format!("unexpected answer: {}", message(&e))))
+}
+
+fn read_state(row: &tokio_postgres::Row) -> Result<NodeState, tokio_postgres::Error> {
+    let in_recovery: bool = row.try_get(0)?;
+    let timeline: i32 = row.try_get(1)?;
+    let lsn: PgLsn = row.try_get(2)?;
+    let exists: bool = row.try_get(3)?;
+    let active_pid: Option<i32> = row.try_get(4)?;
+    let restart_lsn: Option<PgLsn> = row.try_get(5)?;
     Ok(NodeState {
         role: if in_recovery { Role::Standby } else { Role::Primary },
         timeline: u32::try_from(timeline).unwrap_or(0),
@@ -451,5 +456,40 @@ pub fn message(e: &tokio_postgres::Error) -> String {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => std::iter::successors(std::error::Error::source(e), |c| c.source())
             .fold(e.to_string(), |text, cause| format!("{text}: {cause}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::core::config::tests::EXAMPLE;
+
+    /// A fake node on loopback (lab-kit's: it accepts the login and describes every
+    /// answer as `bool, int8, ...` where the timeline is an `int4`); the example config
+    /// with node 2 there, asked without TLS.
+    fn fake_node() -> Config {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || lab_kit::fake_node::serve(listener, &mut |_| {}));
+        let text = EXAMPLE
+            .replace("postgres = 5432", &format!("postgres = {port}"))
+            .replace("dbname = \"postgres\"", "dbname = \"postgres\"\nsslmode = \"disable\"\nconnect_timeout = 2");
+        let mut cfg = Config::parse(&text).unwrap();
+        cfg.nodes[1] = Node::new(NodeId::new(2), std::net::Ipv4Addr::LOCALHOST);
+        cfg
+    }
+
+    #[test]
+    fn an_answer_of_the_wrong_shape_is_a_rejection_not_a_panic() {
+        let cfg = fake_node();
+        let rt = runtime().unwrap();
+        let node = cfg.node(NodeId::new(2)).unwrap();
+        let answer = rt.block_on(Pool::default().answer(&cfg, node));
+        match &answer {
+            Answer::Rejected(why) => assert!(why.contains("column 1"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 }
