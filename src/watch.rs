@@ -66,10 +66,14 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     if let Some(addr) = cfg.watch.metrics {
         serve_metrics::serve(addr, Arc::clone(&watcher.snapshot), cfg.watch.dir.clone());
     }
-    let nodes = Pollers::start(&rt, cfg, cluster.pool());
+    let asking = poll::Asking { cfg: Arc::new(cfg.clone()), pool: cluster.pool() };
+    let nodes = Pollers::start(&rt, cfg, Arc::new(asking));
     let mut signals = rt.block_on(Signals::new())?;
-    // The first pass waits for every node's first answer (each has its deadline).
-    rt.block_on(nodes.first_answers(cfg));
+    // The first pass waits for every node's first answer, within a node's deadline.
+    if rt.block_on(nodes.first_answers(cfg, signals.stop())) == Wake::Stop {
+        log::info!("watch: stopping");
+        return Ok(());
+    }
     // what barman had confirmed, as the watch before this one saw it
     watcher.receive_wal.confirmed = report(cfg).and_then(|r| r.barman_confirmed);
     log::info!(
