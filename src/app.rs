@@ -75,7 +75,10 @@ pub fn run(cli: Cli) -> Result<()> {
             handled.map(drop)
         }
         Command::Reconcile { primary, boot } => reconcile(&inv.acting()?, primary.as_deref(), *boot),
-        Command::Watch => watch::run(&inv.acting()?),
+        Command::Watch => {
+            refuse_root("watch", inv.root)?;
+            watch::run(&inv.acting()?)
+        }
         Command::Status { json } => status(&inv.reading()?, *json),
         Command::CanServe => can_serve(&inv.reading()?),
         Command::Setup => {
@@ -212,6 +215,19 @@ fn require_root(command: &str, root: bool) -> Result<()> {
         Ok(())
     } else {
         Err(Exit::BadInput(format!("{command} changes the nat table and must run as root")).into())
+    }
+}
+
+/// `watch` never runs as root: it writes into `watch.dir`, which repmgr's OS user owns,
+/// and runs what that user may run. Refused before anything is read or opened.
+fn refuse_root(command: &str, root: bool) -> Result<()> {
+    match root {
+        true => Err(Exit::BadInput(format!(
+            "{command} must not run as root: run it as repmgr's OS user (repmgr.user), as the \
+             repmgr-nat-watch unit does; it switches the rules through sudo"
+        ))
+        .into()),
+        false => Ok(()),
     }
 }
 
@@ -409,4 +425,17 @@ fn route(ctx: &Ctx, node: Node, open: Open, timeline: Option<u32>) -> Result<()>
         if ctx.dry_run { PrintNat::new(cfg, &direct, false, &out).switch(record)? } else { direct.switch(record)? };
     crate::logging::answer(if changed { "changed" } else { "unchanged" });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_is_refused_to_root_as_bad_input() {
+        let err = refuse_root("watch", true).unwrap_err();
+        assert_eq!(exit::code(&err), exit::BAD_INPUT);
+        assert!(format!("{err:#}").starts_with("watch must not run as root"), "{err:#}");
+        refuse_root("watch", false).unwrap();
+    }
 }
