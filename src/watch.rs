@@ -27,7 +27,6 @@ use crate::core::status::{Action, WatchReport};
 use crate::core::view::{Answer, Primary, View, arbitrate};
 use crate::effects::barman::{Backup, Barman, NoBarman};
 use crate::effects::db::{self, Postgres};
-use crate::effects::firewall::Iptables;
 use crate::effects::metrics as serve_metrics;
 use crate::effects::nat::{Nat, ViaSudo};
 use crate::effects::privilege::{self, OsUser};
