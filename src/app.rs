@@ -92,7 +92,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Route { node_id, ports, timeline, show } => {
             inv.as_root("route")?;
             privilege::block_callers_signals();
-            crate::logging::never_block_on_pipes();
+            crate::logging::never_block_on_output();
             route_command(&inv, node_id.as_deref(), *ports, timeline.as_deref(), *show)
         }
     }
