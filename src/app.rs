@@ -409,17 +409,13 @@ fn open_of(ports: Ports) -> Open {
 }
 
 /// The one privileged step: switch the chains to `node`. Without a timeline the recorded
-/// one stays (a switch by hand).
+/// one stays (a switch by hand), as read under root's switch lock.
 fn route(ctx: &Ctx, node: Node, open: Open, timeline: Option<u32>) -> Result<()> {
     let cfg = &ctx.cfg;
     let fw = Iptables;
     let state = StateDir::new(&cfg.state.dir);
     let direct = Direct { cfg, fw: &fw, state: &state };
-    let timeline = match timeline {
-        Some(t) => t,
-        None => direct.recorded().ok().flatten().map_or(0, |r| r.timeline),
-    };
-    let record = Record { route: Route::new(node, open), timeline };
+    let record = Record { route: Route::new(node, open), timeline: timeline.unwrap_or(0) };
     let out = Sink::Stdout;
     let changed =
         if ctx.dry_run { PrintNat::new(cfg, &direct, false, &out).switch(record)? } else { direct.switch(record)? };

@@ -22,6 +22,7 @@ pub trait Nat {
     /// What root recorded with its last switch.
     fn recorded(&self) -> Result<Option<Record>>;
     /// Switches the chains to the record's route and records it; true if a rule changed.
+    /// A timeline of 0 (unknown) keeps the recorded one.
     fn switch(&self, record: Record) -> Result<bool>;
 }
 
@@ -72,6 +73,12 @@ impl Direct<'_> {
         let cfg = self.cfg;
         let route = record.route;
         let _lock = self.state.route_lock(cfg.state.lock_timeout)?;
+        // an unknown timeline (a switch by hand) keeps the recorded one, read under the
+        // lock: a switch that came between must not have its fence lowered
+        let record = match record.timeline {
+            0 => Record { timeline: self.state.recorded(cfg).ok().flatten().map_or(0, |r| r.timeline), ..record },
+            _ => record,
+        };
         let live = self.live()?;
         live.check_ours(cfg).map_err(refused)?;
         let before = live.routing(cfg);
@@ -299,6 +306,20 @@ mod tests {
             said,
             ["nat: node 1 ports all -> node 2 ports barman", "nat: cut the connections proxied to node 1"]
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_switch_of_unknown_timeline_keeps_the_one_recorded_when_it_runs() {
+        let cfg = example();
+        let fw = FakeFirewall::routed(route(1, Open::All));
+        let (dir, state) = state_dir("keep-timeline");
+        let direct = Direct { cfg: &cfg, fw: &fw, state: &state };
+        // another switch recorded timeline 3 after this one was asked for
+        drop(state.route_lock(Duration::ZERO).unwrap());
+        state.record(Record { route: route(1, Open::All), timeline: 3 }).unwrap();
+        direct.switch(Record { route: route(2, Open::All), timeline: 0 }).unwrap();
+        assert_eq!(state.recorded(&cfg).unwrap(), Some(Record { route: route(2, Open::All), timeline: 3 }));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
