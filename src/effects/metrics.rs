@@ -1,17 +1,17 @@
 //! The metrics' adapters: the small file in `watch.dir` where every `repmgr-nat event`
 //! counts itself, and the HTTP listener `watch` serves `GET /metrics` on.
 //!
-//! The listener is a thread of its own that answers one connection at a time, each within
-//! a deadline and from a request of bounded size: a local user who connects and sends
-//! nothing holds it for `DEADLINE` at most, and never the watch loop, which only swaps in
-//! the snapshot of its last pass.
+//! The listener is a thread of its own that answers a few connections at once, each on a
+//! thread of its own within a deadline and from a request of bounded size: a local user who
+//! connects and sends nothing holds one of them for `DEADLINE` at most, and never the watch
+//! loop, which only swaps in the snapshot of its last pass.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,12 @@ const DEADLINE: Duration = Duration::from_secs(2);
 const REQUEST_MAX: usize = 8 * 1024;
 /// How long to wait before trying the address again when it cannot be listened on.
 const REBIND_EVERY: Duration = Duration::from_secs(30);
+/// How many connections are answered at once: enough that a few held open leave room for
+/// the scrapes, few enough that they never take many of watch's file descriptors.
+const CONNECTIONS_MAX: usize = 8;
+/// The pause after a failed accept: a failure that lasts (no file descriptor left) must not
+/// turn the loop into a busy one.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(250);
 
 /// `watch`, at its start: the counts file, made if missing, kept if there (counts go on
 /// across restarts of watch; `watch.dir` is emptied at boot).
@@ -102,38 +108,133 @@ fn read_bounded(file: &File) -> std::io::Result<String> {
 
 /// Serves `GET /metrics` on `addr` from a thread of its own: the snapshot of watch's last
 /// pass and the events' counts in `dir`. An address that cannot be listened on is logged
-/// and tried again every `REBIND_EVERY`: watch goes on without metrics meanwhile.
+/// once and tried again every `REBIND_EVERY`: watch goes on without metrics meanwhile.
 pub fn serve(addr: SocketAddr, snapshot: Arc<Mutex<Snapshot>>, dir: PathBuf) {
-    let spawned = thread::Builder::new().name("metrics".into()).spawn(move || {
-        let mut failed = false;
-        loop {
-            match TcpListener::bind(addr) {
-                Ok(listener) => {
-                    log::info!("watch: metrics on http://{addr}/metrics");
-                    for stream in listener.incoming().flatten() {
-                        let body = || {
-                            let snapshot = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
-                            metrics::render(&snapshot, &read_event_counts(&dir), env!("CARGO_PKG_VERSION"))
-                        };
-                        if let Err(e) = answer(stream, body) {
-                            log::debug!("watch: metrics: {e}");
-                        }
-                    }
-                }
-                Err(e) if !failed => {
-                    log::error!(
-                        "watch: cannot serve metrics on {addr}: {e}; trying again every {} s",
-                        REBIND_EVERY.as_secs()
-                    );
-                    failed = true;
-                }
-                Err(_) => {}
-            }
-            thread::sleep(REBIND_EVERY);
-        }
+    let body: Body = Arc::new(move || {
+        let snapshot = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+        metrics::render(&snapshot, &read_event_counts(&dir), env!("CARGO_PKG_VERSION"))
     });
+    let spawned = thread::Builder::new().name("metrics".into()).spawn(move || listen(addr, REBIND_EVERY, &body));
     if let Err(e) = spawned {
         log::error!("watch: cannot start serving metrics: {e}");
+    }
+}
+
+/// What a scrape is answered: rendered anew for each one.
+type Body = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Listens on `addr` and answers there for good. Any local user can listen on a free
+/// port first (before watch starts, or between two of its runs): scrapes then reach that
+/// process, and nothing of watch's depends on the port, so watch says so once and takes
+/// the address when it is free again.
+fn listen(addr: SocketAddr, rebind_every: Duration, body: &Body) -> ! {
+    let mut failed = false;
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(listener) if failed => {
+                log::warn!("watch: metrics on http://{addr}/metrics, the address free again");
+                accept_loop(&listener, body, CONNECTIONS_MAX)
+            }
+            Ok(listener) => {
+                log::info!("watch: metrics on http://{addr}/metrics");
+                accept_loop(&listener, body, CONNECTIONS_MAX)
+            }
+            Err(e) if !failed => {
+                let who = match e.kind() {
+                    ErrorKind::AddrInUse => "; another process listens there, and scrapes get its answers, not watch's",
+                    _ => "",
+                };
+                log::error!(
+                    "watch: cannot serve metrics on {addr}: {e}{who}; trying again every {} s (watch goes on)",
+                    rebind_every.as_secs_f32()
+                );
+                failed = true;
+            }
+            Err(_) => {}
+        }
+        thread::sleep(rebind_every);
+    }
+}
+
+/// Where connections come from: the listener, or a fake in the tests.
+trait Accept {
+    fn accept_one(&self) -> std::io::Result<TcpStream>;
+}
+
+impl Accept for TcpListener {
+    fn accept_one(&self) -> std::io::Result<TcpStream> {
+        self.accept().map(|(stream, _)| stream)
+    }
+}
+
+/// Answers connections as they come, up to `max` at once, each on a thread of its own and
+/// within its deadline: a local user holding connections open holds `max - 1` slots for
+/// `DEADLINE` at most, and the next scrape is accepted as soon as one is free. Beyond `max`,
+/// connections wait in the kernel's queue, not on watch's file descriptors. A failed accept
+/// (no file descriptor left, say) is said once and tried again after `ACCEPT_PAUSE`.
+fn accept_loop(listener: &impl Accept, body: &Body, max: usize) -> ! {
+    let slots = Arc::new(Slots { busy: Mutex::new(0), freed: Condvar::new(), max });
+    let mut failing = false;
+    loop {
+        let slot = slots.take();
+        match listener.accept_one() {
+            Ok(stream) => {
+                failing = false;
+                let body = Arc::clone(body);
+                let spawned =
+                    thread::Builder::new().name("metrics-conn".into()).stack_size(256 * 1024).spawn(move || {
+                        let _slot = slot;
+                        if let Err(e) = answer(stream, || body()) {
+                            log::debug!("watch: metrics: {e}");
+                        }
+                    });
+                // the connection and its slot went with the closure
+                if let Err(e) = spawned {
+                    log::debug!("watch: metrics: cannot answer a connection: {e}");
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
+            Err(e) => {
+                drop(slot);
+                match std::mem::replace(&mut failing, true) {
+                    false => log::warn!(
+                        "watch: metrics: cannot accept a connection: {e}; trying again every {} ms",
+                        ACCEPT_PAUSE.as_millis()
+                    ),
+                    true => log::debug!("watch: metrics: cannot accept a connection: {e}"),
+                }
+                thread::sleep(ACCEPT_PAUSE);
+            }
+        }
+    }
+}
+
+/// The connections being answered, at most `max`.
+struct Slots {
+    busy: Mutex<usize>,
+    freed: Condvar,
+    max: usize,
+}
+
+/// One connection's place among the `Slots`, given back when dropped.
+struct Slot(Arc<Slots>);
+
+impl Slots {
+    /// Waits for a free slot.
+    fn take(self: &Arc<Self>) -> Slot {
+        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        while *busy >= self.max {
+            busy = self.freed.wait(busy).unwrap_or_else(PoisonError::into_inner);
+        }
+        *busy += 1;
+        Slot(Arc::clone(self))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *self.0.busy.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+        self.0.freed.notify_one();
     }
 }
 
@@ -234,6 +335,78 @@ mod tests {
         scrape.read_to_string(&mut got).unwrap();
         assert!(got.starts_with("HTTP/1.1 200 OK") && got.ends_with("\r\n\r\nrepmgr_nat_passes_total 7\n"), "{got}");
         server.join().unwrap();
+    }
+
+    fn scrape(addr: SocketAddr) -> std::io::Result<String> {
+        let mut scrape = TcpStream::connect(addr)?;
+        scrape.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut got = String::new();
+        scrape.read_to_string(&mut got)?;
+        Ok(got)
+    }
+
+    fn body(text: &'static str) -> Body {
+        Arc::new(move || text.to_string())
+    }
+
+    #[test]
+    fn connections_held_open_do_not_hold_the_scrapes() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || accept_loop(&listener, &body("repmgr_nat_passes_total 3\n"), CONNECTIONS_MAX));
+        // a local user's connections that send nothing, all but one slot's worth
+        let idle: Vec<_> = (1..CONNECTIONS_MAX).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let started = Instant::now();
+        let got = scrape(addr).unwrap();
+        assert!(got.ends_with("\r\n\r\nrepmgr_nat_passes_total 3\n"), "{got}");
+        assert!(started.elapsed() < DEADLINE / 2, "the scrape waited {:?} behind idle connections", started.elapsed());
+        // every slot held: the next scrape waits for the first deadline, no longer
+        let more: Vec<_> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let got = scrape(addr).unwrap();
+        assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
+        assert!(started.elapsed() < DEADLINE + Duration::from_secs(1), "{:?}", started.elapsed());
+        drop((idle, more));
+    }
+
+    /// Counts its calls, and fails each as a process out of file descriptors does.
+    struct OutOfFiles(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Accept for OutOfFiles {
+        fn accept_one(&self) -> std::io::Result<TcpStream> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(std::io::Error::from_raw_os_error(libc::EMFILE))
+        }
+    }
+
+    #[test]
+    fn a_failing_accept_is_no_busy_loop() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let listener = OutOfFiles(Arc::clone(&calls));
+        thread::spawn(move || accept_loop(&listener, &body(""), CONNECTIONS_MAX));
+        thread::sleep(ACCEPT_PAUSE * 2 + ACCEPT_PAUSE / 2);
+        let calls = calls.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((1..=3).contains(&calls), "accept tried {calls} times in {:?}", ACCEPT_PAUSE * 2 + ACCEPT_PAUSE / 2);
+    }
+
+    #[test]
+    fn an_address_taken_first_is_taken_back_once_free() {
+        let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = squatter.local_addr().unwrap();
+        thread::spawn(move || listen(addr, Duration::from_millis(100), &body("repmgr_nat_passes_total 5\n")));
+        thread::sleep(Duration::from_millis(300));
+        // meanwhile the scrapes reach the squatter, and watch's listener has not given up
+        let asked = TcpStream::connect(addr).unwrap();
+        squatter.accept().unwrap();
+        drop((asked, squatter));
+        let started = Instant::now();
+        let got = loop {
+            match scrape(addr) {
+                Ok(got) if !got.is_empty() => break got,
+                _ if started.elapsed() > Duration::from_secs(2) => panic!("the address was not taken back"),
+                _ => thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        assert!(got.ends_with("repmgr_nat_passes_total 5\n"), "{got}");
     }
 
     #[test]
