@@ -251,13 +251,18 @@ pub fn transaction(cfg: &Config, live: &Live, route: Option<Route>) -> Option<St
     Some(tables.into_iter().map(|(table, lines)| format!("*{table}\n{lines}COMMIT\n")).collect())
 }
 
-/// The transaction that removes every jump to our chains, then the chains.
+/// The transaction that removes every rule that jumps to our chains (ours, and any that
+/// someone added, with conditions or from a chain of their own: the kernel keeps a chain
+/// something jumps to), then the chains.
 pub fn teardown_transaction(cfg: &Config, live: &Live) -> Option<String> {
     let mut tables: Vec<(&str, String)> = Vec::new();
-    for (table, chain, hooks) in chains(cfg) {
+    for (table, chain, _) in chains(cfg) {
         let mut lines = String::new();
-        for hook in hooks {
-            (0..live.jumps_to(hook, chain)).for_each(|_| lines.push_str(&format!("-D {} -j {chain}\n", hook.builtin)));
+        for (_, from, _) in live.jumps.iter().filter(|(t, _, c)| t == table && c == chain) {
+            lines.push_str(&format!("-D {from} -j {chain}\n"));
+        }
+        for (_, rule) in live.others.iter().filter(|(t, rule)| t == table && target_of(rule) == Some(chain)) {
+            lines.push_str(&format!("-D {}\n", &rule["-A ".len()..]));
         }
         if live.has_chain(chain) {
             lines.push_str(&format!(":{chain} - [0:0]\n-X {chain}\n"));
@@ -282,6 +287,10 @@ pub struct Live {
     pub chains: Vec<(String, String, Vec<String>)>,
     /// (table, built-in chain, our chain) for every jump, as often as it is there, sorted.
     pub jumps: Vec<(String, String, String)>,
+    /// (table, rule) for every other rule that jumps or goes to one of our chains: with
+    /// conditions, or from a chain of someone else's. Nobody's but the one who added it;
+    /// only teardown touches them (our chains cannot go while anything jumps to them).
+    pub others: Vec<(String, String)>,
 }
 
 /// What the rules in our chains amount to.
@@ -323,18 +332,22 @@ impl Live {
             } else if let Some(chain) = chain_of(line) {
                 if let Some((_, _, rules)) = live.chains.iter_mut().find(|(t, c, _)| *t == table && c == chain) {
                     rules.push(line.to_string());
-                } else if let Some((builtin, target)) = line.strip_prefix("-A ").and_then(|l| l.split_once(" -j "))
-                    && !builtin.contains(' ')
-                    && is_ours(&table, target)
-                {
-                    live.jumps.push((table.clone(), builtin.to_string(), target.to_string()));
+                } else if let Some(target) = target_of(line).filter(|target| is_ours(&table, target)) {
+                    match line.strip_prefix("-A ").and_then(|l| l.strip_suffix(&format!(" -j {target}"))) {
+                        Some(from) if !from.contains(' ') => {
+                            live.jumps.push((table.clone(), from.to_string(), target.to_string()))
+                        }
+                        _ => live.others.push((table.clone(), line.to_string())),
+                    }
                 }
             }
         }
         live.chains.sort();
         live.jumps.sort();
+        live.others.sort();
         live
     }
+
 
     /// Everything in place, routed to `route`: what a complete switch leaves.
     pub fn installed(cfg: &Config, route: Route) -> Live {
@@ -437,6 +450,7 @@ impl Live {
     pub fn render(&self) -> String {
         let mut tables: Vec<&str> = self.chains.iter().map(|(t, _, _)| t.as_str()).collect();
         tables.extend(self.jumps.iter().map(|(t, _, _)| t.as_str()));
+        tables.extend(self.others.iter().map(|(t, _)| t.as_str()));
         tables.dedup();
         tables.sort_unstable_by_key(|t| if *t == "nat" { 0 } else { 1 });
         tables.dedup();
@@ -448,6 +462,10 @@ impl Live {
             }
             for (_, builtin, chain) in self.jumps.iter().filter(|(t, _, _)| t == table) {
                 text.push_str(&format!("-A {builtin} -j {chain}\n"));
+            }
+            for (_, rule) in self.others.iter().filter(|(t, _)| t == table) {
+                text.push_str(rule);
+                text.push('\n');
             }
             for (_, _, rules) in self.chains.iter().filter(|(t, _, _)| t == table) {
                 for rule in rules {
@@ -486,6 +504,13 @@ pub fn cuts(cfg: &Config, before: &Routing, after: Route) -> Vec<(Node, Option<u
 
 fn chain_of(line: &str) -> Option<&str> {
     line.strip_prefix("-A ")?.split(' ').next()
+}
+
+/// The chain a rule jumps (`-j`) or goes (`-g`) to: the last such option, as iptables-save
+/// prints the target after every match.
+fn target_of(line: &str) -> Option<&str> {
+    let words: Vec<&str> = line.split(' ').collect();
+    words.windows(2).rev().find(|w| w[0] == "-j" || w[0] == "-g").map(|w| w[1])
 }
 
 /// A kernel's tables in memory, for tests: applies `iptables-restore --noflush` input the
@@ -533,6 +558,10 @@ pub mod sim {
                         chains.insert(decl[1..].to_string(), Vec::new());
                     }
                     ["-X", chain] => match chains.get(chain) {
+                        // as the kernel: a chain another rule jumps or goes to stays
+                        _ if chains.values().flatten().any(|rule| super::target_of(rule) == Some(chain)) => {
+                            return Err(format!("-X {chain}: a rule still jumps to it"));
+                        }
                         Some(rules) if rules.is_empty() => {
                             chains.remove(chain);
                         }
@@ -540,7 +569,7 @@ pub mod sim {
                     },
                     [op @ ("-A" | "-I" | "-D"), chain, ..] => {
                         let rule = format!("-A {}", &line[3..]);
-                        if let Some(target) = rule.split(" -j ").nth(1).map(|t| t.split(' ').next().unwrap())
+                        if let Some(target) = super::target_of(&rule)
                             && target.chars().any(|c| c.is_ascii_lowercase())
                             && !chains.contains_key(target)
                         {
@@ -763,6 +792,25 @@ COMMIT
         let text = teardown_transaction(&cfg, &Live::parse(&cfg, &doubled.save())).unwrap();
         assert_eq!(doubled.restore(&text).unwrap(), foreign);
         assert_eq!(teardown_transaction(&cfg, &Live::parse(&cfg, &foreign.save())), None);
+    }
+
+    #[test]
+    fn teardown_removes_the_jumps_someone_added_with_conditions_or_from_their_own_chains() {
+        let cfg = example();
+        let foreign = Tables::default().restore("*nat\n:mine - [0:0]\n-A PREROUTING -j mine\nCOMMIT\n").unwrap();
+        let tables = switched(&cfg, &foreign, Some(route(2, Open::All)));
+        let added = tables
+            .restore(
+                "*nat\n-A PREROUTING -p tcp -j repmgr_dnat\n-I PREROUTING -i lo -m comment --comment \"to -j them\" \
+                 -j repmgr_dnat\n-A mine -j repmgr_snat\n-A mine -s 10.0.0.0/8 -g repmgr_dnat\nCOMMIT\n*filter\n\
+                 -A FORWARD -p tcp -j repmgr_hold\nCOMMIT\n",
+            )
+            .unwrap();
+        let live = Live::parse(&cfg, &added.save());
+        assert!(live.in_place(&cfg), "conditional jumps are not the ones setup keeps");
+        assert_eq!(Live::parse(&cfg, &live.render()), live, "route --show shows them");
+        let text = teardown_transaction(&cfg, &live).unwrap();
+        assert_eq!(added.restore(&text), Ok(foreign));
     }
 
     #[test]
