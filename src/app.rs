@@ -330,7 +330,8 @@ fn setup(ctx: &Ctx, cli: &Cli) -> Result<()> {
         if fw.enable_forwarding()? {
             log::info!("setup: turned on IPv4 forwarding");
         }
-        Direct { cfg, fw, state: &state }.install()?;
+        let direct = Direct { cfg, fw, state: &state };
+        if ctx.dry_run { direct.install()? } else { direct.set_up()? }
     }
     let exe = std::env::current_exe().context("cannot tell which program this is")?;
     let mut args: Vec<String> = Vec::new();
@@ -375,18 +376,22 @@ fn boot_cluster(cfg: &Config, fx: &Effects) -> Result<()> {
     }
 }
 
-/// Removes the jumps and the chains; the recorded route stays for the next setup. Under
-/// the run lock once setup made it (before that, no run can act).
+/// Removes the jumps and the chains for good: no switch puts them back until the next
+/// setup (whoever asks: a watch still running, an event, a `route` under way). The recorded
+/// route stays. It waits for a switch under way (root's switch lock), not for the run
+/// lock: a run that held it switches nothing after.
 fn teardown(ctx: &Ctx) -> Result<()> {
     let cfg = &ctx.cfg;
     let state = StateDir::new(&cfg.state.dir);
-    let _lock = if state.has_run_lock() { lock(ctx)? } else { None };
-    let out = Sink::Stdout;
-    let printing = PrintFirewall { real: &Iptables, out: &out };
-    let fw: &dyn Firewall = if ctx.dry_run { &printing } else { &Iptables };
-    Direct { cfg, fw, state: &state }.uninstall()?;
-    if !ctx.dry_run {
-        log::info!("teardown: removed the jumps and the chains {} and {}", cfg.nat.dnat_chain, cfg.nat.snat_chain);
+    if ctx.dry_run {
+        let out = Sink::Stdout;
+        return Direct { cfg, fw: &PrintFirewall { real: &Iptables, out: &out }, state: &state }.uninstall();
+    }
+    Direct { cfg, fw: &Iptables, state: &state }.tear_down()?;
+    let chains: Vec<&str> = ruleset::chains(cfg).into_iter().map(|(_, chain, _)| chain).collect();
+    log::info!("teardown: removed the chains {} and every rule that jumps to them", chains.join(", "));
+    if let Some(pid) = watch::report(cfg).map(|r| r.pid).filter(|pid| watch::runs(*pid)) {
+        log::warn!("teardown: watch (pid {pid}) still runs; it can switch nothing any more: stop it");
     }
     Ok(())
 }

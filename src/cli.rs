@@ -70,7 +70,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// As root: remove the jumps and the chains
+    /// As root: remove the chains and every rule that jumps to them; no switch puts them
+    /// back until setup
     Teardown,
     /// For keepalived's vrrp_script (any user that reads the config and watch.dir, no
     /// sudo): exit 0 when this proxy host can serve, 1 when its watch is not running or

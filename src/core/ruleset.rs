@@ -348,6 +348,10 @@ impl Live {
         live
     }
 
+    /// Nothing of ours at all: no chain, and no rule that jumps to one.
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty() && self.jumps.is_empty() && self.others.is_empty()
+    }
 
     /// Everything in place, routed to `route`: what a complete switch leaves.
     pub fn installed(cfg: &Config, route: Route) -> Live {

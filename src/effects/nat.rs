@@ -73,6 +73,14 @@ impl Direct<'_> {
         let cfg = self.cfg;
         let route = record.route;
         let _lock = self.state.route_lock(cfg.state.lock_timeout)?;
+        // after teardown, whoever asks (a watch still running, an event that waited for
+        // the run lock, a `route` started before) creates nothing
+        if self.state.torn_down() {
+            return Err(refused(anyhow::anyhow!(
+                "repmgr-nat was torn down (`repmgr-nat teardown`, which the package's removal runs): nothing is \
+                 switched until `repmgr-nat setup` runs again"
+            )));
+        }
         // an unknown timeline (a switch by hand) keeps the recorded one, read under the
         // lock: a switch that came between must not have its fence lowered
         let record = match record.timeline {
@@ -140,6 +148,29 @@ impl Direct<'_> {
         live.check_ours(self.cfg).map_err(refused)?;
         if let Some(text) = ruleset::teardown_transaction(self.cfg, &live) {
             self.fw.restore(&text)?;
+        }
+        Ok(())
+    }
+
+    /// `setup`, under root's switch lock: teardown's mark lifted, then `install`.
+    pub fn set_up(&self) -> Result<()> {
+        let _lock = self.state.route_lock(self.cfg.state.lock_timeout)?;
+        if self.state.unmark_torn_down()? {
+            log::info!("setup: torn down before; switches are allowed again");
+        }
+        self.install()
+    }
+
+    /// `teardown`, for good: under root's switch lock (a switch under way ends first), the
+    /// mark that refuses every later switch, then `uninstall`, then the tables read again:
+    /// anything of ours still there is an error that names it.
+    pub fn tear_down(&self) -> Result<()> {
+        let _lock = self.state.route_lock(self.cfg.state.lock_timeout)?;
+        self.state.mark_torn_down()?;
+        self.uninstall()?;
+        let left = self.live()?;
+        if !left.is_empty() {
+            bail!("teardown left these in the tables:\n{}", left.render().trim_end());
         }
         Ok(())
     }
@@ -376,6 +407,42 @@ mod tests {
         assert!(!direct.switch(rec(1, Open::All)).unwrap(), "the route did not change");
         assert_eq!(fw.calls(), ["restore: node 1 ports all"], "but the tables were repaired");
         assert!(Live::parse(&cfg, &fw.save().unwrap()).in_place(&cfg));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn after_teardown_no_switch_puts_anything_back_until_setup() {
+        let cfg = example();
+        let fw = FakeFirewall::routed(route(1, Open::All));
+        // someone's jump with a condition: the kernel keeps a chain jumped to
+        let added = fw.tables.borrow().restore("*nat\n-A PREROUTING -p tcp -j repmgr_dnat\nCOMMIT\n").unwrap();
+        *fw.tables.borrow_mut() = added;
+        let (dir, state) = state_dir("torn-down");
+        let direct = Direct { cfg: &cfg, fw: &fw, state: &state };
+        direct.tear_down().unwrap();
+        assert_eq!(*fw.tables.borrow(), Tables::default());
+        // a watch still running, an event that waited for the run lock: refused, nothing made
+        let err = direct.switch(rec(2, Open::All)).unwrap_err();
+        assert_eq!(crate::exit::code(&err), crate::exit::REFUSED);
+        assert!(format!("{err:#}").contains("until `repmgr-nat setup` runs again"), "{err:#}");
+        assert_eq!(*fw.tables.borrow(), Tables::default());
+        assert_eq!(state.recorded(&cfg).unwrap(), None);
+        direct.set_up().unwrap();
+        assert!(direct.switch(rec(2, Open::All)).unwrap(), "setup lifts it");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_teardown_that_cannot_finish_says_why_and_still_refuses_switches() {
+        let cfg = example();
+        let fw = FakeFirewall::routed(route(1, Open::All));
+        let foreign = fw.tables.borrow().restore("*nat\n-A repmgr_dnat -p udp -j ACCEPT\nCOMMIT\n").unwrap();
+        *fw.tables.borrow_mut() = foreign;
+        let (dir, state) = state_dir("torn-down-refused");
+        let direct = Direct { cfg: &cfg, fw: &fw, state: &state };
+        let err = direct.tear_down().unwrap_err();
+        assert!(format!("{err:#}").contains("-A repmgr_dnat -p udp -j ACCEPT"), "{err:#}");
+        assert!(direct.switch(rec(2, Open::All)).is_err(), "switched after a teardown");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -24,6 +24,8 @@ const RECORD: &str = "route";
 const RUN_LOCK: &str = "run.lock";
 /// Taken by root around each switch, beside the run lock its caller holds.
 const ROUTE_LOCK: &str = "route.lock";
+/// Left by `teardown`, removed by `setup`: while it is there, no switch creates anything.
+const TORN_DOWN: &str = "torn-down";
 
 pub struct StateDir {
     dir: PathBuf,
@@ -121,12 +123,6 @@ impl StateDir {
             .with_context(|| format!("cannot chmod {}", path.display()))
     }
 
-    /// Whether `setup` made the run lock (in any form: `lock` checks it): before that, no
-    /// run can hold it.
-    pub fn has_run_lock(&self) -> bool {
-        fs::symlink_metadata(self.dir.join(RUN_LOCK)).is_ok()
-    }
-
     /// The run lock: an exclusive `flock` on a file only root and repmgr's OS user's group
     /// can open. Waits up to `timeout`, saying who holds it.
     pub fn lock(&self, timeout: Duration) -> Result<Lock> {
@@ -160,6 +156,37 @@ impl StateDir {
             );
         }
         Ok((file, path))
+    }
+
+    /// As root, under `route_lock`: marks the rules torn down, so that no switch after
+    /// this one puts them back.
+    pub fn mark_torn_down(&self) -> Result<()> {
+        let path = self.dir.join(TORN_DOWN);
+        let text = "repmgr-nat teardown removed the NAT chains: no switch until `repmgr-nat setup`\n";
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .and_then(|mut file| file.write_all(text.as_bytes()))
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// As root, under `route_lock`: lifts teardown's mark; true if there was one.
+    pub fn unmark_torn_down(&self) -> Result<bool> {
+        let path = self.dir.join(TORN_DOWN);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        }
+    }
+
+    /// Whether `teardown` ran since the last `setup`.
+    pub fn torn_down(&self) -> bool {
+        fs::symlink_metadata(self.dir.join(TORN_DOWN)).is_ok()
     }
 
     /// Root's lock around one switch: `route` runs under the run lock of the event that
@@ -327,14 +354,6 @@ mod tests {
         let locks = "1: POSIX  ADVISORY  WRITE 77 08:01:999 0 EOF\n2: FLOCK  ADVISORY  WRITE 1234 00:1f:131077 0 EOF\n";
         assert_eq!(holder_pid(locks, 131077), Some(1234));
         assert_eq!(holder_pid(locks, 999), None, "only flock locks");
-    }
-
-    #[test]
-    fn the_run_lock_exists_once_made() {
-        let dir = temp_dir("has-lock");
-        assert!(!StateDir::new(&dir).has_run_lock());
-        assert!(state_of(&dir).has_run_lock());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
