@@ -89,6 +89,10 @@ pub fn run(cli: Cli) -> Result<()> {
             inv.as_root("teardown")?;
             teardown(&inv.reading()?)
         }
+        Command::CheckConfig => {
+            inv.as_root("check-config")?;
+            check_config(&inv.reading()?)
+        }
         Command::Route { node_id, ports, timeline, show } => {
             inv.as_root("route")?;
             privilege::block_callers_signals();
@@ -396,6 +400,61 @@ fn teardown(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// `check-config`: the config as the root step reads it (a refusal is the load's, exit 2),
+/// repmgr's OS user, and every command line that user runs through sudo as sudo judges it
+/// (`sudo -l -U`): a newer program whose `route` takes other words than the sudoers file
+/// kept from before admits would otherwise fail every switch. Asks no node, reads no table.
+fn check_config(ctx: &Ctx) -> Result<()> {
+    let cfg = &ctx.cfg;
+    let user = OsUser::named(&cfg.repmgr_user).map_err(|e| bad_input(e.context("repmgr.user")))?;
+    let refused: Vec<String> = sudo_commands(cfg)
+        .iter()
+        .filter_map(|cmd| match exec::run_status(&sudo_list(&user.name, cmd), None, Duration::from_secs(10)) {
+            Ok(out) if out.status.success() => None,
+            Ok(out) => Some(match out.stderr.lines().map(str::trim).find(|l| !l.is_empty()) {
+                Some(said) => format!("{cmd} ({said})"),
+                None => cmd.to_string(),
+            }),
+            Err(e) => Some(format!("{cmd} ({e})")),
+        })
+        .collect();
+    if !refused.is_empty() {
+        return Err(Exit::BadInput(format!(
+            "sudo would refuse {} what repmgr-nat runs: {}; edit the grants (visudo -f /etc/sudoers.d/repmgr-nat; \
+             dpkg leaves the packaged version beside it as .dpkg-dist when you had edited yours)",
+            user.name,
+            refused.join("; ")
+        ))
+        .into());
+    }
+    log::info!("check-config: the config reads, and sudo admits every command {} runs through it", user.name);
+    Ok(())
+}
+
+/// One command line of each form that repmgr's OS user runs through sudo: `route --show`,
+/// a switch to every node for each ports value, with a timeline and without, and barman's
+/// three commands.
+fn sudo_commands(cfg: &Config) -> Vec<Cmd> {
+    let mut cmds = vec![ViaSudo::route_cmd(&["--show"])];
+    for node in &cfg.nodes {
+        for (open, timeline) in [(Open::All, 1), (Open::Barman, 1), (Open::None, 0)] {
+            cmds.push(ViaSudo::switch_cmd(Record { route: Route::new(*node, open), timeline }));
+        }
+    }
+    if let Some(barman) = &cfg.barman {
+        cmds.extend([crate::effects::barman::stop_cmd(barman), crate::effects::barman::start_cmd(barman)]);
+        cmds.push(crate::effects::barman::switch_cmd(barman));
+    }
+    cmds
+}
+
+/// `sudo -n -l -U <user> ...`: run as root, whether sudo lets `user` run `cmd` (a `sudo -n
+/// ...` command line), without running it.
+fn sudo_list(user: &str, cmd: &Cmd) -> Cmd {
+    let words = cmd.args.strip_prefix(&["-n".to_string()]).unwrap_or(&cmd.args);
+    Cmd::new(cmd.program.clone()).args(["-n", "-l", "-U", user]).args(words.iter().cloned())
+}
+
 /// `route --show`: the chains, their rules and the jumps, as iptables-save prints them.
 fn route_show(ctx: &Ctx) -> Result<()> {
     let fw = Iptables;
@@ -431,6 +490,33 @@ fn route(ctx: &Ctx, node: Node, open: Open, timeline: Option<u32>) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_config_asks_sudo_about_every_command_line_repmgr_nat_runs_through_it() {
+        let cfg = crate::core::config::tests::example();
+        let sudo = exec::system_tool("sudo").display().to_string();
+        let asked: Vec<String> = sudo_commands(&cfg)
+            .iter()
+            .map(|cmd| sudo_list("postgres", cmd).to_string().replacen(&sudo, "sudo", 1))
+            .collect();
+        let route = "sudo -n -l -U postgres /usr/bin/repmgr-nat route";
+        let barman = "sudo -n -l -U postgres -u barman /usr/bin/barman";
+        assert_eq!(
+            asked,
+            [
+                format!("{route} --show"),
+                format!("{route} 1 --ports all --timeline 1"),
+                format!("{route} 1 --ports barman --timeline 1"),
+                format!("{route} 1 --ports none"),
+                format!("{route} 2 --ports all --timeline 1"),
+                format!("{route} 2 --ports barman --timeline 1"),
+                format!("{route} 2 --ports none"),
+                format!("{barman} receive-wal --stop main_backup"),
+                format!("{barman} receive-wal main_backup"),
+                format!("{barman} switch-wal --force --archive --archive-timeout=90 main_backup"),
+            ]
+        );
+    }
 
     #[test]
     fn watch_is_refused_to_root_as_bad_input() {

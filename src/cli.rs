@@ -73,6 +73,10 @@ pub enum Command {
     /// As root: remove the chains and every rule that jumps to them; no switch puts them
     /// back until setup
     Teardown,
+    /// As root: read the config as the root step does and ask sudo whether it admits every
+    /// command repmgr's OS user runs through it; asks no node, reads no table (the package
+    /// runs it before restarting watch on an upgrade)
+    CheckConfig,
     /// For keepalived's vrrp_script (any user that reads the config and watch.dir, no
     /// sudo): exit 0 when this proxy host can serve, 1 when its watch is not running or
     /// its application ports have missed the legitimate primary for 2 s

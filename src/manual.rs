@@ -151,7 +151,9 @@ mod tests {
         for code in codes {
             assert!(status.contains(&format!("\\fB{code}\\fR")), "the man page does not show exit code {code}");
         }
-        for command in ["event", "watch", "setup", "reconcile", "status", "teardown", "route", "can-serve"] {
+        for command in
+            ["event", "watch", "setup", "reconcile", "status", "teardown", "check-config", "route", "can-serve"]
+        {
             assert!(
                 MAN.contains(&format!("repmgr\\-nat\\-{}(1)", command.replace('-', "\\-"))),
                 "the man page does not name {command}"
