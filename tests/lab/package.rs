@@ -1,7 +1,8 @@
 //! repmgr-nat as an operator installs it: every lab installs the Debian package (`dpkg
 //! -i`: the binary, the sudoers file and the units where the package puts them). Here a
 //! failover through it with watch's metrics scraped meanwhile, then `dpkg --purge`, which
-//! must leave no rule, chain or file behind.
+//! must leave no rule, chain or file behind; a removal with watch still running and a jump
+//! someone added, and one whose teardown cannot finish; upgrades the new program refuses.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use lab_kit::clients::series;
 use lab_kit::lab::poll_until;
 
-use crate::common::{CONVERGE, DB1, DB2, Lab};
+use crate::common::{CONVERGE, DB1, DB2, Lab, Restore, routed_to, sorted};
 
 const PACKAGED: &[&str] = &[
     "/usr/bin/repmgr-nat",
@@ -123,4 +124,104 @@ fn the_package_fails_over_reports_metrics_and_purges_without_a_trace() {
         status.stdout
     );
     assert_ne!(lab.app_reaches().ok().as_deref(), Some(DB1), "nothing may route to the old primary");
+}
+
+const STATE: &str = "/var/lib/repmgr-nat";
+
+/// After a test that makes the purge keep the state directory: it goes (the next lab's
+/// preflight refuses it), or the mark that keeps it does while the package is installed.
+struct KeptState;
+
+impl Drop for KeptState {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(Path::new(STATE).join("teardown-failed"));
+        let known = std::process::Command::new("dpkg-query").args(["-W", "repmgr-nat"]).output();
+        if known.is_ok_and(|out| !out.status.success()) {
+            let _ = std::fs::remove_dir_all(STATE);
+        }
+    }
+}
+
+#[test]
+fn removal_leaves_nothing_forwarding_with_watch_running_and_says_so_when_it_cannot() {
+    let lab = Lab::up();
+    let _kept = KeptState;
+    let iptables = |args: &[&str]| lab.ok(&[&["exec", "proxy", "--", "iptables"][..], args].concat());
+    lab.ok(&["watch", "start"]);
+    lab.wait_until("watch passes", CONVERGE, || lab.watch_passes() > 2);
+    // a jump with a condition, as someone might add: the kernel keeps a chain jumped to
+    iptables(&["-t", "nat", "-I", "PREROUTING", "-p", "tcp", "-j", "repmgr_dnat"]);
+
+    // teardown with watch running, asking the rules twice a second: nothing comes back
+    let teardown = lab.repmgr_nat("root", &["teardown"]).expect(0, "teardown with watch running");
+    assert!(teardown.stderr.contains("still runs; it can switch nothing any more"), "{}", teardown.stderr);
+    assert_eq!(lab.our_rules(), Vec::<String>::new(), "teardown left rules");
+    let passes = lab.watch_passes();
+    lab.wait_until("watch passes after the teardown", CONVERGE, || lab.watch_passes() >= passes + 6);
+    assert_eq!(lab.our_rules(), Vec::<String>::new(), "something put rules back after teardown");
+    let reconcile = lab.repmgr_nat("postgres", &["reconcile"]).expect(3, "reconcile after teardown");
+    assert!(reconcile.stderr.contains("was torn down"), "{}", reconcile.stderr);
+    assert_eq!(lab.our_rules(), Vec::<String>::new());
+    assert!(lab.app_reaches().is_err(), "the application port forwards after teardown");
+
+    // the package's removal, watch still running: nothing left, nothing loud
+    let removal = lab.in_proxy("root", &[], "dpkg", &["-r", "repmgr-nat"]).expect(0, "dpkg -r");
+    assert!(!removal.stderr.contains("FAILED"), "{}", removal.stderr);
+    assert_eq!(lab.our_rules(), Vec::<String>::new(), "the removal left rules");
+
+    // installed again (the config stayed), set up: routed again, watch follows
+    lab.in_proxy("root", &[], "dpkg", &["-i", &lab.env["REPMGR_NAT_DEB"]]).expect(0, "install again");
+    lab.repmgr_nat("root", &["setup"]).expect(0, "setup after the removal");
+    assert_eq!(sorted(lab.our_rules()), routed_to(DB1, &[54321, 54322]));
+
+    // a rule of someone else's in our hold chain: teardown cannot finish; the purge says
+    // so, loudly, and keeps the record of where the rules forward
+    iptables(&["-A", "repmgr_hold", "-p", "udp", "-j", "ACCEPT"]);
+    let purge = lab.in_proxy("root", &[], "dpkg", &["--purge", "repmgr-nat"]).expect(0, "dpkg --purge");
+    assert!(purge.stderr.contains("TEARDOWN FAILED"), "{}", purge.stderr);
+    assert!(purge.stderr.contains("/var/lib/repmgr-nat KEPT"), "{}", purge.stderr);
+    assert!(Path::new(STATE).join("teardown-failed").is_file());
+    assert!(lab.record().starts_with("1 all "), "the record: {:?}", lab.record());
+    assert!(lab.our_rules().iter().any(|l| l.contains("--to-destination 198.51.100.11")), "{:?}", lab.our_rules());
+    lab.ok(&["watch", "stop"]);
+}
+
+#[test]
+fn an_upgrade_that_would_stop_switching_is_refused_and_the_old_watch_keeps_running() {
+    let lab = Lab::up();
+    lab.ok(&["watch", "start"]);
+    lab.wait_until("watch passes", CONVERGE, || lab.watch_passes() > 2);
+    let upgrade = || lab.in_proxy("root", &[], "dpkg", &["-i", "--force-confold", &lab.env["REPMGR_NAT_DEB"]]);
+    let state = || lab.in_proxy("root", &[], "dpkg-query", &["-W", "-f=${db:Status-Status}", "repmgr-nat"]).stdout;
+
+    // sudoers grants kept from before that no longer admit what repmgr-nat runs
+    let sudoers = Restore::file("/etc/sudoers.d/repmgr-nat");
+    let granted = std::fs::read_to_string("/etc/sudoers.d/repmgr-nat").unwrap();
+    std::fs::write("/etc/sudoers.d/repmgr-nat", granted.replace("main_backup", "other_backup")).unwrap();
+    let refused = upgrade().expect(1, "an upgrade with grants that admit no barman command");
+    assert!(refused.stderr.contains("UPGRADE REFUSED"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("receive-wal --stop main_backup"), "what is refused: {}", refused.stderr);
+    assert_eq!(state(), "half-configured");
+    let passes = lab.watch_passes();
+    lab.wait_until("the old watch passes on", CONVERGE, || lab.watch_passes() >= passes + 4);
+    drop(sudoers);
+    lab.in_proxy("root", &[], "dpkg", &["--configure", "repmgr-nat"]).expect(0, "configure once fixed");
+    assert_eq!(state(), "installed");
+
+    // a config the new program refuses
+    let config = Restore::file("/etc/repmgr-nat.toml");
+    let text = std::fs::read_to_string("/etc/repmgr-nat.toml").unwrap();
+    std::fs::write("/etc/repmgr-nat.toml", format!("{text}[nat]\nbogus = 1\n")).unwrap();
+    let refused = upgrade().expect(1, "an upgrade with a config it refuses");
+    assert!(refused.stderr.contains("UPGRADE REFUSED") && refused.stderr.contains("bad config"), "{}", refused.stderr);
+    drop(config);
+    lab.in_proxy("root", &[], "dpkg", &["--configure", "repmgr-nat"]).expect(0, "configure once fixed");
+
+    // the packaged config, never edited: nothing configured, nothing to check
+    let config = Restore::file("/etc/repmgr-nat.toml");
+    std::fs::copy(crate::common::repo().join("packaging/repmgr-nat.toml"), "/etc/repmgr-nat.toml").unwrap();
+    let run = upgrade().expect(0, "an upgrade of a host never configured");
+    assert!(!run.stderr.contains("REFUSED"), "{}", run.stderr);
+    drop(config);
+    lab.ok(&["watch", "stop"]);
 }
