@@ -13,7 +13,7 @@ use crate::core::event::{Event, Triage};
 use crate::core::plan::Ask;
 use crate::core::ruleset::{self, Open, Record, Route};
 use crate::core::status;
-use crate::effects::barman::Barman;
+use crate::effects::barman::{Backup, Barman, NoBarman};
 use crate::effects::db::{self, Postgres};
 use crate::effects::dryrun::{PrintBackup, PrintCluster, PrintFirewall, PrintNat, Sink};
 use crate::effects::exec::{self, Cmd};
@@ -77,6 +77,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Reconcile { primary, boot } => reconcile(&inv.acting()?, primary.as_deref(), *boot),
         Command::Watch => watch::run(&inv.acting()?),
         Command::Status { json } => status(&inv.reading()?, *json),
+        Command::CanServe => can_serve(&inv.reading()?),
         Command::Setup => {
             inv.as_root("setup")?;
             setup(&inv.reading()?, &cli)
@@ -233,7 +234,11 @@ pub fn with_effects<T>(ctx: &Ctx, f: impl FnOnce(&Effects) -> Result<T>) -> Resu
         log::debug!("watch saw node(s) {seen_down:?} unanswered: asked within {} ms", db::SEEN_DOWN.as_millis());
     }
     let cluster = Postgres::new(cfg, &rt).seen_down(seen_down);
-    let backup = Barman::new(&cfg.barman);
+    let barman = cfg.barman.as_ref().map(Barman::new);
+    let backup: &(dyn Backup + Sync) = match &barman {
+        Some(barman) => barman,
+        None => &NoBarman,
+    };
     let fw = Iptables;
     let state = StateDir::new(&cfg.state.dir);
     let direct = Direct { cfg, fw: &fw, state: &state };
@@ -243,10 +248,14 @@ pub fn with_effects<T>(ctx: &Ctx, f: impl FnOnce(&Effects) -> Result<T>) -> Resu
         let out = Sink::Stdout;
         let nat = PrintNat::new(cfg, nat, !ctx.root, &out);
         let cluster = PrintCluster { cfg, real: &cluster, out: &out };
-        let backup = PrintBackup { cfg: &cfg.barman, out: &out };
-        f(&Effects { nat: &nat, cluster: &cluster, backup: &backup })
+        let printing = cfg.barman.as_ref().map(|barman| PrintBackup { cfg: barman, out: &out });
+        let backup: &(dyn Backup + Sync) = match &printing {
+            Some(printing) => printing,
+            None => &NoBarman,
+        };
+        f(&Effects { nat: &nat, cluster: &cluster, backup })
     } else {
-        f(&Effects { nat, cluster: &cluster, backup: &backup })
+        f(&Effects { nat, cluster: &cluster, backup })
     }
 }
 
@@ -271,6 +280,15 @@ fn status(ctx: &Ctx, json: bool) -> Result<()> {
     }
 }
 
+/// keepalived's check: exit 0 when this proxy host can serve, 1 (and why) when not. It
+/// reads only the config and watch.json: cheap enough to run every second.
+fn can_serve(ctx: &Ctx) -> Result<()> {
+    let report = watch::report(&ctx.cfg);
+    let running = report.as_ref().is_some_and(|r| watch::runs(r.pid));
+    status::can_serve(&ctx.cfg, report.as_ref(), running, watch::now_ms())
+        .map_err(|why| anyhow::anyhow!("can-serve: {why}"))
+}
+
 /// Boot, as root: forwarding on, our chains, jumps and hold where missing (duplicates
 /// removed), the run lock made; then the cluster part as repmgr's OS user, so that root
 /// neither reads that user's password file nor talks to the nodes: `reconcile --boot`.
@@ -279,7 +297,10 @@ fn setup(ctx: &Ctx, cli: &Cli) -> Result<()> {
     let user = OsUser::named(&cfg.repmgr_user).map_err(|e| bad_input(e.context("repmgr.user")))?;
     // one budget for the whole run (the boot unit's TimeoutStartSec outlasts it): the
     // lock, the nodes' deadline, barman's confirmation
-    let deadline = Instant::now() + cfg.state.lock_timeout + cfg.barman.worst_case() + Duration::from_secs(30);
+    let deadline = Instant::now()
+        + cfg.state.lock_timeout
+        + cfg.barman.as_ref().map_or(Duration::ZERO, |b| b.worst_case())
+        + Duration::from_secs(30);
     let state = StateDir::new(&cfg.state.dir);
     if !ctx.dry_run {
         state.create()?;

@@ -72,6 +72,10 @@ pub enum Command {
     },
     /// As root: remove the jumps and the chains
     Teardown,
+    /// For keepalived's vrrp_script (any user that reads the config and watch.dir, no
+    /// sudo): exit 0 when this proxy host can serve, 1 when its watch is not running or
+    /// its application ports have missed the legitimate primary for 2 s
+    CanServe,
     /// As root (sudo): switch the chains to a configured node; the one privileged step
     Route {
         /// A node id from the root-owned config

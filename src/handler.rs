@@ -83,7 +83,10 @@ pub fn execute(cfg: &Config, fx: &Effects, label: &str, steps: &[Step]) -> Resul
             let result = match *step {
                 Step::Route(record) => {
                     let record = match &unconfirmed {
-                        Some(_) if record.route.open == Open::All && !cfg.barman.open_app_on_failure => {
+                        Some(_)
+                            if record.route.open == Open::All
+                                && !cfg.barman.as_ref().is_some_and(|b| b.open_app_on_failure) =>
+                        {
                             left_closed = true;
                             Record { route: Route::new(record.route.node, Open::Barman), ..record }
                         }
@@ -351,7 +354,7 @@ mod tests {
     #[test]
     fn barman_failures_after_archive_open_the_application_port_anyway_by_default() {
         let mut cfg = example();
-        cfg.barman.open_app = crate::core::config::OpenApp::AfterArchive;
+        cfg.barman.as_mut().unwrap().open_app = crate::core::config::OpenApp::AfterArchive;
         for failing in [SwitchWal, BarmanStart, BarmanStop, CreateSlot(2)] {
             let fake = Fake::new(rec(1, Open::All, 1), view(&[(1, down()), (2, primary(2, None))]))
                 .failing(std::slice::from_ref(&failing));
@@ -365,7 +368,7 @@ mod tests {
     #[test]
     fn barman_failure_can_keep_the_application_port_closed() {
         let mut cfg = example();
-        cfg.barman.open_app_on_failure = false;
+        cfg.barman.as_mut().unwrap().open_app_on_failure = false;
         // after the slot: a slot that cannot be made leaves only barman's port open
         let fake =
             Fake::new(rec(1, Open::All, 1), view(&[(1, down()), (2, primary(2, None))])).failing(&[CreateSlot(2)]);
@@ -373,7 +376,7 @@ mod tests {
         assert!(format!("{err:#}").contains("application port left closed"), "{err:#}");
         assert_eq!(fake.calls(), [CreateSlot(2), Switch(2, Open::Barman, 2)]);
         // after the archive: barman's failure too
-        cfg.barman.open_app = crate::core::config::OpenApp::AfterArchive;
+        cfg.barman.as_mut().unwrap().open_app = crate::core::config::OpenApp::AfterArchive;
         let fake = Fake::new(rec(1, Open::All, 1), view(&[(1, down()), (2, primary(2, None))])).failing(&[SwitchWal]);
         let err = promote(&cfg, &fake, 2).unwrap_err();
         assert!(format!("{err:#}").contains("application port left closed"), "{err:#}");
@@ -402,7 +405,7 @@ mod tests {
         let out = Sink::capture();
         let nat = PrintNat::new(&cfg, &fake, true, &out);
         let cluster = PrintCluster { cfg: &cfg, real: &fake, out: &out };
-        let backup = PrintBackup { cfg: &cfg.barman, out: &out };
+        let backup = PrintBackup { cfg: cfg.barman.as_ref().unwrap(), out: &out };
         let fx = Effects { nat: &nat, cluster: &cluster, backup: &backup };
         run(&cfg, &fx, Ask::Event(Claim::Promote(NodeId::new(2))), "node 2 standby_promote").unwrap();
         assert_eq!(fake.calls(), [], "a dry run acted");

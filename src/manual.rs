@@ -151,8 +151,11 @@ mod tests {
         for code in codes {
             assert!(status.contains(&format!("\\fB{code}\\fR")), "the man page does not show exit code {code}");
         }
-        for command in ["event", "watch", "setup", "reconcile", "status", "teardown", "route"] {
-            assert!(MAN.contains(&format!("repmgr\\-nat\\-{command}(1)")), "the man page does not name {command}");
+        for command in ["event", "watch", "setup", "reconcile", "status", "teardown", "route", "can-serve"] {
+            assert!(
+                MAN.contains(&format!("repmgr\\-nat\\-{}(1)", command.replace('-', "\\-"))),
+                "the man page does not name {command}"
+            );
         }
     }
 }

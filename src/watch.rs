@@ -22,10 +22,10 @@ use crate::app::Ctx;
 use crate::core::config::{Config, Watch};
 use crate::core::metrics::{self, Snapshot, Tracker};
 use crate::core::plan::{self, Ask, Decision, Nat as NatState};
-use crate::core::ruleset::Routing;
+use crate::core::ruleset::{Open, Route, Routing};
 use crate::core::status::{Action, WatchReport};
 use crate::core::view::{Answer, Primary, View, arbitrate};
-use crate::effects::barman::Barman;
+use crate::effects::barman::{Backup, Barman, NoBarman};
 use crate::effects::db::{self, Postgres};
 use crate::effects::firewall::Iptables;
 use crate::effects::metrics as serve_metrics;
@@ -45,13 +45,17 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let cfg = &ctx.cfg;
     let rt = db::runtime()?;
     let cluster = Postgres::new(cfg, &rt);
-    let backup = Barman::new(&cfg.barman).receive_wal_output(cfg.watch.dir.join(RECEIVE_WAL_LOG));
+    let barman = cfg.barman.as_ref().map(|b| Barman::new(b).receive_wal_output(cfg.watch.dir.join(RECEIVE_WAL_LOG)));
+    let backup: &(dyn Backup + Sync) = match &barman {
+        Some(barman) => barman,
+        None => &NoBarman,
+    };
     let fw = Iptables;
     let state = StateDir::new(&cfg.state.dir);
     let direct = Direct { cfg, fw: &fw, state: &state };
     let via_sudo = ViaSudo { cfg };
     let nat: &dyn Nat = if ctx.root { &direct } else { &via_sudo };
-    let fx = Effects { nat, cluster: &cluster, backup: &backup };
+    let fx = Effects { nat, cluster: &cluster, backup };
 
     std::fs::create_dir_all(&cfg.watch.dir)
         .with_context(|| format!("cannot create watch.dir {}", cfg.watch.dir.display()))?;
@@ -116,13 +120,39 @@ struct Watcher {
     snapshot: Arc<Mutex<Snapshot>>,
     /// The monotonic clock the metrics' durations are measured on.
     clock: Instant,
+    /// Since when (unix ms) the application ports have not forwarded to the legitimate
+    /// primary (for `can-serve`).
+    misrouted_since: Option<u64>,
 }
 
-/// What `watch` wrote after its last pass, if it can be read.
+/// What `watch` wrote after its last pass, if it can be read: a regular file, never
+/// followed through a symbolic link, never waited on, at most `REPORT_MAX` bytes (root
+/// reads it too, and watch.dir is repmgr's OS user's).
 pub fn report(cfg: &Config) -> Option<WatchReport> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    const REPORT_MAX: u64 = 1 << 20;
     let path = cfg.watch.dir.join(WatchReport::FILE);
-    let text = std::fs::read_to_string(&path).ok()?;
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        log::warn!("{} is not a regular file: ignored", path.display());
+        return None;
+    }
+    let mut text = String::new();
+    file.take(REPORT_MAX).read_to_string(&mut text).ok()?;
     serde_json::from_str(&text).map_err(|e| log::warn!("bad {}: {e}", path.display())).ok()
+}
+
+/// Whether the process `pid` runs (a process of another user's counts: it exists).
+pub fn runs(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: kill with signal 0 only checks that the process exists and may be signalled.
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 pub fn now_ms() -> u64 {
@@ -149,6 +179,7 @@ impl Watcher {
             contended: false,
             fresh_after: None,
             receive_wal: ReceiveWal::default(),
+            misrouted_since: None,
         }
     }
 
@@ -187,6 +218,14 @@ impl Watcher {
             (Primary::Legit { node, .. }, Routing::To(route)) => route.node != *node,
             _ => true,
         };
+        // serving: the application ports forward to a legitimate primary (none seen, as
+        // from a proxy cut off from the new primary, is not serving either)
+        let serving = match &arbitration.primary {
+            Primary::Legit { node, .. } => after == Routing::To(Route::new(*node, Open::All)),
+            _ => false,
+        };
+        let misrouted = !serving;
+        self.misrouted_since = if misrouted { Some(self.misrouted_since.unwrap_or_else(now_ms)) } else { None };
         self.report(cfg, &arbitration.describe(), &after, view, hurry);
         self.metrics.pass(metrics::Pass {
             began_mono_ms: began,
@@ -196,6 +235,7 @@ impl Watcher {
             arbitration: &arbitration,
             routing: &after,
             recorded: record,
+            barman: cfg.barman.is_some(),
         });
         if let Ok(mut shared) = self.snapshot.lock() {
             *shared = self.metrics.snapshot().clone();
@@ -305,6 +345,7 @@ impl Watcher {
             receive_wal: self.receive_wal.describe(&cfg.watch.dir),
             barman_confirmed: self.receive_wal.confirmed,
             last_action: self.last_action.clone(),
+            misrouted_since_ms: self.misrouted_since,
         };
         let text = serde_json::to_string(&report).unwrap_or_default();
         if let Err(e) = write_atomically(&cfg.watch.dir.join(WatchReport::FILE), &text) {

@@ -78,7 +78,7 @@ fn help_and_version_exit_0_on_stdout() {
     let out = run(&["--help"]);
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);
-    for command in ["event", "setup", "reconcile", "watch", "status", "teardown", "route"] {
+    for command in ["event", "setup", "reconcile", "watch", "status", "teardown", "route", "can-serve"] {
         assert!(help.contains(command), "--help lists {command}:\n{help}");
     }
     let out = run(&["--version"]);
@@ -169,4 +169,43 @@ fn in_the_journal_each_line_carries_its_priority_and_no_timestamp() {
     // elsewhere: a timestamp, the program and its pid, the level
     let plain = stderr_of(&failed_event, false);
     assert!(plain.starts_with("20") && plain.contains(" repmgr-nat[") && plain.contains("WARN"), "{plain:?}");
+}
+
+#[test]
+fn can_serve_says_whether_watch_runs_and_routes_in_one_line() {
+    let scratch = Scratch::new("can-serve");
+    let watch_dir = scratch.0.join("watch");
+    std::fs::create_dir(&watch_dir).unwrap();
+    let config = scratch.config(&format!("{CONFIG}[watch]\ndir = \"{}\"\n", watch_dir.display()));
+    let args = ["--config", path(&config), "can-serve"];
+    refused(&args, 1, "does not run here");
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let report = |pid: u32, misrouted_since: Option<u64>| {
+        format!(
+            r#"{{"version":1,"pid":{pid},"started_ms":{now},"pass":3,"passed_ms":{now},"interval_ms":250,
+            "hurry":false,"primary":"node 1 on timeline 1","rules":"node 1 ports all","nodes":"1: primary",
+            "unanswered":[],"receive_wal":null,"barman_confirmed":null,"last_action":null,
+            "misrouted_since_ms":{}}}"#,
+            misrouted_since.map_or("null".to_string(), |t| t.to_string())
+        )
+    };
+    let json = watch_dir.join("watch.json");
+    // this test's own process stands for a running watch
+    std::fs::write(&json, report(std::process::id(), None)).unwrap();
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "exit code only");
+
+    std::fs::write(&json, report(std::process::id(), Some(now - 10_000))).unwrap();
+    refused(&args, 1, "have not forwarded to a legitimate primary");
+    // a pid no process has (above the kernel's pid_max)
+    std::fs::write(&json, report(4_194_305, None)).unwrap();
+    refused(&args, 1, "is not running");
+    // never read through a symbolic link
+    let elsewhere = scratch.0.join("elsewhere.json");
+    std::fs::write(&elsewhere, report(std::process::id(), None)).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &json).unwrap();
+    refused(&args, 1, "does not run here");
 }

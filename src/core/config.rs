@@ -146,12 +146,20 @@ pub enum ChannelBinding {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
+    /// The address clients and barman connect to (the DNAT rules match it); shared by two
+    /// proxy hosts when keepalived moves it between them.
     pub proxy: Ipv4Addr,
+    /// This host's own address when `proxy` is shared: the connections this host makes
+    /// itself (barman's) leave from it, so the nodes' replies come back here whichever
+    /// host holds the shared address. None: everything leaves from `proxy`.
+    pub own_address: Option<Ipv4Addr>,
     pub ports: Ports,
     /// Every node repmgr-nat may route to, in node id order.
     pub nodes: Vec<Node>,
     pub postgres: Postgres,
-    pub barman: Barman,
+    /// None on a proxy without barman (no `[barman]` section): it opens only the
+    /// application ports and never touches a slot or receive-wal.
+    pub barman: Option<Barman>,
     pub nat: Nat,
     pub state: State,
     pub watch: Watch,
@@ -164,8 +172,8 @@ pub struct Config {
 pub struct Ports {
     /// The port PostgreSQL listens on, on every node.
     pub postgres: u16,
-    /// barman's conninfo and streaming_conninfo point at proxy:barman.
-    pub barman: u16,
+    /// barman's conninfo and streaming_conninfo point at proxy:barman (none without barman).
+    pub barman: Option<u16>,
     /// Applications connect to proxy:app; opened last on a promotion.
     pub app: Vec<u16>,
 }
@@ -268,6 +276,15 @@ impl Config {
         file::parse(text)
     }
 
+    /// barman's slot, where this proxy has barman; an error otherwise (only the steps
+    /// of a proxy with barman touch a slot).
+    pub fn slot(&self) -> Result<&str> {
+        match &self.barman {
+            Some(barman) => Ok(&barman.slot),
+            None => bail!("no [barman] section: this proxy manages no slot"),
+        }
+    }
+
     /// The configured node with this id, or an error naming the known ones.
     pub fn node(&self, id: NodeId) -> Result<Node> {
         match self.nodes.iter().find(|n| n.id == id) {
@@ -315,6 +332,16 @@ dir = "/var/lib/repmgr-nat"
         Config::parse(&EXAMPLE.replace("2 = \"10.8.2.1\"", "2 = \"10.8.2.1\"\n3 = \"10.8.4.1\"")).unwrap()
     }
 
+    /// The example as the second of two proxy hosts sharing 10.8.3.1 would have it: its
+    /// own address 10.8.3.3, and no barman (the first proxy host runs it).
+    pub fn second_proxy() -> Config {
+        let text = EXAMPLE
+            .replace("address = \"10.8.3.1\"", "address = \"10.8.3.1\"\nown_address = \"10.8.3.3\"")
+            .replace("barman = 54321\n", "");
+        let text = text.split("[barman]").next().unwrap().to_string() + "[state]\ndir = \"/var/lib/repmgr-nat\"\n";
+        Config::parse(&text).unwrap()
+    }
+
     /// A node of the example (of `three_nodes` for 3).
     pub fn node(id: u32) -> Node {
         three_nodes().node(NodeId(id)).unwrap()
@@ -333,24 +360,34 @@ dir = "/var/lib/repmgr-nat"
     fn example_parses_with_defaults() {
         let c = example();
         assert_eq!(c.proxy, Ipv4Addr::new(10, 8, 3, 1));
-        assert_eq!(c.ports, Ports { postgres: 5432, barman: 54321, app: vec![54322] });
+        assert_eq!(c.ports, Ports { postgres: 5432, barman: Some(54321), app: vec![54322] });
         assert_eq!(c.node(NodeId(2)).unwrap().addr(), Ipv4Addr::new(10, 8, 2, 1));
-        assert_eq!(c.barman.open_app, OpenApp::AfterSlot);
-        assert!(c.barman.standby_slots);
-        assert_eq!(c.barman.standby_slot_limit, 1 << 30);
+        assert_eq!(c.barman.as_ref().unwrap().open_app, OpenApp::AfterSlot);
+        assert!(c.barman.as_ref().unwrap().standby_slots);
+        assert_eq!(c.barman.as_ref().unwrap().standby_slot_limit, 1 << 30);
         assert_eq!(c.watch.interval, Duration::from_millis(250));
         assert_eq!(c.nat.no_primary, NoPrimary::Hold);
         assert_eq!(c.postgres.sslmode, SslMode::Prefer);
         assert_eq!(c.postgres.channel_binding, ChannelBinding::Prefer);
         assert_eq!(c.repmgr_user, "postgres");
         assert_eq!(c.postgres.connect_timeout, Duration::from_secs(3));
-        assert_eq!(c.barman.user, "barman");
-        assert_eq!(c.barman.command, PathBuf::from("/usr/bin/barman"));
-        assert!(c.barman.open_app_on_failure);
+        assert_eq!(c.barman.as_ref().unwrap().user, "barman");
+        assert_eq!(c.barman.as_ref().unwrap().command, PathBuf::from("/usr/bin/barman"));
+        assert!(c.barman.as_ref().unwrap().open_app_on_failure);
         assert_eq!(c.nat.dnat_chain, "repmgr_dnat");
         assert_eq!(c.nat.snat_chain, "repmgr_snat");
         assert_eq!(c.state.lock_timeout, Duration::from_secs(150), "archive_timeout 90 + 60");
         assert_eq!(c.watch.metrics, Some(SocketAddr::from(([127, 0, 0, 1], 9721))), "loopback only");
+    }
+
+    #[test]
+    fn a_second_proxy_host_has_an_address_of_its_own_and_may_go_without_barman() {
+        let c = second_proxy();
+        assert_eq!((c.proxy, c.own_address), (Ipv4Addr::new(10, 8, 3, 1), Some(Ipv4Addr::new(10, 8, 3, 3))));
+        assert_eq!((&c.barman, c.ports.barman), (&None, None));
+        assert_eq!(c.state.lock_timeout, Duration::from_secs(60), "no barman step to outlast");
+        assert_eq!(format!("{:#}", c.slot().unwrap_err()), "no [barman] section: this proxy manages no slot");
+        assert_eq!(example().own_address, None);
     }
 
     #[test]
@@ -470,6 +507,14 @@ dir = "/var/lib/repmgr-nat"
             (format!("{EXAMPLE}[watch]\nmetrics = true\n"), "watch.metrics: \"true\" is not an address and port"),
             (format!("{EXAMPLE}[watch]\nmetrics = 9721\n"), "watch.metrics: \"9721\" is not an address and port"),
             ("[proxy]\naddress = \"10.8.3.1\"".to_string(), "missing field `ports`"),
+            (with("[proxy]", "[proxy]\nown_address = \"10.8.3.1\""), "proxy.own_address: 10.8.3.1 is proxy.address"),
+            (with("[proxy]", "[proxy]\nown_address = \"10.8.1.1\""), "nodes.1: 10.8.1.1 is proxy.own_address"),
+            (with("[proxy]", "[proxy]\nown_address = \"own\""), "proxy.own_address: \"own\" is not an IPv4 address"),
+            (with("barman = 54321\n", ""), "ports.barman: required with a [barman] section"),
+            (
+                EXAMPLE.split("[barman]").next().unwrap().to_string(),
+                "ports.barman: set, but there is no [barman] section",
+            ),
             (with("[nodes]\n1 = \"10.8.1.1\"\n2 = \"10.8.2.1\"", "[nodes]"), "nodes: at least one node is needed"),
             ("this is not toml".to_string(), "expected"),
         ];

@@ -77,8 +77,9 @@ pub struct Snapshot {
     /// The timeline recorded with the route.
     pub route_timeline: Option<u32>,
     pub nodes: Vec<NodeSample>,
-    /// barman's walsender streams from the slot on the node the rules route to.
-    pub barman_streaming: bool,
+    /// barman's walsender streams from the slot on the node the rules route to; none on a
+    /// proxy without barman (the series is left out: an alert on it would always fire).
+    pub barman_streaming: Option<bool>,
     /// Times the rules moved to another node, whoever moved them.
     pub switches: u64,
     pub switch_latency: Histogram,
@@ -99,6 +100,8 @@ pub struct Pass<'a> {
     /// The rules as they stand at the end of the pass (after its action, if any).
     pub routing: &'a Routing,
     pub recorded: Option<Record>,
+    /// This proxy runs barman (a `[barman]` section).
+    pub barman: bool,
 }
 
 /// Keeps the figures from pass to pass.
@@ -176,12 +179,12 @@ impl Tracker {
                 }
             })
             .collect();
-        s.barman_streaming = match pass.routing {
+        s.barman_streaming = pass.barman.then(|| match pass.routing {
             Routing::To(route) => {
                 pass.view.state(route.node).and_then(|s| s.slot).is_some_and(|s| s.active_pid.is_some())
             }
             _ => false,
-        };
+        });
 
         let routed = route.map(|(node, _)| node);
         if self.routed.is_some_and(|before| before != routed) && routed.is_some() {
@@ -335,12 +338,14 @@ pub fn render(s: &Snapshot, events: &EventCounts, version: &str) -> String {
             out.sample("slot_lag_bytes", &[("node", &n.id.to_string())], lag);
         }
     }
-    out.one(
-        "barman_streaming",
-        "gauge",
-        "1 when barman's walsender streams from the slot on the routed node, 0 when not.",
-        flag(s.barman_streaming),
-    );
+    if let Some(streaming) = s.barman_streaming {
+        out.one(
+            "barman_streaming",
+            "gauge",
+            "1 when barman's walsender streams from the slot on the routed node, 0 when not.",
+            flag(streaming),
+        );
+    }
 
     out.one(
         "switches_total",
@@ -425,6 +430,10 @@ mod tests {
     use crate::core::view::{Answer, Lsn, NodeState, Slot, arbitrate};
 
     fn pass_at(t: &mut Tracker, began: u64, view: &View, routing: Routing) {
+        pass_of(t, began, view, routing, true)
+    }
+
+    fn pass_of(t: &mut Tracker, began: u64, view: &View, routing: Routing, barman: bool) {
         let arbitration = arbitrate(view, None);
         let recorded = match routing {
             Routing::To(route) => Some(Record { route, timeline: 2 }),
@@ -438,7 +447,19 @@ mod tests {
             arbitration: &arbitration,
             routing: &routing,
             recorded,
+            barman,
         });
+    }
+
+    #[test]
+    fn a_proxy_without_barman_has_no_barman_series() {
+        let v = view(&[(1, primary(1)), (2, standby(1))]);
+        for (barman, shown) in [(true, true), (false, false)] {
+            let mut t = Tracker::new(0);
+            pass_of(&mut t, 0, &v, to(1, Open::All), barman);
+            let text = render(t.snapshot(), &EventCounts::default(), "1.0.0");
+            assert_eq!(text.contains("repmgr_nat_barman_streaming"), shown, "{text}");
+        }
     }
 
     fn to(id: u32, open: Open) -> Routing {

@@ -185,6 +185,13 @@ fn unanswered(node: Node, answer: Option<&Answer>) -> Decision {
 /// has not received), and barman follows; with `AfterArchive`, only once barman confirmed.
 /// barman's confirmation is waited for when `confirm` (or when the port waits for it).
 fn promote(cfg: &Config, primary: Node, timeline: u32, view: &View, nat: Nat, confirm: bool) -> Vec<Step> {
+    let all = Route::new(primary, Open::All);
+    let record = Record { route: all, timeline };
+    let Some(backup) = &cfg.barman else {
+        // a proxy without barman: the application ports, and nothing else
+        let done = *nat.routing == Routing::To(all) && nat.in_place && nat.record == Some(record);
+        return if done { Vec::new() } else { vec![Step::Route(record)] };
+    };
     let barman = |confirm: bool| {
         let mut steps = vec![Step::RestartBarman(primary)];
         if confirm {
@@ -193,8 +200,6 @@ fn promote(cfg: &Config, primary: Node, timeline: u32, view: &View, nat: Nat, co
         steps
     };
     let slot = view.state(primary).and_then(|s| s.slot);
-    let all = Route::new(primary, Open::All);
-    let record = Record { route: all, timeline };
     let mut steps = Vec::new();
     if *nat.routing == Routing::To(all) {
         if !nat.in_place || nat.record != Some(record) {
@@ -210,7 +215,7 @@ fn promote(cfg: &Config, primary: Node, timeline: u32, view: &View, nat: Nat, co
     let barman_there = matches!(nat.routing, Routing::To(r) if r.node == primary && r.open != Open::None);
     // a walsender on barman's slot there: barman streams from the primary already
     let streaming = slot.is_some_and(|s| s.active_pid.is_some());
-    match cfg.barman.open_app {
+    match backup.open_app {
         OpenApp::AfterSlot => {
             if slot.is_none() {
                 steps.push(Step::CreateSlot(primary));
@@ -245,13 +250,15 @@ fn without_primary(cfg: &Config, view: &View, nat: Nat) -> Vec<Step> {
         Routing::Nothing | Routing::Unrecognised => nat.record.map(|r| r.route),
     };
     let Some(route) = current else { return Vec::new() };
+    // the application's ports closed: barman's stays, where there is one
+    let closed = if cfg.barman.is_some() { Open::Barman } else { Open::None };
     let open = match view.answer(route.node) {
         Some(Answer::Up(state)) if state.role == Role::Standby => Open::None,
-        Some(Answer::Down(_)) if route.open == Open::All => Open::Barman,
+        Some(Answer::Down(_)) if route.open == Open::All => closed,
         Some(Answer::Silent(_) | Answer::Rejected(_))
             if route.open == Open::All && cfg.nat.no_primary == NoPrimary::Close =>
         {
-            Open::Barman
+            closed
         }
         _ => route.open,
     };
@@ -270,18 +277,20 @@ fn without_primary(cfg: &Config, view: &View, nat: Nat) -> Vec<Step> {
 /// barman lags or no primary answers. Without `standby_slots` a standby keeps no slot. A
 /// walsender on a standby's slot is ended either way: barman streams from the primary only.
 fn standbys(cfg: &Config, view: &View, primary: Option<Node>, make: bool) -> Vec<Step> {
+    // a proxy without barman never touches a slot: the proxy with barman manages them
+    let Some(backup) = &cfg.barman else { return Vec::new() };
     let confirmed = primary.and_then(|p| view.state(p)).and_then(|s| s.slot).and_then(|s| s.restart_lsn);
     let mut steps = Vec::new();
     for (node, state) in view.standbys() {
         if let Some(pid) = state.slot.and_then(|s| s.active_pid) {
             steps.push(Step::TerminateWalsender(node, pid));
         }
-        match (cfg.barman.standby_slots, state.slot) {
+        match (backup.standby_slots, state.slot) {
             (false, Some(_)) => steps.push(Step::DropSlot(node)),
             (true, None) if make => steps.push(Step::CreateStandbySlot(node)),
             (true, Some(slot)) => {
                 let Some(kept) = slot.restart_lsn else { continue };
-                let floor = Lsn(state.lsn.0.saturating_sub(cfg.barman.standby_slot_limit));
+                let floor = Lsn(state.lsn.0.saturating_sub(backup.standby_slot_limit));
                 let target = confirmed.unwrap_or(kept).max(floor);
                 if target.segment() > kept.segment() {
                     steps.push(Step::AdvanceSlot(node, target));
@@ -297,7 +306,7 @@ fn standbys(cfg: &Config, view: &View, primary: Option<Node>, make: bool) -> Vec
 mod tests {
     use super::*;
     use crate::core::config::NodeId;
-    use crate::core::config::tests::{example, node};
+    use crate::core::config::tests::{example, node, second_proxy};
     use crate::core::view::tests::view;
     use crate::core::view::{Lsn, NodeState, Slot};
 
@@ -359,6 +368,21 @@ mod tests {
         }
     }
 
+    /// A proxy without barman: the application ports follow the primary, and no slot is
+    /// ever made, advanced, dropped or freed of its walsender, whatever the nodes hold.
+    #[test]
+    #[rustfmt::skip]
+    fn a_proxy_without_barman_moves_only_the_application_ports() {
+        let slot = Some(Slot { active_pid: Some(42), restart_lsn: Some(Lsn(0x100)) });
+        check(&second_proxy(), vec![
+            (Ask::Watch,   view(&[(1, down()), (2, primary(2, None))]),          to(1, Open::All),  rec(1, Open::All, 1),  act(&[switch(2, Open::All, 2)])),
+            (promote_of(2), view(&[(1, down()), (2, primary(2, None))]),         Routing::Nothing,  None,                  act(&[switch(2, Open::All, 2)])),
+            (Ask::Watch,   view(&[(1, standby(slot)), (2, primary(2, None))]),   to(2, Open::All),  rec(2, Open::All, 2),  Decision::Nothing("ports already point at node 2 (timeline 2) and its slot exists".into())),
+            (Ask::Watch,   view(&[(1, standby(None)), (2, down())]),             to(2, Open::All),  rec(2, Open::All, 2),  act(&[switch(2, Open::None, 2)])),
+            (Ask::Watch,   view(&[(1, standby(None)), (2, down())]),             to(2, Open::None), rec(2, Open::None, 2), Decision::Nothing("no primary to route to (none reachable); rules left as they are".into())),
+        ]);
+    }
+
     /// A promote event for node 2: the view (with timelines), the rules, the record ->
     /// what happens. The application port opens as soon as the slot exists.
     #[test]
@@ -407,7 +431,7 @@ mod tests {
     #[rustfmt::skip]
     fn promote_after_archive_decision_table() {
         let mut cfg = example();
-        cfg.barman.open_app = OpenApp::AfterArchive;
+        cfg.barman.as_mut().unwrap().open_app = OpenApp::AfterArchive;
         let n2 = node(2);
         check(&cfg, vec![
             (promote_of(2), view(&[(1, down()), (2, primary(2, None))]),   to(1, Open::All),    rec(1, Open::All, 1),    act(&[switch(2, Open::Barman, 2), CreateSlot(n2), RestartBarman(n2), ConfirmBarman(n2), switch(2, Open::All, 2)])),
@@ -486,9 +510,9 @@ mod tests {
         let standby_at = |slot| Answer::Up(NodeState { role: Role::Standby, timeline: 2, lsn: seg(9).unwrap(), slot });
         let n1 = node(1);
         let mut article = example();
-        article.barman.standby_slots = false;
+        article.barman.as_mut().unwrap().standby_slots = false;
         let mut small = example();
-        small.barman.standby_slot_limit = 2 * Lsn::SEGMENT;
+        small.barman.as_mut().unwrap().standby_slot_limit = 2 * Lsn::SEGMENT;
         let cases = [
             // no slot yet: watch makes one (it keeps WAL from the standby's last restartpoint)
             (&example(), standby_at(None),              primary(2, slot(5, Some(7))), act(&[CreateStandbySlot(n1)])),
@@ -567,7 +591,7 @@ mod tests {
     fn the_application_port_never_opens_before_the_slot_exists() {
         for open_app in [OpenApp::AfterSlot, OpenApp::AfterArchive] {
             let mut cfg = example();
-            cfg.barman.open_app = open_app;
+            cfg.barman.as_mut().unwrap().open_app = open_app;
             for routing in [Routing::Nothing, to(1, Open::All), to(2, Open::None), to(2, Open::Barman)] {
                 let v = view(&[(1, down()), (2, primary(2, None))]);
                 let nat = Nat { routing: &routing, record: None, in_place: true };

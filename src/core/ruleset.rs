@@ -137,12 +137,13 @@ pub fn chains(cfg: &Config) -> Vec<(&'static str, &str, Vec<Hook>)> {
     chains
 }
 
-/// The proxy ports that forward for `open`: barman's first, then the application's.
+/// The proxy ports that forward for `open`: barman's first, then the application's. A
+/// proxy without barman has no barman port: `Open::Barman` forwards nothing there.
 pub fn forwarded(cfg: &Config, open: Open) -> Vec<u16> {
     match open {
         Open::None => vec![],
-        Open::Barman => vec![cfg.ports.barman],
-        Open::All => std::iter::once(cfg.ports.barman).chain(cfg.ports.app.iter().copied()).collect(),
+        Open::Barman => cfg.ports.barman.into_iter().collect(),
+        Open::All => cfg.ports.barman.into_iter().chain(cfg.ports.app.iter().copied()).collect(),
     }
 }
 
@@ -158,9 +159,14 @@ pub fn rules(cfg: &Config, route: Route) -> Rules {
             cfg.nat.dnat_chain
         ));
     }
-    rules
-        .snat
-        .push(format!("-A {} -d {node}/32 -p tcp -m tcp --dport {pg} -j SNAT --to-source {proxy}", cfg.nat.snat_chain));
+    let snat = format!("-A {} -d {node}/32 -p tcp -m tcp --dport {pg}", cfg.nat.snat_chain);
+    // With a shared address, what this host sends itself (barman) leaves from its own
+    // address, so the node answers this host whichever one holds the shared address;
+    // what it forwards for clients leaves from the shared one, and so survives a takeover.
+    if let Some(own) = cfg.own_address {
+        rules.snat.push(format!("{snat} -m addrtype --src-type LOCAL -j SNAT --to-source {own}"));
+    }
+    rules.snat.push(format!("{snat} -j SNAT --to-source {proxy}"));
     rules
 }
 
@@ -398,7 +404,8 @@ impl Live {
             return Routing::Nothing;
         }
         for node in &cfg.nodes {
-            for open in [Open::All, Open::Barman, Open::None] {
+            // (without barman, `None` and `Barman` are the same rules: read as `None`)
+            for open in [Open::All, Open::None, Open::Barman] {
                 let route = Route { node: *node, open };
                 if rules(cfg, route) == live {
                     return Routing::To(route);
@@ -580,7 +587,7 @@ pub mod sim {
 mod tests {
     use super::sim::Tables;
     use super::*;
-    use crate::core::config::tests::{example, node, three_nodes};
+    use crate::core::config::tests::{example, node, second_proxy, three_nodes};
 
     /// From empty tables: our chains, the route's rules, the jumps, the hold.
     const TO_2_ALL: &str = "\
@@ -796,6 +803,42 @@ COMMIT
             "*filter\n-A repmgr_dnat -j ACCEPT\nCOMMIT\n{SAVED_BY_SCRIPTS}*mangle\n-A PREROUTING -j repmgr_dnat\nCOMMIT\n"
         );
         assert_eq!(Live::parse(&cfg, &other), Live::parse(&cfg, SAVED_BY_SCRIPTS));
+    }
+
+    /// The second of two proxy hosts sharing 10.8.3.1: no barman port; what it forwards
+    /// leaves from the shared address, what it sends itself from its own.
+    #[test]
+    fn a_proxy_sharing_its_address_without_barman() {
+        let cfg = second_proxy();
+        let tables = switched(&cfg, &Tables::default(), Some(route(2, Open::All)));
+        let live = Live::parse(&cfg, &tables.save());
+        assert_eq!(
+            live.rules(&cfg),
+            Rules {
+                dnat: vec![
+                    "-A repmgr_dnat -d 10.8.3.1/32 -p tcp -m tcp --dport 54322 -j DNAT --to-destination 10.8.2.1:5432"
+                        .into()
+                ],
+                snat: vec![
+                    "-A repmgr_snat -d 10.8.2.1/32 -p tcp -m tcp --dport 5432 -m addrtype --src-type LOCAL -j SNAT \
+                     --to-source 10.8.3.3"
+                        .into(),
+                    "-A repmgr_snat -d 10.8.2.1/32 -p tcp -m tcp --dport 5432 -j SNAT --to-source 10.8.3.1".into(),
+                ],
+            }
+        );
+        assert_eq!(live.routing(&cfg), Routing::To(route(2, Open::All)));
+        assert!(live.in_place(&cfg) && live.foreign(&cfg).is_empty());
+        // barman's port alone is no port at all here: read back as closed
+        for open in [Open::Barman, Open::None] {
+            let closed = Live::parse(&cfg, &switched(&cfg, &tables, Some(route(2, open))).save());
+            assert_eq!(closed.routing(&cfg), Routing::To(route(2, Open::None)));
+            assert!(closed.rules(&cfg).dnat.is_empty());
+        }
+        // the rules of a proxy with no address of its own are someone else's here
+        let single =
+            Live::parse(&example(), &switched(&example(), &Tables::default(), Some(route(2, Open::All))).save());
+        assert!(!single.foreign(&cfg).is_empty());
     }
 
     #[test]

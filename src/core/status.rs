@@ -37,6 +37,10 @@ pub struct WatchReport {
     /// and on which node: a watch started again after a restart knows what barman needs.
     pub barman_confirmed: Option<(NodeId, Lsn)>,
     pub last_action: Option<Action>,
+    /// Since when (unix ms) the application ports have not forwarded to a legitimate
+    /// primary (none seen, or not the one they forward to); none while they do.
+    #[serde(default)]
+    pub misrouted_since_ms: Option<u64>,
 }
 
 impl WatchReport {
@@ -60,6 +64,39 @@ impl WatchReport {
             text.push_str(&format!("; last action {ago} s ago: {} ({})", action.steps.join(", "), action.result));
         }
         text
+    }
+}
+
+/// How long the application ports may miss a legitimate primary before this proxy host
+/// says it cannot serve: a switch takes a fraction of a second, and keepalived must not
+/// move the shared address for one.
+pub const MISROUTED_GRACE_MS: u64 = 2000;
+
+/// `can-serve`, for keepalived: whether this proxy host can serve the shared address. It
+/// cannot while its watch does not run (no report, its process gone, or its last pass
+/// older than a node's deadline and 2 s), nor while its application ports have not
+/// forwarded to a legitimate primary for `MISROUTED_GRACE_MS`: it sees none (every node
+/// down, or the new primary out of its reach) or routes elsewhere. When both proxy hosts
+/// cannot serve, keepalived moves nothing (their priorities drop alike). Why not, in one
+/// line.
+pub fn can_serve(cfg: &Config, report: Option<&WatchReport>, running: bool, now_ms: u64) -> Result<(), String> {
+    let Some(report) = report else {
+        return Err(format!("watch has written nothing in {}: it does not run here", cfg.watch.dir.display()));
+    };
+    if !running {
+        return Err(format!("watch (pid {}) is not running", report.pid));
+    }
+    let age = now_ms.saturating_sub(report.passed_ms);
+    let limit = cfg.postgres.connect_timeout.as_millis() as u64 + 2000;
+    if age > limit {
+        return Err(format!("watch (pid {}) has not ended a pass for {age} ms (more than {limit} ms)", report.pid));
+    }
+    match report.misrouted_since_ms.map(|since| now_ms.saturating_sub(since)) {
+        Some(missed) if missed > MISROUTED_GRACE_MS => Err(format!(
+            "the application ports have not forwarded to a legitimate primary for {missed} ms (primary: {}; rules: {})",
+            report.primary, report.rules
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -233,7 +270,9 @@ fn primary_problems(arbitration: &Arbitration) -> Vec<String> {
 /// its walsender means receive-wal is not running, or cannot stream (watch says why). A
 /// standby without the slot is a problem only while watch runs: watch makes them.
 fn slot_problems(cfg: &Config, view: &View, primary: Option<Node>, watch: Option<&WatchReport>) -> Vec<String> {
-    let slot = &cfg.barman.slot;
+    // a proxy without barman leaves the slots to the one with barman
+    let Some(barman) = &cfg.barman else { return Vec::new() };
+    let slot = &barman.slot;
     let mut problems = Vec::new();
     for (node, answer) in &view.nodes {
         let Some(state) = answer.state() else { continue };
@@ -251,10 +290,10 @@ fn slot_problems(cfg: &Config, view: &View, primary: Option<Node>, watch: Option
             (Role::Standby, Some(_), Some(pid)) => {
                 problems.push(format!("standby node {id}: walsender {pid} streams from barman's slot"))
             }
-            (Role::Standby, None, _) if cfg.barman.standby_slots && watch.is_some() => {
+            (Role::Standby, None, _) if barman.standby_slots && watch.is_some() => {
                 problems.push(format!("standby node {id} has no slot {slot}: nothing keeps barman's WAL there"))
             }
-            (Role::Standby, Some(_), _) if !cfg.barman.standby_slots => {
+            (Role::Standby, Some(_), _) if !barman.standby_slots => {
                 problems.push(format!("standby node {id} still has slot {slot}"))
             }
             _ => {}
@@ -530,7 +569,7 @@ mod tests {
             ]
         );
         let mut article = cfg.clone();
-        article.barman.standby_slots = false;
+        article.barman.as_mut().unwrap().standby_slots = false;
         let v = view(&[(1, up(Role::Standby, 2, true)), (2, up(Role::Primary, 2, true))]);
         let report = assess(&article, seen(&v, live_to(&cfg, 2, Open::All), rec(2, Open::All, 2)));
         assert_eq!(report.problems, ["standby node 1 still has slot barman"]);
@@ -556,7 +595,37 @@ mod tests {
                 steps: vec!["route node 2 ports all (timeline 2)".into()],
                 result: "ok".into(),
             }),
+            misrouted_since_ms: None,
         }
+    }
+
+    /// keepalived's check: watch must run, and the application ports may miss the
+    /// legitimate primary only for the moment of a switch.
+    #[test]
+    fn a_proxy_can_serve_while_its_watch_runs_and_routes_to_the_primary() {
+        let cfg = example();
+        let report = watch_report(); // its last pass ended at 10 000 ms
+        assert_eq!(can_serve(&cfg, Some(&report), true, 10_200), Ok(()));
+        assert_eq!(
+            can_serve(&cfg, None, false, 10_200),
+            Err("watch has written nothing in /run/repmgr-nat: it does not run here".into())
+        );
+        assert_eq!(can_serve(&cfg, Some(&report), false, 10_200), Err("watch (pid 77) is not running".into()));
+        // a pass may wait for a node's deadline (3 s) and a little more, not longer
+        assert_eq!(can_serve(&cfg, Some(&report), true, 15_000), Ok(()));
+        assert_eq!(
+            can_serve(&cfg, Some(&report), true, 15_001),
+            Err("watch (pid 77) has not ended a pass for 5001 ms (more than 5000 ms)".into())
+        );
+        let switching = WatchReport { misrouted_since_ms: Some(9_000), ..report };
+        assert_eq!(can_serve(&cfg, Some(&switching), true, 10_200), Ok(()), "a switch takes a moment");
+        let stuck = WatchReport { misrouted_since_ms: Some(8_000), ..switching };
+        assert_eq!(
+            can_serve(&cfg, Some(&stuck), true, 10_200),
+            Err("the application ports have not forwarded to a legitimate primary for 2200 ms (primary: node 2 on \
+                 timeline 2; rules: node 2 ports all)"
+                .into())
+        );
     }
 
     #[test]

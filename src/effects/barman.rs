@@ -102,6 +102,28 @@ impl Backup for Barman<'_> {
     }
 }
 
+/// A proxy without barman (no `[barman]` section): the plan never asks it for anything,
+/// and would be told so if it did.
+pub struct NoBarman;
+
+impl NoBarman {
+    fn refuse(&self) -> Result<()> {
+        anyhow::bail!("no [barman] section: this proxy does not run barman")
+    }
+}
+
+impl Backup for NoBarman {
+    fn stop_receive_wal(&self) -> Result<()> {
+        self.refuse()
+    }
+    fn start_receive_wal(&self) -> Result<()> {
+        self.refuse()
+    }
+    fn switch_wal(&self, _while_waiting: &mut dyn FnMut()) -> Result<()> {
+        self.refuse()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,11 +134,11 @@ mod tests {
         let cfg = example();
         let sudo = exec::system_tool("sudo");
         assert_eq!(
-            stop_cmd(&cfg.barman).to_string(),
+            stop_cmd(cfg.barman.as_ref().unwrap()).to_string(),
             format!("{} -n -u barman /usr/bin/barman receive-wal --stop main_backup", sudo.display())
         );
         assert_eq!(
-            switch_cmd(&cfg.barman).args,
+            switch_cmd(cfg.barman.as_ref().unwrap()).args,
             [
                 "-n",
                 "-u",
@@ -130,7 +152,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            start_cmd(&cfg.barman).args,
+            start_cmd(cfg.barman.as_ref().unwrap()).args,
             ["-n", "-u", "barman", "/usr/bin/barman", "receive-wal", "main_backup"]
         );
     }

@@ -126,7 +126,8 @@ impl Pool {
     async fn answer_within(&self, cfg: &Config, node: Node, deadline: Duration) -> Answer {
         let asked = tokio::time::timeout(deadline, async {
             let client = self.client(cfg, node).await?;
-            ask(&client, &cfg.barman.slot).await
+            // without barman no slot is asked for: "" never names one
+            ask(&client, cfg.slot().unwrap_or("")).await
         })
         .await;
         let answer = match asked {
@@ -217,7 +218,7 @@ impl Cluster for Postgres<'_> {
     }
 
     fn create_slot(&self, node: Node) -> Result<()> {
-        let slot = self.cfg.barman.slot.clone();
+        let slot = self.cfg.slot()?.to_string();
         let created = self.with_client(node, "create slot", |c| async move {
             match c.execute(CREATE_SLOT_SQL, &[&slot]).await {
                 Ok(_) => Ok(true),
@@ -226,7 +227,7 @@ impl Cluster for Postgres<'_> {
             }
         })?;
         if !created {
-            log::debug!("node {}: slot {} exists already", node.id(), self.cfg.barman.slot);
+            log::debug!("node {}: slot {} exists already", node.id(), self.cfg.slot()?);
         }
         Ok(())
     }
@@ -240,7 +241,7 @@ impl Cluster for Postgres<'_> {
     }
 
     fn drop_slot(&self, node: Node) -> Result<()> {
-        let slot = self.cfg.barman.slot.clone();
+        let slot = self.cfg.slot()?.to_string();
         // A terminated walsender takes a moment to exit and release the slot.
         let started = Instant::now();
         loop {
@@ -264,7 +265,7 @@ impl Cluster for Postgres<'_> {
     }
 
     fn advance_slot(&self, node: Node, lsn: Lsn) -> Result<()> {
-        let slot = self.cfg.barman.slot.clone();
+        let slot = self.cfg.slot()?.to_string();
         self.with_client(node, "advance slot", |c| async move {
             match c.execute(ADVANCE_SLOT_SQL, &[&slot, &PgLsn::from(lsn.0)]).await {
                 Ok(_) => Ok(()),

@@ -139,13 +139,13 @@ impl Cluster for PrintCluster<'_> {
         self.real.view()
     }
     fn create_slot(&self, node: Node) -> Result<()> {
-        self.sql(node, db::CREATE_SLOT_SQL, &format!("'{}'", self.cfg.barman.slot))
+        self.sql(node, db::CREATE_SLOT_SQL, &format!("'{}'", self.cfg.slot()?))
     }
     fn terminate(&self, node: Node, pid: i32) -> Result<()> {
         self.sql(node, db::TERMINATE_SQL, &pid.to_string())
     }
     fn drop_slot(&self, node: Node) -> Result<()> {
-        self.sql(node, db::DROP_SLOT_SQL, &format!("'{}'", self.cfg.barman.slot))
+        self.sql(node, db::DROP_SLOT_SQL, &format!("'{}'", self.cfg.slot()?))
     }
     fn advance_slot(&self, node: Node, lsn: Lsn) -> Result<()> {
         self.out.say(&format!(
@@ -153,7 +153,7 @@ impl Cluster for PrintCluster<'_> {
             node.id(),
             node.addr(),
             db::ADVANCE_SLOT_SQL,
-            self.cfg.barman.slot
+            self.cfg.slot()?
         ));
         Ok(())
     }

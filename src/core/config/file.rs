@@ -28,7 +28,7 @@ struct RawConfig {
     ports: RawPorts,
     nodes: BTreeMap<String, toml::Value>,
     postgres: RawPostgres,
-    barman: RawBarman,
+    barman: Option<RawBarman>,
     #[serde(default)]
     nat: RawNat,
     #[serde(default)]
@@ -64,13 +64,14 @@ struct RawNamedNode {
 #[serde(deny_unknown_fields)]
 struct RawProxy {
     address: String,
+    own_address: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPorts {
     postgres: i64,
-    barman: i64,
+    barman: Option<i64>,
     app: OneOrMany,
 }
 
@@ -226,12 +227,54 @@ fn default_state_dir() -> String {
     "/var/lib/repmgr-nat".into()
 }
 
+impl RawBarman {
+    fn validate(self) -> Result<Barman> {
+        let archive_timeout = self.archive_timeout;
+        if !(1..=3600).contains(&archive_timeout) {
+            bail!("barman.archive_timeout: {archive_timeout} is not between 1 and 3600 seconds");
+        }
+        let command = PathBuf::from(&self.command);
+        if !command.is_absolute() {
+            bail!("barman.command: {:?} is not an absolute path", self.command);
+        }
+        Ok(Barman {
+            server: barman_server(self.server)?,
+            slot: slot_name(self.slot)?,
+            archive_timeout: archive_timeout as u32,
+            user: os_user("barman.user", self.user)?,
+            command,
+            open_app: self.open_app,
+            open_app_on_failure: self.open_app_on_failure,
+            standby_slots: self.standby_slots,
+            standby_slot_limit: {
+                let mb = self.standby_slot_limit_mb;
+                if !(16..=10_000_000).contains(&mb) {
+                    bail!("barman.standby_slot_limit_mb: {mb} is not between 16 and 10000000");
+                }
+                mb as u64 * 1024 * 1024
+            },
+        })
+    }
+}
+
 impl RawConfig {
     fn validate(self) -> Result<Config> {
         let proxy = address("proxy.address", &self.proxy.address)?;
+        let own_address = self.proxy.own_address.map(|a| address("proxy.own_address", &a)).transpose()?;
+        if own_address == Some(proxy) {
+            bail!("proxy.own_address: {proxy} is proxy.address; give this host's own address, not the shared one");
+        }
 
         let postgres_port = port("ports.postgres", self.ports.postgres)?;
-        let barman_port = port("ports.barman", self.ports.barman)?;
+        let barman_port = match (self.ports.barman, &self.barman) {
+            (Some(p), Some(_)) => Some(port("ports.barman", p)?),
+            (None, None) => None,
+            (None, Some(_)) => bail!("ports.barman: required with a [barman] section"),
+            (Some(_), None) => bail!(
+                "ports.barman: set, but there is no [barman] section (a proxy without barman forwards only the \
+                 application ports): remove it, or add [barman]"
+            ),
+        };
         let app = match self.ports.app {
             OneOrMany::One(p) => vec![port("ports.app", p)?],
             OneOrMany::Many(list) => list.into_iter().map(|p| port("ports.app", p)).collect::<Result<Vec<_>>>()?,
@@ -239,7 +282,7 @@ impl RawConfig {
         if app.is_empty() {
             bail!("ports.app: at least one application port is needed");
         }
-        let mut seen = vec![barman_port];
+        let mut seen: Vec<u16> = barman_port.into_iter().collect();
         for p in &app {
             if seen.contains(p) {
                 bail!("ports: port {p} is used twice (barman and app ports must all differ)");
@@ -266,6 +309,9 @@ impl RawConfig {
             }
             if addr == proxy {
                 bail!("nodes.{key}: {addr} is the proxy's own address");
+            }
+            if own_address == Some(addr) {
+                bail!("nodes.{key}: {addr} is proxy.own_address");
             }
             if let Some(other) = nodes.values().find(|n| n.addr == addr) {
                 bail!("nodes.{key}: address {addr} is also node {}'s", other.id);
@@ -298,32 +344,7 @@ impl RawConfig {
             connect_timeout: seconds("postgres.connect_timeout", self.postgres.connect_timeout, 1, 60)?,
         };
 
-        let archive_timeout = self.barman.archive_timeout;
-        if !(1..=3600).contains(&archive_timeout) {
-            bail!("barman.archive_timeout: {archive_timeout} is not between 1 and 3600 seconds");
-        }
-        let command = PathBuf::from(&self.barman.command);
-        if !command.is_absolute() {
-            bail!("barman.command: {:?} is not an absolute path", self.barman.command);
-        }
-        let barman = Barman {
-            server: barman_server(self.barman.server)?,
-            slot: slot_name(self.barman.slot)?,
-            archive_timeout: archive_timeout as u32,
-            user: os_user("barman.user", self.barman.user)?,
-            command,
-            open_app: self.barman.open_app,
-            open_app_on_failure: self.barman.open_app_on_failure,
-            standby_slots: self.barman.standby_slots,
-            standby_slot_limit: {
-                let mb = self.barman.standby_slot_limit_mb;
-                if !(16..=10_000_000).contains(&mb) {
-                    bail!("barman.standby_slot_limit_mb: {mb} is not between 16 and 10000000");
-                }
-                mb as u64 * 1024 * 1024
-            },
-        };
-
+        let barman = self.barman.map(RawBarman::validate).transpose()?;
         let nat = Nat {
             dnat_chain: chain_name("nat.dnat_chain", self.nat.dnat_chain)?,
             snat_chain: chain_name("nat.snat_chain", self.nat.snat_chain)?,
@@ -343,7 +364,7 @@ impl RawConfig {
         // event arriving during one is handled after it rather than failing.
         let lock_timeout = match self.state.lock_timeout {
             Some(secs) => seconds("state.lock_timeout", secs, 1, 3600)?,
-            None => barman.worst_case() + Duration::from_secs(35),
+            None => barman.as_ref().map_or(Duration::from_secs(60), |b| b.worst_case() + Duration::from_secs(35)),
         };
         let state = State { dir, lock_timeout };
 
@@ -360,6 +381,7 @@ impl RawConfig {
 
         Ok(Config {
             proxy,
+            own_address,
             ports: Ports { postgres: postgres_port, barman: barman_port, app },
             nodes,
             postgres,
