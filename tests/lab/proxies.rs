@@ -262,7 +262,8 @@ fn the_package_serves_both_proxies_and_barman_lives_on_one() {
     // what the nodes see: barman from proxy's own address, repmgr-nat from each proxy's
     // own, the application from the shared one
     lab.wait_slots("db1", CONVERGE);
-    let walsender = "select host(client_addr) from pg_stat_replication where slot_name = 'barman'";
+    let walsender = "select host(r.client_addr) from pg_stat_replication r \
+                     join pg_replication_slots s on s.active_pid = r.pid where s.slot_name = 'barman'";
     lab.wait_until("barman's stream from proxy's own address", CONVERGE, || lab.sql("db1", walsender) == PROXY_A);
     let ours = "select string_agg(distinct host(client_addr), ' ' order by host(client_addr)) from pg_stat_activity \
                 where usename = 'repmgr_nat'";
