@@ -8,6 +8,7 @@ use super::{Handler, Results, Scenario};
 
 mod nat;
 mod proof;
+mod proxy;
 mod scenario;
 mod soak;
 pub use proof::proof_brief;
@@ -108,6 +109,7 @@ pub fn render(results: &Results) -> String {
     r.proof_table();
     r.soak_table();
     r.scaling_table();
+    r.proxy_death_table();
     r.line("### Targets (repmgr-nat)");
     r.line("");
     r.line("| target | measured | result |");
