@@ -26,7 +26,7 @@ pub struct ProxyDeath {
     pub connects: Connects,
     /// The session opened before answered on the same connection and backend, no error.
     pub session_survived: Option<bool>,
-    /// Its longest wait between two answers across the death.
+    /// Its longest wait between two answers, from its last before the death on.
     pub session_gap_ms: Option<u64>,
     pub failed: Option<String>,
 }
@@ -116,7 +116,7 @@ fn one(session: &Session, dir: &Path) -> ProxyDeath {
     let key = |s: &Sample| (s.field::<u64>("conn"), s.field::<u64>("pid"));
     let last = before.iter().rev().find(|s| s.ok());
     let survived = last.map(|l| !after.is_empty() && after.iter().all(|s| s.ok() && key(s) == key(l)));
-    let gap = last.and_then(|l| after.iter().find(|s| s.ok()).map(|f| f.at - l.at));
+    let gap = samples::longest_gap_across(&held, t0);
     ProxyDeath {
         dead,
         address_ms,

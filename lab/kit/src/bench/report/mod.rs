@@ -102,9 +102,11 @@ pub fn render(results: &Results) -> String {
     };
     r.line(format!("T0 {phase}; {} switches per NAT measurement.", m.switches));
     r.line("");
-    r.failover_table();
-    r.runs_list();
-    r.promotion_table();
+    if !results.scenarios.is_empty() {
+        r.failover_table();
+        r.runs_list();
+        r.promotion_table();
+    }
     r.nat_table();
     r.proof_table();
     r.soak_table();
