@@ -75,7 +75,10 @@ pub fn run(cli: Cli) -> Result<()> {
             handled.map(drop)
         }
         Command::Reconcile { primary, boot } => reconcile(&inv.acting()?, primary.as_deref(), *boot),
-        Command::Watch => watch::run(&inv.acting()?),
+        Command::Watch => {
+            refuse_root("watch", inv.root)?;
+            watch::run(&inv.acting()?)
+        }
         Command::Status { json } => status(&inv.reading()?, *json),
         Command::CanServe => can_serve(&inv.reading()?),
         Command::Setup => {
@@ -89,7 +92,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Route { node_id, ports, timeline, show } => {
             inv.as_root("route")?;
             privilege::block_callers_signals();
-            crate::logging::never_block_on_pipes();
+            crate::logging::never_block_on_output();
             route_command(&inv, node_id.as_deref(), *ports, timeline.as_deref(), *show)
         }
     }
@@ -212,6 +215,19 @@ fn require_root(command: &str, root: bool) -> Result<()> {
         Ok(())
     } else {
         Err(Exit::BadInput(format!("{command} changes the nat table and must run as root")).into())
+    }
+}
+
+/// `watch` never runs as root: it writes into `watch.dir`, which repmgr's OS user owns,
+/// and runs what that user may run. Refused before anything is read or opened.
+fn refuse_root(command: &str, root: bool) -> Result<()> {
+    match root {
+        true => Err(Exit::BadInput(format!(
+            "{command} must not run as root: run it as repmgr's OS user (repmgr.user), as the \
+             repmgr-nat-watch unit does; it switches the rules through sudo"
+        ))
+        .into()),
+        false => Ok(()),
     }
 }
 
@@ -393,20 +409,29 @@ fn open_of(ports: Ports) -> Open {
 }
 
 /// The one privileged step: switch the chains to `node`. Without a timeline the recorded
-/// one stays (a switch by hand).
+/// one stays (a switch by hand), as read under root's switch lock.
 fn route(ctx: &Ctx, node: Node, open: Open, timeline: Option<u32>) -> Result<()> {
     let cfg = &ctx.cfg;
     let fw = Iptables;
     let state = StateDir::new(&cfg.state.dir);
     let direct = Direct { cfg, fw: &fw, state: &state };
-    let timeline = match timeline {
-        Some(t) => t,
-        None => direct.recorded().ok().flatten().map_or(0, |r| r.timeline),
-    };
-    let record = Record { route: Route::new(node, open), timeline };
+    let record = Record { route: Route::new(node, open), timeline: timeline.unwrap_or(0) };
     let out = Sink::Stdout;
     let changed =
         if ctx.dry_run { PrintNat::new(cfg, &direct, false, &out).switch(record)? } else { direct.switch(record)? };
     crate::logging::answer(if changed { "changed" } else { "unchanged" });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_is_refused_to_root_as_bad_input() {
+        let err = refuse_root("watch", true).unwrap_err();
+        assert_eq!(exit::code(&err), exit::BAD_INPUT);
+        assert!(format!("{err:#}").starts_with("watch must not run as root"), "{err:#}");
+        refuse_root("watch", false).unwrap();
+    }
 }

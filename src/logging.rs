@@ -115,25 +115,48 @@ pub fn audit(message: &str) {
     }
 }
 
-/// For the root step: stdout and stderr, where they are pipes, opened again non-blocking (a
-/// new open file description of the same pipe: the caller's own stays as it was). Then a
-/// line either fits at once or is dropped, even when another writer fills the pipe between
-/// `poll` and `write`; a line is at most `LINE_MAX` <= PIPE_BUF bytes, written whole or not at all.
-pub fn never_block_on_pipes() {
+/// For the root step: stdout and stderr never wait on the caller. A pipe, a terminal or any
+/// other device is opened again non-blocking (a new open file description of the same
+/// file: the caller's own stays as it was); then a line either fits at once or is dropped,
+/// even when another writer fills it between `poll` and `write`; a line is at most
+/// `LINE_MAX` <= PIPE_BUF bytes, written whole (to a pipe) or not at all. A regular file
+/// on a local file system is kept (writing to it waits on nobody). Anything else (a
+/// socket, a file of a FUSE file system, whose server may never answer) and whatever
+/// cannot be opened again is replaced with /dev/null.
+pub fn never_block_on_output() {
     for fd in [1, 2] {
-        // SAFETY: fstat writes into a zeroed stat; open gets a NUL-terminated path; dup2 and
-        // close act on descriptors this process owns.
-        unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            if libc::fstat(fd, &mut st) != 0 || st.st_mode & libc::S_IFMT != libc::S_IFIFO {
-                continue;
+        never_block(fd);
+    }
+}
+
+/// FUSE's file system type (`statfs`'s `f_type`).
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+fn never_block(fd: i32) {
+    // SAFETY: fstat and fstatfs write into zeroed structs; open gets NUL-terminated paths;
+    // dup2 and close act on descriptors this process owns.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 {
+            return;
+        }
+        let mut fs: libc::statfs = std::mem::zeroed();
+        let local = libc::fstatfs(fd, &mut fs) == 0 && fs.f_type as i64 != FUSE_SUPER_MAGIC;
+        let reopened = match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG if local => return,
+            libc::S_IFIFO | libc::S_IFCHR => {
+                let Ok(path) = std::ffi::CString::new(format!("/proc/self/fd/{fd}")) else { return };
+                libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
             }
-            let Ok(path) = std::ffi::CString::new(format!("/proc/self/fd/{fd}")) else { continue };
-            let reopened = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC);
-            if reopened >= 0 {
-                libc::dup2(reopened, fd);
-                libc::close(reopened);
-            }
+            _ => -1,
+        };
+        let reopened = match reopened {
+            -1 => libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC),
+            fd => fd,
+        };
+        if reopened >= 0 {
+            libc::dup2(reopened, fd);
+            libc::close(reopened);
         }
     }
 }
@@ -180,6 +203,50 @@ mod tests {
         assert_eq!(escape("ümlaut ok"), "ümlaut ok");
         assert_eq!(escape("node 1\u{202e}2 edon"), "node 1\\u{202e}2 edon");
         assert_eq!(escape("a\u{200b}b"), "a\\u{200b}b");
+    }
+
+    /// The mode and status flags of `fd`, and the device it is (for character devices).
+    fn what_is(fd: i32) -> (u32, i32, u64) {
+        // SAFETY: fstat writes into a zeroed stat; fcntl F_GETFL only reads.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            assert_eq!(libc::fstat(fd, &mut st), 0);
+            (st.st_mode & libc::S_IFMT, libc::fcntl(fd, libc::F_GETFL), st.st_rdev)
+        }
+    }
+
+    #[test]
+    fn a_terminal_a_pipe_and_a_socket_never_block() {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: posix_openpt, grantpt, unlockpt and ptsname on a descriptor of our own;
+        // open gets the NUL-terminated name ptsname returned; each fd is owned once.
+        let (_master, slave) = unsafe {
+            let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+            assert!(master >= 0 && libc::grantpt(master) == 0 && libc::unlockpt(master) == 0);
+            let slave = libc::open(libc::ptsname(master), libc::O_WRONLY | libc::O_NOCTTY);
+            assert!(slave >= 0);
+            (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave))
+        };
+        never_block(slave.as_raw_fd());
+        let (kind, flags, _) = what_is(slave.as_raw_fd());
+        assert_eq!(kind, libc::S_IFCHR);
+        assert_ne!(flags & libc::O_NONBLOCK, 0, "a terminal can block");
+
+        let (_reader, writer) = std::io::pipe().unwrap();
+        never_block(writer.as_raw_fd());
+        assert_ne!(what_is(writer.as_raw_fd()).1 & libc::O_NONBLOCK, 0, "a pipe can block");
+
+        let (socket, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        never_block(socket.as_raw_fd());
+        let null = std::fs::metadata("/dev/null").map(|m| std::os::unix::fs::MetadataExt::rdev(&m)).unwrap();
+        assert_eq!(what_is(socket.as_raw_fd()).2, null, "a socket can block: /dev/null instead");
+
+        let path = std::env::temp_dir().join(format!("repmgr-nat-test-out-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let before = what_is(file.as_raw_fd());
+        never_block(file.as_raw_fd());
+        assert_eq!(what_is(file.as_raw_fd()), before, "a local file is kept");
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]

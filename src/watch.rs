@@ -27,9 +27,9 @@ use crate::core::status::{Action, WatchReport};
 use crate::core::view::{Answer, Primary, View, arbitrate};
 use crate::effects::barman::{Backup, Barman, NoBarman};
 use crate::effects::db::{self, Postgres};
-use crate::effects::firewall::Iptables;
 use crate::effects::metrics as serve_metrics;
-use crate::effects::nat::{Direct, Nat, ViaSudo};
+use crate::effects::nat::{Nat, ViaSudo};
+use crate::effects::privilege::{self, OsUser};
 use crate::effects::state::{Lock, StateDir};
 use crate::handler::{self, Effects};
 
@@ -50,11 +50,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         Some(barman) => barman,
         None => &NoBarman,
     };
-    let fw = Iptables;
-    let state = StateDir::new(&cfg.state.dir);
-    let direct = Direct { cfg, fw: &fw, state: &state };
-    let via_sudo = ViaSudo { cfg };
-    let nat: &dyn Nat = if ctx.root { &direct } else { &via_sudo };
+    // never root (app refuses it): the chains are switched through sudo
+    let nat: &dyn Nat = &ViaSudo { cfg };
     let fx = Effects { nat, cluster: &cluster, backup };
 
     std::fs::create_dir_all(&cfg.watch.dir)
@@ -66,10 +63,14 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     if let Some(addr) = cfg.watch.metrics {
         serve_metrics::serve(addr, Arc::clone(&watcher.snapshot), cfg.watch.dir.clone());
     }
-    let nodes = Pollers::start(&rt, cfg, cluster.pool());
+    let asking = poll::Asking { cfg: Arc::new(cfg.clone()), pool: cluster.pool() };
+    let nodes = Pollers::start(&rt, cfg, Arc::new(asking));
     let mut signals = rt.block_on(Signals::new())?;
-    // The first pass waits for every node's first answer (each has its deadline).
-    rt.block_on(nodes.first_answers(cfg));
+    // The first pass waits for every node's first answer, within a node's deadline.
+    if rt.block_on(nodes.first_answers(cfg, signals.stop())) == Wake::Stop {
+        log::info!("watch: stopping");
+        return Ok(());
+    }
     // what barman had confirmed, as the watch before this one saw it
     watcher.receive_wal.confirmed = report(cfg).and_then(|r| r.barman_confirmed);
     log::info!(
@@ -127,19 +128,33 @@ struct Watcher {
 
 /// What `watch` wrote after its last pass, if it can be read: a regular file, never
 /// followed through a symbolic link, never waited on, at most `REPORT_MAX` bytes (root
-/// reads it too, and watch.dir is repmgr's OS user's).
+/// reads it too, and watch.dir is repmgr's OS user's); as root, only a file of that
+/// user's, who writes it.
 pub fn report(cfg: &Config) -> Option<WatchReport> {
+    let owner = match privilege::is_root() {
+        true => Some(OsUser::named(&cfg.repmgr_user).map_err(|e| log::warn!("watch.json ignored: {e:#}")).ok()?.uid),
+        false => None,
+    };
+    read_report(&cfg.watch.dir.join(WatchReport::FILE), owner)
+}
+
+/// The report at `path`, if it is a regular file (of `owner`, when given).
+fn read_report(path: &Path, owner: Option<u32>) -> Option<WatchReport> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     const REPORT_MAX: u64 = 1 << 20;
-    let path = cfg.watch.dir.join(WatchReport::FILE);
     let file = std::fs::File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(&path)
+        .open(path)
         .ok()?;
-    if !file.metadata().ok()?.is_file() {
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
         log::warn!("{} is not a regular file: ignored", path.display());
+        return None;
+    }
+    if let Some(uid) = owner.filter(|uid| *uid != meta.uid()) {
+        log::warn!("{} is owned by uid {}, not by repmgr's OS user (uid {uid}): ignored", path.display(), meta.uid());
         return None;
     }
     let mut text = String::new();
@@ -385,6 +400,27 @@ fn write_atomically(path: &Path, text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_is_read_only_from_a_regular_file_of_its_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("repmgr-nat-test-report-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(WatchReport::FILE);
+        let text = r#"{"version":1,"pid":1,"started_ms":1,"pass":3,"passed_ms":1,"interval_ms":250,"hurry":false,
+            "primary":"node 1","rules":"node 1 ports all","nodes":"1: primary","unanswered":[2],"receive_wal":null,
+            "barman_confirmed":null,"last_action":null,"misrouted_since_ms":null}"#;
+        std::fs::write(&path, text).unwrap();
+        let mine = std::fs::metadata(&path).unwrap().uid();
+        assert_eq!(read_report(&path, None).map(|r| r.pass), Some(3));
+        assert_eq!(read_report(&path, Some(mine)).map(|r| r.pass), Some(3));
+        assert!(read_report(&path, Some(mine + 1)).is_none(), "a file of another user's is read");
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        assert!(read_report(&path, None).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn backoff_doubles_up_to_a_minute() {

@@ -135,6 +135,8 @@ fn route_and_setup_need_root_and_route_takes_no_other_config() {
             2,
             "route reads only /etc/repmgr-nat.toml",
         );
+        // before any config is read
+        refused(&["--config", "/nonexistent/repmgr-nat.toml", "watch"], 2, "watch must not run as root");
     } else {
         refused(&["route", "1", "--ports", "all"], 2, "must run as root");
         refused(&["setup"], 2, "must run as root");
@@ -176,7 +178,9 @@ fn can_serve_says_whether_watch_runs_and_routes_in_one_line() {
     let scratch = Scratch::new("can-serve");
     let watch_dir = scratch.0.join("watch");
     std::fs::create_dir(&watch_dir).unwrap();
-    let config = scratch.config(&format!("{CONFIG}[watch]\ndir = \"{}\"\n", watch_dir.display()));
+    // watch.json is repmgr's OS user's: here, whoever runs the test
+    let config =
+        scratch.config(&format!("{CONFIG}[watch]\ndir = \"{}\"\n[repmgr]\nuser = \"{}\"\n", watch_dir.display(), me()));
     let args = ["--config", path(&config), "can-serve"];
     refused(&args, 1, "does not run here");
 
@@ -208,4 +212,25 @@ fn can_serve_says_whether_watch_runs_and_routes_in_one_line() {
     std::fs::remove_file(&json).unwrap();
     std::os::unix::fs::symlink(&elsewhere, &json).unwrap();
     refused(&args, 1, "does not run here");
+    // root reads only a file of repmgr's OS user's
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        std::fs::remove_file(&json).unwrap();
+        std::fs::write(&json, report(std::process::id(), None)).unwrap();
+        std::os::unix::fs::chown(&json, Some(65534), None).unwrap();
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("not by repmgr's OS user") && stderr.contains("does not run here"), "{stderr}");
+    }
+}
+
+/// The name of the user running the test.
+fn me() -> String {
+    // SAFETY: getpwuid returns null or a pointer to a static entry, read at once.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        assert!(!pw.is_null(), "the test's user has no name");
+        std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
+    }
 }

@@ -82,6 +82,12 @@ impl Node {
     pub fn addr(self) -> Ipv4Addr {
         self.addr
     }
+
+    /// A node at any address, loopback included (the config refuses those).
+    #[cfg(test)]
+    pub const fn new(id: NodeId, addr: Ipv4Addr) -> Node {
+        Node { id, addr }
+    }
 }
 
 /// In JSON a node is its id.
@@ -402,10 +408,23 @@ dir = "/var/lib/repmgr-nat"
 
     #[test]
     fn the_packaged_example_sets_every_key_to_a_valid_value() {
-        let packaged = Config::parse(include_str!("../../packaging/repmgr-nat.toml")).unwrap();
+        const PACKAGED: &str = include_str!("../../packaging/repmgr-nat.toml");
+        // it verifies the nodes' certificates: as shipped, the CA is the one value missing
+        let err = format!("{:#}", Config::parse(PACKAGED).unwrap_err());
+        assert_eq!(err, "postgres.sslmode: verify-ca and verify-full need postgres.sslrootcert");
+        let packaged = Config::parse(&PACKAGED.replace("#sslrootcert", "sslrootcert")).unwrap();
+        let postgres = Postgres {
+            sslmode: SslMode::VerifyFull,
+            sslrootcert: Some(PathBuf::from("/etc/repmgr-nat/ca.crt")),
+            ..example().postgres
+        };
         assert_eq!(
             packaged,
-            Config { state: State { lock_timeout: Duration::from_secs(150), ..packaged.state.clone() }, ..example() }
+            Config {
+                state: State { lock_timeout: Duration::from_secs(150), ..packaged.state.clone() },
+                postgres,
+                ..example()
+            }
         );
     }
 

@@ -365,8 +365,14 @@ fn rules_problems(
 }
 
 impl Report {
-    /// The text `status` prints, as seen at `now_ms`.
+    /// The text `status` prints, as seen at `now_ms`: every line escaped as a log line
+    /// is, since nodes (their error messages) and barman (its output) chose parts of it
+    /// and must not drive the operator's terminal.
     pub fn to_text(&self, now_ms: u64) -> String {
+        self.unescaped_text(now_ms).lines().map(|line| crate::logging::escape(line) + "\n").collect()
+    }
+
+    fn unescaped_text(&self, now_ms: u64) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "{:<6} {:<16} {:<9} {:<8} {:<8} slot", "node", "address", "state", "role", "timeline");
         for n in &self.nodes {
@@ -462,6 +468,16 @@ mod tests {
         assert!(text.contains("rules: node 2 ports all\n"), "{text}");
         assert!(text.contains("present, active (pid 77), keeps 96 B"), "{text}");
         assert!(text.contains("consistent: yes"), "{text}");
+    }
+
+    #[test]
+    fn what_a_node_says_cannot_drive_the_terminal() {
+        let cfg = example();
+        let said = "FATAL: \x1b]0;owned\x07\x1b[2J\rconsistent: yes\u{202e}";
+        let v = view(&[(1, Answer::Rejected(said.into())), (2, up(Role::Primary, 2, true))]);
+        let text = assess(&cfg, seen(&v, live_to(&cfg, 2, Open::All), rec(2, Open::All, 2))).to_text(0);
+        assert!(!text.contains(['\x1b', '\x07', '\r', '\u{202e}']), "{text:?}");
+        assert!(text.contains("FATAL: \\x1b]0;owned\\x07\\x1b[2J\\x0dconsistent: yes\\u{202e}"), "{text}");
     }
 
     #[test]

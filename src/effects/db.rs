@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::ErrorKind;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -301,15 +301,20 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     outputs.into_iter().map(|o| o.expect("every future finished")).collect()
 }
 
-/// Asks a connected node what it is.
+/// Asks a connected node what it is. An answer of another shape than `VIEW_SQL`'s (a
+/// man in the middle, anything else at the node's address) is a rejection, never a panic.
 pub async fn ask(client: &Client, slot: &str) -> Result<NodeState, Answer> {
     let row = client.query_one(VIEW_SQL, &[&slot]).await.map_err(|e| classify(&e))?;
-    let in_recovery: bool = row.get(0);
-    let timeline: i32 = row.get(1);
-    let lsn: PgLsn = row.get(2);
-    let exists: bool = row.get(3);
-    let active_pid: Option<i32> = row.get(4);
-    let restart_lsn: Option<PgLsn> = row.get(5);
+    read_state(&row).map_err(|e| Answer::Rejected(format!("unexpected answer: {}", message(&e))))
+}
+
+fn read_state(row: &tokio_postgres::Row) -> Result<NodeState, tokio_postgres::Error> {
+    let in_recovery: bool = row.try_get(0)?;
+    let timeline: i32 = row.try_get(1)?;
+    let lsn: PgLsn = row.try_get(2)?;
+    let exists: bool = row.try_get(3)?;
+    let active_pid: Option<i32> = row.try_get(4)?;
+    let restart_lsn: Option<PgLsn> = row.try_get(5)?;
     Ok(NodeState {
         role: if in_recovery { Role::Standby } else { Role::Primary },
         timeline: u32::try_from(timeline).unwrap_or(0),
@@ -358,8 +363,8 @@ async fn connect(cfg: &Config, node: Node, ended: Arc<Notify>) -> Result<Client,
     use tokio_postgres::config::SslMode as Mode;
     match pg.sslmode {
         SslMode::Disable => connect_with(conf.ssl_mode(Mode::Disable), NoTls, ended).await,
-        SslMode::Prefer => connect_with(conf.ssl_mode(Mode::Prefer), tls(cfg)?.clone(), ended).await,
-        _ => connect_with(conf.ssl_mode(Mode::Require), tls(cfg)?.clone(), ended).await,
+        SslMode::Prefer => connect_with(conf.ssl_mode(Mode::Prefer), tls(cfg)?, ended).await,
+        _ => connect_with(conf.ssl_mode(Mode::Require), tls(cfg)?, ended).await,
     }
 }
 
@@ -384,28 +389,37 @@ where
 /// `postgres.sslrootcert`, `verify-full` also that it names the node (its `name`, or its
 /// address). The check happens in the handshake, before anything is sent: a server that
 /// fails it never sees the login, let alone the password. Built once per process: building
-/// one reads certificates, which a node reconnected to every 50 ms would pay each time.
-fn tls(cfg: &Config) -> Result<&'static postgres_native_tls::MakeTlsConnector, Answer> {
-    static TLS: OnceLock<Result<postgres_native_tls::MakeTlsConnector, String>> = OnceLock::new();
-    let made = TLS.get_or_init(|| {
-        let pg = &cfg.postgres;
-        let mut builder = native_tls::TlsConnector::builder();
-        builder.disable_built_in_roots(true);
-        match pg.sslmode {
-            SslMode::VerifyCa | SslMode::VerifyFull => {
-                let path = pg.sslrootcert.as_ref().ok_or("verify-ca and verify-full need postgres.sslrootcert")?;
-                for cert in root_certificates(path)? {
-                    builder.add_root_certificate(cert);
-                }
-                builder.danger_accept_invalid_hostnames(pg.sslmode == SslMode::VerifyCa);
+/// one reads certificates, which a node reconnected to every 50 ms would pay each time. A
+/// failure is not kept: the CA file may be readable a moment later (a mount, a
+/// configuration tool writing it), and every connection tries again until it is.
+fn tls(cfg: &Config) -> Result<postgres_native_tls::MakeTlsConnector, Answer> {
+    static TLS: Mutex<Option<postgres_native_tls::MakeTlsConnector>> = Mutex::new(None);
+    let mut made = TLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(connector) = made.as_ref() {
+        return Ok(connector.clone());
+    }
+    let connector = tls_connector(cfg).map_err(Answer::Rejected)?;
+    *made = Some(connector.clone());
+    Ok(connector)
+}
+
+fn tls_connector(cfg: &Config) -> Result<postgres_native_tls::MakeTlsConnector, String> {
+    let pg = &cfg.postgres;
+    let mut builder = native_tls::TlsConnector::builder();
+    builder.disable_built_in_roots(true);
+    match pg.sslmode {
+        SslMode::VerifyCa | SslMode::VerifyFull => {
+            let path = pg.sslrootcert.as_ref().ok_or("verify-ca and verify-full need postgres.sslrootcert")?;
+            for cert in root_certificates(path)? {
+                builder.add_root_certificate(cert);
             }
-            _ => {
-                builder.danger_accept_invalid_certs(true).danger_accept_invalid_hostnames(true);
-            }
+            builder.danger_accept_invalid_hostnames(pg.sslmode == SslMode::VerifyCa);
         }
-        builder.build().map(postgres_native_tls::MakeTlsConnector::new).map_err(|e| format!("cannot set up TLS: {e}"))
-    });
-    made.as_ref().map_err(|e| Answer::Rejected(e.clone()))
+        _ => {
+            builder.danger_accept_invalid_certs(true).danger_accept_invalid_hostnames(true);
+        }
+    }
+    builder.build().map(postgres_native_tls::MakeTlsConnector::new).map_err(|e| format!("cannot set up TLS: {e}"))
 }
 
 /// Every certificate of a PEM file (one or a bundle).
@@ -451,5 +465,59 @@ pub fn message(e: &tokio_postgres::Error) -> String {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => std::iter::successors(std::error::Error::source(e), |c| c.source())
             .fold(e.to_string(), |text, cause| format!("{text}: {cause}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::core::config::tests::EXAMPLE;
+
+    /// A fake node on loopback (lab-kit's: it accepts the login and describes every
+    /// answer as `bool, int8, ...` where the timeline is an `int4`); the example config
+    /// with node 2 there, asked without TLS.
+    fn fake_node() -> Config {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || lab_kit::fake_node::serve(listener, &mut |_| {}));
+        let text = EXAMPLE
+            .replace("postgres = 5432", &format!("postgres = {port}"))
+            .replace("dbname = \"postgres\"", "dbname = \"postgres\"\nsslmode = \"disable\"\nconnect_timeout = 2");
+        let mut cfg = Config::parse(&text).unwrap();
+        cfg.nodes[1] = Node::new(NodeId::new(2), std::net::Ipv4Addr::LOCALHOST);
+        cfg
+    }
+
+    #[test]
+    fn a_tls_set_up_that_failed_is_tried_again() {
+        let dir = std::env::temp_dir().join(format!("repmgr-nat-test-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.crt");
+        let text = EXAMPLE.replace(
+            "dbname = \"postgres\"",
+            &format!("dbname = \"postgres\"\nsslmode = \"verify-full\"\nsslrootcert = \"{}\"", ca.display()),
+        );
+        let cfg = Config::parse(&text).unwrap();
+        let why = |result: Result<_, Answer>| result.err().map(|a| a.describe()).unwrap_or_default();
+        assert!(why(tls(&cfg)).contains("cannot read"), "{}", why(tls(&cfg)));
+        // the file appears (not yet a certificate): the set-up is tried again
+        std::fs::write(&ca, "not yet\n").unwrap();
+        assert!(why(tls(&cfg)).contains("holds no PEM certificate"), "{}", why(tls(&cfg)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_answer_of_the_wrong_shape_is_a_rejection_not_a_panic() {
+        let cfg = fake_node();
+        let rt = runtime().unwrap();
+        let node = cfg.node(NodeId::new(2)).unwrap();
+        let answer = rt.block_on(Pool::default().answer(&cfg, node));
+        match &answer {
+            Answer::Rejected(why) => assert!(why.contains("column 1"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

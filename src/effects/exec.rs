@@ -37,11 +37,20 @@ pub struct Cmd {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Run in a process group of its own.
+    pub own_group: bool,
 }
 
 impl Cmd {
     pub fn new(program: impl Into<PathBuf>) -> Cmd {
-        Cmd { program: program.into(), args: Vec::new(), env: Vec::new() }
+        Cmd { program: program.into(), args: Vec::new(), env: Vec::new(), own_group: false }
+    }
+
+    /// In a process group of its own: signals sent to its caller's group (a terminal's
+    /// ^C or ^Z, which sudo's pty monitor passes on with killpg) do not reach it.
+    pub fn own_group(mut self) -> Cmd {
+        self.own_group = true;
+        self
     }
 
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Cmd {
@@ -152,9 +161,14 @@ pub fn run_watching(
     timeout: Duration,
     tick: &mut dyn FnMut(),
 ) -> Result<Output, ExecError> {
+    use std::os::unix::process::CommandExt;
     let name = cmd.to_string();
     log::debug!("run: {name}");
-    let mut child = Command::new(&cmd.program)
+    let mut command = Command::new(&cmd.program);
+    if cmd.own_group {
+        command.process_group(0);
+    }
+    let mut child = command
         .args(&cmd.args)
         .env_clear()
         .env("PATH", SYSTEM_PATH)
@@ -316,6 +330,18 @@ mod tests {
         let mut ticks = 0;
         run_watching(&Cmd::new("/bin/sleep").arg("0.2"), None, Duration::from_secs(5), &mut || ticks += 1).unwrap();
         assert!(ticks > 0);
+    }
+
+    #[test]
+    fn a_child_of_its_own_group_is_out_of_reach_of_ours() {
+        // field 5 of /proc/self/stat: the process group
+        let group = |stat: &str| stat.rsplit(") ").next().unwrap().split(' ').nth(2).unwrap().to_string();
+        let ours = group(&std::fs::read_to_string("/proc/self/stat").unwrap());
+        let cmd = Cmd::new("/bin/cat").arg("/proc/self/stat");
+        assert_eq!(group(&run(&cmd, None, Duration::from_secs(5)).unwrap().stdout), ours);
+        let out = run(&cmd.own_group(), None, Duration::from_secs(5)).unwrap().stdout;
+        let pid = out.split(' ').next().unwrap();
+        assert_eq!(group(&out), pid, "not the leader of a group of its own");
     }
 
     #[test]

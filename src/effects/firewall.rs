@@ -1,8 +1,9 @@
 //! The root-side firewall adapter: this host's tables (read with `iptables-save`,
 //! changed only by `iptables-restore --noflush` transactions that `ruleset` renders) and
 //! its connection tracking table. Only `route`, `setup` and `teardown` (as root) use it.
-//! Every process runs through `exec`: no shell, an environment of its own, a deadline;
-//! the xtables lock is waited for `XTABLES_WAIT` seconds at most.
+//! Every process runs through `exec`: no shell, an environment of its own, a deadline, a
+//! process group of its own (a caller's terminal signals never reach it mid-switch); the
+//! xtables lock is waited for `XTABLES_WAIT` seconds at most.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -34,8 +35,10 @@ pub struct Iptables;
 /// `conntrack -D` for the connections to `proxy` (on `port`, or any port) that were
 /// forwarded to `node`.
 pub fn forget_cmd(proxy: Ipv4Addr, port: Option<u16>, node: Ipv4Addr) -> Cmd {
-    let mut cmd =
-        Cmd::new(exec::system_tool("conntrack")).args(["-D", "-p", "tcp", "--orig-dst"]).arg(proxy.to_string());
+    let mut cmd = Cmd::new(exec::system_tool("conntrack"))
+        .own_group()
+        .args(["-D", "-p", "tcp", "--orig-dst"])
+        .arg(proxy.to_string());
     if let Some(port) = port {
         cmd = cmd.arg("--orig-port-dst").arg(port.to_string());
     }
@@ -44,12 +47,12 @@ pub fn forget_cmd(proxy: Ipv4Addr, port: Option<u16>, node: Ipv4Addr) -> Cmd {
 
 /// `iptables-restore --noflush -w 5`: replaces the declared chains in one transaction.
 pub fn restore_cmd() -> Cmd {
-    Cmd::new(exec::system_tool("iptables-restore")).args(["--noflush", "-w", XTABLES_WAIT])
+    Cmd::new(exec::system_tool("iptables-restore")).own_group().args(["--noflush", "-w", XTABLES_WAIT])
 }
 
 impl Firewall for Iptables {
     fn save(&self) -> Result<String> {
-        let cmd = Cmd::new(exec::system_tool("iptables-save"));
+        let cmd = Cmd::new(exec::system_tool("iptables-save")).own_group();
         Ok(exec::run(&cmd, None, TIMEOUT)?.stdout)
     }
 

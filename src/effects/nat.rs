@@ -22,6 +22,7 @@ pub trait Nat {
     /// What root recorded with its last switch.
     fn recorded(&self) -> Result<Option<Record>>;
     /// Switches the chains to the record's route and records it; true if a rule changed.
+    /// A timeline of 0 (unknown) keeps the recorded one.
     fn switch(&self, record: Record) -> Result<bool>;
 }
 
@@ -42,21 +43,52 @@ impl Nat for Direct<'_> {
 
     /// Under root's switch lock: one `iptables-restore` transaction when anything of ours
     /// differs from the route (which also puts back missing chains, jumps and the hold:
-    /// every switch heals tables that something else rewrote), the connections proxied
-    /// through ports that stopped forwarding cut, and the route recorded.
+    /// every switch heals tables that something else rewrote), the route recorded, the
+    /// connections proxied through ports that stopped forwarding cut. What it did is said
+    /// once the lock is released: output may block on a caller that reads nothing, and
+    /// must never hold the lock, nor come between the rules and the record.
     fn switch(&self, record: Record) -> Result<bool> {
+        let Switched { changed, said, audit } = self.switched(record)?;
+        for (level, line) in said {
+            log::log!(level, "{line}");
+        }
+        if let Some(audit) = audit {
+            crate::logging::audit(&audit);
+        }
+        Ok(changed)
+    }
+}
+
+/// What a switch did, and what it has to say about it.
+struct Switched {
+    changed: bool,
+    said: Vec<(log::Level, String)>,
+    /// For the system log (a syslog socket can block too).
+    audit: Option<String>,
+}
+
+impl Direct<'_> {
+    /// The switch itself, under root's switch lock, which is released when it returns.
+    fn switched(&self, record: Record) -> Result<Switched> {
         let cfg = self.cfg;
         let route = record.route;
         let _lock = self.state.route_lock(cfg.state.lock_timeout)?;
+        // an unknown timeline (a switch by hand) keeps the recorded one, read under the
+        // lock: a switch that came between must not have its fence lowered
+        let record = match record.timeline {
+            0 => Record { timeline: self.state.recorded(cfg).ok().flatten().map_or(0, |r| r.timeline), ..record },
+            _ => record,
+        };
         let live = self.live()?;
         live.check_ours(cfg).map_err(refused)?;
         let before = live.routing(cfg);
         let changed = before != Routing::To(route);
+        let mut said = Vec::new();
         if let Some(text) = ruleset::transaction(cfg, &live, Some(route)) {
             let started = Instant::now();
             self.fw.restore(&text)?;
             let what = if changed { format!("{before} -> {route}") } else { format!("{route}, repaired") };
-            log::info!("nat: {what} ({} ms)", started.elapsed().as_millis());
+            said.push((log::Level::Info, format!("nat: {what} ({} ms)", started.elapsed().as_millis())));
         }
         // recorded at once: the rules and the record disagree for as short a time as can be
         if changed || self.state.recorded(cfg).ok().flatten() != Some(record) {
@@ -66,22 +98,26 @@ impl Nat for Direct<'_> {
             for (node, port) in ruleset::cuts(cfg, &before, route) {
                 let started = Instant::now();
                 let through = port.map(|p| format!(" through port {p}")).unwrap_or_default();
-                match self.fw.forget(cfg.proxy, port, node.addr()) {
-                    Ok(found) => log::info!(
-                        "nat: {} connections proxied to node {}{through} ({} ms)",
-                        if found { "cut the" } else { "no" },
-                        node.id(),
-                        started.elapsed().as_millis()
+                said.push(match self.fw.forget(cfg.proxy, port, node.addr()) {
+                    Ok(found) => (
+                        log::Level::Info,
+                        format!(
+                            "nat: {} connections proxied to node {}{through} ({} ms)",
+                            if found { "cut the" } else { "no" },
+                            node.id(),
+                            started.elapsed().as_millis()
+                        ),
                     ),
                     // The new rules stand; only old connections may linger until they end.
-                    Err(e) => log::error!("nat: cannot cut connections proxied to node {}{through}: {e:#}", node.id()),
-                }
+                    Err(e) => (
+                        log::Level::Error,
+                        format!("nat: cannot cut connections proxied to node {}{through}: {e:#}", node.id()),
+                    ),
+                });
             }
         }
-        if changed {
-            crate::logging::audit(&format!("switched {before} -> {record}"));
-        }
-        Ok(changed)
+        let audit = changed.then(|| format!("switched {before} -> {record}"));
+        Ok(Switched { changed, said, audit })
     }
 }
 
@@ -252,6 +288,38 @@ mod tests {
         assert!(direct.switch(rec(2, Open::All)).unwrap());
         assert_eq!(fw.calls()[2..], ["restore: node 2 ports all"], "opening a port cuts nothing");
         assert_eq!(state.recorded(&cfg).unwrap(), Some(rec(2, Open::All)));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn what_a_switch_says_waits_until_the_record_is_written_and_the_lock_released() {
+        let cfg = example();
+        let fw = FakeFirewall::routed(route(1, Open::All));
+        let (dir, state) = state_dir("said");
+        let direct = Direct { cfg: &cfg, fw: &fw, state: &state };
+        let switched = direct.switched(rec(2, Open::Barman)).unwrap();
+        assert!(switched.changed);
+        assert_eq!(state.recorded(&cfg).unwrap(), Some(rec(2, Open::Barman)));
+        assert!(state.route_lock(Duration::ZERO).is_ok(), "the lock is still held");
+        let said: Vec<_> = switched.said.iter().map(|(_, line)| line.split(" (").next().unwrap()).collect();
+        assert_eq!(
+            said,
+            ["nat: node 1 ports all -> node 2 ports barman", "nat: cut the connections proxied to node 1"]
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_switch_of_unknown_timeline_keeps_the_one_recorded_when_it_runs() {
+        let cfg = example();
+        let fw = FakeFirewall::routed(route(1, Open::All));
+        let (dir, state) = state_dir("keep-timeline");
+        let direct = Direct { cfg: &cfg, fw: &fw, state: &state };
+        // another switch recorded timeline 3 after this one was asked for
+        drop(state.route_lock(Duration::ZERO).unwrap());
+        state.record(Record { route: route(1, Open::All), timeline: 3 }).unwrap();
+        direct.switch(Record { route: route(2, Open::All), timeline: 0 }).unwrap();
+        assert_eq!(state.recorded(&cfg).unwrap(), Some(Record { route: route(2, Open::All), timeline: 3 }));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{CONVERGE, DB1, DB2, Lab, assert_writes_on, now_ms, writer};
+use crate::common::{CONVERGE, DB1, DB2, Lab, Restore, assert_writes_on, now_ms, writer};
 
 /// Far more than any command may take with a node frozen: its deadline (2 s in the lab,
 /// every node asked at once), plus starting the program, sudo and the rule change.
@@ -174,4 +174,42 @@ fn watch_restarts_barman_and_makes_its_slot_again_without_cron() {
     lab.wait_until("the slot made again and streamed from", CONVERGE, || lab.slot_active("db1") == Some(true));
     assert!(lab.routed(DB1));
     lab.wait_barman_ok(CONVERGE);
+}
+
+#[test]
+fn a_node_answering_garbage_stops_neither_watch_nor_its_asking() {
+    let lab = Lab::up();
+    // a non-verifying sslmode: the fake node refuses TLS, as a server without it does
+    let config = "/etc/repmgr-nat.toml";
+    let _config = Restore::file(config);
+    let text = std::fs::read_to_string(config).unwrap();
+    let text = text.replace("sslmode = \"verify-full\"", "sslmode = \"prefer\"");
+    std::fs::write(config, text.replace("channel_binding = \"require\"", "channel_binding = \"prefer\"")).unwrap();
+
+    // db2's address answers every question with a row of the wrong shape, from the start
+    lab.ok(&["stop", "db2"]);
+    let said = std::env::temp_dir().join("repmgr-nat-lab-fake-node.txt");
+    let listen = format!("{DB2}:5432");
+    let fake = lab.spawn(&["exec", "db2", "--", &lab.env["KIT_BIN"], "fake-node", "--listen", &listen], &said);
+    lab.wait_for_line(&said, "listening");
+    lab.ok(&["watch", "start"]);
+    let sessions = || std::fs::read_to_string(&said).unwrap().lines().filter(|l| l.contains("wrong rows")).count();
+    lab.wait_until("watch passing, node 2 asked again and again", CONVERGE, || {
+        lab.watch_passes() >= 4 && sessions() >= 3
+    });
+    let log = lab.env["WATCH_LOG"].clone();
+    let watch_said = std::fs::read_to_string(&log).unwrap();
+    assert!(watch_said.contains("2: rejected"), "node 2 is not reported rejected:\n{watch_said}");
+    assert!(!watch_said.contains("panicked"), "{watch_said}");
+    assert!(lab.routed(DB1));
+    assert_eq!(lab.app_reaches().unwrap(), DB1);
+
+    // the real node back: watch sees it as it is
+    lab.stop(fake);
+    lab.ok(&["start", "db2"]);
+    lab.wait_until("node 2 a standby again in watch's eyes", CONVERGE, || {
+        let said = std::fs::read_to_string(&log).unwrap();
+        said.rfind("2: standby/") > said.rfind("2: rejected")
+    });
+    assert!(lab.routed(DB1));
 }

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod clients;
 pub mod demo;
 pub mod events;
+pub mod fake_node;
 pub mod lab;
 pub mod pglog;
 pub mod proof;

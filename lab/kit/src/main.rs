@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use lab_kit::{bench, clients, demo, events, samples};
+use lab_kit::{bench, clients, demo, events, fake_node, samples};
 
 #[derive(Parser)]
 #[command(name = "lab-kit", about = "The repmgr-nat lab's clients, log readers, benchmark and demo")]
@@ -36,6 +36,11 @@ enum Cmd {
         cert: String,
         #[arg(long)]
         key: String,
+    },
+    /// A fake node: accepts the login, answers every query with a row of the wrong shape
+    FakeNode {
+        #[arg(long)]
+        listen: String,
     },
     /// A client's output as a timeline, and what the application saw from T0 on
     Timeline {
@@ -121,6 +126,12 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Impostor { listen, cert, key } => clients::impostor(&listen, &cert, &key),
+        Cmd::FakeNode { listen } => {
+            let listener = std::net::TcpListener::bind(&listen).map_err(|e| format!("{listen}: {e}"))?;
+            println!("{} listening {listen}", lab_kit::now_ms());
+            fake_node::serve(listener, &mut |said| println!("{} {said}", lab_kit::now_ms()));
+            Ok(())
+        }
         Cmd::Timeline { file, since_ms } => {
             let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             let samples = samples::parse(&text)?;
