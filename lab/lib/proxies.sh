@@ -102,6 +102,8 @@ ha_start() { # every proxy: conntrackd, then keepalived (whose notify scripts ca
     for p in $(lab_proxies); do
         d=$(ha_dir "$p")
         ha_write "$p"
+        # as the README's set-up says: a thawed holder's old entries must not reset sessions
+        run ip netns exec "$p" sysctl -q -w net.netfilter.nf_conntrack_tcp_be_liberal=1
         ip netns exec "$p" conntrackd -C "$d/conntrackd.conf" </dev/null >>"$LAB_DIR/logs/conntrackd-$p.out" 2>&1 &
         echo $! >"$d/conntrackd.lab.pid"
         wait_until 5 test -S "$d/conntrackd.ctl" || die "conntrackd did not start in $p; look at $LAB_DIR/logs/conntrackd-$p.out and conntrackd-$p.log"
