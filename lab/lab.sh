@@ -9,6 +9,7 @@ umask 022
 
 LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib
 source "$LIB/common.sh"
+source "$LIB/proxies.sh"
 source "$LIB/net.sh"
 source "$LIB/pg.sh"
 source "$LIB/barman.sh"
@@ -18,12 +19,13 @@ source "$LIB/lifecycle.sh"
 usage() {
     cat <<EOF
 usage: lab.sh COMMAND [ARGS]   (as root; every command and its output: lab/README.md, "Commands")
-  lifecycle  deps | up [--handler repmgr-nat|scripts] [--no-cron] [--no-assist] | down [--purge-logs] | status
+  lifecycle  deps | up [--handler repmgr-nat|scripts] [--proxies 1|2] [--no-cron] [--no-assist] | down [--purge-logs] | status
   cluster    psql [-d DB] [-U USER] db1|db2|proxy-app|proxy-barman|recovered SQL | stop|start NODE
              freeze|thaw NODE | partition|heal NODE | pgctl NODE ACTION | wait-primary|wait-standby NODE [S]
              rejoin NODE [--clone] | switchover NODE | repmgr NODE ARGS... | repmgrd start|stop NODE
   barman     barman ARGS... | backup | recover BACKUP_ID | cron start|stop|status
-  handler    event NODE ID EVENT [SUCCESS] | events [--summary|drop|pass] | watch start|stop|kill|status | nat
+  handler    event NODE ID EVENT [SUCCESS] | events [--summary|drop|pass] | watch start|stop|kill|status [PROXY] | nat [PROXY]
+  proxies    vip | proxy-down|proxy-up PROXY | proxy-freeze|proxy-thaw PROXY   (PROXY: proxy, proxy2)
   clients    probe watch|hold|write|connect|tcp ARGS... | exec NS [--user U] -- CMD... | env
 EOF
 }
@@ -72,20 +74,23 @@ cmd_freeze() {
 
 # partition|heal NODE: the node's own filter table drops (or no longer drops) whatever the
 # proxy sends it, both ways in effect: a network partition between them, the database
-# nodes still see each other. The proxy's tables are not touched.
+# nodes still see each other. The proxy's tables are not touched. With two proxies: from
+# both proxies' own addresses and the shared one.
 cmd_partition() {
     (($# == 2)) || die "usage: lab.sh partition|heal NODE"; check_node "$2"
-    local rule=(INPUT -s "$PROXY_IP" -j DROP)
-    if [[ $1 == partition ]]; then
-        ip netns exec "$2" iptables -C "${rule[@]}" 2>/dev/null || ip netns exec "$2" iptables -I "${rule[@]}" ||
-            die "cannot partition $2"
-        say "$2 no longer hears the proxy"
-    else
-        while ip netns exec "$2" iptables -C "${rule[@]}" 2>/dev/null; do
-            ip netns exec "$2" iptables -D "${rule[@]}" || die "cannot heal $2"
-        done
-        say "$2 hears the proxy again"
-    fi
+    local src rule
+    for src in $(proxy_sources); do
+        rule=(INPUT -s "$src" -j DROP)
+        if [[ $1 == partition ]]; then
+            ip netns exec "$2" iptables -C "${rule[@]}" 2>/dev/null || ip netns exec "$2" iptables -I "${rule[@]}" ||
+                die "cannot partition $2"
+        else
+            while ip netns exec "$2" iptables -C "${rule[@]}" 2>/dev/null; do
+                ip netns exec "$2" iptables -D "${rule[@]}" || die "cannot heal $2"
+            done
+        fi
+    done
+    if [[ $1 == partition ]]; then say "$2 no longer hears the proxy"; else say "$2 hears the proxy again"; fi
 }
 
 cmd_pgctl() { # NODE ACTION: the node's pg_ctl wrapper (stop: immediate, as a crash)
@@ -216,13 +221,17 @@ cmd_cron() {
     esac
 }
 
-cmd_watch() {
+cmd_watch() { # start|stop|kill|status [PROXY]
+    local p=${2:-proxy} pidf
+    (($# <= 2)) || die "usage: lab.sh watch start|stop|kill|status [PROXY]"
+    check_proxy "$p"
+    pidf=$(watch_pid "$p")
     case ${1:-} in
-    start) watch_start; say "watch running (pid $(cat "$WATCH_PID"), log $WATCH_LOG)" ;;
-    stop) stop_pidfile "$WATCH_PID"; say "watch stopped" ;;
-    kill) stop_pidfile "$WATCH_PID" KILL; say "watch killed" ;;
-    status) if pid_alive "$WATCH_PID"; then echo "running $(cat "$WATCH_PID")"; else echo stopped; return 1; fi ;;
-    *) die "usage: lab.sh watch start|stop|kill|status" ;;
+    start) watch_start "$p"; say "watch running in $p (pid $(cat "$pidf"), log $(watch_log "$p"))" ;;
+    stop) stop_pidfile "$pidf"; say "watch stopped in $p" ;;
+    kill) stop_pidfile "$pidf" KILL; say "watch killed in $p" ;;
+    status) if pid_alive "$pidf"; then echo "running $(cat "$pidf")"; else echo stopped; return 1; fi ;;
+    *) die "usage: lab.sh watch start|stop|kill|status [PROXY]" ;;
     esac
 }
 
@@ -280,7 +289,10 @@ cmd_env() {
     local kv
     for kv in \
         "LAB_DIR=$LAB_DIR" "LAB_NET=$LAB_NET" \
-        "PROXY_IP=$PROXY_IP" "DB1_IP=$DB1_IP" "DB2_IP=$DB2_IP" "APP_IP=$APP_IP" \
+        "PROXY_IP=$PROXY_IP" "PROXIES=$(state_get PROXIES)" "PROXY_NAMESPACES=$(lab_proxies)" \
+        "PROXY_OWN_IP=$(ns_ip proxy)" "PROXY2_IP=$PROXY_B_IP" "PROXY2_CONFIG=$PROXY2_CONFIG" \
+        "PROXY2_STATE_DIR=$PROXY2_STATE_DIR" "WATCH2_DIR=$(watch_dir proxy2)" "WATCH2_LOG=$(watch_log proxy2)" \
+        "DB1_IP=$DB1_IP" "DB2_IP=$DB2_IP" "APP_IP=$APP_IP" \
         "PG_PORT=$PG_PORT" "BARMAN_PORT=$BARMAN_PORT" "APP_PORT=$APP_PORT" \
         "NAMESPACES=${LAB_NAMESPACES[*]}" "NS_BRIDGE=$NS_BRIDGE" \
         "PG_BIN=$PG_BIN" "HANDLER=$(state_get HANDLER)" \
@@ -318,8 +330,12 @@ cmd_status() {
         node_running "$n" && { node_repmgr "$n" cluster show 2>&1 || true; break; }
     done
     echo "== app port: $(cmd_psql proxy-app 'select host(inet_server_addr())' 2>&1 | head -n1)"
-    echo "== nat (proxy)"
-    ip netns exec proxy iptables-save -t nat | grep -E '^(-A|:repmgr)' || true
+    local p
+    two_proxies && echo "== $PROXY_IP held by: $(vip_holders)"
+    for p in $(lab_proxies); do
+        echo "== nat ($p)"
+        ip netns exec "$p" iptables-save -t nat | grep -E '^(-A|:repmgr)' || true
+    done
     echo "== slots"
     for n in "${NODES[@]}"; do echo "$n: $(node_psql "$n" postgres "select string_agg(slot_name || case when active then ' (active)' else '' end, ', ') from pg_replication_slots" 2>/dev/null || echo '?')"; done
     echo "== barman check"
@@ -369,7 +385,9 @@ main() {
     event) cmd_event "$@" ;;
     cron) cmd_cron "$@" ;;
     watch) cmd_watch "$@" ;;
-    nat) ip netns exec proxy iptables-save ;;
+    nat) check_proxy "${1:-proxy}"; ip netns exec "${1:-proxy}" iptables-save ;;
+    vip) cmd_vip ;;
+    proxy-down | proxy-up | proxy-freeze | proxy-thaw) cmd_proxy_fault "$cmd" "$@" ;;
     events) cmd_events "$@" ;;
     probe) cmd_probe "$@" ;;
     exec) cmd_exec "$@" ;;

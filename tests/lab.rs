@@ -10,6 +10,8 @@ mod common;
 mod hostile;
 #[path = "lab/package.rs"]
 mod package;
+#[path = "lab/proxies.rs"]
+mod proxies;
 #[path = "lab/watch.rs"]
 mod watch;
 

@@ -3,7 +3,7 @@
 
 # ---- topology (the only addresses the lab ever uses) -------------------------------------
 LAB_NET=198.51.100.0/24
-PROXY_IP=198.51.100.3
+PROXY_IP=198.51.100.3           # the proxy's; with two proxies the address they share (VRRP)
 DB1_IP=198.51.100.11
 DB2_IP=198.51.100.12
 APP_IP=198.51.100.20
@@ -13,7 +13,7 @@ APP_PORT=54322
 NODES=(db1 db2)
 NS_BRIDGE=rnlab                 # namespace that holds the bridge
 BRIDGE=rnlab-br0
-LAB_NAMESPACES=(db1 db2 proxy app "$NS_BRIDGE")
+LAB_NAMESPACES=(db1 db2 proxy proxy2 app "$NS_BRIDGE")   # proxy2: only with `up --proxies 2`
 
 # ---- paths ----------------------------------------------------------------------------
 LAB_DIR=/var/tmp/repmgr-nat-lab          # fixed: the sudoers entries name files in it
@@ -61,7 +61,14 @@ LAB_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)   # .../lab
 REPO_ROOT=$(cd "$LAB_ROOT/.." && pwd)
 
 # ---- node helpers ----------------------------------------------------------------------
-ns_ip() { case $1 in db1) echo "$DB1_IP" ;; db2) echo "$DB2_IP" ;; proxy) echo "$PROXY_IP" ;; app) echo "$APP_IP" ;; esac; }
+# a namespace's own address (with two proxies, proxy's own is not the shared PROXY_IP)
+ns_ip() {
+    case $1 in
+    db1) echo "$DB1_IP" ;; db2) echo "$DB2_IP" ;; app) echo "$APP_IP" ;; proxy2) echo "$PROXY_B_IP" ;;
+    proxy) if two_proxies; then echo "$PROXY_A_IP"; else echo "$PROXY_IP"; fi ;;
+    esac
+}
+ns_ips() { case $1 in proxy) echo "$PROXY_IP $PROXY_A_IP" ;; *) ns_ip "$1" ;; esac; } # any it may have had
 node_ip() { check_node "$1"; ns_ip "$1"; }
 node_id() { case $1 in db1) echo 1 ;; db2) echo 2 ;; *) die "unknown node '$1' (db1 or db2)" ;; esac; }
 node_other() { case $1 in db1) echo db2 ;; db2) echo db1 ;; *) die "unknown node '$1' (db1 or db2)" ;; esac; }

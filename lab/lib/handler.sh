@@ -26,7 +26,9 @@ install_lab_bin() {
     local -a HANDLER_CMD=("$RNAT_BIN" event) HANDLER_ENV=()
     [[ $HANDLER_MODE == scripts ]] && HANDLER_CMD=("$SCRIPTS_DIR/repmgr_handler.sh")
     [[ -n ${LAB_HANDLER_ENV:-} ]] && read -r -a HANDLER_ENV <<<"$LAB_HANDLER_ENV"
-    install_lab_script bin/lab-event lab-event.sh HANDLER_MODE HANDLER_CMD HANDLER_ENV EVENTS_LOG SYS_PATH
+    local -a HANDLER_NS
+    read -r -a HANDLER_NS <<<"$(lab_proxies)"
+    install_lab_script bin/lab-event lab-event.sh HANDLER_MODE HANDLER_CMD HANDLER_ENV HANDLER_NS EVENTS_LOG SYS_PATH
 
     local LAB_SSHBIN=$LAB_DIR/sshbin
     local -A NODE_NS=([$DB1_IP]=db1 [$DB2_IP]=db2 [db1]=db1 [db2]=db2)
@@ -123,19 +125,34 @@ build_repmgr_nat() { # RNAT_DEB: REPMGR_NAT_DEB, or what packaging/deb builds
 
 # `dpkg -i` of the package, then what an administrator edits: /etc/repmgr-nat.toml (a
 # conffile: the purge at down removes it). The packaged sudoers file already names postgres
-# and main_backup, as the lab does.
+# and main_backup, as the lab does. With two proxies, proxy's config names its own address
+# and proxy2 gets one of its own (proxies.sh).
 install_repmgr_nat() {
     HINT=$LAB_LOG
     touch "$RNAT_INSTALLED"   # first: down purges an interrupted install too
     run dpkg -i "$RNAT_DEB"
     state_set DEB "$RNAT_DEB"
-    cat >"$RNAT_CONFIG" <<EOF || die "cannot write $RNAT_CONFIG"
-# $MARKER
-[proxy]
-address = "$PROXY_IP"
-[ports]
-postgres = $PG_PORT
-barman = $BARMAN_PORT
+    local own=
+    two_proxies && own=$PROXY_A_IP
+    rnat_config "$own" 1 "$RNAT_STATE_DIR" "$WATCH_DIR" >"$RNAT_CONFIG" || die "cannot write $RNAT_CONFIG"
+    # what the watch unit's RuntimeDirectory= gives it: a directory of repmgr's OS user
+    run install -d -o postgres -g postgres -m 0755 "$WATCH_DIR"
+    if two_proxies; then proxy2_install; fi
+}
+
+# rnat_config OWN_ADDRESS BARMAN STATE_DIR WATCH_DIR: a proxy's /etc/repmgr-nat.toml, with
+# the marker line; OWN_ADDRESS "" for none, BARMAN 0 for a proxy without barman (no
+# [barman], no ports.barman).
+rnat_config() {
+    local own=$1 barman=$2 state=$3 watch=$4
+    echo "# $MARKER"
+    echo "[proxy]"
+    echo "address = \"$PROXY_IP\""
+    [[ -z $own ]] || echo "own_address = \"$own\""
+    echo "[ports]"
+    echo "postgres = $PG_PORT"
+    ((barman == 0)) || echo "barman = $BARMAN_PORT"
+    cat <<EOF
 app = $APP_PORT
 [nodes]
 1 = "$DB1_IP"
@@ -147,17 +164,19 @@ sslmode = "verify-full"
 sslrootcert = "$TLS_DIR/ca.crt"
 channel_binding = "require"
 connect_timeout = 2
+EOF
+    ((barman == 0)) || cat <<EOF
 [barman]
 server = "$BARMAN_SERVER"
 slot = "$BARMAN_SLOT"
 archive_timeout = 30
-[state]
-dir = "$RNAT_STATE_DIR"
-[watch]
-dir = "$WATCH_DIR"
 EOF
-    # what the watch unit's RuntimeDirectory= gives it: a directory of repmgr's OS user
-    run install -d -o postgres -g postgres -m 0755 "$WATCH_DIR"
+    cat <<EOF
+[state]
+dir = "$state"
+[watch]
+dir = "$watch"
+EOF
 }
 
 # down: `dpkg --purge`, in the proxy's namespace, where its prerm tears the chains down (in
@@ -170,9 +189,15 @@ uninstall_repmgr_nat() {
     rm -f "$RNAT_INSTALLED"
 }
 
-# ---- repmgr-nat watch, as the packaged unit runs it, in the proxy namespace -----------------
-watch_start() {
-    pid_alive "$WATCH_PID" && return 0
+# ---- repmgr-nat watch, as the packaged unit runs it, in a proxy's namespace ---------------
+watch_pid() { if [[ ${1:-proxy} == proxy2 ]]; then echo "$LAB_DIR/watch2.pid"; else echo "$WATCH_PID"; fi; }
+watch_log() { if [[ ${1:-proxy} == proxy2 ]]; then echo "$LAB_DIR/logs/watch2.log"; else echo "$WATCH_LOG"; fi; }
+watch_dir() { if [[ ${1:-proxy} == proxy2 ]]; then echo "$LAB_DIR/watch2"; else echo "$WATCH_DIR"; fi; }
+
+watch_start() { # [PROXY]
+    local p=${1:-proxy} pidf log
+    pidf=$(watch_pid "$p") log=$(watch_log "$p")
+    pid_alive "$pidf" && return 0
     [[ $(state_get HANDLER) == repmgr-nat ]] || die "watch: the lab runs the article's scripts, not repmgr-nat"
     local -a extra=() exec=()
     [[ -n ${LAB_HANDLER_ENV:-} ]] && read -r -a extra <<<"$LAB_HANDLER_ENV"
@@ -183,15 +208,18 @@ watch_start() {
     [[ -n $user && -n $group && ${#exec[@]} -gt 0 ]] || die "cannot read User=, Group= and ExecStart= in $unit"
     home=$(getent passwd "$user" | cut -d: -f6)
     # ip netns exec and setpriv exec: the pid is repmgr-nat's own
-    ip netns exec proxy setpriv --reuid="$user" --regid="$group" --init-groups -- \
+    ip netns exec "$p" setpriv --reuid="$user" --regid="$group" --init-groups -- \
         env -i HOME="$home" USER="$user" LOGNAME="$user" PATH="$SYS_PATH" LANG=C.UTF-8 \
-        ${extra[@]+"${extra[@]}"} "${exec[@]}" </dev/null >>"$WATCH_LOG" 2>&1 &
-    echo $! >"$WATCH_PID"
-    wait_until 5 test -s "$WATCH_DIR/watch.json" || die "watch wrote no report within 5 s; look at $WATCH_LOG"
+        ${extra[@]+"${extra[@]}"} "${exec[@]}" </dev/null >>"$log" 2>&1 &
+    echo $! >"$pidf"
+    wait_until 5 test -s "$(watch_dir "$p")/watch.json" || die "watch wrote no report within 5 s in $p; look at $log"
 }
 
-repmgr_nat_boot() { # the boot step, as packaging/repmgr-nat-setup.service runs it: as root on the proxy
+repmgr_nat_boot() { # the boot step, as packaging/repmgr-nat-setup.service runs it: as root on each proxy
     HINT=$LAB_LOG
-    run ip netns exec proxy env -i PATH="$SYS_PATH" "$RNAT_BIN" setup
+    local p
+    for p in $(lab_proxies); do
+        run ip netns exec "$p" env -i PATH="$SYS_PATH" "$RNAT_BIN" setup
+    done
 }
 

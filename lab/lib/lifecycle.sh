@@ -2,7 +2,8 @@
 # The lab's lifecycle: its packages, its lock, `down` and `up` (sourced by lab.sh).
 
 # ============================================================================ deps
-DEPS_PKGS=(iptables iproute2 sudo conntrack postgresql-15 postgresql-15-repmgr barman libssl-dev pkg-config openssl acl)
+DEPS_PKGS=(iptables iproute2 sudo conntrack postgresql-15 postgresql-15-repmgr barman libssl-dev pkg-config openssl acl
+    keepalived conntrackd)   # the last two: `up --proxies 2`
 
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
@@ -79,7 +80,9 @@ cmd_down() {
     # 1. what the lab started, by pid file: the cron loop and repmgrd get TERM (waited for
     #    below, with everything else in the namespaces); PostgreSQL: pg_ctl stop -m immediate
     local pidf pid ns
-    for pidf in "$WATCH_PID" "$CRON_PID" "$(node_repmgrd_pid db1)" "$(node_repmgrd_pid db2)"; do
+    ha_thaw_all   # a proxy frozen by `lab.sh proxy-freeze` must hear TERM
+    ha_kill
+    for pidf in "$WATCH_PID" "$(watch_pid proxy2)" "$CRON_PID" "$(node_repmgrd_pid db1)" "$(node_repmgrd_pid db2)"; do
         if pid=$(lab_pid "$pidf"); then
             kill -TERM "$pid" 2>/dev/null || true
             echo "down: kill -TERM $pid ($pidf)" >>"$DOWN_LOG"
@@ -113,6 +116,8 @@ cmd_down() {
     for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG"; do
         if [[ -e $f ]] && has_marker "$f"; then rm -f -- "$f" || problems+=("$f"); fi
     done
+    local left
+    while read -r left; do [[ -z $left ]] || problems+=("$left"); done < <(proxy2_remove)
     if [[ -e $BARMAN_SERVER_HOME/.repmgr-nat-lab ]]; then
         rm -rf -- "$BARMAN_SERVER_HOME" || problems+=("$BARMAN_SERVER_HOME")
         # barman's lock files for the server live next to its directory
@@ -136,7 +141,8 @@ cmd_down() {
     if [[ -e $LAB_DIR ]]; then rm -rf -- "$LAB_DIR" || problems+=("$LAB_DIR"); fi
     # 7. verify
     for n in "${LAB_NAMESPACES[@]}"; do ns_is_lab "$n" && problems+=("namespace $n still exists"); done
-    for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG"; do [[ -e $f ]] && has_marker "$f" && problems+=("$f still exists"); done
+    for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG" "$PROXY2_CONFIG"; do [[ -e $f ]] && has_marker "$f" && problems+=("$f still exists"); done
+    [[ -e $PROXY2_STATE_DIR/.repmgr-nat-lab ]] && problems+=("$PROXY2_STATE_DIR still exists")
     ((ours)) && dpkg_knows repmgr-nat && problems+=("the package repmgr-nat is still installed")
     if ((${#problems[@]})); then
         die "down could not clean up: ${problems[*]}"
@@ -163,9 +169,11 @@ up_cleanup() {
 }
 
 cmd_up() {
-    local mode=repmgr-nat cron=1 assist=1
+    local mode=repmgr-nat cron=1 assist=1 proxies=1
     while (($#)); do
         case $1 in
+        --proxies) proxies=${2:-}; shift ;;
+        --proxies=*) proxies=${1#*=} ;;
         --no-assist) assist=0 ;;
         --handler) mode=${2:-}; shift ;;
         --handler=*) mode=${1#*=} ;;
@@ -175,6 +183,8 @@ cmd_up() {
         shift
     done
     [[ $mode == repmgr-nat || $mode == scripts ]] || die "up: --handler must be repmgr-nat or scripts, not '$mode'"
+    [[ $proxies == 1 || $proxies == 2 ]] || die "up: --proxies must be 1 or 2, not '$proxies'"
+    [[ $proxies == 1 || $mode == repmgr-nat ]] || die "up: two proxies need the repmgr-nat handler"
     check_deps "$mode"
     UP_T0=$(now_ms)
 
@@ -190,11 +200,13 @@ cmd_up() {
     state_set STARTED_MS "$UP_T0"
     state_set ASSIST "$assist"
     state_set CRON "$cron"
+    state_set PROXIES "$proxies"
     step "build lab/kit" build_kit
     [[ $mode == scripts ]] || step "build repmgr-nat's package" build_repmgr_nat
     step "network" net_up
     step "TLS: the lab's CA and the nodes' certificates" write_tls_certs
     step "handler: install + boot step" install_handler "$mode"
+    if two_proxies; then step "proxies: conntrackd, keepalived" ha_start; fi
     step "barman config" barman_configure
     step "db1: initdb, start, users" db1_create
     step "db1: repmgr primary register" db1_register
@@ -203,10 +215,24 @@ cmd_up() {
     if ((cron)); then step "barman cron loop" cron_start; fi
     step "wait: barman check all OK" barman_wait_ok 60
     step "wait: app port reaches db1" wait_app_reaches "$DB1_IP"
+    if two_proxies; then step "watch on both proxies, both can serve" watch_both; fi
 
     UP_DONE=1
     trap - EXIT INT TERM
     say "up: done in $(bc_div $(($(now_ms) - UP_T0))) s (handler $mode, cron $( ((cron)) && echo on || echo off)); \`lab.sh status\` shows it, \`lab.sh down\` removes it"
+}
+
+# Two proxies: watch runs on both all the time, as the packaged unit would, and both pass
+# keepalived's check (repmgr-nat can-serve) before `up` ends.
+watch_both() {
+    local p
+    for p in proxy proxy2; do watch_start "$p"; done
+    for p in proxy proxy2; do
+        wait_until 20 as postgres "$p" "$RNAT_BIN" can-serve ||
+            die "repmgr-nat can-serve still fails in $p after 20 s: $(as postgres "$p" "$RNAT_BIN" can-serve 2>&1); look at $(watch_log "$p")"
+    done
+    sleep 2.5   # keepalived's rise 2 at interval 1: both back at full priority
+    vip_held_once || die "the address is held by '$(vip_holders)' after both proxies can serve"
 }
 
 install_handler() { # MODE: the lab's own scripts, the handler, its boot step
@@ -218,8 +244,11 @@ install_handler() { # MODE: the lab's own scripts, the handler, its boot step
         install_repmgr_nat
         repmgr_nat_boot
     fi
-    [[ $(ip netns exec proxy sysctl -n net.ipv4.ip_forward) == 1 ]] ||
-        die "after the boot step net.ipv4.ip_forward is not 1 in the proxy namespace (the handler's boot step must set it); look at $LAB_LOG"
+    local p
+    for p in $(lab_proxies); do
+        [[ $(ip netns exec "$p" sysctl -n net.ipv4.ip_forward) == 1 ]] ||
+            die "after the boot step net.ipv4.ip_forward is not 1 in the $p namespace (the handler's boot step must set it); look at $LAB_LOG"
+    done
 }
 
 # Refuse early (before anything is created) when a path the lab would write belongs to
@@ -227,6 +256,7 @@ install_handler() { # MODE: the lab's own scripts, the handler, its boot step
 preflight() {
     local mode=$1 f
     for f in "$SUDOERS_LAB" "$BARMAN_CONF" "$PGPASS_POSTGRES" "$PGPASS_BARMAN"; do claim_path "$f"; done
+    proxy2_preflight
     if [[ $mode == scripts ]]; then
         claim_path "$SUDOERS_SCRIPTS"
         [[ -d $(seed_dir) ]] || die "the article's scripts are missing: $(seed_dir) does not exist (set SEED_SCRIPTS)"

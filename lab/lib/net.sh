@@ -11,7 +11,11 @@ ns_is_lab() {
     if [[ $ns == "$NS_BRIDGE" ]]; then
         ip -n "$ns" -o link show 2>/dev/null | grep -q "$BRIDGE" && return 0
     else
-        ip -n "$ns" -o addr show 2>/dev/null | grep -qF " $(ns_ip "$ns")/24" && return 0
+        local ip addrs
+        addrs=$(ip -n "$ns" -o addr show 2>/dev/null)
+        for ip in $(ns_ips "$ns"); do
+            grep -qF " $ip/24" <<<"$addrs" && return 0
+        done
     fi
     # An empty namespace (interrupted `up` right after `ip netns add`) is ours only when the
     # lab's own record says so.
@@ -20,11 +24,13 @@ ns_is_lab() {
 }
 
 net_up() {
-    local ns
+    local ns hosts proxies
+    read -r -a proxies <<<"$(lab_proxies)"
+    hosts=(db1 db2 "${proxies[@]}" app)
     for ns in "${LAB_NAMESPACES[@]}"; do
         ns_exists "$ns" && die "network namespace '$ns' exists and is not the lab's (no $(ns_ip "$ns" || echo "$BRIDGE") in it): remove it yourself (ip netns del $ns) after checking what runs there (ip netns pids $ns)"
     done
-    for ns in "${LAB_NAMESPACES[@]}"; do
+    for ns in "${hosts[@]}" "$NS_BRIDGE"; do
         echo "$ns" >>"$LAB_DIR/netns.list"
         run ip netns add "$ns"
         run ip netns exec "$ns" sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
@@ -32,7 +38,7 @@ net_up() {
     done
     run ip -n "$NS_BRIDGE" link add "$BRIDGE" type bridge
     run ip -n "$NS_BRIDGE" link set "$BRIDGE" up
-    for ns in db1 db2 proxy app; do
+    for ns in "${hosts[@]}"; do
         run ip -n "$NS_BRIDGE" link add "rnlab-$ns" type veth peer name eth0 netns "$ns"
         run ip -n "$NS_BRIDGE" link set "rnlab-$ns" master "$BRIDGE" up
         run ip -n "$ns" addr add "$(ns_ip "$ns")/24" dev eth0
@@ -40,12 +46,15 @@ net_up() {
     done
     # Prove the wiring: every host answers ARP for every other host on the bridge (no ping
     # binary needed; bash /dev/tcp to a closed port gets an RST, which proves reachability).
-    for ns in db1 db2 app; do
-        local out
-        out=$(ip netns exec "$ns" timeout 3 bash -c "exec 3<>/dev/tcp/$PROXY_IP/9" 2>&1 || true)
-        if [[ $out != *refused* ]]; then
-            die "namespace $ns cannot reach the proxy $PROXY_IP over the bridge (expected 'connection refused' from port 9); check: ip -n $ns addr; ip -n $NS_BRIDGE link"
-        fi
+    # (with two proxies, each proxy's own address: the shared one comes with keepalived)
+    local p out
+    for p in $(lab_proxies); do
+        for ns in db1 db2 app; do
+            out=$(ip netns exec "$ns" timeout 3 bash -c "exec 3<>/dev/tcp/$(ns_ip "$p")/9" 2>&1 || true)
+            if [[ $out != *refused* ]]; then
+                die "namespace $ns cannot reach the proxy $(ns_ip "$p") over the bridge (expected 'connection refused' from port 9); check: ip -n $ns addr; ip -n $NS_BRIDGE link"
+            fi
+        done
     done
 }
 

@@ -124,7 +124,10 @@ db1_init() {
 local      all          all                      trust
 local      replication  all                      trust
 # repmgr-nat (its role, from the proxy) must come over TLS: every test proves it does
+# (with two proxies, from each proxy's own address)
 hostnossl  all          repmgr_nat  $PROXY_IP/32   reject
+hostnossl  all          repmgr_nat  $PROXY_A_IP/32   reject
+hostnossl  all          repmgr_nat  $PROXY_B_IP/32   reject
 host       all          all     $LAB_NET  scram-sha-256
 host       replication  all     $LAB_NET  scram-sha-256
 EOF

@@ -134,6 +134,8 @@ fn every_interval(o: &Opts, mut attempt: impl FnMut(u64) -> bool) {
 }
 
 const SERVER_SQL: &str = "select coalesce(host(inet_server_addr()), 'local')";
+/// The server, and the backend that answered: the same connection end to end.
+const HOLD_SQL: &str = "select coalesce(host(inet_server_addr()), 'local'), pg_backend_pid()";
 
 /// A connection, or the one kept from before; then `sql` on it.
 fn query(
@@ -177,18 +179,19 @@ pub fn watch(o: &Opts) {
 }
 
 /// One connection, a query every interval; after an error, a new connection (ok lines
-/// carry `conn=N`, the number of the connection that answered).
+/// carry `conn=N`, the number of the connection that answered, and `pid=P`, its backend's
+/// pid on the server).
 pub fn hold(o: &Opts) {
     let mut client: Option<Client> = None;
     let mut conn = 0u64;
     every_interval(o, |t| {
         let (conninfo, had) = (o.conninfo.clone(), client.take());
         let fresh = had.is_none();
-        match with_timeout(o.timeout(), move || query(had, &conninfo, SERVER_SQL, &[])) {
+        match with_timeout(o.timeout(), move || query(had, &conninfo, HOLD_SQL, &[])) {
             Some(Ok((c, row))) => {
                 conn += u64::from(fresh);
                 client = Some(c);
-                emit(&format!("{t} ok {} conn={conn}", row.get::<_, String>(0)));
+                emit(&format!("{t} ok {} conn={conn} pid={}", row.get::<_, String>(0), row.get::<_, i32>(1)));
             }
             Some(Err(e)) => emit(&format!("{t} err {}", e.reason)),
             None if stopped() => return false,

@@ -2,13 +2,14 @@
 //! per thing a handler run did:
 //!
 //! ```text
-//! <ms> <id> begin node=N event=E success=S from=NS handler=H
+//! <ms> <id> begin node=N event=E success=S from=NS handler=H [proxy=P]
 //! <ms> <id> out <a line the handler printed>
 //! <ms> <id> warn <what the crossing noticed>
 //! <ms> <id> end exit=RC ms=DURATION
 //! ```
 //!
-//! `<ms>` is the unix time in milliseconds, `<id>` the crossing's pid. This is the only
+//! `<ms>` is the unix time in milliseconds, `<id>` the crossing's pid (with two proxies,
+//! `proxy=` names the one that ran it, and the second's id is `<pid>-2`). This is the only
 //! parser of that format.
 
 use serde::Serialize;
@@ -22,6 +23,8 @@ pub struct EventRun {
     pub event: String,
     pub success: String,
     pub from: String,
+    /// The proxy namespace that ran it ("" with one proxy).
+    pub proxy: String,
     pub end: Option<End>,
     pub output: Vec<String>,
 }
@@ -83,6 +86,7 @@ pub fn parse(text: &str) -> Result<Vec<EventRun>, String> {
                     event: field("event"),
                     success: field("success"),
                     from: field("from"),
+                    proxy: field("proxy"),
                     end: None,
                     output: Vec::new(),
                 });

@@ -28,13 +28,25 @@ pub const LOCK: &str = "/run/repmgr-nat-lab.session.lock";
 pub const DB1: &str = "198.51.100.11";
 pub const DB2: &str = "198.51.100.12";
 pub const PROXY: &str = "198.51.100.3";
+/// With two proxies (`up --proxies 2`) PROXY is the address they share; these are their own
+/// (proxy's, with barman; proxy2's, without).
+pub const PROXY_A: &str = "198.51.100.4";
+pub const PROXY_B: &str = "198.51.100.5";
 
 /// barman's port and the application port.
 pub const BOTH: &[u16] = &[54321, 54322];
+/// The application port alone (a proxy without barman).
+pub const APP: &[u16] = &[54322];
 
 /// repmgr-nat's chains for a route, with the jumps and the hold, as `iptables-save`
 /// prints them (sorted).
 pub fn routed_to(node: &str, ports: &[u16]) -> Vec<String> {
+    routed_via(node, ports, None)
+}
+
+/// The same for a proxy with `proxy.own_address`: what the host sends itself leaves from
+/// its own address, what it forwards from the shared one.
+pub fn routed_via(node: &str, ports: &[u16], own_address: Option<&str>) -> Vec<String> {
     let mut lines = vec![
         ":repmgr_dnat - [0:0]".to_string(),
         ":repmgr_snat - [0:0]".to_string(),
@@ -46,6 +58,11 @@ pub fn routed_to(node: &str, ports: &[u16]) -> Vec<String> {
         format!("-A repmgr_hold -d {PROXY}/32 -p tcp -m tcp --dport 54322 --tcp-flags FIN,SYN,RST,ACK SYN -j DROP"),
         format!("-A repmgr_snat -d {node}/32 -p tcp -m tcp --dport 5432 -j SNAT --to-source {PROXY}"),
     ];
+    if let Some(own) = own_address {
+        lines.push(format!(
+            "-A repmgr_snat -d {node}/32 -p tcp -m tcp --dport 5432 -m addrtype --src-type LOCAL -j SNAT --to-source {own}"
+        ));
+    }
     for port in ports {
         lines.push(format!(
             "-A repmgr_dnat -d {PROXY}/32 -p tcp -m tcp --dport {port} -j DNAT --to-destination {node}:5432"
@@ -204,7 +221,13 @@ impl Lab {
 
     /// How many passes `lab.sh watch start` made so far (0 when it wrote nothing yet).
     pub fn watch_passes(&self) -> u64 {
-        let path = Path::new(&self.env["WATCH_DIR"]).join("watch.json");
+        self.watch_passes_in("proxy")
+    }
+
+    /// The same for the watch of `proxy` (proxy2's writes to WATCH2_DIR).
+    pub fn watch_passes_in(&self, proxy: &str) -> u64 {
+        let dir = if proxy == "proxy2" { "WATCH2_DIR" } else { "WATCH_DIR" };
+        let path = Path::new(&self.env[dir]).join("watch.json");
         let report: serde_json::Value =
             std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
         report["pass"].as_u64().unwrap_or(0)
@@ -212,24 +235,66 @@ impl Lab {
 
     /// Whether both ports point at `node` (an address), the chains in place.
     pub fn routed(&self, node: &str) -> bool {
-        sorted(self.our_rules()) == routed_to(node, BOTH)
+        self.routed_in("proxy", node)
+    }
+
+    /// The proxies' namespaces: proxy, and proxy2 with `up --proxies 2`.
+    pub fn proxies(&self) -> Vec<&'static str> {
+        if self.env.get("PROXIES").map(String::as_str) == Some("2") { vec!["proxy", "proxy2"] } else { vec!["proxy"] }
+    }
+
+    /// repmgr-nat's chains in `proxy` for a route to `node` (sorted): with two proxies each
+    /// has its own address, and only proxy has barman's port.
+    pub fn routed_rules(&self, proxy: &str, node: &str) -> Vec<String> {
+        match (self.proxies().len(), proxy) {
+            (1, _) => routed_to(node, BOTH),
+            (_, "proxy2") => routed_via(node, APP, Some(PROXY_B)),
+            _ => routed_via(node, BOTH, Some(PROXY_A)),
+        }
+    }
+
+    /// Whether `proxy`'s ports point at `node`, the chains in place.
+    pub fn routed_in(&self, proxy: &str, node: &str) -> bool {
+        sorted(self.our_rules_in(proxy)) == self.routed_rules(proxy, node)
     }
 
     /// The proxy's tables (nat and filter), without comments and counters.
     pub fn nat(&self) -> String {
-        self.ok(&["nat"]).lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect()
+        self.nat_in("proxy")
+    }
+
+    /// A proxy's tables (`proxy` or `proxy2`).
+    pub fn nat_in(&self, proxy: &str) -> String {
+        self.ok(&["nat", proxy]).lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect()
     }
 
     /// The lines of the proxy's tables that concern repmgr-nat: its chains, their rules,
     /// the jumps to them.
     pub fn our_rules(&self) -> Vec<String> {
-        self.nat().lines().filter(|l| l.contains("repmgr_")).map(str::to_string).collect()
+        self.our_rules_in("proxy")
+    }
+
+    pub fn our_rules_in(&self, proxy: &str) -> Vec<String> {
+        self.nat_in(proxy).lines().filter(|l| l.contains("repmgr_")).map(str::to_string).collect()
+    }
+
+    /// Which proxy holds the shared address: "proxy", "proxy2", "proxy proxy2" (a frozen
+    /// holder keeps it) or "none".
+    pub fn vip(&self) -> String {
+        self.ok(&["vip"]).trim().to_string()
     }
 
     /// repmgr-nat ARGS as `user` ("root" or "postgres") in the proxy namespace, with the
     /// environment a login (or the boot unit, for root) would give it.
     pub fn repmgr_nat(&self, user: &str, args: &[&str]) -> Run {
         self.in_proxy(user, &[], &self.env["REPMGR_NAT_BIN"], args)
+    }
+
+    /// The same in `proxy`'s namespace (proxy2 reads its own config there).
+    pub fn repmgr_nat_in(&self, proxy: &str, user: &str, args: &[&str]) -> Run {
+        let program = &self.env["REPMGR_NAT_BIN"];
+        let out = self.as_user_in(proxy, user, &[], program).args(args).output().expect("cannot run ip netns exec");
+        Run::from(&format!("{program} {}", args.join(" ")), out)
     }
 
     /// repmgr-nat ARGS as `user`, which must end within `limit`: killed otherwise, and the
@@ -245,13 +310,17 @@ impl Lab {
     }
 
     fn as_user(&self, user: &str, env: &[(&str, &str)], program: &str) -> Command {
+        self.as_user_in("proxy", user, env, program)
+    }
+
+    fn as_user_in(&self, ns: &str, user: &str, env: &[(&str, &str)], program: &str) -> Command {
         let home = match user {
             "root" => "/root",
             "postgres" => "/var/lib/postgresql",
             _ => "/nonexistent",
         };
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", "proxy", "runuser", "-u", user, "--", "env", "-i"])
+        cmd.args(["netns", "exec", ns, "runuser", "-u", user, "--", "env", "-i"])
             .arg(format!("HOME={home}"))
             .arg(format!("PATH={}", self.env["SYS_PATH"]));
         for (k, v) in env {

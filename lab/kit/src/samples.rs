@@ -192,6 +192,14 @@ impl Connects {
     }
 }
 
+/// The longest time between two answers of a held session (`probe hold`), from its last
+/// answer before T0 on: how long it waited across T0. None without an answer before T0.
+pub fn longest_gap_across(samples: &[Sample], t0: u64) -> Option<u64> {
+    let from = samples.iter().rposition(|s| s.at < t0 && s.ok())?;
+    let answers: Vec<u64> = samples[from..].iter().filter(|s| s.ok()).map(|s| s.at).collect();
+    answers.windows(2).map(|w| w[1] - w[0]).max()
+}
+
 /// When the first write `primary` acknowledged came back (begun at or after T0), relative
 /// to T0.
 pub fn first_ack_on(samples: &[Sample], t0: u64, primary: &str) -> Option<u64> {
@@ -342,6 +350,14 @@ mod tests {
             Connects { attempts: 4, failed: 1, held: 1, longest_wait_ms: 5000, first_on_primary_ms: Some(75) }
         );
         assert_eq!(first_ack_on(&s, 1000, "b"), Some(81), "1075 + 6 ends before 1025 + 1010");
+    }
+
+    #[test]
+    fn a_held_session_waits_from_its_last_answer_before_t0() {
+        let s = samples("800 ok a conn=1\n900 ok a conn=1\n1000 ok a conn=1\n1640 ok a conn=1\n1740 ok a conn=1\n");
+        assert_eq!(longest_gap_across(&s, 950), Some(640), "900's answer, then 1000, then 1640");
+        assert_eq!(longest_gap_across(&s, 1700), Some(100));
+        assert_eq!(longest_gap_across(&s, 500), None, "no answer before T0");
     }
 
     #[test]

@@ -8,10 +8,12 @@
 //! 4. Soak: watch's CPU and memory over a steady cluster, and the WAL the standbys keep
 //!    under a write load.
 //! 5. repmgr-nat's switch by cluster size, in a throwaway namespace.
+//! 6. A proxy's death: two proxies sharing the address, the holder's link cut.
 //!
 //! Every result is typed, kept as JSON beside the report, and rendered by `report`.
 
 mod nat;
+mod proxy;
 mod report;
 mod scenario;
 mod soak;
@@ -61,6 +63,12 @@ pub struct Args {
     /// Minutes of each soak phase (idle, then under writes); 0 leaves the soak out
     #[arg(long, default_value_t = 10)]
     pub soak_minutes: u64,
+    /// Leave out the failover scenarios (every handler and scenario above)
+    #[arg(long)]
+    pub no_failovers: bool,
+    /// Runs of the proxy death (two proxies, the holder's link cut); 0 leaves it out
+    #[arg(long, default_value_t = 3)]
+    pub proxy_deaths: usize,
 }
 
 /// Who handles the failover.
@@ -170,6 +178,8 @@ pub struct Results {
     pub proofs: Vec<ProofResult>,
     pub soak: Option<soak::Soak>,
     pub scaling: Vec<nat::ScaleResult>,
+    #[serde(default)]
+    pub proxy_deaths: Vec<proxy::ProxyDeath>,
 }
 
 /// Prints one progress line.
@@ -245,7 +255,7 @@ pub fn run(args: Args, command: String) -> Result<(), String> {
         return Err("--phase must be 0-59 or off".into());
     }
     let repo = crate::lab::repo();
-    if args.handlers.contains(&Handler::Scripts) {
+    if !args.no_failovers && args.handlers.contains(&Handler::Scripts) {
         let seed = std::env::var_os("SEED_SCRIPTS").map_or(repo.join("../shared/seed-scripts"), PathBuf::from);
         if !seed.join("repmgr_iptables.sh").exists() {
             return Err(format!(
@@ -285,9 +295,11 @@ pub fn run(args: Args, command: String) -> Result<(), String> {
         proofs: Vec::new(),
         soak: None,
         scaling: Vec::new(),
+        proxy_deaths: Vec::new(),
     };
 
-    for &handler in &args.handlers {
+    let handlers = if args.no_failovers { &[][..] } else { &args.handlers[..] };
+    for &handler in handlers {
         for &scenario in &args.scenarios {
             if handler == Handler::WatchOnly && scenario == Scenario::Duplicate {
                 continue; // a lost duplicate event is no scenario
@@ -340,6 +352,11 @@ pub fn run(args: Args, command: String) -> Result<(), String> {
         let soak = soak::run(&session, Duration::from_secs(args.soak_minutes * 60), &dir);
         say(&format!("soak: {}", soak.brief()));
         results.soak = Some(soak);
+    }
+    if args.proxy_deaths > 0 {
+        let dir = out.join("proxy-death");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        results.proxy_deaths = proxy::run(&session, args.proxy_deaths, &dir);
     }
     if !args.no_scaling {
         say("repmgr-nat: switch time by nodes x application ports (throwaway namespace, lab down) ...");

@@ -8,6 +8,7 @@ use super::{Handler, Results, Scenario};
 
 mod nat;
 mod proof;
+mod proxy;
 mod scenario;
 mod soak;
 pub use proof::proof_brief;
@@ -101,13 +102,16 @@ pub fn render(results: &Results) -> String {
     };
     r.line(format!("T0 {phase}; {} switches per NAT measurement.", m.switches));
     r.line("");
-    r.failover_table();
-    r.runs_list();
-    r.promotion_table();
+    if !results.scenarios.is_empty() {
+        r.failover_table();
+        r.runs_list();
+        r.promotion_table();
+    }
     r.nat_table();
     r.proof_table();
     r.soak_table();
     r.scaling_table();
+    r.proxy_death_table();
     r.line("### Targets (repmgr-nat)");
     r.line("");
     r.line("| target | measured | result |");
