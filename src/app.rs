@@ -181,7 +181,13 @@ fn count_event(inv: &Invocation, ctx: Option<Ctx>, event: &str, handled: &Result
         },
     };
     let name = if Event::parse("1", event, None).is_ok() { event } else { "malformed" };
-    if let Err(e) = crate::effects::metrics::count_event(&cfg.watch.dir, name, outcome) {
+    // as root, only into a file of repmgr's OS user's, who owns watch.dir
+    let owner = match inv.root {
+        true => OsUser::named(&cfg.repmgr_user).map(|user| Some(user.uid)),
+        false => Ok(None),
+    };
+    let counted = owner.and_then(|owner| crate::effects::metrics::count_event(&cfg.watch.dir, name, outcome, owner));
+    if let Err(e) = counted {
         log::debug!("event not counted for the metrics: {e:#}");
     }
 }

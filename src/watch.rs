@@ -150,16 +150,33 @@ fn read_report(path: &Path, owner: Option<u32>) -> Option<WatchReport> {
         .ok()?;
     let meta = file.metadata().ok()?;
     if !meta.is_file() {
-        log::warn!("{} is not a regular file: ignored", path.display());
+        say_once(format!("{} is not a regular file: ignored", path.display()));
         return None;
     }
     if let Some(uid) = owner.filter(|uid| *uid != meta.uid()) {
-        log::warn!("{} is owned by uid {}, not by repmgr's OS user (uid {uid}): ignored", path.display(), meta.uid());
+        say_once(format!(
+            "{} is owned by uid {}, not by repmgr's OS user (uid {uid}): ignored",
+            path.display(),
+            meta.uid()
+        ));
         return None;
     }
     let mut text = String::new();
     file.take(REPORT_MAX).read_to_string(&mut text).ok()?;
-    serde_json::from_str(&text).map_err(|e| log::warn!("bad {}: {e}", path.display())).ok()
+    serde_json::from_str(&text).map_err(|e| say_once(format!("bad {}: {e}", path.display()))).ok()
+}
+
+/// Why watch.json was ignored: a warning the first time in a process, debug after. A
+/// command reads it more than once (status, and the adapters it builds), and the reason
+/// stays the same; each run of `can-serve` (every second under keepalived) is a process
+/// of its own and says it once, since its own line ("watch has written nothing") would
+/// be wrong without it, and keepalived keeps no script's output unless asked to.
+fn say_once(line: String) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    match SAID.swap(true, Ordering::Relaxed) {
+        false => log::warn!("{line}"),
+        true => log::debug!("{line}"),
+    }
 }
 
 /// Whether the process `pid` runs (a process of another user's counts: it exists).

@@ -58,13 +58,27 @@ pub fn create_event_counts(dir: &Path) -> Result<()> {
 
 /// Counts one event in `dir`'s counts file, if `watch` made one (nothing serves the counts
 /// otherwise). Under the file's own lock, so that events at the same moment both count.
-pub fn count_event(dir: &Path, event: &str, outcome: &str) -> Result<()> {
+/// With `owner` (an event run as root: `watch.dir` is repmgr's OS user's), only a regular
+/// file of that user's with no other name: root writes nothing that user could have
+/// pointed elsewhere (a hard link to a file of root's, a FIFO).
+pub fn count_event(dir: &Path, event: &str, outcome: &str, owner: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let path = dir.join(EVENTS_FILE);
-    let file = match OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
+    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+    let file = match OpenOptions::new().read(true).write(true).custom_flags(flags).open(&path) {
         Ok(file) => file,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
     };
+    let meta = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?;
+    if !meta.is_file() || meta.nlink() != 1 || owner.is_some_and(|uid| uid != meta.uid()) {
+        anyhow::bail!(
+            "{} is not a regular file of repmgr's OS user's with one name (owner uid {}, {} names): not written",
+            path.display(),
+            meta.uid(),
+            meta.nlink()
+        );
+    }
     let deadline = Instant::now() + COUNT_WAIT;
     while let Err(e) = file.try_lock() {
         if Instant::now() >= deadline {
@@ -410,23 +424,52 @@ mod tests {
     }
 
     #[test]
+    fn root_counts_only_in_a_file_of_repmgrs_user_with_one_name() {
+        let dir = std::env::temp_dir().join(format!("repmgr-nat-test-events-owner-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        create_event_counts(&dir).unwrap();
+        count_event(&dir, "standby_promote", "ok", Some(me)).unwrap();
+        let err = count_event(&dir, "standby_promote", "ok", Some(me + 1)).unwrap_err();
+        assert!(err.to_string().contains("not written"), "{err}");
+        // another name for it: a link planted to a file root would then write
+        std::fs::hard_link(dir.join(EVENTS_FILE), dir.join("elsewhere")).unwrap();
+        assert!(count_event(&dir, "standby_promote", "ok", Some(me)).is_err(), "written through a second name");
+        std::fs::remove_file(dir.join("elsewhere")).unwrap();
+        // a FIFO is neither waited on nor written
+        std::fs::remove_file(dir.join(EVENTS_FILE)).unwrap();
+        let fifo = std::ffi::CString::new(dir.join(EVENTS_FILE).into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert!(count_event(&dir, "standby_promote", "ok", Some(me)).is_err());
+        std::fs::remove_file(dir.join(EVENTS_FILE)).unwrap();
+        create_event_counts(&dir).unwrap();
+        assert_eq!(read_event_counts(&dir).render(), "", "a new file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn events_count_themselves_only_where_watch_made_the_file() {
         let dir = std::env::temp_dir().join(format!("repmgr-nat-test-events-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        count_event(&dir, "standby_promote", "ok").unwrap();
+        count_event(&dir, "standby_promote", "ok", None).unwrap();
         assert!(!dir.join(EVENTS_FILE).exists(), "no watch, no file");
         create_event_counts(&dir).unwrap();
         let counters: Vec<_> = (0..4)
             .map(|i| {
                 let dir = dir.clone();
-                thread::spawn(move || count_event(&dir, "standby_promote", if i % 2 == 0 { "ok" } else { "refused" }))
+                thread::spawn(move || {
+                    count_event(&dir, "standby_promote", if i % 2 == 0 { "ok" } else { "refused" }, None)
+                })
             })
             .collect();
         for c in counters {
             c.join().unwrap().unwrap();
         }
-        count_event(&dir, "node_rejoin", "ignored").unwrap();
+        count_event(&dir, "node_rejoin", "ignored", None).unwrap();
         create_event_counts(&dir).unwrap();
         let counts = read_event_counts(&dir);
         assert_eq!(counts.render(), "node_rejoin ignored 1\nstandby_promote ok 2\nstandby_promote refused 2\n");
