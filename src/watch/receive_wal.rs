@@ -14,7 +14,8 @@ use crate::handler::Effects;
 /// Where the receive-wal `watch` starts writes what it prints.
 pub(super) const RECEIVE_WAL_LOG: &str = "receive-wal.log";
 /// How long barman's slot on the primary may be without its walsender before `watch`
-/// starts receive-wal (it restarts by itself after a switch within about a second).
+/// starts receive-wal, when one may be starting (after a switch, the run that switched
+/// restarted it; cron may have started it): it connects within about a second.
 const RECEIVE_WAL_GRACE: Duration = Duration::from_secs(3);
 
 /// barman's receive-wal, as `watch` sees it through the slot on the primary.
@@ -26,6 +27,12 @@ pub(super) struct ReceiveWal {
     /// The last position barman had confirmed (its slot's restart_lsn while it streamed),
     /// and on which node.
     pub(super) confirmed: Option<(NodeId, Lsn)>,
+    /// The node barman streamed from at the last pass: when its walsender goes while the
+    /// route stays, the stream was lost (receive-wal died or was stopped, its connection
+    /// reset) and no receive-wal is starting: it is started without the grace.
+    streamed_from: Option<NodeId>,
+    /// The node whose stream was lost so, until watch starts receive-wal for it.
+    lost_on: Option<NodeId>,
     /// Why barman cannot stream, when watch can tell: the WAL it needs is gone.
     gap: Option<String>,
 }
@@ -61,9 +68,17 @@ impl Watcher {
             if rw.starts > 0 {
                 log::info!("watch: barman's receive-wal streams from node {} again", route.node.id());
             }
-            *rw = ReceiveWal { confirmed: Some((route.node.id(), lsn)), ..ReceiveWal::default() };
+            let id = route.node.id();
+            *rw = ReceiveWal { confirmed: Some((id, lsn)), streamed_from: Some(id), ..ReceiveWal::default() };
             return;
         }
+        let id = route.node.id();
+        if rw.streamed_from.take() == Some(id) {
+            rw.lost_on = Some(id);
+        }
+        // (a switch since: the run that switched restarted it)
+        rw.lost_on = rw.lost_on.filter(|n| *n == id);
+        let lost = rw.lost_on.is_some();
         if route.open == Open::None || slot.is_none() {
             return;
         }
@@ -79,12 +94,14 @@ impl Watcher {
         };
         let now = Instant::now();
         let since = *rw.inactive_since.get_or_insert(now);
-        if now.duration_since(since) < RECEIVE_WAL_GRACE || rw.next_start.is_some_and(|at| now < at) {
+        let waited = now.duration_since(since);
+        if (waited < RECEIVE_WAL_GRACE && !lost) || rw.next_start.is_some_and(|at| now < at) {
             return;
         }
         // under the run lock, as every action: an attempt is counted and said only when made
         let Some(_lock) = self.run_lock() else { return };
         let rw = &mut self.receive_wal;
+        rw.lost_on = None;
         let said = last_line(&cfg.watch.dir.join(RECEIVE_WAL_LOG));
         rw.starts += 1;
         let wait = backoff(Duration::from_secs(1), rw.starts);
@@ -93,14 +110,12 @@ impl Watcher {
         if let Some(gap) = &rw.gap {
             why = format!("; {gap}{why}");
         }
-        log::warn!(
-            "watch: barman's slot on node {} has had no walsender for {} s: starting barman receive-wal (attempt {}, \
-             next in {} s){why}",
-            route.node.id(),
-            now.duration_since(since).as_secs(),
-            rw.starts,
-            wait.as_secs()
-        );
+        let gone = if lost {
+            format!("barman's walsender left its slot on node {id}")
+        } else {
+            format!("barman's slot on node {id} has had no walsender for {} s", waited.as_secs())
+        };
+        log::warn!("watch: {gone}: starting barman receive-wal (attempt {}, next in {} s){why}", rw.starts, wait.as_secs());
         if let Err(e) = fx.backup.start_receive_wal() {
             log::error!("watch: {e:#}");
         }
