@@ -5,6 +5,8 @@
 
 #[path = "lab/barman.rs"]
 mod barman;
+#[path = "lab/chaos.rs"]
+mod chaos;
 mod common;
 #[path = "lab/hostile.rs"]
 mod hostile;
