@@ -6,6 +6,7 @@
 //! them together.
 
 mod app;
+mod check;
 mod cli;
 mod core;
 mod effects;
