@@ -47,11 +47,18 @@ fn ok_line(lab: &Lab, user: &str, start: &str) {
 }
 
 /// Runs `undo` (lab.sh ARGS) when it goes, also when the test fails half-way.
-struct Undo<'a>(&'a Lab, Vec<&'static str>);
+struct Undo<'a>(&'a Lab, Vec<String>);
+
+impl<'a> Undo<'a> {
+    fn new(lab: &'a Lab, args: &[&str]) -> Undo<'a> {
+        Undo(lab, args.iter().map(|a| a.to_string()).collect())
+    }
+}
 
 impl Drop for Undo<'_> {
     fn drop(&mut self) {
-        let run = self.0.lab(&self.1);
+        let args: Vec<&str> = self.1.iter().map(String::as_str).collect();
+        let run = self.0.lab(&args);
         if run.code != 0 {
             eprintln!("lab.sh {:?} failed: {}", self.1, run.stderr);
         }
@@ -80,7 +87,7 @@ fn check_is_all_ok_on_a_clean_lab_and_names_each_misconfiguration() {
 
     // forwarding off in the proxy's namespace
     {
-        let _on = Undo(&lab, vec!["exec", "proxy", "--", "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let _on = Undo::new(&lab, &["exec", "proxy", "--", "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         lab.ok(&["exec", "proxy", "--", "sysctl", "-qw", "net.ipv4.ip_forward=0"]);
         let line = failed(&lab, "postgres", "net.ipv4.ip_forward = 1: ");
         assert!(line.contains("it is 0: the proxy forwards nothing"), "{line}");
@@ -90,18 +97,13 @@ fn check_is_all_ok_on_a_clean_lab_and_names_each_misconfiguration() {
     // another tool's DNAT for the application port, before our jump
     let shadow = format!("-d {PROXY}/32 -p tcp -m tcp --dport 54322 -j DNAT --to-destination 198.51.100.12:5432");
     {
-        let iptables = |op: &'static str| -> Vec<String> {
-            ["exec", "proxy", "--", "iptables", "-t", "nat", op, "PREROUTING"]
-                .into_iter()
-                .map(String::from)
-                .chain(op.eq("-I").then(|| "1".to_string()))
-                .chain(shadow.split(' ').map(String::from))
-                .collect()
+        let rule = |op: &str| -> Vec<String> {
+            let head = ["exec", "proxy", "--", "iptables", "-t", "nat", op, "PREROUTING"].map(String::from);
+            let at = if op == "-I" { vec!["1".to_string()] } else { vec![] };
+            head.into_iter().chain(at).chain(shadow.split(' ').map(String::from)).collect()
         };
-        let insert = iptables("-I");
-        lab.ok(&insert.iter().map(String::as_str).collect::<Vec<_>>());
-        let delete: Vec<&'static str> = iptables("-D").into_iter().map(|w| &*Box::leak(w.into_boxed_str())).collect();
-        let _gone = Undo(&lab, delete);
+        lab.ok(&rule("-I").iter().map(String::as_str).collect::<Vec<_>>());
+        let _gone = Undo(&lab, rule("-D"));
         let line =
             failed(&lab, "root", "nothing in PREROUTING or OUTPUT before the jump to repmgr_dnat takes our ports: ");
         assert!(line.contains(&format!("\"-A PREROUTING {shadow}\" comes first")), "{line}");
@@ -111,7 +113,7 @@ fn check_is_all_ok_on_a_clean_lab_and_names_each_misconfiguration() {
 
     // the role without pg_read_all_stats (revoked on the primary, replicated to the standby)
     {
-        let _grant = Undo(&lab, vec!["psql", "db1", "GRANT pg_read_all_stats TO repmgr_nat"]);
+        let _grant = Undo::new(&lab, &["psql", "db1", "GRANT pg_read_all_stats TO repmgr_nat"]);
         lab.sql("db1", "REVOKE pg_read_all_stats FROM repmgr_nat");
         let line =
             failed(&lab, "postgres", "node 1: role repmgr_nat has REPLICATION, pg_signal_backend, pg_read_all_stats: ");
