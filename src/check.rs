@@ -37,7 +37,8 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
         let live = s.spawn(|| live(cfg, ctx.root));
         let nat_save = s.spawn(|| ctx.root.then(|| Iptables.save().map_err(|e| format!("{e:#}"))));
         let state = StateDir::new(&cfg.state.dir);
-        let report = watch::report(cfg);
+        // its age is measured when it is read, not once the slower probes are done
+        let (report, now_ms) = (watch::report(cfg), watch::now_ms());
         Ok::<_, anyhow::Error>(Facts {
             config_path: path.to_path_buf(),
             config_trusted: trusted(path),
@@ -46,7 +47,7 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
             torn_down: state.torn_down(),
             watch_running: report.as_ref().is_some_and(|r| watch::runs(r.pid)),
             watch: report,
-            now_ms: watch::now_ms(),
+            now_ms,
             nodes: nodes.join().expect("nodes")?,
             barman: barman.join().expect("barman"),
             forwarding: firewall::forwarding().map_err(|e| format!("{e:#}")),
