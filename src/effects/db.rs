@@ -549,6 +549,22 @@ mod tests {
     }
 
     #[test]
+    fn check_reads_a_settings_answer_of_the_wrong_shape_as_a_rejection() {
+        let mut cfg = fake_node();
+        // only the node on loopback: nothing leaves this host
+        cfg.nodes.remove(0);
+        let rt = runtime().unwrap();
+        let settings = Postgres::new(&cfg, &rt).settings();
+        assert_eq!(settings.len(), 1);
+        match &settings[0] {
+            (node, Err(Answer::Rejected(why))) if node.id() == NodeId::new(2) => {
+                assert!(why.starts_with("unexpected answer"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_tls_set_up_that_failed_is_tried_again() {
         let dir = std::env::temp_dir().join(format!("repmgr-nat-test-tls-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
