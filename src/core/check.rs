@@ -634,24 +634,14 @@ mod tests {
     use crate::core::ruleset::{Open, Route};
     use crate::core::view::Answer;
 
+    /// watch.json of a watch whose last pass ended at 10 000 ms.
     fn report() -> WatchReport {
-        WatchReport {
-            version: 1,
-            pid: 77,
-            started_ms: 1_000,
-            pass: 12,
-            passed_ms: 10_000,
-            interval_ms: 250,
-            hurry: false,
-            primary: "node 1 on timeline 1".into(),
-            rules: "node 1 ports all".into(),
-            nodes: "1: primary, 2: standby".into(),
-            unanswered: vec![],
-            receive_wal: None,
-            barman_confirmed: None,
-            last_action: None,
-            misrouted_since_ms: None,
-        }
+        serde_json::from_str(
+            r#"{"version":1,"pid":77,"started_ms":1000,"pass":12,"passed_ms":10000,"interval_ms":250,
+            "hurry":false,"primary":"node 1 on timeline 1","rules":"node 1 ports all","nodes":"1: primary",
+            "unanswered":[],"receive_wal":null,"barman_confirmed":null,"last_action":null}"#,
+        )
+        .unwrap()
     }
 
     fn settings() -> NodeSettings {
