@@ -50,6 +50,9 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
             now_ms,
             nodes: nodes.join().expect("nodes")?,
             barman: barman.join().expect("barman"),
+            tools: ["iptables-save", "iptables-restore", "conntrack", "sudo"]
+                .map(|tool| (tool.to_string(), exec::system_tool(tool).is_file()))
+                .to_vec(),
             forwarding: firewall::forwarding().map_err(|e| format!("{e:#}")),
             live: live.join().expect("live"),
             nat_save: nat_save.join().expect("nat"),

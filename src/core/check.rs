@@ -158,6 +158,8 @@ pub struct Facts {
     pub nodes: Option<Vec<(Node, Result<NodeSettings, Answer>)>>,
     /// As root, with `[barman]`.
     pub barman: Option<Result<BarmanServer, String>>,
+    /// The programs repmgr-nat runs, and whether each is installed.
+    pub tools: Vec<(String, bool)>,
     /// `/proc/sys/net/ipv4/ip_forward` is 1.
     pub forwarding: Result<bool, String>,
     /// Our chains, as `route --show` (or root's own reading) gives them.
@@ -188,6 +190,7 @@ pub fn assess(cfg: &Config, facts: &Facts) -> Report {
     if let (Some(barman), Some(server)) = (&cfg.barman, &facts.barman) {
         checks.extend(barman_lines(cfg, &path, &barman.server, server));
     }
+    checks.push(tools_line(&facts.tools));
     checks.push(forwarding_line(&facts.forwarding));
     checks.extend(chain_lines(cfg, &facts.live));
     if let Some(save) = &facts.nat_save {
@@ -497,6 +500,23 @@ fn barman_lines(cfg: &Config, path: &str, server: &str, found: &Result<BarmanSer
     lines
 }
 
+fn tools_line(tools: &[(String, bool)]) -> Line {
+    let names: Vec<&str> = tools.iter().map(|(name, _)| name.as_str()).collect();
+    let name = format!("{} installed", names.join(", "));
+    let missing: Vec<&str> = tools.iter().filter(|(_, found)| !found).map(|(name, _)| name.as_str()).collect();
+    match missing[..] {
+        [] => Line::ok(name, ""),
+        _ => Line::failed(
+            name,
+            format!(
+                "missing from /usr/sbin, /usr/bin, /sbin and /bin: {}; install the packages iptables, conntrack and \
+                 sudo (the .deb depends on them)",
+                missing.join(", ")
+            ),
+        ),
+    }
+}
+
 fn forwarding_line(forwarding: &Result<bool, String>) -> Line {
     let name = "net.ipv4.ip_forward = 1";
     match forwarding {
@@ -703,6 +723,7 @@ mod tests {
             now_ms: 10_100,
             nodes: Some(vec![(node(1), Ok(settings())), (node(2), Ok(settings()))]),
             barman: Some(Ok(server())),
+            tools: ["iptables-save", "iptables-restore", "conntrack", "sudo"].map(|t| (t.to_string(), true)).to_vec(),
             forwarding: Ok(true),
             live: Ok(Live::installed(&cfg, Route::new(node(1), Open::All))),
             nat_save: Some(Ok(
@@ -754,6 +775,7 @@ mod tests {
                 "barman streaming_conninfo points at the proxy 10.8.3.1:54321",
                 "barman slot_name is barman.slot (barman)",
                 "barman streaming_archiver is on",
+                "iptables-save, iptables-restore, conntrack, sudo installed",
                 "net.ipv4.ip_forward = 1",
                 "chains repmgr_dnat, repmgr_snat, repmgr_hold and their jumps in place",
                 "no rule of another tool's in our chains",
@@ -1012,6 +1034,9 @@ mod tests {
     fn the_kernel_lines_name_what_is_missing() {
         let cfg = verify_full();
         let mut facts = clean();
+        facts.tools[2].1 = false;
+        let text = line(&cfg, &facts, "iptables-save, iptables-restore");
+        assert!(text.starts_with("FAILED  iptables-save, iptables-restore, conntrack, sudo installed: missing from /usr/sbin, /usr/bin, /sbin and /bin: conntrack;"), "{text}");
         facts.forwarding = Ok(false);
         let text = line(&cfg, &facts, "net.ipv4.ip_forward");
         assert!(
