@@ -1,10 +1,10 @@
-//! `repmgr-nat check` against the real deployment: every line OK on a clean lab, as
-//! postgres and as root; then misconfigurations made for real, each named in the output
+//! `repmgr-nat check` against the real deployment: watch not started yet is named; then
+//! every line OK on a clean lab with watch running, as postgres and as root; then misconfigurations made for real, each named in the output
 //! with what to change, and each repaired (also when the test fails half-way).
 
 use std::time::Duration;
 
-use crate::common::{Lab, PROXY, Restore};
+use crate::common::{CONVERGE, Lab, PROXY, Restore};
 
 /// Far more than check takes: every probe has a deadline of its own.
 const BOUNDED: Duration = Duration::from_secs(90);
@@ -68,6 +68,11 @@ impl Drop for Undo<'_> {
 #[test]
 fn check_is_all_ok_on_a_clean_lab_and_names_each_misconfiguration() {
     let lab = Lab::up();
+    // watch is not started yet: named, with what to do
+    let line = failed(&lab, "postgres", "watch runs and its last pass is fresh: ");
+    assert!(line.contains("watch.json: watch does not run here; systemctl enable --now repmgr-nat-watch"), "{line}");
+    lab.ok(&["watch", "start"]);
+    lab.wait_until("watch passes", CONVERGE, || lab.watch_passes() > 2);
     all_ok(&lab, "postgres");
     all_ok(&lab, "root");
 
