@@ -150,7 +150,23 @@ fn barman_server(cfg: &config::Barman) -> Result<BarmanServer, String> {
         let said = out.stdout.lines().chain(out.stderr.lines()).map(str::trim).find(|l| !l.is_empty());
         return Err(format!("{cmd}: {}", said.unwrap_or("no settings printed")));
     }
-    Ok(BarmanServer { settings, file: check::barman_file(&cfg.server, |p| p.is_file()) })
+    let check = barman_check(cfg);
+    Ok(BarmanServer { settings, file: check::barman_file(&cfg.server, |p| p.is_file()), check })
+}
+
+/// `barman check`: the lines that say FAILED (`\t<what>: FAILED (why)`).
+fn barman_check(cfg: &config::Barman) -> Result<Vec<String>, String> {
+    let cmd = barman::check_cmd(cfg);
+    let out = exec::run_status(&cmd, None, BARMAN_TIMEOUT).map_err(|e| e.to_string())?;
+    let failed: Vec<String> =
+        out.stdout.lines().map(str::trim).filter(|l| l.contains(": FAILED")).map(str::to_string).collect();
+    match (out.status.success(), failed.is_empty()) {
+        (false, true) => {
+            let said = out.stdout.lines().chain(out.stderr.lines()).map(str::trim).find(|l| !l.is_empty());
+            Err(format!("{cmd}: {}", said.unwrap_or("failed")))
+        }
+        _ => Ok(failed),
+    }
 }
 
 /// Our chains: read by root itself, through `sudo route --show` otherwise (as watch does).

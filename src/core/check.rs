@@ -137,6 +137,8 @@ pub struct NodeSettings {
 pub struct BarmanServer {
     pub settings: BTreeMap<String, String>,
     pub file: Option<PathBuf>,
+    /// `barman check <server>`: the lines it failed, or why it could not run.
+    pub check: Result<Vec<String>, String>,
 }
 
 /// Everything `check` found. A part that was not asked (root-only, or the repmgr user's
@@ -206,8 +208,20 @@ fn sudo_lines(cfg: &Config, sudo: &Result<Sudo, String>) -> Vec<Line> {
         Ok(sudo) => sudo,
         Err(why) => return vec![Line::failed("sudo admits what repmgr-nat runs", why.clone())],
     };
+    // every line refused for the same reason (a program not installed, no grant at all): once
     let refused = |answers: &[SudoAnswer]| -> Vec<String> {
-        answers.iter().filter_map(|a| a.refused.as_ref().map(|said| format!("{} ({said})", a.command))).collect()
+        let reasons: Vec<&String> = answers.iter().filter_map(|a| a.refused.as_ref()).collect();
+        match (answers.first(), reasons.first()) {
+            (Some(first), Some(said))
+                if answers.len() > 1 && reasons.len() == answers.len() && reasons.iter().all(|r| r == said) =>
+            {
+                vec![format!("all {} command lines ({said}), such as {}", answers.len(), first.command)]
+            }
+            _ => answers
+                .iter()
+                .filter_map(|a| a.refused.as_ref().map(|said| format!("{} ({said})", a.command)))
+                .collect(),
+        }
     };
     let user = &sudo.user;
     let mut lines = Vec::new();
@@ -497,6 +511,15 @@ fn barman_lines(cfg: &Config, path: &str, server: &str, found: &Result<BarmanSer
             ),
         ),
     });
+    let name = format!("barman check {server}");
+    lines.push(match &found.check {
+        Ok(failed) if failed.is_empty() => Line::ok(name, ""),
+        Ok(failed) => Line::failed(
+            name,
+            format!("{}; barman's own check: see `barman check {server}` as barman", failed.join("; ")),
+        ),
+        Err(why) => Line::failed(name, why.clone()),
+    });
     lines
 }
 
@@ -697,6 +720,7 @@ mod tests {
         BarmanServer {
             settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             file: Some(PathBuf::from("/etc/barman.d/main_backup.conf")),
+            check: Ok(vec![]),
         }
     }
 
@@ -775,6 +799,7 @@ mod tests {
                 "barman streaming_conninfo points at the proxy 10.8.3.1:54321",
                 "barman slot_name is barman.slot (barman)",
                 "barman streaming_archiver is on",
+                "barman check main_backup",
                 "iptables-save, iptables-restore, conntrack, sudo installed",
                 "net.ipv4.ip_forward = 1",
                 "chains repmgr_dnat, repmgr_snat, repmgr_hold and their jumps in place",
@@ -826,6 +851,20 @@ mod tests {
         );
         assert!(text.contains("the server main_backup (barman.server in the config)"), "{text}");
         let Some(Ok(sudo)) = &mut facts.sudo else { unreachable!() };
+        sudo.route.push(answered("sudo /usr/bin/repmgr-nat route 1 --ports all --timeline 1"));
+        for answer in &mut sudo.route {
+            answer.refused = Some("sudo: /usr/bin/repmgr-nat: command not found".into());
+        }
+        let text = line(&verify_full(), &facts, "sudo admits postgres's route");
+        assert!(
+            text.contains(
+                "refused: all 2 command lines (sudo: /usr/bin/repmgr-nat: command not found), such as sudo \
+                 /usr/bin/repmgr-nat route --show;"
+            ),
+            "{text}"
+        );
+        let Some(Ok(sudo)) = &mut facts.sudo else { unreachable!() };
+        sudo.route[1].refused = None;
         sudo.route[0].refused = Some("a password is required".into());
         let text = line(&verify_full(), &facts, "sudo admits postgres's route");
         assert!(text.contains("FAILED") && text.contains("route --show (a password is required)"), "{text}");
@@ -1013,6 +1052,13 @@ mod tests {
         assert!(
             line(&cfg, &facts, "barman streaming_archiver")
                 .starts_with("FAILED  barman streaming_archiver is on: streaming_archiver = false")
+        );
+        let Some(Ok(server)) = &mut facts.barman else { unreachable!() };
+        server.check = Ok(vec!["replication slot: FAILED (slot 'barman' not initialised)".into()]);
+        assert_eq!(
+            line(&cfg, &facts, "barman check"),
+            "FAILED  barman check main_backup: replication slot: FAILED (slot 'barman' not initialised); barman's \
+             own check: see `barman check main_backup` as barman"
         );
         facts.barman = Some(Err("ERROR: Unknown server 'main_backup'".into()));
         let text = line(&cfg, &facts, "barman server");

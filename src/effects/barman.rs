@@ -45,6 +45,11 @@ pub fn show_server_cmd(cfg: &config::Barman) -> Cmd {
     command(cfg, ["show-server", &cfg.server])
 }
 
+/// `barman check <server>`, for `check`.
+pub fn check_cmd(cfg: &config::Barman) -> Cmd {
+    command(cfg, ["check", &cfg.server])
+}
+
 pub struct Barman<'a> {
     cfg: &'a config::Barman,
     /// Where the receive-wal this starts writes what it prints (nowhere if none).
