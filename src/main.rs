@@ -5,8 +5,10 @@
 //! adapters act (`firewall`, `nat`, `db`, `barman`, `state`); `handler` and `app` tie
 //! them together.
 
+mod adapters;
 mod app;
 mod cli;
+mod clock;
 mod core;
 mod effects;
 mod exit;

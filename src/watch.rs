@@ -11,26 +11,24 @@
 //! a pass decides on every node's latest answer, and an answer older than the deadline
 //! counts as silence. Keeping barman's receive-wal streaming is in `receive_wal`.
 
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 
-use crate::app::Ctx;
+use crate::adapters::Adapters;
+use crate::clock::{ms_since_epoch, now_ms};
 use crate::core::config::{Config, Watch};
 use crate::core::metrics::{self, Snapshot, Tracker};
 use crate::core::plan::{self, Ask, Decision, Nat as NatState};
 use crate::core::ruleset::{Open, Route, Routing};
-use crate::core::status::{Action, WatchReport};
 use crate::core::view::{Answer, Primary, View, arbitrate};
-use crate::effects::barman::{Backup, Barman, NoBarman};
-use crate::effects::db::{self, Postgres};
+use crate::core::watch_json::{Action, WatchReport};
+use crate::effects::barman::Barman;
 use crate::effects::metrics as serve_metrics;
-use crate::effects::nat::{Nat, ViaSudo};
-use crate::effects::privilege::{self, OsUser};
-use crate::effects::state::{Lock, StateDir};
+use crate::effects::state::{Lock, RunLock};
+use crate::effects::watch_file;
 use crate::handler::{self, Effects};
 
 mod poll;
@@ -41,62 +39,66 @@ use receive_wal::{RECEIVE_WAL_LOG, ReceiveWal};
 /// The longest pause between two attempts to start receive-wal, or to repeat a failed step.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-pub fn run(ctx: &Ctx) -> Result<()> {
-    let cfg = &ctx.cfg;
-    let rt = db::runtime()?;
-    let cluster = Postgres::new(cfg, &rt);
+/// Runs until SIGTERM or SIGINT. A dry run prints what it would do and changes nothing:
+/// it writes no watch.json and no event counts, serves no metrics and takes no run lock.
+pub fn run(adapters: &Adapters) -> Result<()> {
+    let cfg = &adapters.ctx.cfg;
+    let dry_run = adapters.ctx.dry_run;
+    let rt = adapters.runtime()?;
+    let cluster = adapters.postgres()?;
     let barman = cfg.barman.as_ref().map(|b| Barman::new(b).receive_wal_output(cfg.watch.dir.join(RECEIVE_WAL_LOG)));
-    let backup: &(dyn Backup + Sync) = match &barman {
-        Some(barman) => barman,
-        None => &NoBarman,
-    };
-    // never root (app refuses it): the chains are switched through sudo
-    let nat: &dyn Nat = &ViaSudo { cfg };
-    let fx = Effects { nat, cluster: &cluster, backup };
-
-    std::fs::create_dir_all(&cfg.watch.dir)
-        .with_context(|| format!("cannot create watch.dir {}", cfg.watch.dir.display()))?;
-    if let Err(e) = serve_metrics::create_event_counts(&cfg.watch.dir) {
-        log::error!("watch: {e:#}: events are not counted");
-    }
-    let mut watcher = Watcher::new(StateDir::new(&cfg.state.dir));
-    if let Some(addr) = cfg.watch.metrics {
-        serve_metrics::serve(addr, Arc::clone(&watcher.snapshot), cfg.watch.dir.clone());
-    }
-    let asking = poll::Asking { cfg: Arc::new(cfg.clone()), pool: cluster.pool() };
-    let nodes = Pollers::start(&rt, cfg, Arc::new(asking));
-    let mut signals = rt.block_on(Signals::new())?;
-    // The first pass waits for every node's first answer, within a node's deadline.
-    if rt.block_on(nodes.first_answers(cfg, signals.stop())) == Wake::Stop {
-        log::info!("watch: stopping");
-        return Ok(());
-    }
-    // what barman had confirmed, as the watch before this one saw it
-    watcher.receive_wal.confirmed = report(cfg).and_then(|r| r.barman_confirmed);
-    log::info!(
-        "watch: asking {} nodes every {} ms (every {} ms while the routed primary does not answer)",
-        cfg.nodes.len(),
-        cfg.watch.interval.as_millis(),
-        Watch::HURRY.min(cfg.watch.interval).as_millis()
-    );
-    loop {
-        let reason = match watcher.fresh_after.take() {
-            Some(since) => rt.block_on(nodes.answers_since(since, cfg, &mut signals)),
-            None => rt.block_on(nodes.wait(cfg.watch.interval, &mut signals)),
-        };
-        if reason == Wake::Stop {
+    adapters.effects_with(&cluster, barman.as_ref(), |fx| {
+        let mut watcher = Watcher::new(adapters.run_lock());
+        if dry_run {
+            log::info!("watch: --dry-run: printing what it would do; no watch.json, no metrics, no run lock");
+        } else {
+            std::fs::create_dir_all(&cfg.watch.dir)
+                .with_context(|| format!("cannot create watch.dir {}", cfg.watch.dir.display()))?;
+            if let Err(e) = serve_metrics::create_event_counts(&cfg.watch.dir) {
+                log::error!("watch: {e:#}: events are not counted");
+            }
+            if let Some(addr) = cfg.watch.metrics {
+                serve_metrics::serve(addr, Arc::clone(&watcher.snapshot), cfg.watch.dir.clone());
+            }
+            watcher.writes_report = true;
+        }
+        let asking = poll::Asking { cfg: Arc::new(cfg.clone()), pool: cluster.pool() };
+        let nodes = Pollers::start(rt, cfg, Arc::new(asking));
+        let mut signals = rt.block_on(Signals::new())?;
+        // The first pass waits for every node's first answer, within a node's deadline.
+        if rt.block_on(nodes.first_answers(cfg, signals.stop())) == Wake::Stop {
             log::info!("watch: stopping");
             return Ok(());
         }
-        let view = nodes.view(cfg);
-        let hurry = watcher.pass(cfg, &fx, &view);
-        nodes.hurry.store(hurry, Ordering::Relaxed);
-    }
+        // what barman had confirmed, as the watch before this one saw it
+        watcher.receive_wal.confirmed = watch_file::read(cfg).and_then(|r| r.barman_confirmed);
+        log::info!(
+            "watch: asking {} nodes every {} ms (every {} ms while the routed primary does not answer)",
+            cfg.nodes.len(),
+            cfg.watch.interval.as_millis(),
+            Watch::HURRY.min(cfg.watch.interval).as_millis()
+        );
+        loop {
+            let reason = match watcher.fresh_after.take() {
+                Some(since) => rt.block_on(nodes.answers_since(since, cfg, &mut signals)),
+                None => rt.block_on(nodes.wait(cfg.watch.interval, &mut signals)),
+            };
+            if reason == Wake::Stop {
+                log::info!("watch: stopping");
+                return Ok(());
+            }
+            let view = nodes.view(cfg);
+            let hurry = watcher.pass(cfg, fx, &view);
+            nodes.hurry.store(hurry, Ordering::Relaxed);
+        }
+    })
 }
 
 /// What the passes remember between them.
 struct Watcher {
-    state: StateDir,
+    run_lock: Box<dyn RunLock>,
+    /// Whether each pass writes watch.json (not in a dry run).
+    writes_report: bool,
     started: SystemTime,
     passes: u64,
     /// The nat table as last read (its route, and whether everything else of ours is in
@@ -126,77 +128,13 @@ struct Watcher {
     misrouted_since: Option<u64>,
 }
 
-/// What `watch` wrote after its last pass, if it can be read: a regular file, never
-/// followed through a symbolic link, never waited on, at most `REPORT_MAX` bytes (root
-/// reads it too, and watch.dir is repmgr's OS user's); as root, only a file of that
-/// user's, who writes it.
-pub fn report(cfg: &Config) -> Option<WatchReport> {
-    let owner = match privilege::is_root() {
-        true => Some(OsUser::named(&cfg.repmgr_user).map_err(|e| log::warn!("watch.json ignored: {e:#}")).ok()?.uid),
-        false => None,
-    };
-    read_report(&cfg.watch.dir.join(WatchReport::FILE), owner)
-}
-
-/// The report at `path`, if it is a regular file (of `owner`, when given).
-fn read_report(path: &Path, owner: Option<u32>) -> Option<WatchReport> {
-    use std::io::Read;
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    const REPORT_MAX: u64 = 1 << 20;
-    let file = std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() {
-        say_once(format!("{} is not a regular file: ignored", path.display()));
-        return None;
-    }
-    if let Some(uid) = owner.filter(|uid| *uid != meta.uid()) {
-        say_once(format!(
-            "{} is owned by uid {}, not by repmgr's OS user (uid {uid}): ignored",
-            path.display(),
-            meta.uid()
-        ));
-        return None;
-    }
-    let mut text = String::new();
-    file.take(REPORT_MAX).read_to_string(&mut text).ok()?;
-    serde_json::from_str(&text).map_err(|e| say_once(format!("bad {}: {e}", path.display()))).ok()
-}
-
-/// Why watch.json was ignored: a warning the first time in a process, debug after. A
-/// command reads it more than once (status, and the adapters it builds), and the reason
-/// stays the same; each run of `can-serve` (every second under keepalived) is a process
-/// of its own and says it once, since its own line ("watch has written nothing") would
-/// be wrong without it, and keepalived keeps no script's output unless asked to.
-fn say_once(line: String) {
-    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    match SAID.swap(true, Ordering::Relaxed) {
-        false => log::warn!("{line}"),
-        true => log::debug!("{line}"),
-    }
-}
-
-/// Whether the process `pid` runs (a process of another user's counts: it exists).
-pub fn runs(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
-    // SAFETY: kill with signal 0 only checks that the process exists and may be signalled.
-    pid > 0
-        && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Watcher {
     /// The metrics' shared snapshot starts as the tracker's own (no pass yet), not empty.
-    fn new(state: StateDir) -> Watcher {
+    fn new(run_lock: Box<dyn RunLock>) -> Watcher {
         let metrics = Tracker::new(now_ms());
         Watcher {
-            state,
+            run_lock,
+            writes_report: false,
             started: SystemTime::now(),
             snapshot: Arc::new(Mutex::new(metrics.snapshot().clone())),
             metrics,
@@ -329,7 +267,7 @@ impl Watcher {
     /// do the same step twice), or when it cannot be taken at all (said once, not every
     /// pass: nothing can act until `setup` makes it right).
     fn run_lock(&mut self) -> Option<Lock> {
-        let (lock, problem) = match self.state.try_lock() {
+        let (lock, problem) = match self.run_lock.try_lock() {
             Ok(lock) => (lock, None),
             Err(e) => (None, Some(format!("{e:#}"))),
         };
@@ -362,10 +300,13 @@ impl Watcher {
     }
 
     fn report(&self, cfg: &Config, primary: &str, routing: &Routing, view: &View, hurry: bool) {
+        if !self.writes_report {
+            return;
+        }
         let report = WatchReport {
             version: 1,
             pid: std::process::id(),
-            started_ms: self.started.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            started_ms: ms_since_epoch(self.started),
             pass: self.passes,
             passed_ms: now_ms(),
             interval_ms: cfg.watch.interval.as_millis() as u64,
@@ -379,8 +320,7 @@ impl Watcher {
             last_action: self.last_action.clone(),
             misrouted_since_ms: self.misrouted_since,
         };
-        let text = serde_json::to_string(&report).unwrap_or_default();
-        if let Err(e) = write_atomically(&cfg.watch.dir.join(WatchReport::FILE), &text) {
+        if let Err(e) = watch_file::write(&cfg.watch.dir, &report) {
             log::debug!("watch: {e:#}");
         }
     }
@@ -408,35 +348,33 @@ fn backoff(base: Duration, failures: u32) -> Duration {
     base.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(MAX_BACKOFF)
 }
 
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::dressed;
+    use crate::core::config::tests::example;
+    use crate::core::view::tests::view;
+    use crate::effects::db::Cluster;
+    use crate::effects::dryrun::Sink;
+    use crate::effects::state::NoRunLock;
+    use crate::effects::testing::{Fake, down, primary, rec};
 
+    /// `--dry-run watch` goes through the adapters every command gets: a pass that would
+    /// switch prints the switch, and the real adapters are asked, never told.
     #[test]
-    fn a_report_is_read_only_from_a_regular_file_of_its_owner() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = std::env::temp_dir().join(format!("repmgr-nat-test-report-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(WatchReport::FILE);
-        let text = r#"{"version":1,"pid":1,"started_ms":1,"pass":3,"passed_ms":1,"interval_ms":250,"hurry":false,
-            "primary":"node 1","rules":"node 1 ports all","nodes":"1: primary","unanswered":[2],"receive_wal":null,
-            "barman_confirmed":null,"last_action":null,"misrouted_since_ms":null}"#;
-        std::fs::write(&path, text).unwrap();
-        let mine = std::fs::metadata(&path).unwrap().uid();
-        assert_eq!(read_report(&path, None).map(|r| r.pass), Some(3));
-        assert_eq!(read_report(&path, Some(mine)).map(|r| r.pass), Some(3));
-        assert!(read_report(&path, Some(mine + 1)).is_none(), "a file of another user's is read");
-        std::fs::remove_file(&path).unwrap();
-        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
-        assert!(read_report(&path, None).is_none());
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn a_dry_run_pass_prints_what_it_would_do_and_changes_nothing() {
+        let cfg = example();
+        // the routed node 1 is down, node 2 was promoted: watch carries out the failover
+        let fake = Fake::new(rec(1, Open::All, 1), view(&[(1, down()), (2, primary(2, None))]));
+        let out = Sink::capture();
+        let real = Effects { nat: &fake, cluster: &fake, backup: &fake };
+        let mut watcher = Watcher::new(Box::new(NoRunLock));
+        dressed(&cfg, true, true, &real, &out, |fx| watcher.pass(&cfg, fx, &fake.view()));
+        assert_eq!(fake.calls(), [], "a dry run acted");
+        let printed = out.captured();
+        assert!(printed.contains("/usr/bin/repmgr-nat route 2 --ports all --timeline 2\n"), "{printed}");
+        assert!(printed.contains("receive-wal main_backup &"), "{printed}");
+        assert_eq!(watcher.last_action.as_ref().map(|a| a.result.as_str()), Some("ok"));
     }
 
     #[test]

@@ -9,3 +9,4 @@ pub mod plan;
 pub mod ruleset;
 pub mod status;
 pub mod view;
+pub mod watch_json;

@@ -4,68 +4,16 @@
 
 use std::fmt::Write;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::core::config::{Config, Node, NodeId};
 use crate::core::ruleset::{self, Live, Open, Record, Route, Routing};
 use crate::core::view::{Answer, Arbitration, Lsn, Primary, Role, View, arbitrate};
+use crate::core::watch_json::WatchReport;
 
 /// The version of the JSON document `status --json` prints; it grows when a field's
 /// meaning changes, not when a field is added.
 pub const JSON_VERSION: u32 = 1;
-
-/// What `watch` wrote after its last pass (`watch.dir/watch.json`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WatchReport {
-    pub version: u32,
-    pub pid: u32,
-    pub started_ms: u64,
-    pub pass: u64,
-    pub passed_ms: u64,
-    pub interval_ms: u64,
-    /// Asking every 50 ms: the routed primary does not answer.
-    pub hurry: bool,
-    pub primary: String,
-    pub rules: String,
-    pub nodes: String,
-    /// The nodes that did not answer (down, silent or rejecting).
-    pub unanswered: Vec<NodeId>,
-    /// While barman does not stream from the primary: since when, what watch did, and
-    /// what receive-wal said when it last failed.
-    pub receive_wal: Option<String>,
-    /// The last position barman had confirmed (its slot's restart_lsn while it streamed),
-    /// and on which node: a watch started again after a restart knows what barman needs.
-    pub barman_confirmed: Option<(NodeId, Lsn)>,
-    pub last_action: Option<Action>,
-    /// Since when (unix ms) the application ports have not forwarded to a legitimate
-    /// primary (none seen, or not the one they forward to); none while they do.
-    #[serde(default)]
-    pub misrouted_since_ms: Option<u64>,
-}
-
-impl WatchReport {
-    pub const FILE: &str = "watch.json";
-
-    /// Whether this report is from a running watch: its last pass is recent.
-    pub fn fresh(&self, now_ms: u64) -> bool {
-        now_ms.saturating_sub(self.passed_ms) <= 2 * self.interval_ms.max(500)
-    }
-
-    /// One line for `status`, seen at `now_ms`.
-    pub fn describe(&self, now_ms: u64) -> String {
-        let age = now_ms.saturating_sub(self.passed_ms);
-        let stale = if age > 10 * self.interval_ms.max(1000) { " (stale: is watch running?)" } else { "" };
-        let mut text = format!(
-            "pass {} of pid {}, {age} ms ago{stale}: primary {}; rules {}",
-            self.pass, self.pid, self.primary, self.rules
-        );
-        if let Some(action) = &self.last_action {
-            let ago = now_ms.saturating_sub(action.at_ms) / 1000;
-            text.push_str(&format!("; last action {ago} s ago: {} ({})", action.steps.join(", "), action.result));
-        }
-        text
-    }
-}
 
 /// How long the application ports may miss a legitimate primary before this proxy host
 /// says it cannot serve: a switch takes a fraction of a second, and keepalived must not
@@ -98,13 +46,6 @@ pub fn can_serve(cfg: &Config, report: Option<&WatchReport>, running: bool, now_
         )),
         _ => Ok(()),
     }
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Action {
-    pub at_ms: u64,
-    pub steps: Vec<String>,
-    pub result: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -436,6 +377,7 @@ mod tests {
     use crate::core::config::tests::{example, node};
     use crate::core::view::tests::view;
     use crate::core::view::{NodeState, Slot};
+    use crate::core::watch_json::Action;
 
     /// With the slot, a primary's has barman's walsender, a standby's none.
     fn up(role: Role, timeline: u32, slot: bool) -> Answer {

@@ -12,3 +12,6 @@ pub mod nat;
 pub mod pgpass;
 pub mod privilege;
 pub mod state;
+#[cfg(test)]
+pub mod testing;
+pub mod watch_file;
