@@ -343,7 +343,7 @@ fn teardown(ctx: &Ctx) -> Result<()> {
         return adapters.direct(|direct| direct.uninstall());
     }
     adapters.direct(|direct| direct.tear_down())?;
-    let chains: Vec<&str> = ruleset::chains(cfg).into_iter().map(|(_, chain, _)| chain).collect();
+    let chains: Vec<&str> = ruleset::chains(cfg).into_iter().map(|chain| chain.name).collect();
     log::info!("teardown: removed the chains {} and every rule that jumps to them", chains.join(", "));
     if let Some(pid) = watch_file::read(cfg).map(|r| r.pid).filter(|pid| watch_file::runs(*pid)) {
         log::warn!("teardown: watch (pid {pid}) still runs; it can switch nothing any more: stop it");

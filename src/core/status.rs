@@ -256,7 +256,7 @@ fn rules_report(cfg: &Config, live: &Result<Live, String>) -> RulesReport {
                     _ => None,
                 },
                 summary: routing.to_string(),
-                lines: live.chains.iter().flat_map(|(_, _, rules)| rules.iter().cloned()).collect(),
+                lines: live.chains.iter().flat_map(|c| c.rules.iter().cloned()).collect(),
             }
         }
         Err(e) => RulesReport {
@@ -282,7 +282,7 @@ fn rules_problems(
     if !live.in_place(cfg) {
         let chains: Vec<String> = ruleset::chains(cfg)
             .iter()
-            .map(|(_, chain, _)| format!("{chain} {}", if live.has_chain(chain) { "present" } else { "missing" }))
+            .map(|chain| format!("{} {}", chain.name, if live.has_chain(chain.name) { "present" } else { "missing" }))
             .collect();
         let jumps: Vec<String> =
             live.jump_counts(cfg).iter().map(|(hook, chain, n)| format!("{hook} -> {chain} x{n}")).collect();

@@ -2,18 +2,22 @@
 //! the watch loop: the cluster, the nat table and barman in memory, each call recorded as a
 //! typed `Call`, the calls named in `failing` failed.
 
+use std::cell::RefCell;
+use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 use anyhow::{Result, anyhow};
 
 use crate::core::config::Node;
 use crate::core::config::tests::example;
-use crate::core::ruleset::{Live, Open, Record, Routing};
+use crate::core::ruleset::sim::Tables;
+use crate::core::ruleset::{self, Live, Open, Record, Routing};
 use crate::core::config::tests::node;
 use crate::core::ruleset::Route;
 use crate::core::view::{Answer, Lsn, NodeState, Role, Slot, View};
 use crate::effects::barman::Backup;
 use crate::effects::db::Cluster;
+use crate::effects::firewall::Firewall;
 use crate::effects::nat::Nat;
 use Call::*;
 
@@ -124,6 +128,54 @@ impl Backup for Fake {
     }
 }
 
+
+/// The kernel's tables in memory; records every restore and cut, fails those whose
+/// description starts with one of `failing`.
+pub struct FakeFirewall {
+    pub tables: RefCell<Tables>,
+    calls: RefCell<Vec<String>>,
+    pub failing: Vec<&'static str>,
+}
+
+impl FakeFirewall {
+    pub fn holding(tables: Tables) -> FakeFirewall {
+        FakeFirewall { tables: RefCell::new(tables), calls: RefCell::default(), failing: Vec::new() }
+    }
+    /// Routed by a complete switch to `route`.
+    pub fn routed(route: Route) -> FakeFirewall {
+        let cfg = example();
+        let text = ruleset::transaction(&cfg, &Live::default(), Some(route)).unwrap();
+        FakeFirewall::holding(Tables::default().restore(&text).unwrap())
+    }
+    fn call(&self, name: String) -> Result<()> {
+        let fails = self.failing.iter().any(|f| name.starts_with(f));
+        self.calls.borrow_mut().push(name.clone());
+        if fails { Err(anyhow!("{name}: injected failure")) } else { Ok(()) }
+    }
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.borrow().clone()
+    }
+}
+
+impl Firewall for FakeFirewall {
+    fn save(&self) -> Result<String> {
+        Ok(self.tables.borrow().save())
+    }
+    fn restore(&self, text: &str) -> Result<()> {
+        let next = self.tables.borrow().restore(text).map_err(|e| anyhow!(e))?;
+        let routed = Live::parse(&example(), &next.save()).routing(&example());
+        self.call(format!("restore: {routed}"))?;
+        *self.tables.borrow_mut() = next;
+        Ok(())
+    }
+    fn forget(&self, _proxy: Ipv4Addr, port: Option<u16>, node: Ipv4Addr) -> Result<bool> {
+        self.call(format!("forget {node}{}", port.map(|p| format!(":{p}")).unwrap_or_default()))?;
+        Ok(true)
+    }
+    fn enable_forwarding(&self) -> Result<bool> {
+        self.call("forwarding".into()).map(|()| true)
+    }
+}
 
 /// barman's slot, kept but unused.
 pub const IDLE: Option<Slot> = Some(Slot { active_pid: None, restart_lsn: Some(Lsn(0x300_0000)) });
