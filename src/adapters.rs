@@ -10,11 +10,11 @@ use tokio::runtime::Runtime;
 
 use crate::core::config::Config;
 use crate::core::ruleset::Record;
-use crate::effects::barman::{Backup, Barman, NoBarman};
-use crate::effects::db::{self, Cluster, Postgres};
+use crate::effects::barman::{Backup, BarmanCli, NoBarman};
+use crate::effects::db::{self, Cluster, PgCluster};
 use crate::effects::dryrun::{PrintBackup, PrintCluster, PrintFirewall, PrintNat, Sink};
 use crate::effects::firewall::{Firewall, Iptables};
-use crate::effects::nat::{Direct, Nat, ViaSudo};
+use crate::effects::nat::{Direct, NatSwitch, ViaSudo};
 use crate::effects::state::{Lock, NoRunLock, RunLock, StateDir};
 use crate::effects::watch_file;
 use crate::handler::Effects;
@@ -52,8 +52,8 @@ impl<'c> Adapters<'c> {
     }
 
     /// The nodes, asked over connections of this run's own.
-    pub fn postgres(&self) -> Result<Postgres<'_>> {
-        Ok(Postgres::new(&self.ctx.cfg, self.runtime()?))
+    pub fn cluster(&self) -> Result<PgCluster<'_>> {
+        Ok(PgCluster::new(&self.ctx.cfg, self.runtime()?))
     }
 
     /// The run lock, waited for; none for a dry run, which changes nothing.
@@ -84,8 +84,8 @@ impl<'c> Adapters<'c> {
         if !seen_down.is_empty() {
             log::debug!("watch saw node(s) {seen_down:?} unanswered: asked within {} ms", db::SEEN_DOWN.as_millis());
         }
-        let cluster = self.postgres()?.seen_down(seen_down);
-        let barman = cfg.barman.as_ref().map(Barman::new);
+        let cluster = self.cluster()?.seen_down(seen_down);
+        let barman = cfg.barman.as_ref().map(BarmanCli::new);
         self.effects_with(&cluster, barman.as_ref(), f)
     }
 
@@ -94,7 +94,7 @@ impl<'c> Adapters<'c> {
     pub fn effects_with<T>(
         &self,
         cluster: &dyn Cluster,
-        barman: Option<&Barman>,
+        barman: Option<&BarmanCli>,
         f: impl FnOnce(&Effects) -> T,
     ) -> T {
         let cfg = &self.ctx.cfg;
@@ -104,7 +104,7 @@ impl<'c> Adapters<'c> {
         };
         let direct = Direct { cfg, fw: &Iptables, state: &self.state };
         let via_sudo = ViaSudo { cfg };
-        let nat: &dyn Nat = if self.ctx.root { &direct } else { &via_sudo };
+        let nat: &dyn NatSwitch = if self.ctx.root { &direct } else { &via_sudo };
         let real = Effects { nat, cluster, backup };
         dressed(cfg, self.ctx.dry_run, !self.ctx.root, &real, &self.out, f)
     }

@@ -16,7 +16,8 @@ use crate::core::plan::Ask;
 use crate::core::ruleset::{self, Open, Record, Route};
 use crate::core::status;
 use crate::effects::exec::{self, Cmd};
-use crate::effects::nat::{Nat, ViaSudo};
+use crate::effects::exporter;
+use crate::effects::nat::{NatSwitch, ViaSudo};
 use crate::effects::privilege::{self, OsUser};
 use crate::effects::state::StateDir;
 use crate::effects::watch_file;
@@ -178,7 +179,7 @@ fn count_event(inv: &Invocation, ctx: Option<Ctx>, event: &str, handled: &Result
         true => OsUser::named(&cfg.repmgr_user).map(|user| Some(user.uid)),
         false => Ok(None),
     };
-    let counted = owner.and_then(|owner| crate::effects::metrics::count_event(&cfg.watch.dir, name, outcome, owner));
+    let counted = owner.and_then(|owner| exporter::count_event(&cfg.watch.dir, name, outcome, owner));
     if let Err(e) = counted {
         log::debug!("event not counted for the metrics: {e:#}");
     }

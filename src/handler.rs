@@ -16,17 +16,17 @@ use std::time::Instant;
 use anyhow::{Result, anyhow, bail};
 
 use crate::core::config::{Barman, Config, Node};
-use crate::core::plan::{self, Ask, Decision, Nat as NatState, Step};
+use crate::core::plan::{self, Ask, Decision, NatState, Step};
 use crate::core::ruleset::{Open, Record, Route};
 use crate::core::view::{View, arbitrate};
 use crate::effects::barman::Backup;
 use crate::effects::db::Cluster;
-use crate::effects::nat::Nat;
+use crate::effects::nat::NatSwitch;
 use crate::exit::Exit;
 
 /// The adapters a run acts through.
 pub struct Effects<'a> {
-    pub nat: &'a dyn Nat,
+    pub nat: &'a dyn NatSwitch,
     pub cluster: &'a dyn Cluster,
     pub backup: &'a (dyn Backup + Sync),
 }

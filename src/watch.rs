@@ -21,12 +21,12 @@ use crate::adapters::Adapters;
 use crate::clock::{ms_since_epoch, now_ms};
 use crate::core::config::{Config, Watch};
 use crate::core::metrics::{self, Snapshot, Tracker};
-use crate::core::plan::{self, Ask, Decision, Nat as NatState};
+use crate::core::plan::{self, Ask, Decision, NatState};
 use crate::core::ruleset::{Open, Route, Routing};
 use crate::core::view::{Answer, Primary, View, arbitrate};
 use crate::core::watch_json::{Action, WatchReport};
-use crate::effects::barman::Barman;
-use crate::effects::metrics as serve_metrics;
+use crate::effects::barman::BarmanCli;
+use crate::effects::exporter;
 use crate::effects::state::{Lock, RunLock};
 use crate::effects::watch_file;
 use crate::handler::{self, Effects};
@@ -45,8 +45,8 @@ pub fn run(adapters: &Adapters) -> Result<()> {
     let cfg = &adapters.ctx.cfg;
     let dry_run = adapters.ctx.dry_run;
     let rt = adapters.runtime()?;
-    let cluster = adapters.postgres()?;
-    let barman = cfg.barman.as_ref().map(|b| Barman::new(b).receive_wal_output(cfg.watch.dir.join(RECEIVE_WAL_LOG)));
+    let cluster = adapters.cluster()?;
+    let barman = cfg.barman.as_ref().map(|b| BarmanCli::new(b).receive_wal_output(cfg.watch.dir.join(RECEIVE_WAL_LOG)));
     adapters.effects_with(&cluster, barman.as_ref(), |fx| {
         let mut watcher = Watcher::new(adapters.run_lock());
         if dry_run {
@@ -54,11 +54,11 @@ pub fn run(adapters: &Adapters) -> Result<()> {
         } else {
             std::fs::create_dir_all(&cfg.watch.dir)
                 .with_context(|| format!("cannot create watch.dir {}", cfg.watch.dir.display()))?;
-            if let Err(e) = serve_metrics::create_event_counts(&cfg.watch.dir) {
+            if let Err(e) = exporter::create_event_counts(&cfg.watch.dir) {
                 log::error!("watch: {e:#}: events are not counted");
             }
             if let Some(addr) = cfg.watch.metrics {
-                serve_metrics::serve(addr, Arc::clone(&watcher.snapshot), cfg.watch.dir.clone());
+                exporter::serve(addr, Arc::clone(&watcher.snapshot), cfg.watch.dir.clone());
             }
             watcher.writes_report = true;
         }
@@ -196,7 +196,7 @@ impl Watcher {
         };
         let misrouted = !serving;
         self.misrouted_since = if misrouted { Some(self.misrouted_since.unwrap_or_else(now_ms)) } else { None };
-        self.report(cfg, &arbitration.describe(), &after, view, hurry);
+        self.write_report(cfg, &arbitration.describe(), &after, view, hurry);
         self.metrics.pass(metrics::Pass {
             began_mono_ms: began,
             ended_mono_ms: self.mono_ms(),
@@ -299,7 +299,7 @@ impl Watcher {
         }
     }
 
-    fn report(&self, cfg: &Config, primary: &str, routing: &Routing, view: &View, hurry: bool) {
+    fn write_report(&self, cfg: &Config, primary: &str, routing: &Routing, view: &View, hurry: bool) {
         if !self.writes_report {
             return;
         }

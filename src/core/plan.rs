@@ -87,7 +87,7 @@ pub enum Decision {
 
 /// What the chains hold and what root recorded with them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Nat<'a> {
+pub struct NatState<'a> {
     pub routing: &'a Routing,
     pub record: Option<Record>,
     /// Our chains, the jumps to them and the hold are all there (else any switch repairs
@@ -96,7 +96,7 @@ pub struct Nat<'a> {
 }
 
 /// The steps that make the cluster right for `ask`, from one view of every node.
-pub fn decide(cfg: &Config, ask: Ask, view: &View, nat: Nat) -> Decision {
+pub fn decide(cfg: &Config, ask: Ask, view: &View, nat: NatState) -> Decision {
     let arbitration = arbitrate(view, nat.record);
     let target = match target(ask, view, &arbitration) {
         Ok(target) => target,
@@ -184,7 +184,7 @@ fn unanswered(node: Node, answer: Option<&Answer>) -> Decision {
 /// soon as the primary holds barman's slot (from then on it keeps every WAL record barman
 /// has not received), and barman follows; with `AfterArchive`, only once barman confirmed.
 /// barman's confirmation is waited for when `confirm` (or when the port waits for it).
-fn promote(cfg: &Config, primary: Node, timeline: u32, view: &View, nat: Nat, confirm: bool) -> Vec<Step> {
+fn promote(cfg: &Config, primary: Node, timeline: u32, view: &View, nat: NatState, confirm: bool) -> Vec<Step> {
     let all = Route::new(primary, Open::All);
     let record = Record { route: all, timeline };
     let Some(backup) = &cfg.barman else {
@@ -244,7 +244,7 @@ fn promote(cfg: &Config, primary: Node, timeline: u32, view: &View, nat: Nat, co
 /// port at all; a node that serves nobody (down, or by `nat.no_primary = "close"` one that
 /// does not answer) keeps barman's port and loses the application's, whose new
 /// connections are then held, not refused.
-fn without_primary(cfg: &Config, view: &View, nat: Nat) -> Vec<Step> {
+fn without_primary(cfg: &Config, view: &View, nat: NatState) -> Vec<Step> {
     let current = match *nat.routing {
         Routing::To(route) => Some(route),
         Routing::Nothing | Routing::Unrecognised => nat.record.map(|r| r.route),
@@ -358,7 +358,7 @@ mod tests {
 
     fn check(cfg: &Config, cases: Vec<(Ask, View, Routing, Option<Record>, Decision)>) {
         for (ask, view, routing, record, expected) in cases {
-            let got = decide(cfg, ask, &view, Nat { routing: &routing, record, in_place: true });
+            let got = decide(cfg, ask, &view, NatState { routing: &routing, record, in_place: true });
             assert_eq!(
                 got,
                 expected,
@@ -547,7 +547,7 @@ mod tests {
         let cfg = example();
         let v = view(&[(1, down()), (2, primary(2, ACTIVE))]);
         let decide_on = |routing: &Routing, in_place: bool| {
-            decide(&cfg, Ask::Converge, &v, Nat { routing, record: rec(2, Open::All, 2), in_place })
+            decide(&cfg, Ask::Converge, &v, NatState { routing, record: rec(2, Open::All, 2), in_place })
         };
         // a jump deleted: the rules are right, the tables not
         assert_eq!(decide_on(&to(2, Open::All), false), act(&[switch(2, Open::All, 2)]));
@@ -561,7 +561,7 @@ mod tests {
             &cfg,
             Ask::Converge,
             &v,
-            Nat { routing: &Routing::Nothing, record: rec(2, Open::All, 2), in_place: false },
+            NatState { routing: &Routing::Nothing, record: rec(2, Open::All, 2), in_place: false },
         );
         assert_eq!(got, act(&[switch(2, Open::All, 2)]));
     }
@@ -594,7 +594,7 @@ mod tests {
             cfg.barman.as_mut().unwrap().open_app = open_app;
             for routing in [Routing::Nothing, to(1, Open::All), to(2, Open::None), to(2, Open::Barman)] {
                 let v = view(&[(1, down()), (2, primary(2, None))]);
-                let nat = Nat { routing: &routing, record: None, in_place: true };
+                let nat = NatState { routing: &routing, record: None, in_place: true };
                 let Decision::Act(steps) = decide(&cfg, Ask::Converge, &v, nat) else {
                     panic!("nothing to do for {routing}")
                 };

@@ -143,7 +143,7 @@ impl Pool {
 }
 
 /// The `Cluster` of one run: the pool, driven from synchronous code.
-pub struct Postgres<'a> {
+pub struct PgCluster<'a> {
     cfg: &'a Config,
     rt: &'a Runtime,
     pool: Arc<Pool>,
@@ -156,13 +156,13 @@ pub struct Postgres<'a> {
 /// The deadline for a node `watch` saw unanswered on its last pass.
 pub const SEEN_DOWN: Duration = Duration::from_millis(300);
 
-impl<'a> Postgres<'a> {
-    pub fn new(cfg: &'a Config, rt: &'a Runtime) -> Postgres<'a> {
-        Postgres { cfg, rt, pool: Arc::default(), seen_down: Vec::new() }
+impl<'a> PgCluster<'a> {
+    pub fn new(cfg: &'a Config, rt: &'a Runtime) -> PgCluster<'a> {
+        PgCluster { cfg, rt, pool: Arc::default(), seen_down: Vec::new() }
     }
 
-    pub fn seen_down(self, nodes: Vec<NodeId>) -> Postgres<'a> {
-        Postgres { seen_down: nodes, ..self }
+    pub fn seen_down(self, nodes: Vec<NodeId>) -> PgCluster<'a> {
+        PgCluster { seen_down: nodes, ..self }
     }
 
     /// The connections, for `watch`'s pollers to share.
@@ -196,7 +196,7 @@ impl<'a> Postgres<'a> {
     }
 }
 
-impl Cluster for Postgres<'_> {
+impl Cluster for PgCluster<'_> {
     fn view(&self) -> View {
         let nodes = self.rt.block_on(async {
             let asking: Vec<_> = self

@@ -13,7 +13,7 @@ use crate::core::view::{Lsn, View};
 use crate::effects::barman::{self, Backup};
 use crate::effects::db::{self, Cluster};
 use crate::effects::firewall::{self, Firewall};
-use crate::effects::nat::{self, Nat, ViaSudo};
+use crate::effects::nat::{self, NatSwitch, ViaSudo};
 
 /// Where the printing adapters print: stdout, or a buffer a test reads.
 pub enum Sink {
@@ -50,7 +50,7 @@ impl Sink {
 
 pub struct PrintNat<'a> {
     pub cfg: &'a Config,
-    pub real: &'a dyn Nat,
+    pub real: &'a dyn NatSwitch,
     /// Whether the switch would go through sudo (this run is not root's).
     pub via_sudo: bool,
     pub out: &'a Sink,
@@ -59,12 +59,12 @@ pub struct PrintNat<'a> {
 }
 
 impl<'a> PrintNat<'a> {
-    pub fn new(cfg: &'a Config, real: &'a dyn Nat, via_sudo: bool, out: &'a Sink) -> PrintNat<'a> {
+    pub fn new(cfg: &'a Config, real: &'a dyn NatSwitch, via_sudo: bool, out: &'a Sink) -> PrintNat<'a> {
         PrintNat { cfg, real, via_sudo, out, after: Mutex::new(None) }
     }
 }
 
-impl Nat for PrintNat<'_> {
+impl NatSwitch for PrintNat<'_> {
     fn live(&self) -> Result<Live> {
         self.real.live()
     }

@@ -7,7 +7,7 @@ pub mod db;
 pub mod dryrun;
 pub mod exec;
 pub mod firewall;
-pub mod metrics;
+pub mod exporter;
 pub mod nat;
 pub mod pgpass;
 pub mod privilege;

@@ -16,7 +16,7 @@ use crate::effects::state::StateDir;
 /// exactly this path.
 pub const INSTALLED_PATH: &str = "/usr/bin/repmgr-nat";
 
-pub trait Nat {
+pub trait NatSwitch {
     /// What the nat table holds for our chains now.
     fn live(&self) -> Result<Live>;
     /// What root recorded with its last switch.
@@ -32,7 +32,7 @@ pub struct Direct<'a> {
     pub state: &'a StateDir,
 }
 
-impl Nat for Direct<'_> {
+impl NatSwitch for Direct<'_> {
     fn live(&self) -> Result<Live> {
         Ok(Live::parse(self.cfg, &self.fw.save()?))
     }
@@ -208,7 +208,7 @@ impl ViaSudo<'_> {
     }
 }
 
-impl Nat for ViaSudo<'_> {
+impl NatSwitch for ViaSudo<'_> {
     fn live(&self) -> Result<Live> {
         let text = self.run(&Self::route_cmd(&["--show"]))?;
         Ok(Live::parse(self.cfg, &text))

@@ -18,7 +18,7 @@ use crate::core::view::{Answer, Lsn, NodeState, Role, Slot, View};
 use crate::effects::barman::Backup;
 use crate::effects::db::Cluster;
 use crate::effects::firewall::Firewall;
-use crate::effects::nat::Nat;
+use crate::effects::nat::NatSwitch;
 use Call::*;
 
 /// What the fake was asked to do, in order.
@@ -76,7 +76,7 @@ impl Fake {
     }
 }
 
-impl Nat for Fake {
+impl NatSwitch for Fake {
     fn live(&self) -> Result<Live> {
         let cfg = example();
         Ok(match *self.record.lock().unwrap() {
