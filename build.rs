@@ -14,6 +14,14 @@ use clap::CommandFactory;
 use clap_complete::Shell;
 use roff::{Roff, bold, italic, roman};
 
+// what src/cli.rs takes from the core: `route --ports`'s values
+#[allow(dead_code)]
+mod core {
+    pub mod ruleset {
+        include!("src/core/ruleset/open.rs");
+    }
+}
+
 #[allow(dead_code)]
 mod cli {
     include!("src/cli.rs");
@@ -27,7 +35,7 @@ mod manual {
 const NAME: &str = "repmgr-nat";
 
 fn main() -> io::Result<()> {
-    for input in ["build.rs", "src/cli.rs", "src/manual.rs", "README.md"] {
+    for input in ["build.rs", "src/cli.rs", "src/core/ruleset/open.rs", "src/manual.rs", "README.md"] {
         println!("cargo::rerun-if-changed={input}");
     }
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::adapters::{Adapters, Ctx};
-use crate::cli::{Cli, Command, Ports};
+use crate::cli::{Cli, Command};
 use crate::clock::now_ms;
 use crate::core::config::{self, Config, Node, NodeId};
 use crate::core::event::{self, Event, Triage};
@@ -136,7 +136,7 @@ fn reconcile(ctx: &Ctx, primary: Option<&str>, boot: bool) -> Result<()> {
 fn route_command(
     inv: &Invocation,
     node_id: Option<&str>,
-    ports: Option<Ports>,
+    ports: Option<Open>,
     timeline: Option<&str>,
     show: bool,
 ) -> Result<()> {
@@ -153,7 +153,7 @@ fn route_command(
         (_, _, true) => route_show(&ctx),
         (Some(node_id), Some(open), false) => {
             let timeline = timeline.map(|t| ruleset::parse_timeline(t).map_err(bad_input)).transpose()?;
-            route(&ctx, node(&ctx.cfg, node_id)?, open_of(open), timeline)
+            route(&ctx, node(&ctx.cfg, node_id)?, open, timeline)
         }
         _ => Err(Exit::BadInput("route needs a node id and --ports, or --show".into()).into()),
     }
@@ -412,14 +412,6 @@ fn route_show(ctx: &Ctx) -> Result<()> {
     let text = Adapters::new(ctx)?.direct(|direct| direct.live())?.render();
     print!("{text}");
     Ok(())
-}
-
-fn open_of(ports: Ports) -> Open {
-    match ports {
-        Ports::None => Open::None,
-        Ports::Barman => Open::Barman,
-        Ports::All => Open::All,
-    }
 }
 
 /// The one privileged step: switch the chains to `node`. Without a timeline the recorded
