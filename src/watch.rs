@@ -333,9 +333,7 @@ fn brief(view: &View) -> String {
         .map(|(node, answer)| {
             let what = match answer {
                 Answer::Up(s) => format!("{}/{}", s.role, s.timeline),
-                Answer::Down(_) => "down".to_string(),
-                Answer::Silent(_) => "silent".to_string(),
-                Answer::Rejected(_) => "rejected".to_string(),
+                other => other.kind().to_string(),
             };
             format!("{}: {what}", node.id())
         })

@@ -166,12 +166,7 @@ fn node_reports(view: &View) -> Vec<NodeReport> {
             NodeReport {
                 id: node.id(),
                 address: node.addr().to_string(),
-                state: match answer {
-                    Answer::Up(_) => "up",
-                    Answer::Down(_) => "down",
-                    Answer::Silent(_) => "silent",
-                    Answer::Rejected(_) => "rejected",
-                },
+                state: answer.kind(),
                 reachable: state.is_some(),
                 role: state.map(|s| s.role),
                 timeline: state.map(|s| s.timeline).filter(|t| *t > 0),
