@@ -77,10 +77,8 @@ impl<'c> Adapters<'c> {
     /// moment ago gets a short deadline.
     pub fn effects<T>(&self, f: impl FnOnce(&Effects) -> Result<T>) -> Result<T> {
         let cfg = &self.ctx.cfg;
-        let seen_down = watch_file::read(cfg)
-            .filter(|r| r.fresh(crate::clock::now_ms()))
-            .map(|r| r.unanswered)
-            .unwrap_or_default();
+        let seen_down =
+            watch_file::read(cfg).filter(|r| r.fresh(crate::clock::now_ms())).map(|r| r.unanswered).unwrap_or_default();
         if !seen_down.is_empty() {
             log::debug!("watch saw node(s) {seen_down:?} unanswered: asked within {} ms", db::SEEN_DOWN.as_millis());
         }

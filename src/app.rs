@@ -259,8 +259,7 @@ fn status(ctx: &Ctx, json: bool) -> Result<()> {
 fn can_serve(ctx: &Ctx) -> Result<()> {
     let report = watch_file::read(&ctx.cfg);
     let running = report.as_ref().is_some_and(|r| watch_file::runs(r.pid));
-    status::can_serve(&ctx.cfg, report.as_ref(), running, now_ms())
-        .map_err(|why| anyhow::anyhow!("can-serve: {why}"))
+    status::can_serve(&ctx.cfg, report.as_ref(), running, now_ms()).map_err(|why| anyhow::anyhow!("can-serve: {why}"))
 }
 
 /// Boot, as root: forwarding on, our chains, jumps and hold where missing (duplicates

@@ -9,35 +9,42 @@
 //!
 //! Each node is asked by a task of its own, so a frozen or unreachable node delays nobody:
 //! a pass decides on every node's latest answer, and an answer older than the deadline
-//! counts as silence. Keeping barman's receive-wal streaming is in `receive_wal`.
+//! counts as silence. A `Watcher` holds what the passes remember, in parts: the last
+//! reading of the rules (`nat_cache`), the run lock (`lock_gate`), the retry after a failed
+//! action, and barman's receive-wal (`receive_wal`, its policy in `core::receive_wal`); it
+//! reads the time through `Clock`, so its tests set it.
 
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 
 use crate::adapters::Adapters;
-use crate::clock::{ms_since_epoch, now_ms};
+use crate::clock::{Clock, SystemClock};
 use crate::core::config::{Config, Watch};
 use crate::core::metrics::{self, Snapshot, Tracker};
 use crate::core::plan::{self, Ask, Decision, NatState};
+use crate::core::receive_wal::ReceiveWal;
+use crate::core::retry::Retry;
 use crate::core::ruleset::{Open, Route, Routing};
 use crate::core::view::{Answer, Primary, View, arbitrate};
 use crate::core::watch_json::{Action, WatchReport};
 use crate::effects::barman::BarmanCli;
 use crate::effects::exporter;
-use crate::effects::state::{Lock, RunLock};
+use crate::effects::state::RunLock;
 use crate::effects::watch_file;
 use crate::handler::{self, Effects};
 
+mod lock_gate;
+mod nat_cache;
 mod poll;
 mod receive_wal;
+use lock_gate::LockGate;
+use nat_cache::NatCache;
 use poll::{Pollers, Signals, Wake};
-use receive_wal::{RECEIVE_WAL_LOG, ReceiveWal};
-
-/// The longest pause between two attempts to start receive-wal, or to repeat a failed step.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+use receive_wal::RECEIVE_WAL_LOG;
 
 /// Runs until SIGTERM or SIGINT. A dry run prints what it would do and changes nothing:
 /// it writes no watch.json and no event counts, serves no metrics and takes no run lock.
@@ -48,7 +55,7 @@ pub fn run(adapters: &Adapters) -> Result<()> {
     let cluster = adapters.cluster()?;
     let barman = cfg.barman.as_ref().map(|b| BarmanCli::new(b).receive_wal_output(cfg.watch.dir.join(RECEIVE_WAL_LOG)));
     adapters.effects_with(&cluster, barman.as_ref(), |fx| {
-        let mut watcher = Watcher::new(adapters.run_lock());
+        let mut watcher = Watcher::new(adapters.run_lock(), Rc::new(SystemClock));
         if dry_run {
             log::info!("watch: --dry-run: printing what it would do; no watch.json, no metrics, no run lock");
         } else {
@@ -79,7 +86,7 @@ pub fn run(adapters: &Adapters) -> Result<()> {
             Watch::HURRY.min(cfg.watch.interval).as_millis()
         );
         loop {
-            let reason = match watcher.fresh_after.take() {
+            let reason = match watcher.gate.fresh_after.take() {
                 Some(since) => rt.block_on(nodes.answers_since(since, cfg, &mut signals)),
                 None => rt.block_on(nodes.wait(cfg.watch.interval, &mut signals)),
             };
@@ -94,35 +101,26 @@ pub fn run(adapters: &Adapters) -> Result<()> {
     })
 }
 
-/// What the passes remember between them.
+/// What the passes remember between them, in the parts the policy keeps.
 struct Watcher {
-    run_lock: Box<dyn RunLock>,
+    clock: Rc<dyn Clock>,
     /// Whether each pass writes watch.json (not in a dry run).
     writes_report: bool,
-    started: SystemTime,
+    started_ms: u64,
     passes: u64,
-    /// The nat table as last read (its route, and whether everything else of ours is in
-    /// place), and when.
-    nat: Option<(Routing, bool, Instant)>,
+    nat: NatCache,
+    gate: LockGate,
+    /// After a failed action: not again before its backoff.
+    retry: Retry,
+    receive_wal: ReceiveWal,
     /// One line about what the pass saw; logged when it changes.
     seen: String,
-    /// After a failed action: not again before this.
-    retry_at: Option<Instant>,
-    failures: u32,
     last_action: Option<Action>,
-    /// Why the run lock cannot be taken, as last said.
-    lock_problem: Option<String>,
-    /// Another run held the run lock: what it did may be missing from the answers of the
-    /// passes until it ended.
-    contended: bool,
-    /// The next pass waits for answers asked after this (another run just ended).
-    fresh_after: Option<Instant>,
-    receive_wal: ReceiveWal,
     /// The figures the metrics show, and where the listener reads the last pass's.
     metrics: Tracker,
     snapshot: Arc<Mutex<Snapshot>>,
-    /// The monotonic clock the metrics' durations are measured on.
-    clock: Instant,
+    /// Where the metrics' monotonic durations start.
+    began: Instant,
     /// Since when (unix ms) the application ports have not forwarded to the legitimate
     /// primary (for `can-serve`).
     misrouted_since: Option<u64>,
@@ -130,25 +128,22 @@ struct Watcher {
 
 impl Watcher {
     /// The metrics' shared snapshot starts as the tracker's own (no pass yet), not empty.
-    fn new(run_lock: Box<dyn RunLock>) -> Watcher {
-        let metrics = Tracker::new(now_ms());
+    fn new(run_lock: Box<dyn RunLock>, clock: Rc<dyn Clock>) -> Watcher {
+        let metrics = Tracker::new(clock.now_ms());
         Watcher {
-            run_lock,
             writes_report: false,
-            started: SystemTime::now(),
+            started_ms: clock.now_ms(),
+            began: clock.now(),
             snapshot: Arc::new(Mutex::new(metrics.snapshot().clone())),
             metrics,
-            clock: Instant::now(),
+            clock,
             passes: 0,
-            nat: None,
-            seen: String::new(),
-            retry_at: None,
-            failures: 0,
-            last_action: None,
-            lock_problem: None,
-            contended: false,
-            fresh_after: None,
+            nat: NatCache::default(),
+            gate: LockGate::new(run_lock),
+            retry: Retry::default(),
             receive_wal: ReceiveWal::default(),
+            seen: String::new(),
+            last_action: None,
             misrouted_since: None,
         }
     }
@@ -158,7 +153,7 @@ impl Watcher {
     fn pass(&mut self, cfg: &Config, fx: &Effects, view: &View) -> bool {
         let began = self.mono_ms();
         self.passes += 1;
-        let (routing, in_place) = match self.routing(cfg, fx) {
+        let (routing, in_place) = match self.nat.get(cfg, fx.nat, self.clock.now()) {
             Ok(read) => read,
             Err(e) => {
                 self.say(format!("cannot read the rules: {e:#}"));
@@ -176,11 +171,12 @@ impl Watcher {
         if let Decision::Act(_) = decision {
             self.act(cfg, fx, view);
         } else {
-            self.keep_barman_streaming(cfg, fx, view, &routing);
+            let now = self.clock.now();
+            receive_wal::keep_streaming(&mut self.receive_wal, &mut self.gate, cfg, fx, (view, &routing), now);
         }
         // the rules as they stand after the pass: read again if it acted (and kept for
         // the next pass)
-        let (after, record) = match self.routing(cfg, fx) {
+        let (after, record) = match self.nat.get(cfg, fx.nat, self.clock.now()) {
             Ok((after, _)) if after != routing => (after, fx.nat.recorded().ok().flatten()),
             _ => (routing, record),
         };
@@ -194,13 +190,13 @@ impl Watcher {
             Primary::Legit { node, .. } => after == Routing::To(Route::new(*node, Open::All)),
             _ => false,
         };
-        let misrouted = !serving;
-        self.misrouted_since = if misrouted { Some(self.misrouted_since.unwrap_or_else(now_ms)) } else { None };
+        let now_ms = self.clock.now_ms();
+        self.misrouted_since = if serving { None } else { Some(self.misrouted_since.unwrap_or(now_ms)) };
         self.write_report(cfg, &arbitration.describe(), &after, view, hurry);
         self.metrics.pass(metrics::Pass {
             began_mono_ms: began,
             ended_mono_ms: self.mono_ms(),
-            ended_ms: now_ms(),
+            ended_ms: now_ms,
             view,
             arbitration: &arbitration,
             routing: &after,
@@ -214,80 +210,37 @@ impl Watcher {
     }
 
     fn mono_ms(&self) -> u64 {
-        self.clock.elapsed().as_millis() as u64
-    }
-
-    /// The nat table: read again when older than `Watch::NAT_EVERY` or after an action.
-    fn routing(&mut self, cfg: &Config, fx: &Effects) -> Result<(Routing, bool)> {
-        match &self.nat {
-            Some((routing, in_place, at)) if at.elapsed() < Watch::NAT_EVERY => Ok((routing.clone(), *in_place)),
-            _ => {
-                let live = fx.nat.live()?;
-                let (routing, in_place) = (live.routing(cfg), live.in_place(cfg));
-                self.nat = Some((routing.clone(), in_place, Instant::now()));
-                Ok((routing, in_place))
-            }
-        }
+        self.clock.now().duration_since(self.began).as_millis() as u64
     }
 
     /// Under the run lock (when another run holds it, that run does the work: the next
     /// pass sees the result), with the rules read again, the plan an event would carry out.
     fn act(&mut self, cfg: &Config, fx: &Effects, view: &View) {
-        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+        if !self.retry.ready(self.clock.now()) {
             return;
         }
-        let Some(_lock) = self.run_lock() else { return };
-        self.nat = None;
+        let Some(_lock) = self.gate.take(self.clock.now()) else { return };
+        self.nat.forget();
         let result = handler::act_on(cfg, fx, Ask::Watch, "watch", view);
-        self.nat = None;
+        self.nat.forget();
         self.metrics.acted(result.is_ok());
         let (steps, result) = match result {
             Ok(steps) => {
-                self.failures = 0;
-                self.retry_at = None;
+                self.retry.succeeded();
                 (steps, "ok".to_string())
             }
             Err(e) => {
-                self.failures += 1;
-                let backoff = backoff(cfg.watch.interval, self.failures);
-                self.retry_at = Some(Instant::now() + backoff);
+                let backoff = self.retry.failed(cfg.watch.interval, self.clock.now());
                 log::error!("watch: {e:#}; trying again in {} ms", backoff.as_millis());
                 (Vec::new(), format!("error: {e:#}"))
             }
         };
         if !steps.is_empty() || result != "ok" {
-            self.last_action =
-                Some(Action { at_ms: now_ms(), steps: steps.iter().map(|s| s.to_string()).collect(), result });
-        }
-    }
-
-    /// The run lock, to act on this pass's answers. None when another run holds it (that
-    /// run does the work), when another run held it since (this pass's answers may predate
-    /// its work: the next pass decides, on answers asked after it ended, so the two never
-    /// do the same step twice), or when it cannot be taken at all (said once, not every
-    /// pass: nothing can act until `setup` makes it right).
-    fn run_lock(&mut self) -> Option<Lock> {
-        let (lock, problem) = match self.run_lock.try_lock() {
-            Ok(lock) => (lock, None),
-            Err(e) => (None, Some(format!("{e:#}"))),
-        };
-        if problem != self.lock_problem {
-            match &problem {
-                Some(why) => log::error!("watch: cannot take the run lock, so cannot act: {why}"),
-                None => log::info!("watch: the run lock can be taken again"),
-            }
-            self.lock_problem = problem.clone();
-        }
-        match lock {
-            None if problem.is_none() => {
-                self.contended = true;
-                None
-            }
-            Some(_) if std::mem::take(&mut self.contended) => {
-                self.fresh_after = Some(Instant::now());
-                None
-            }
-            lock => lock,
+            self.last_action = Some(Action {
+                at_ms: self.clock.now_ms(),
+                steps: steps.iter().map(|s| s.to_string()).collect(),
+                result,
+            });
         }
     }
 
@@ -303,19 +256,20 @@ impl Watcher {
         if !self.writes_report {
             return;
         }
+        let said = receive_wal::last_said(&cfg.watch.dir);
         let report = WatchReport {
             version: 1,
             pid: std::process::id(),
-            started_ms: ms_since_epoch(self.started),
+            started_ms: self.started_ms,
             pass: self.passes,
-            passed_ms: now_ms(),
+            passed_ms: self.clock.now_ms(),
             interval_ms: cfg.watch.interval.as_millis() as u64,
             hurry,
             primary: primary.to_string(),
             rules: routing.to_string(),
             nodes: view.describe(),
             unanswered: view.nodes.iter().filter(|(_, a)| a.state().is_none()).map(|(n, _)| n.id()).collect(),
-            receive_wal: self.receive_wal.describe(&cfg.watch.dir),
+            receive_wal: self.receive_wal.describe(self.clock.now(), said.as_deref()),
             barman_confirmed: self.receive_wal.confirmed,
             last_action: self.last_action.clone(),
             misrouted_since_ms: self.misrouted_since,
@@ -341,21 +295,164 @@ fn brief(view: &View) -> String {
         .join(", ")
 }
 
-/// `base` doubled with every failure, at most `MAX_BACKOFF`.
-fn backoff(base: Duration, failures: u32) -> Duration {
-    base.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(MAX_BACKOFF)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::adapters::dressed;
+    use crate::clock::FakeClock;
     use crate::core::config::tests::example;
     use crate::core::view::tests::view;
+    use crate::core::view::{Lsn, Slot};
     use crate::effects::db::Cluster;
     use crate::effects::dryrun::Sink;
     use crate::effects::state::NoRunLock;
-    use crate::effects::testing::{Fake, down, primary, rec};
+    use crate::effects::testing::Call::{self, *};
+    use crate::effects::testing::{Fake, FakeRunLock, IDLE, LockState, down, primary, rec, standby};
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    /// A watch over the fakes, on a clock that moves only when told, with a run lock the
+    /// test hands out.
+    struct Rig {
+        cfg: Config,
+        fake: Fake,
+        clock: Rc<FakeClock>,
+        lock: Rc<Cell<LockState>>,
+        watcher: Watcher,
+    }
+
+    impl Rig {
+        fn new(fake: Fake) -> Rig {
+            let mut cfg = example();
+            cfg.watch.dir = std::path::PathBuf::from("/nonexistent/repmgr-nat-test-watch");
+            let clock = Rc::new(FakeClock::new());
+            let lock = Rc::new(Cell::new(LockState::Free));
+            let watcher = Watcher::new(Box::new(FakeRunLock(Rc::clone(&lock))), Rc::clone(&clock) as Rc<dyn Clock>);
+            Rig { cfg, fake, clock, lock, watcher }
+        }
+
+        /// One pass over `view`, `after` the last: what it asked of the fakes, and whether
+        /// it is in a hurry.
+        fn pass(&mut self, after: Duration, view: &View) -> (Vec<Call>, bool) {
+            self.clock.advance(after);
+            let fx = Effects { nat: &self.fake, cluster: &self.fake, backup: &self.fake };
+            let hurry = self.watcher.pass(&self.cfg, &fx, view);
+            (self.fake.take_calls(), hurry)
+        }
+    }
+
+    const ZERO: Duration = Duration::ZERO;
+    const INTERVAL: Duration = Duration::from_millis(250);
+    /// The failover of node 1 to node 2, as watch carries it out.
+    const FAILOVER: [Call; 3] = [CreateSlot(2), Switch(2, Open::All, 2), BarmanStart];
+    const STREAMING: Option<Slot> = Some(Slot { active_pid: Some(4242), restart_lsn: Some(Lsn(0x300_0000)) });
+
+    /// What one pass does, from what it sees: nothing while everything agrees, the plan
+    /// an event would carry out when something does not, and a hurry until the routed
+    /// primary is the legitimate one.
+    #[test]
+    fn a_pass_acts_when_the_cluster_and_the_rules_disagree() {
+        // watch does not wait for barman's confirmation (an event does)
+        let failover = FAILOVER.to_vec();
+        // (what the rules were switched to, what the nodes say, what the pass does, hurry after)
+        let rows = [
+            (rec(2, Open::All, 2), view(&[(1, standby(IDLE)), (2, primary(2, STREAMING))]), vec![], false),
+            (rec(1, Open::All, 1), view(&[(1, down()), (2, primary(2, None))]), failover, false),
+            // no primary: a down node keeps barman's port only; the standby gets its slot
+            (
+                rec(1, Open::All, 1),
+                view(&[(1, down()), (2, standby(None))]),
+                vec![Switch(1, Open::Barman, 1), CreateSlot(2)],
+                true,
+            ),
+            (rec(1, Open::All, 1), view(&[(1, primary(1, STREAMING)), (2, standby(IDLE))]), vec![], false),
+            // rules never set: routed to the primary, the slots made
+            (
+                None,
+                view(&[(1, primary(1, None)), (2, standby(None))]),
+                vec![CreateSlot(1), Switch(1, Open::All, 1), BarmanStart, CreateSlot(2)],
+                false,
+            ),
+        ];
+        for (i, (record, nodes, expected, hurry)) in rows.into_iter().enumerate() {
+            let mut rig = Rig::new(Fake::new(record, nodes.clone()));
+            assert_eq!(rig.pass(ZERO, &nodes), (expected, hurry), "row {i}");
+        }
+    }
+
+    #[test]
+    fn a_failed_action_is_tried_again_after_a_backoff_that_doubles() {
+        let nodes = view(&[(1, down()), (2, primary(2, None))]);
+        let mut rig = Rig::new(Fake::new(rec(1, Open::All, 1), nodes.clone()).failing(&[Switch(2, Open::All, 2)]));
+        let failed = vec![CreateSlot(2), Switch(2, Open::All, 2)];
+        // (time since the last pass, what the pass does)
+        let rows = [
+            (ZERO, failed.clone()),
+            (INTERVAL - Duration::from_millis(1), vec![]),
+            (Duration::from_millis(1), failed.clone()), // 250 ms after the first failure
+            (INTERVAL, vec![]),                         // the second waits 500 ms
+            (INTERVAL, failed),
+        ];
+        for (i, (after, expected)) in rows.into_iter().enumerate() {
+            assert_eq!(rig.pass(after, &nodes).0, expected, "row {i}");
+        }
+        let action = rig.watcher.last_action.clone().unwrap();
+        assert!(action.result.starts_with("error: "), "{action:?}");
+        rig.fake.heal();
+        assert_eq!(rig.pass(INTERVAL * 4, &nodes).0, FAILOVER, "once the switch works");
+        assert_eq!(rig.watcher.last_action.unwrap().result, "ok");
+    }
+
+    /// Another run holds the run lock: it does the work. Once it let go, watch does not act
+    /// on answers that may predate that work: the next pass waits for fresh ones.
+    #[test]
+    fn after_another_run_held_the_lock_the_next_pass_decides_on_fresh_answers() {
+        let nodes = view(&[(1, down()), (2, primary(2, None))]);
+        let mut rig = Rig::new(Fake::new(rec(1, Open::All, 1), nodes.clone()));
+        rig.lock.set(LockState::Held);
+        assert_eq!(rig.pass(ZERO, &nodes).0, []);
+        assert_eq!(rig.watcher.gate.fresh_after, None);
+        rig.lock.set(LockState::Free);
+        assert_eq!(rig.pass(INTERVAL, &nodes).0, [], "acted on answers from before the other run ended");
+        assert_eq!(rig.watcher.gate.fresh_after, Some(rig.clock.now()));
+        assert_eq!(rig.pass(INTERVAL, &nodes).0, FAILOVER);
+        // a lock that cannot be taken at all: nothing acts, and nothing waits for it
+        let mut rig = Rig::new(Fake::new(rec(1, Open::All, 1), nodes.clone()));
+        rig.lock.set(LockState::Broken);
+        assert_eq!(rig.pass(ZERO, &nodes).0, []);
+        assert_eq!(rig.watcher.gate.fresh_after, None);
+    }
+
+    /// barman's slot on the routed primary without its walsender: receive-wal started
+    /// after the grace, under the run lock, then again after each backoff.
+    #[test]
+    fn receive_wal_is_started_after_the_grace_and_again_after_each_backoff() {
+        let idle = view(&[(1, standby(IDLE)), (2, primary(2, IDLE))]);
+        let mut rig = Rig::new(Fake::new(rec(2, Open::All, 2), idle.clone()));
+        let s = Duration::from_secs(1);
+        // (time since the last pass, who holds the lock, what the pass does)
+        let rows = [
+            (ZERO, LockState::Free, vec![]),
+            (s * 2, LockState::Free, vec![]),
+            (s, LockState::Held, vec![]), // due, but another run acts: not counted
+            (ZERO, LockState::Free, vec![BarmanStart]),
+            (s / 2, LockState::Free, vec![]),
+            (s / 2, LockState::Free, vec![BarmanStart]),
+            (s, LockState::Free, vec![]),
+            (s, LockState::Free, vec![BarmanStart]),
+        ];
+        for (i, (after, lock, expected)) in rows.into_iter().enumerate() {
+            rig.lock.set(lock);
+            // the lock contended: the pass after it ended only notes it
+            if i == 3 {
+                assert_eq!(rig.pass(after, &idle).0, [], "row {i}: right after the other run");
+            }
+            assert_eq!(rig.pass(after, &idle).0, expected, "row {i}");
+        }
+        let streaming = view(&[(1, standby(IDLE)), (2, primary(2, STREAMING))]);
+        assert_eq!(rig.pass(s, &streaming).0, []);
+        assert_eq!(rig.watcher.receive_wal.confirmed, Some((crate::core::config::NodeId::new(2), Lsn(0x300_0000))));
+    }
 
     /// `--dry-run watch` goes through the adapters every command gets: a pass that would
     /// switch prints the switch, and the real adapters are asked, never told.
@@ -366,21 +463,12 @@ mod tests {
         let fake = Fake::new(rec(1, Open::All, 1), view(&[(1, down()), (2, primary(2, None))]));
         let out = Sink::capture();
         let real = Effects { nat: &fake, cluster: &fake, backup: &fake };
-        let mut watcher = Watcher::new(Box::new(NoRunLock));
+        let mut watcher = Watcher::new(Box::new(NoRunLock), Rc::new(FakeClock::new()));
         dressed(&cfg, true, true, &real, &out, |fx| watcher.pass(&cfg, fx, &fake.view()));
         assert_eq!(fake.calls(), [], "a dry run acted");
         let printed = out.captured();
         assert!(printed.contains("/usr/bin/repmgr-nat route 2 --ports all --timeline 2\n"), "{printed}");
         assert!(printed.contains("receive-wal main_backup &"), "{printed}");
         assert_eq!(watcher.last_action.as_ref().map(|a| a.result.as_str()), Some("ok"));
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_a_minute() {
-        let base = Duration::from_millis(250);
-        assert_eq!(backoff(base, 1), base);
-        assert_eq!(backoff(base, 2), base * 2);
-        assert_eq!(backoff(base, 5), base * 16);
-        assert_eq!(backoff(base, 40), MAX_BACKOFF);
     }
 }

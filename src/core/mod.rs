@@ -6,6 +6,8 @@ pub mod config;
 pub mod event;
 pub mod metrics;
 pub mod plan;
+pub mod receive_wal;
+pub mod retry;
 pub mod ruleset;
 pub mod status;
 pub mod view;

@@ -10,15 +10,16 @@ use anyhow::{Result, anyhow};
 
 use crate::core::config::Node;
 use crate::core::config::tests::example;
-use crate::core::ruleset::sim::Tables;
-use crate::core::ruleset::{self, Live, Open, Record, Routing};
 use crate::core::config::tests::node;
 use crate::core::ruleset::Route;
+use crate::core::ruleset::sim::Tables;
+use crate::core::ruleset::{self, Live, Open, Record, Routing};
 use crate::core::view::{Answer, Lsn, NodeState, Role, Slot, View};
 use crate::effects::barman::Backup;
 use crate::effects::db::Cluster;
 use crate::effects::firewall::Firewall;
 use crate::effects::nat::NatSwitch;
+use crate::effects::state::{Lock, NoRunLock, RunLock};
 use Call::*;
 
 /// What the fake was asked to do, in order.
@@ -40,21 +41,26 @@ pub struct Fake {
     calls: Mutex<Vec<Call>>,
     record: Mutex<Option<Record>>,
     view: View,
-    failing: Vec<Call>,
+    failing: Mutex<Vec<Call>>,
 }
 
 impl Fake {
     pub fn new(record: Option<Record>, view: View) -> Fake {
-        Fake { calls: Mutex::default(), record: Mutex::new(record), view, failing: Vec::new() }
+        Fake { calls: Mutex::default(), record: Mutex::new(record), view, failing: Mutex::default() }
     }
 
-    pub fn failing(mut self, calls: &[Call]) -> Fake {
-        self.failing.extend_from_slice(calls);
+    pub fn failing(self, calls: &[Call]) -> Fake {
+        self.failing.lock().unwrap().extend_from_slice(calls);
         self
     }
 
+    /// From now on, nothing fails.
+    pub fn heal(&self) {
+        self.failing.lock().unwrap().clear();
+    }
+
     fn call(&self, call: Call) -> Result<()> {
-        let fails = self.failing.contains(&call);
+        let fails = self.failing.lock().unwrap().contains(&call);
         self.calls.lock().unwrap().push(call.clone());
         if fails { Err(anyhow!("{call:?}: injected failure")) } else { Ok(()) }
     }
@@ -68,6 +74,13 @@ impl Fake {
         if let Some(start) = start {
             assert!(stop.is_some_and(|stop| stop < start), "receive-wal started before it was stopped: {calls:?}");
         }
+        calls.into_iter().filter(|c| *c != BarmanStop).collect()
+    }
+
+    /// The calls so far in order, but for the stop of receive-wal (it runs beside the
+    /// first steps, in no set order), and forgets them.
+    pub fn take_calls(&self) -> Vec<Call> {
+        let calls = std::mem::take(&mut *self.calls.lock().unwrap());
         calls.into_iter().filter(|c| *c != BarmanStop).collect()
     }
 
@@ -127,7 +140,6 @@ impl Backup for Fake {
         self.call(SwitchWal)
     }
 }
-
 
 /// The kernel's tables in memory; records every restore and cut, fails those whose
 /// description starts with one of `failing`.
@@ -194,4 +206,27 @@ pub fn down() -> Answer {
 
 pub fn rec(id: u32, open: Open, timeline: u32) -> Option<Record> {
     Some(Record { route: Route::new(node(id), open), timeline })
+}
+
+/// Who holds the run lock, as `FakeRunLock` answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockState {
+    Free,
+    /// Another run holds it.
+    Held,
+    /// It cannot be taken at all (setup never made it).
+    Broken,
+}
+
+/// The run lock, held or not as the test says.
+pub struct FakeRunLock(pub std::rc::Rc<std::cell::Cell<LockState>>);
+
+impl RunLock for FakeRunLock {
+    fn try_lock(&self) -> Result<Option<Lock>> {
+        match self.0.get() {
+            LockState::Free => NoRunLock.try_lock(),
+            LockState::Held => Ok(None),
+            LockState::Broken => Err(anyhow!("cannot open /var/lib/repmgr-nat/run.lock (has `repmgr-nat setup` run?)")),
+        }
+    }
 }

@@ -64,8 +64,7 @@ impl Tables {
                         "-A" => rules.push(rule),
                         "-I" => rules.insert(0, rule),
                         _ => {
-                            let at =
-                                rules.iter().position(|r| *r == rule).ok_or(format!("{line}: no such rule"))?;
+                            let at = rules.iter().position(|r| *r == rule).ok_or(format!("{line}: no such rule"))?;
                             rules.remove(at);
                         }
                     }
