@@ -16,9 +16,9 @@ use std::time::Instant;
 use anyhow::{Result, anyhow, bail};
 
 use crate::core::config::{Barman, Config, Node};
-use crate::core::plan::{self, Ask, Decision, NatState, Step};
+use crate::core::plan::{self, Ask, Decision, Situation, Step};
 use crate::core::ruleset::{Open, Record, Route};
-use crate::core::view::{View, arbitrate};
+use crate::core::view::View;
 use crate::effects::barman::Backup;
 use crate::effects::db::Cluster;
 use crate::effects::nat::NatSwitch;
@@ -37,33 +37,40 @@ pub fn run(cfg: &Config, fx: &Effects, ask: Ask, label: &str) -> Result<()> {
     act_on(cfg, fx, ask, label, &view).map(drop)
 }
 
-/// Decides from `view` (and the nat table and the record, read now) and acts; returns the
-/// steps carried out.
-pub fn act_on(cfg: &Config, fx: &Effects, ask: Ask, label: &str, view: &View) -> Result<Vec<Step>> {
+/// What `act_on` decided from, and the steps it carried out.
+pub struct Acted<'v> {
+    pub seen: Situation<'v>,
+    pub steps: Vec<Step>,
+}
+
+/// Decides from `view`, and the nat table and the record read now (under the run lock the
+/// caller holds: what another run changed before is seen), and acts.
+pub fn act_on<'v>(cfg: &Config, fx: &Effects, ask: Ask, label: &str, view: &'v View) -> Result<Acted<'v>> {
     let live = fx.nat.live()?;
-    let routing = live.routing(cfg);
-    let record = fx.nat.recorded()?;
+    let seen = Situation::new(view, live.routing(cfg), live.in_place(cfg), fx.nat.recorded()?);
     let verbose = matches!(ask, Ask::Reconcile { .. });
     for (node, answer) in &view.nodes {
         let level = if verbose { log::Level::Info } else { log::Level::Debug };
         log::log!(level, "{label}: node {}: {}", node.id(), answer.describe());
     }
-    let arbitration = arbitrate(view, record);
-    let nat = NatState { routing: &routing, record, in_place: live.in_place(cfg) };
-    let decision = plan::decide(cfg, ask, view, nat);
+    let decision = plan::decide(cfg, ask, &seen);
     // a refusal says it in its one line
-    if !arbitration.stale.is_empty() && !matches!(decision, Decision::Refuse(_)) {
-        log::warn!("{label}: the legitimate primary: {}", arbitration.describe());
+    if !seen.arbitration.stale.is_empty() && !matches!(decision, Decision::Refuse(_)) {
+        log::warn!("{label}: the legitimate primary: {}", seen.arbitration.describe());
     }
-    match decision {
+    let steps = match decision {
         Decision::Nothing(why) => {
             log::info!("{label}: nothing to do: {why}");
-            Ok(Vec::new())
+            Vec::new()
         }
-        Decision::Refuse(why) => Err(Exit::Refused(format!("{label}: {why}")).into()),
+        Decision::Refuse(why) => return Err(Exit::Refused(format!("{label}: {why}")).into()),
         Decision::Unanswered(why) => bail!("{label}: {why}"),
-        Decision::Act(steps) => execute(cfg, fx, label, &steps).map(|()| steps),
-    }
+        Decision::Act(steps) => {
+            execute(cfg, fx, label, &steps)?;
+            steps
+        }
+    };
+    Ok(Acted { seen, steps })
 }
 
 /// Runs the steps in order with the failure policy in this module's table.

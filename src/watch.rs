@@ -25,11 +25,12 @@ use crate::adapters::Adapters;
 use crate::clock::{Clock, SystemClock};
 use crate::core::config::{Config, Watch};
 use crate::core::metrics::{self, Snapshot, Tracker};
-use crate::core::plan::{self, Ask, Decision, NatState};
+use crate::core::plan::{self, Ask, Decision, Situation};
 use crate::core::receive_wal::ReceiveWal;
 use crate::core::retry::Retry;
+use crate::core::ruleset::Record;
 use crate::core::ruleset::{Open, Route, Routing};
-use crate::core::view::{Answer, Primary, View, arbitrate};
+use crate::core::view::{Answer, Primary, View};
 use crate::core::watch_json::{Action, WatchReport};
 use crate::effects::barman::BarmanCli;
 use crate::effects::exporter;
@@ -164,21 +165,18 @@ impl Watcher {
             log::error!("watch: {e:#}");
             None
         });
-        let arbitration = arbitrate(view, record);
-        self.say(format!("primary: {}; rules: {routing}; nodes: {}", arbitration.describe(), brief(view)));
+        let seen = Situation::new(view, routing, in_place, record);
+        let arbitration = &seen.arbitration;
+        self.say(format!("primary: {}; rules: {}; nodes: {}", arbitration.describe(), seen.routing, brief(view)));
 
-        let decision = plan::decide(cfg, Ask::Watch, view, NatState { routing: &routing, record, in_place });
-        if let Decision::Act(_) = decision {
-            self.act(cfg, fx, view);
-        } else {
-            let now = self.clock.now();
-            receive_wal::keep_streaming(&mut self.receive_wal, &mut self.gate, cfg, fx, (view, &routing), now);
-        }
-        // the rules as they stand after the pass: read again if it acted (and kept for
-        // the next pass)
-        let (after, record) = match self.nat.get(cfg, fx.nat, self.clock.now()) {
-            Ok((after, _)) if after != routing => (after, fx.nat.recorded().ok().flatten()),
-            _ => (routing, record),
+        // the rules as they stand after the pass
+        let (after, record) = match plan::decide(cfg, Ask::Watch, &seen) {
+            Decision::Act(_) => self.act(cfg, fx, view).unwrap_or_else(|| self.read_again(cfg, fx, &seen)),
+            _ => {
+                let now = self.clock.now();
+                receive_wal::keep_streaming(&mut self.receive_wal, &mut self.gate, cfg, fx, (view, &seen.routing), now);
+                (seen.routing.clone(), seen.record)
+            }
         };
         let hurry = match (&arbitration.primary, &after) {
             (Primary::Legit { node, .. }, Routing::To(route)) => route.node != *node,
@@ -198,7 +196,7 @@ impl Watcher {
             ended_mono_ms: self.mono_ms(),
             ended_ms: now_ms,
             view,
-            arbitration: &arbitration,
+            arbitration,
             routing: &after,
             recorded: record,
             barman: cfg.barman.is_some(),
@@ -215,19 +213,24 @@ impl Watcher {
 
     /// Under the run lock (when another run holds it, that run does the work: the next
     /// pass sees the result), with the rules read again, the plan an event would carry out.
-    fn act(&mut self, cfg: &Config, fx: &Effects, view: &View) {
+    /// The rules and the record it left, when it acted and all went through: known without
+    /// reading them again.
+    fn act(&mut self, cfg: &Config, fx: &Effects, view: &View) -> Option<(Routing, Option<Record>)> {
         if !self.retry.ready(self.clock.now()) {
-            return;
+            return None;
         }
-        let Some(_lock) = self.gate.take(self.clock.now()) else { return };
+        let _lock = self.gate.take(self.clock.now())?;
         self.nat.forget();
         let result = handler::act_on(cfg, fx, Ask::Watch, "watch", view);
-        self.nat.forget();
         self.metrics.acted(result.is_ok());
+        let mut after = None;
         let (steps, result) = match result {
-            Ok(steps) => {
+            Ok(acted) => {
                 self.retry.succeeded();
-                (steps, "ok".to_string())
+                let (routing, in_place, record) = acted.seen.after(&acted.steps);
+                self.nat.set(routing.clone(), in_place, self.clock.now());
+                after = Some((routing, record));
+                (acted.steps, "ok".to_string())
             }
             Err(e) => {
                 let backoff = self.retry.failed(cfg.watch.interval, self.clock.now());
@@ -241,6 +244,16 @@ impl Watcher {
                 steps: steps.iter().map(|s| s.to_string()).collect(),
                 result,
             });
+        }
+        after
+    }
+
+    /// The rules and the record after a pass that did not act, or failed: read again when
+    /// the pass could not say what they hold (and kept for the next pass).
+    fn read_again(&mut self, cfg: &Config, fx: &Effects, seen: &Situation) -> (Routing, Option<Record>) {
+        match self.nat.get(cfg, fx.nat, self.clock.now()) {
+            Ok((after, _)) if after != seen.routing => (after, fx.nat.recorded().ok().flatten()),
+            _ => (seen.routing.clone(), seen.record),
         }
     }
 
@@ -378,6 +391,24 @@ mod tests {
             let mut rig = Rig::new(Fake::new(record, nodes.clone()));
             assert_eq!(rig.pass(ZERO, &nodes), (expected, hurry), "row {i}");
         }
+    }
+
+    /// Reading the nat table is a root process through sudo (`route --show`): a pass that
+    /// acts reads it once before deciding and once under the run lock, and then knows what
+    /// its switch left; a pass that does not act reads it at most every `NAT_EVERY`.
+    #[test]
+    fn a_pass_reads_the_rules_once_and_again_only_under_the_lock_it_acts_under() {
+        let promoted = view(&[(1, down()), (2, primary(2, None))]);
+        let mut rig = Rig::new(Fake::new(rec(1, Open::All, 1), promoted.clone()));
+        let reads = |rig: &Rig| rig.fake.reads.swap(0, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(rig.pass(ZERO, &promoted), (FAILOVER.to_vec(), false));
+        assert_eq!(reads(&rig), 2, "an acting pass");
+        assert_eq!(rig.watcher.misrouted_since, None, "what the switch left is what the pass reports");
+        let after = view(&[(1, down()), (2, primary(2, STREAMING))]);
+        assert_eq!(rig.pass(INTERVAL, &after), (vec![], false));
+        assert_eq!(reads(&rig), 0, "the switch's result, kept");
+        assert_eq!(rig.pass(Watch::NAT_EVERY, &after), (vec![], false));
+        assert_eq!(reads(&rig), 1, "read again after NAT_EVERY");
     }
 
     #[test]

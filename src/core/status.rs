@@ -381,6 +381,12 @@ mod tests {
         Answer::Up(NodeState { role, timeline, lsn: Lsn(0x300_0060), slot })
     }
 
+    /// With the slot (held by walsender `pid`, or idle) or without.
+    fn up_with(role: Role, timeline: u32, slot: bool, pid: Option<i32>) -> Answer {
+        let slot = slot.then_some(Slot { active_pid: pid, restart_lsn: Some(Lsn(0x300_0000)) });
+        Answer::Up(NodeState { role, timeline, lsn: Lsn(0x300_0060), slot })
+    }
+
     fn live_to(cfg: &Config, id: u32, open: Open) -> Result<Live, String> {
         Ok(Live::installed(cfg, Route::new(node(id), open)))
     }
@@ -405,6 +411,51 @@ mod tests {
         assert!(text.contains("rules: node 2 ports all\n"), "{text}");
         assert!(text.contains("present, active (pid 77), keeps 96 B"), "{text}");
         assert!(text.contains("consistent: yes"), "{text}");
+    }
+
+    /// status restates none of the policy on barman's slots: for every view, it reports
+    /// a slot problem on a node exactly when watch would make, end or drop something there
+    /// (`decide(Ask::Watch)`); only barman not streaming from the primary is status's own
+    /// (watch's receive-wal handles it, no plan does).
+    #[test]
+    fn slot_problems_are_what_watch_would_act_on() {
+        use crate::core::plan::{Ask, Decision, Situation, Step, decide};
+        for standby_slots in [true, false] {
+            let mut cfg = example();
+            cfg.barman.as_mut().unwrap().standby_slots = standby_slots;
+            let answers =
+                |role| [(false, None), (true, None), (true, Some(4242))].map(|(slot, pid)| up_with(role, 2, slot, pid));
+            for primary in answers(Role::Primary) {
+                for standby in answers(Role::Standby) {
+                    let v = view(&[(1, standby.clone()), (2, primary.clone())]);
+                    let routed = Route::new(node(2), Open::All);
+                    let record = Some(Record { route: routed, timeline: 2 });
+                    let mut seen = seen(&v, live_to(&cfg, 2, Open::All), Ok(record));
+                    seen.watch = Some(WatchReport { passed_ms: 0, ..watch_report() });
+                    let problems = assess(&cfg, seen).problems;
+                    let situation = Situation::new(&v, Routing::To(routed), true, record);
+                    let steps = match decide(&cfg, Ask::Watch, &situation) {
+                        Decision::Act(steps) => steps,
+                        _ => Vec::new(),
+                    };
+                    for id in [1, 2] {
+                        let acts = steps.iter().any(|step| match *step {
+                            Step::CreateSlot(n)
+                            | Step::CreateStandbySlot(n)
+                            | Step::TerminateWalsender(n, _)
+                            | Step::DropSlot(n) => n == node(id),
+                            _ => false,
+                        });
+                        let names = |p: &str| {
+                            let words: Vec<&str> = p.split(' ').collect();
+                            words.windows(2).any(|w| w[0] == "node" && w[1].trim_end_matches(':') == id.to_string())
+                        };
+                        let said = problems.iter().any(|p| names(p) && !p.contains("does not stream"));
+                        assert_eq!(said, acts, "node {id}, standby_slots {standby_slots}: {problems:?} / {steps:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

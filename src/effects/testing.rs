@@ -42,11 +42,19 @@ pub struct Fake {
     record: Mutex<Option<Record>>,
     view: View,
     failing: Mutex<Vec<Call>>,
+    /// How often the nat table was read (through sudo, for real: a root process each).
+    pub reads: std::sync::atomic::AtomicUsize,
 }
 
 impl Fake {
     pub fn new(record: Option<Record>, view: View) -> Fake {
-        Fake { calls: Mutex::default(), record: Mutex::new(record), view, failing: Mutex::default() }
+        Fake {
+            calls: Mutex::default(),
+            record: Mutex::new(record),
+            view,
+            failing: Mutex::default(),
+            reads: Default::default(),
+        }
     }
 
     pub fn failing(self, calls: &[Call]) -> Fake {
@@ -91,6 +99,7 @@ impl Fake {
 
 impl NatSwitch for Fake {
     fn live(&self) -> Result<Live> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cfg = example();
         Ok(match *self.record.lock().unwrap() {
             Some(record) => Live::installed(&cfg, record.route),

@@ -32,8 +32,13 @@ impl NatCache {
         }
     }
 
-    /// Read the table again next time: something switched it.
+    /// Read the table again next time: something switched it, or may have.
     pub(super) fn forget(&mut self) {
         self.read = None;
+    }
+
+    /// What the table holds now, known without reading it (watch's own switch).
+    pub(super) fn set(&mut self, routing: Routing, in_place: bool, now: Instant) {
+        self.read = Some((routing, in_place, now));
     }
 }
