@@ -1,7 +1,7 @@
 // The command line, as clap parses it. `main` turns it into validated settings.
 //
-// Self-contained (std, clap and `ruleset::Open`): build.rs includes this file to generate
-// the man pages and the shell completions from the same definitions.
+// The man pages and the shell completions are rendered from the same definitions
+// (`generate`).
 
 use std::path::PathBuf;
 

@@ -12,13 +12,17 @@ use anyhow::{Result, bail};
 
 use crate::core::config::{Config, Node, NodeId};
 
-mod open;
-pub use open::Open;
-
-impl serde::Serialize for Open {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
+/// Which proxy ports forward to the node (also `route --ports`'s values). The SNAT rule for
+/// the node is present in every case, so a route always names exactly one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Open {
+    /// Neither port forwards: both refuse connections.
+    None,
+    /// Only barman's port forwards; the application port refuses connections.
+    Barman,
+    /// barman's port and every application port forward.
+    All,
 }
 
 impl fmt::Display for Open {
