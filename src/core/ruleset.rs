@@ -10,7 +10,7 @@ use std::fmt;
 
 use anyhow::{Result, bail};
 
-use crate::core::config::{Config, Node, NodeId};
+use crate::core::config::{Config, Node, NodeId, positive_integer};
 
 /// Which proxy ports forward to the node (also `route --ports`'s values). The SNAT rule for
 /// the node is present in every case, so a route always names exactly one node.
@@ -104,10 +104,9 @@ impl fmt::Display for Record {
 
 /// A PostgreSQL timeline id: a positive 32-bit integer, digits only.
 pub fn parse_timeline(text: &str) -> Result<u32> {
-    let valid = !text.is_empty() && text.len() <= 10 && text.bytes().all(|b| b.is_ascii_digit());
-    match text.parse::<u32>() {
-        Ok(t) if valid && t > 0 => Ok(t),
-        _ => bail!("timeline {text:?} is not a positive integer"),
+    match positive_integer(text) {
+        Some(timeline) => Ok(timeline),
+        None => bail!("timeline {text:?} is not a positive integer"),
     }
 }
 

@@ -10,6 +10,7 @@ use crate::core::config::Config;
 use crate::core::receive_wal::{ReceiveWal, Seen};
 use crate::core::ruleset::Routing;
 use crate::core::view::View;
+use crate::effects::exec;
 use crate::handler::Effects;
 
 /// Where the receive-wal `watch` starts writes what it prints.
@@ -56,6 +57,5 @@ pub(super) fn keep_streaming(
 /// The last line the receive-wal watch started printed, if any.
 pub(super) fn last_said(dir: &Path) -> Option<String> {
     let text = std::fs::read(dir.join(RECEIVE_WAL_LOG)).ok()?;
-    let text = String::from_utf8_lossy(&text);
-    text.lines().map(str::trim).rfind(|l| !l.is_empty()).map(|l| l.chars().take(300).collect())
+    exec::last_line(&String::from_utf8_lossy(&text)).map(|l| l.chars().take(300).collect())
 }
