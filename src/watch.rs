@@ -25,7 +25,7 @@ use crate::adapters::Adapters;
 use crate::clock::{Clock, SystemClock};
 use crate::core::config::{Config, Watch};
 use crate::core::metrics::{self, Snapshot, Tracker};
-use crate::core::plan::{self, Ask, Decision, Situation};
+use crate::core::plan::{self, Ask, Decision, Situation, Step};
 use crate::core::receive_wal::ReceiveWal;
 use crate::core::retry::Retry;
 use crate::core::ruleset::Record;
@@ -59,6 +59,7 @@ pub fn run(adapters: &Adapters) -> Result<()> {
         let mut watcher = Watcher::new(adapters.run_lock(), Rc::new(SystemClock));
         if dry_run {
             log::info!("watch: --dry-run: printing what it would do; no watch.json, no metrics, no run lock");
+            watcher.dry_run = true;
         } else {
             std::fs::create_dir_all(&cfg.watch.dir)
                 .with_context(|| format!("cannot create watch.dir {}", cfg.watch.dir.display()))?;
@@ -107,6 +108,9 @@ struct Watcher {
     clock: Rc<dyn Clock>,
     /// Whether each pass writes watch.json (not in a dry run).
     writes_report: bool,
+    /// A dry run: the rules never change, so each plan is printed once, not every pass.
+    dry_run: bool,
+    printed: Option<Vec<Step>>,
     started_ms: u64,
     passes: u64,
     nat: NatCache,
@@ -133,6 +137,8 @@ impl Watcher {
         let metrics = Tracker::new(clock.now_ms());
         Watcher {
             writes_report: false,
+            dry_run: false,
+            printed: None,
             started_ms: clock.now_ms(),
             began: clock.now(),
             snapshot: Arc::new(Mutex::new(metrics.snapshot().clone())),
@@ -171,7 +177,13 @@ impl Watcher {
 
         // the rules as they stand after the pass
         let (after, record) = match plan::decide(cfg, Ask::Watch, &seen) {
-            Decision::Act(_) => self.act(cfg, fx, view).unwrap_or_else(|| self.read_again(cfg, fx, &seen)),
+            Decision::Act(steps) if self.dry_run && self.printed.as_ref() == Some(&steps) => {
+                (seen.routing.clone(), seen.record)
+            }
+            Decision::Act(steps) => {
+                self.printed = self.dry_run.then_some(steps);
+                self.act(cfg, fx, view).unwrap_or_else(|| self.read_again(cfg, fx, &seen))
+            }
             _ => {
                 let now = self.clock.now();
                 receive_wal::keep_streaming(&mut self.receive_wal, &mut self.gate, cfg, fx, (view, &seen.routing), now);
@@ -227,9 +239,12 @@ impl Watcher {
         let (steps, result) = match result {
             Ok(acted) => {
                 self.retry.succeeded();
-                let (routing, in_place, record) = acted.seen.after(&acted.steps);
-                self.nat.set(routing.clone(), in_place, self.clock.now());
-                after = Some((routing, record));
+                // (a dry run changed nothing: the rules are read again)
+                if !self.dry_run {
+                    let (routing, in_place, record) = acted.seen.after(&acted.steps);
+                    self.nat.set(routing.clone(), in_place, self.clock.now());
+                    after = Some((routing, record));
+                }
                 (acted.steps, "ok".to_string())
             }
             Err(e) => {
@@ -495,11 +510,17 @@ mod tests {
         let out = Sink::capture();
         let real = Effects { nat: &fake, cluster: &fake, backup: &fake };
         let mut watcher = Watcher::new(Box::new(NoRunLock), Rc::new(FakeClock::new()));
+        watcher.dry_run = true;
         dressed(&cfg, true, true, &real, &out, |fx| watcher.pass(&cfg, fx, &fake.view()));
         assert_eq!(fake.calls(), [], "a dry run acted");
         let printed = out.captured();
         assert!(printed.contains("/usr/bin/repmgr-nat route 2 --ports all --timeline 2\n"), "{printed}");
         assert!(printed.contains("receive-wal main_backup &"), "{printed}");
         assert_eq!(watcher.last_action.as_ref().map(|a| a.result.as_str()), Some("ok"));
+        // the rules never change: the same plan is not printed again every pass
+        let out = Sink::capture();
+        dressed(&cfg, true, true, &real, &out, |fx| watcher.pass(&cfg, fx, &fake.view()));
+        assert_eq!(out.captured(), "");
+        assert_eq!(fake.calls(), []);
     }
 }
