@@ -38,8 +38,8 @@ pub struct Adapters<'c> {
 }
 
 impl<'c> Adapters<'c> {
-    pub fn new(ctx: &'c Ctx) -> Result<Adapters<'c>> {
-        Ok(Adapters { ctx, rt: OnceCell::new(), state: StateDir::new(&ctx.cfg.state.dir), out: Sink::Stdout })
+    pub fn new(ctx: &'c Ctx) -> Adapters<'c> {
+        Adapters { ctx, rt: OnceCell::new(), state: StateDir::new(&ctx.cfg.state.dir), out: Sink::Stdout }
     }
 
     /// The runtime every database call of this run runs on.

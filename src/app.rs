@@ -68,7 +68,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Watch => {
             refuse_root("watch", inv.root)?;
             let ctx = inv.acting()?;
-            watch::run(&Adapters::new(&ctx)?)
+            watch::run(&Adapters::new(&ctx))
         }
         Command::Status { json } => status(&inv.reading()?, *json),
         Command::CanServe => can_serve(&inv.reading()?),
@@ -114,7 +114,7 @@ fn handle_event(inv: &Invocation, node_id: &str, event: &str, success: Option<&s
     };
     let label = format!("node {} {}", event.node, event.name);
     let handled = ctx.cfg.node(event.node).map_err(bad_input).and_then(|_| {
-        let adapters = Adapters::new(&ctx)?;
+        let adapters = Adapters::new(&ctx);
         let _lock = adapters.lock()?;
         adapters.effects(|fx| handler::run(&ctx.cfg, fx, Ask::Event(claim), &label))
     });
@@ -124,7 +124,7 @@ fn handle_event(inv: &Invocation, node_id: &str, event: &str, success: Option<&s
 /// Routes to the legitimate primary (or the one named); `--boot` is setup's cluster part.
 fn reconcile(ctx: &Ctx, primary: Option<&str>, boot: bool) -> Result<()> {
     let named = primary.map(|text| node(&ctx.cfg, text)).transpose()?;
-    let adapters = Adapters::new(ctx)?;
+    let adapters = Adapters::new(ctx);
     let _lock = adapters.lock()?;
     if boot {
         return adapters.effects(|fx| boot_cluster(&ctx.cfg, fx));
@@ -235,7 +235,7 @@ fn refuse_root(command: &str, root: bool) -> Result<()> {
 }
 
 fn status(ctx: &Ctx, json: bool) -> Result<()> {
-    let report = Adapters::new(ctx)?.effects(|fx| {
+    let report = Adapters::new(ctx).effects(|fx| {
         let view = fx.cluster.view();
         let live = fx.nat.live().map_err(|e| format!("{e:#}"));
         let recorded = fx.nat.recorded().map_err(|e| format!("{e:#}"));
@@ -274,7 +274,7 @@ fn setup(ctx: &Ctx, cli: &Cli) -> Result<()> {
         + cfg.state.lock_timeout
         + cfg.barman.as_ref().map_or(Duration::ZERO, |b| b.worst_case())
         + Duration::from_secs(30);
-    let adapters = Adapters::new(ctx)?;
+    let adapters = Adapters::new(ctx);
     if !ctx.dry_run {
         let state = StateDir::new(&cfg.state.dir);
         state.create()?;
@@ -338,7 +338,7 @@ fn boot_cluster(cfg: &Config, fx: &Effects) -> Result<()> {
 /// lock: a run that held it switches nothing after.
 fn teardown(ctx: &Ctx) -> Result<()> {
     let cfg = &ctx.cfg;
-    let adapters = Adapters::new(ctx)?;
+    let adapters = Adapters::new(ctx);
     if ctx.dry_run {
         return adapters.direct(|direct| direct.uninstall());
     }
@@ -408,7 +408,7 @@ fn sudo_list(user: &str, cmd: &Cmd) -> Cmd {
 
 /// `route --show`: the chains, their rules and the jumps, as iptables-save prints them.
 fn route_show(ctx: &Ctx) -> Result<()> {
-    let text = Adapters::new(ctx)?.direct(|direct| direct.live())?.render();
+    let text = Adapters::new(ctx).direct(|direct| direct.live())?.render();
     print!("{text}");
     Ok(())
 }
@@ -417,7 +417,7 @@ fn route_show(ctx: &Ctx) -> Result<()> {
 /// one stays (a switch by hand), as read under root's switch lock.
 fn route(ctx: &Ctx, node: Node, open: Open, timeline: Option<u32>) -> Result<()> {
     let record = Record { route: Route::new(node, open), timeline: timeline.unwrap_or(0) };
-    let changed = Adapters::new(ctx)?.switch(record)?;
+    let changed = Adapters::new(ctx).switch(record)?;
     crate::logging::answer(if changed { "changed" } else { "unchanged" });
     Ok(())
 }
