@@ -2,8 +2,8 @@
 //! primary of a repmgr cluster, and barman's replication slot on it.
 //!
 //! The core decides without side effects (`plan`, `ruleset`, `status::assess`); the
-//! adapters act (`firewall`, `nat`, `db`, `barman`, `state`); `handler` and `app` tie
-//! them together.
+//! adapters act (`firewall`, `nat`, `db`, `barman`, `state`), built in one place from the
+//! validated context (`adapters`); `handler` and `app` tie them together.
 
 mod adapters;
 mod app;
