@@ -252,7 +252,7 @@ pub struct Nat {
     /// Hold new connections to a closed application port (drop their SYN) instead of
     /// refusing them.
     pub hold: bool,
-    /// The filter-table chain that holds them (jumped to first from INPUT).
+    /// The filter-table chain that holds them (jumped to first from INPUT and FORWARD).
     pub hold_chain: String,
     pub no_primary: NoPrimary,
 }

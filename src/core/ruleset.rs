@@ -151,6 +151,7 @@ pub const PREROUTING: Hook = Hook { table: Table::Nat, builtin: "PREROUTING", fi
 pub const OUTPUT: Hook = Hook { table: Table::Nat, builtin: "OUTPUT", first: false };
 pub const POSTROUTING: Hook = Hook { table: Table::Nat, builtin: "POSTROUTING", first: false };
 pub const INPUT: Hook = Hook { table: Table::Filter, builtin: "INPUT", first: true };
+pub const FORWARD: Hook = Hook { table: Table::Filter, builtin: "FORWARD", first: true };
 
 /// One of our chains as the config names it: its table, and the built-in chains that jump
 /// to it.
@@ -169,7 +170,7 @@ pub fn chains(cfg: &Config) -> Vec<Chain<'_>> {
         chain(Table::Nat, cfg.nat.snat_chain.as_str(), vec![POSTROUTING]),
     ];
     if cfg.nat.hold {
-        chains.push(chain(Table::Filter, cfg.nat.hold_chain.as_str(), vec![INPUT]));
+        chains.push(chain(Table::Filter, cfg.nat.hold_chain.as_str(), vec![INPUT, FORWARD]));
     }
     chains
 }
@@ -210,19 +211,28 @@ pub fn rules(cfg: &Config, route: Route) -> Rules {
 /// The hold: a new connection to an application port that no DNAT rule forwarded
 /// reaches this host itself, which would refuse it at once. Its first packet (SYN) is
 /// dropped instead, so the client retransmits it (after ~1 s) and reaches the primary
-/// once the port opens again. These rules never change with the route.
+/// once the port opens again. And a connection forwarded to a node that refuses it (a
+/// primary that just died, before the rules moved) gets no RST back: conntrack forgets a
+/// connection whose only answer was a RST, so the client's retransmitted SYN is routed
+/// afresh, to the primary of that moment or into the hold. Only a handshake that never
+/// completed loses its RST (`! --ctstatus ASSURED`): an established connection that is
+/// reset still ends at once. These rules never change with the route.
 pub fn hold_rules(cfg: &Config) -> Vec<String> {
     if !cfg.nat.hold {
         return Vec::new();
     }
+    let (chain, proxy) = (&cfg.nat.hold_chain, cfg.proxy);
     cfg.ports
         .app
         .iter()
-        .map(|port| {
-            format!(
-                "-A {} -d {}/32 -p tcp -m tcp --dport {port} --tcp-flags FIN,SYN,RST,ACK SYN -j DROP",
-                cfg.nat.hold_chain, cfg.proxy
-            )
+        .flat_map(|port| {
+            [
+                format!("-A {chain} -d {proxy}/32 -p tcp -m tcp --dport {port} --tcp-flags FIN,SYN,RST,ACK SYN -j DROP"),
+                format!(
+                    "-A {chain} -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate DNAT --ctorigdst {proxy} \
+                     --ctorigdstport {port} ! --ctstatus ASSURED --ctdir REPLY -j DROP"
+                ),
+            ]
         })
         .collect()
 }
@@ -637,7 +647,9 @@ COMMIT
 *filter
 :repmgr_hold - [0:0]
 -A repmgr_hold -d 10.8.3.1/32 -p tcp -m tcp --dport 54322 --tcp-flags FIN,SYN,RST,ACK SYN -j DROP
+-A repmgr_hold -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate DNAT --ctorigdst 10.8.3.1 --ctorigdstport 54322 ! --ctstatus ASSURED --ctdir REPLY -j DROP
 -I INPUT -j repmgr_hold
+-I FORWARD -j repmgr_hold
 COMMIT
 ";
 
@@ -726,7 +738,7 @@ COMMIT
                 assert!(live.in_place(&cfg), "{from:?} -> {to:?}");
                 assert_eq!(after.tables["nat"]["DOCKER"], ["-A DOCKER -p tcp -j RETURN"]);
                 assert_eq!(after.tables["nat"]["PREROUTING"][0], "-A PREROUTING -j DOCKER");
-                for rule in after.save().lines().filter(|l| l.contains("DNAT") || l.contains("SNAT")) {
+                for rule in after.save().lines().filter(|l| l.contains("-j DNAT") || l.contains("-j SNAT")) {
                     assert!(rule.contains(&to.node.addr().to_string()), "{rule} is not for {to}");
                 }
             }
@@ -766,7 +778,9 @@ COMMIT
 *filter
 :repmgr_hold - [0:0]
 -A repmgr_hold -d 10.8.3.1/32 -p tcp -m tcp --dport 54322 --tcp-flags FIN,SYN,RST,ACK SYN -j DROP
+-A repmgr_hold -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate DNAT --ctorigdst 10.8.3.1 --ctorigdstport 54322 ! --ctstatus ASSURED --ctdir REPLY -j DROP
 -I INPUT -j repmgr_hold
+-I FORWARD -j repmgr_hold
 COMMIT
 "
         );
@@ -926,7 +940,7 @@ COMMIT
                 assert_eq!(forwards, forwarded(&cfg, open).len());
             }
         }
-        assert_eq!(hold_rules(&cfg).len(), 3, "one hold rule per application port");
+        assert_eq!(hold_rules(&cfg).len(), 6, "two hold rules per application port: its SYN, its node's RST");
     }
 
     #[test]

@@ -81,6 +81,9 @@ enum Cmd {
         keep: bool,
         #[arg(long, default_value = "repmgr-nat")]
         handler: String,
+        /// repmgr's events alone, no watch (for comparison; not what the README recommends)
+        #[arg(long)]
+        events_only: bool,
     },
 }
 
@@ -165,7 +168,7 @@ fn run(cli: Cli) -> Result<(), String> {
             bench::run(args, std::env::args().skip(1).collect::<Vec<_>>().join(" ").replacen("bench", "lab/bench", 1))
         }
         Cmd::BenchReport { dir } => bench::report_again(&dir),
-        Cmd::Demo { keep, handler } => demo::run(&handler, keep),
+        Cmd::Demo { keep, handler, events_only } => demo::run(&handler, events_only, keep),
     }
 }
 
