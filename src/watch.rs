@@ -425,6 +425,28 @@ mod tests {
         assert_eq!(reads(&rig), 1, "read again after NAT_EVERY");
     }
 
+    /// For `can-serve`: since when the application ports have missed the legitimate
+    /// primary, kept from the first pass that saw it, cleared by the first that does not.
+    #[test]
+    fn misrouted_since_is_the_first_pass_that_missed_the_primary() {
+        let promoted = view(&[(1, down()), (2, primary(2, None))]);
+        let mut rig = Rig::new(Fake::new(rec(1, Open::All, 1), promoted.clone()));
+        rig.lock.set(LockState::Held);
+        rig.pass(ZERO, &promoted);
+        let since = rig.clock.now_ms();
+        assert_eq!(rig.watcher.misrouted_since, Some(since));
+        rig.pass(INTERVAL, &promoted);
+        assert_eq!(rig.watcher.misrouted_since, Some(since), "kept");
+        // nobody answers as primary: not serving either
+        let none = view(&[(1, down()), (2, down())]);
+        rig.pass(INTERVAL, &none);
+        assert_eq!(rig.watcher.misrouted_since, Some(since));
+        rig.lock.set(LockState::Free);
+        rig.pass(INTERVAL, &promoted); // the lock was contended: this pass only notes it
+        assert_eq!(rig.pass(INTERVAL, &promoted).0, FAILOVER);
+        assert_eq!(rig.watcher.misrouted_since, None);
+    }
+
     #[test]
     fn a_failed_action_is_tried_again_after_a_backoff_that_doubles() {
         let nodes = view(&[(1, down()), (2, primary(2, None))]);

@@ -227,7 +227,9 @@ pub fn hold_rules(cfg: &Config) -> Vec<String> {
         .iter()
         .flat_map(|port| {
             [
-                format!("-A {chain} -d {proxy}/32 -p tcp -m tcp --dport {port} --tcp-flags FIN,SYN,RST,ACK SYN -j DROP"),
+                format!(
+                    "-A {chain} -d {proxy}/32 -p tcp -m tcp --dport {port} --tcp-flags FIN,SYN,RST,ACK SYN -j DROP"
+                ),
                 format!(
                     "-A {chain} -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate DNAT --ctorigdst {proxy} \
                      --ctorigdstport {port} ! --ctstatus ASSURED --ctdir REPLY -j DROP"
