@@ -239,7 +239,14 @@ fn status(ctx: &Ctx, json: bool) -> Result<()> {
         let view = fx.cluster.view();
         let live = fx.nat.live().map_err(|e| format!("{e:#}"));
         let recorded = fx.nat.recorded().map_err(|e| format!("{e:#}"));
-        let seen = status::Seen { view: &view, live, recorded, watch: watch_file::read(&ctx.cfg), now_ms: now_ms() };
+        let seen = status::Seen {
+            view: &view,
+            live,
+            recorded,
+            watch: watch_file::read(&ctx.cfg),
+            torn_down: StateDir::new(&ctx.cfg.state.dir).torn_down(),
+            now_ms: now_ms(),
+        };
         Ok(status::assess(&ctx.cfg, seen))
     })?;
     if json {

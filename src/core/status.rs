@@ -63,6 +63,8 @@ pub struct Report {
     pub recorded_error: Option<String>,
     /// What `watch` saw last, if it runs (it does not make the report inconsistent).
     pub watch: Option<WatchReport>,
+    /// `teardown` ran since the last `setup`.
+    pub torn_down: bool,
     pub consistent: bool,
     /// Why not, one line each.
     pub problems: Vec<String>,
@@ -108,12 +110,14 @@ pub struct Seen<'a> {
     pub live: Result<Live, String>,
     pub recorded: Result<Option<Record>, String>,
     pub watch: Option<WatchReport>,
+    /// `teardown` ran since the last `setup`: no switch is made until `setup` runs.
+    pub torn_down: bool,
     /// When it was seen (for the age of watch's report).
     pub now_ms: u64,
 }
 
 pub fn assess(cfg: &Config, seen: Seen) -> Report {
-    let Seen { view, live, recorded, watch, now_ms } = seen;
+    let Seen { view, live, recorded, watch, torn_down, now_ms } = seen;
     let watching = watch.as_ref().is_some_and(|w| w.fresh(now_ms));
     let (recorded, recorded_error) = match recorded {
         Ok(r) => (r, None),
@@ -125,6 +129,13 @@ pub fn assess(cfg: &Config, seen: Seen) -> Report {
         _ => None,
     };
     let mut problems = primary_problems(&arbitration);
+    if torn_down {
+        problems.push(
+            "torn down (`repmgr-nat teardown`, which the package's removal runs): no switch is made until \
+             `repmgr-nat setup` runs as root"
+                .to_string(),
+        );
+    }
     problems.extend(slot_problems(cfg, view, wanted.map(|w| w.route.node), watch.as_ref().filter(|_| watching)));
     let rules = rules_report(cfg, &live);
     if let Ok(live) = &live {
@@ -152,6 +163,7 @@ pub fn assess(cfg: &Config, seen: Seen) -> Report {
         recorded,
         recorded_error,
         watch,
+        torn_down,
         consistent: problems.is_empty(),
         problems,
     }
@@ -392,7 +404,7 @@ mod tests {
     }
 
     fn seen<'a>(view: &'a View, live: Result<Live, String>, recorded: Result<Option<Record>, String>) -> Seen<'a> {
-        Seen { view, live, recorded, watch: None, now_ms: 0 }
+        Seen { view, live, recorded, watch: None, torn_down: false, now_ms: 0 }
     }
 
     fn rec(id: u32, open: Open, timeline: u32) -> Result<Option<Record>, String> {
@@ -417,6 +429,20 @@ mod tests {
     /// a slot problem on a node exactly when watch would make, end or drop something there
     /// (`decide(Ask::Watch)`); only barman not streaming from the primary is status's own
     /// (watch's receive-wal handles it, no plan does).
+    #[test]
+    fn torn_down_is_inconsistent_and_says_what_to_run() {
+        let cfg = example();
+        let v = view(&[(1, Answer::Down("connection refused".into())), (2, up(Role::Primary, 2, true))]);
+        let torn = Seen { torn_down: true, ..seen(&v, live_to(&cfg, 2, Open::All), rec(2, Open::All, 2)) };
+        let report = assess(&cfg, torn);
+        assert!(report.torn_down && !report.consistent);
+        assert_eq!(
+            report.problems,
+            ["torn down (`repmgr-nat teardown`, which the package's removal runs): no switch is made until \
+              `repmgr-nat setup` runs as root"]
+        );
+    }
+
     #[test]
     fn slot_problems_are_what_watch_would_act_on() {
         use crate::core::plan::{Ask, Decision, Situation, Step, decide};
@@ -560,6 +586,7 @@ mod tests {
                 live: live_to(&cfg, 2, Open::All),
                 recorded: rec(2, Open::All, 2),
                 watch: Some(watch),
+                torn_down: false,
                 now_ms: 10_100,
             },
         );
