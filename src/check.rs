@@ -8,16 +8,17 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::app::{self, Ctx};
+use crate::adapters::{Adapters, Ctx};
+use crate::app;
+use crate::clock::now_ms;
 use crate::core::check::{self, BarmanServer, Facts, Sudo, SudoAnswer};
 use crate::core::config::{self, Config};
 use crate::effects::exec::{self, Cmd};
 use crate::effects::firewall::{self, Firewall, Iptables};
-use crate::effects::nat::{self, Direct, Nat, ViaSudo};
+use crate::effects::nat::{self, NatSwitch, ViaSudo};
 use crate::effects::privilege::{self, OsUser};
 use crate::effects::state::StateDir;
-use crate::effects::{barman, db};
-use crate::watch;
+use crate::effects::{barman, watch_file};
 
 /// How long sudo may take to judge one command line.
 const SUDO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,20 +33,20 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
     let user = OsUser::named(&cfg.repmgr_user).ok();
     let facts = std::thread::scope(|s| {
         let sudo = s.spawn(|| sudo(cfg, ctx.root, user.as_ref().filter(|u| ctx.root || u.uid == uid)));
-        let nodes = s.spawn(|| (!ctx.root).then(|| nodes(cfg)).transpose());
+        let nodes = s.spawn(|| (!ctx.root).then(|| nodes(ctx)).transpose());
         let barman = s.spawn(|| cfg.barman.as_ref().filter(|_| ctx.root).map(barman_server));
-        let live = s.spawn(|| live(cfg, ctx.root));
+        let live = s.spawn(|| live(ctx));
         let nat_save = s.spawn(|| ctx.root.then(|| Iptables.save().map_err(|e| format!("{e:#}"))));
         let state = StateDir::new(&cfg.state.dir);
         // its age is measured when it is read, not once the slower probes are done
-        let (report, now_ms) = (watch::report(cfg), watch::now_ms());
+        let (report, now_ms) = (watch_file::read(cfg), now_ms());
         Ok::<_, anyhow::Error>(Facts {
             config_path: path.to_path_buf(),
             config_trusted: trusted(path),
             sudo: Some(sudo.join().expect("sudo")),
             state: state.check().map_err(|e| format!("{e:#}")),
             torn_down: state.torn_down(),
-            watch_running: report.as_ref().is_some_and(|r| watch::runs(r.pid)),
+            watch_running: report.as_ref().is_some_and(|r| watch_file::runs(r.pid)),
             watch: report,
             now_ms,
             nodes: nodes.join().expect("nodes")?,
@@ -131,9 +132,10 @@ fn own_list(cmd: &Cmd) -> Cmd {
     Cmd::new(cmd.program.clone()).args(["-n", "-l"]).args(words.iter().cloned())
 }
 
-fn nodes(cfg: &Config) -> Result<Vec<(config::Node, Result<check::NodeSettings, crate::core::view::Answer>)>> {
-    let rt = db::runtime()?;
-    Ok(db::Postgres::new(cfg, &rt).settings())
+/// Every node's settings, asked as the other commands ask them (this user's password
+/// file, `postgres.connect_timeout`).
+fn nodes(ctx: &Ctx) -> Result<Vec<(config::Node, Result<check::NodeSettings, crate::core::view::Answer>)>> {
+    Ok(Adapters::new(ctx).cluster()?.settings())
 }
 
 /// `barman show-server`: `\tkey: value` lines under `Server <name>:`.
@@ -170,10 +172,10 @@ fn barman_check(cfg: &config::Barman) -> Result<Vec<String>, String> {
 }
 
 /// Our chains: read by root itself, through `sudo route --show` otherwise (as watch does).
-fn live(cfg: &Config, root: bool) -> Result<crate::core::ruleset::Live, String> {
-    let read = match root {
-        true => Direct { cfg, fw: &Iptables, state: &StateDir::new(&cfg.state.dir) }.live(),
-        false => ViaSudo { cfg }.live(),
+fn live(ctx: &Ctx) -> Result<crate::core::ruleset::Live, String> {
+    let read = match ctx.root {
+        true => Adapters::new(ctx).direct(|direct| direct.live()),
+        false => ViaSudo { cfg: &ctx.cfg }.live(),
     };
     read.map_err(|e| format!("{e:#}"))
 }

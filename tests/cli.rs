@@ -86,6 +86,23 @@ fn help_and_version_exit_0_on_stdout() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("repmgr-nat "));
 }
 
+/// The packaging's step: the man pages and the completions, rendered by the program; not
+/// in the command line they document.
+#[test]
+fn generate_writes_the_man_pages_and_the_completions() {
+    let dir = Scratch::new("generate");
+    let out = run(&["generate", path(&dir.0)]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = std::fs::read_to_string(dir.0.join("man/repmgr-nat.1")).unwrap();
+    assert!(page.contains(".SH \"EXIT STATUS\""), "{page}");
+    assert!(dir.0.join("man/repmgr-nat-route.1").is_file());
+    for file in ["repmgr-nat.bash", "_repmgr-nat", "repmgr-nat.fish"] {
+        let text = std::fs::read_to_string(dir.0.join("completions").join(file)).unwrap();
+        assert!(text.contains("can-serve") && !text.contains("generate"), "{file}");
+    }
+    assert!(!String::from_utf8_lossy(&run(&["--help"]).stdout).contains("generate"));
+}
+
 #[test]
 fn a_bad_command_line_is_one_line_and_exit_2() {
     refused(&["route --show"], 2, "unrecognized subcommand");

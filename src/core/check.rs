@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::core::config::{Config, Node, SslMode};
 use crate::core::ruleset::{self, Live};
-use crate::core::status::WatchReport;
 use crate::core::view::Answer;
+use crate::core::watch_json::WatchReport;
 
 /// The version of the JSON document `check --json` prints; it grows when a field's
 /// meaning changes, not when a field is added.
@@ -554,7 +554,7 @@ fn forwarding_line(forwarding: &Result<bool, String>) -> Line {
 }
 
 fn chain_lines(cfg: &Config, live: &Result<Live, String>) -> Vec<Line> {
-    let chains: Vec<&str> = ruleset::chains(cfg).into_iter().map(|(_, chain, _)| chain).collect();
+    let chains: Vec<&str> = ruleset::chains(cfg).into_iter().map(|chain| chain.name).collect();
     let name = format!("chains {} and their jumps in place", chains.join(", "));
     let live = match live {
         Ok(live) => live,
@@ -1092,7 +1092,7 @@ mod tests {
             "{text}"
         );
         let mut live = Live::installed(&cfg, Route::new(node(1), Open::All));
-        live.jumps.retain(|(_, builtin, _)| builtin != "PREROUTING");
+        live.jumps.retain(|jump| jump.from != "PREROUTING");
         facts.live = Ok(live.clone());
         let text = line(&cfg, &facts, "chains");
         assert_eq!(
@@ -1100,7 +1100,7 @@ mod tests {
             "FAILED  chains repmgr_dnat, repmgr_snat, repmgr_hold and their jumps in place: 0 jumps from PREROUTING \
              to repmgr_dnat; `repmgr-nat setup` (as root) puts them back, as does the next switch"
         );
-        live.chains[0].2.push("-A repmgr_dnat -p udp -j ACCEPT".into());
+        live.chains[0].rules.push("-A repmgr_dnat -p udp -j ACCEPT".into());
         facts.live = Ok(live);
         let text = line(&cfg, &facts, "no rule of another");
         assert!(

@@ -252,9 +252,7 @@ impl EventCounts {
 /// A word the counts file and a label value take: 1-64 of `a-z 0-9 _`, as repmgr's event
 /// names are.
 fn label_word(word: &str) -> bool {
-    !word.is_empty()
-        && word.len() <= 64
-        && word.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    crate::core::event::well_formed_name(word)
 }
 
 /// The Prometheus text exposition format (version 0.0.4) of everything watch knows.

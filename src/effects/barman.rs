@@ -50,20 +50,20 @@ pub fn check_cmd(cfg: &config::Barman) -> Cmd {
     command(cfg, ["check", &cfg.server])
 }
 
-pub struct Barman<'a> {
+pub struct BarmanCli<'a> {
     cfg: &'a config::Barman,
     /// Where the receive-wal this starts writes what it prints (nowhere if none).
     output: Option<PathBuf>,
 }
 
-impl<'a> Barman<'a> {
-    pub fn new(cfg: &'a config::Barman) -> Barman<'a> {
-        Barman { cfg, output: None }
+impl<'a> BarmanCli<'a> {
+    pub fn new(cfg: &'a config::Barman) -> BarmanCli<'a> {
+        BarmanCli { cfg, output: None }
     }
 
     /// Keeps what every receive-wal this starts prints in `path` (replaced at each start).
-    pub fn receive_wal_output(self, path: PathBuf) -> Barman<'a> {
-        Barman { output: Some(path), ..self }
+    pub fn receive_wal_output(self, path: PathBuf) -> BarmanCli<'a> {
+        BarmanCli { output: Some(path), ..self }
     }
 
     fn run(&self, cmd: &Cmd, timeout: Duration, while_waiting: &mut dyn FnMut()) -> Result<exec::Output> {
@@ -88,7 +88,7 @@ fn failed(cmd: &Cmd, output: exec::Output) -> anyhow::Error {
     ExecError::Failed { cmd: cmd.to_string(), output }.into()
 }
 
-impl Backup for Barman<'_> {
+impl Backup for BarmanCli<'_> {
     fn stop_receive_wal(&self) -> Result<()> {
         let cmd = stop_cmd(self.cfg);
         let out = self.run(&cmd, config::Barman::STOP_TIMEOUT, &mut || {})?;

@@ -158,7 +158,7 @@ impl Pool {
 }
 
 /// The `Cluster` of one run: the pool, driven from synchronous code.
-pub struct Postgres<'a> {
+pub struct PgCluster<'a> {
     cfg: &'a Config,
     rt: &'a Runtime,
     pool: Arc<Pool>,
@@ -171,13 +171,13 @@ pub struct Postgres<'a> {
 /// The deadline for a node `watch` saw unanswered on its last pass.
 pub const SEEN_DOWN: Duration = Duration::from_millis(300);
 
-impl<'a> Postgres<'a> {
-    pub fn new(cfg: &'a Config, rt: &'a Runtime) -> Postgres<'a> {
-        Postgres { cfg, rt, pool: Arc::default(), seen_down: Vec::new() }
+impl<'a> PgCluster<'a> {
+    pub fn new(cfg: &'a Config, rt: &'a Runtime) -> PgCluster<'a> {
+        PgCluster { cfg, rt, pool: Arc::default(), seen_down: Vec::new() }
     }
 
-    pub fn seen_down(self, nodes: Vec<NodeId>) -> Postgres<'a> {
-        Postgres { seen_down: nodes, ..self }
+    pub fn seen_down(self, nodes: Vec<NodeId>) -> PgCluster<'a> {
+        PgCluster { seen_down: nodes, ..self }
     }
 
     /// The connections, for `watch`'s pollers to share.
@@ -211,7 +211,7 @@ impl<'a> Postgres<'a> {
     }
 }
 
-impl Postgres<'_> {
+impl PgCluster<'_> {
     /// Every node's settings for `check`, asked at once, each within the deadline.
     pub fn settings(&self) -> Vec<(Node, Result<NodeSettings, Answer>)> {
         let deadline = self.cfg.postgres.connect_timeout;
@@ -254,7 +254,7 @@ fn read_settings(row: &tokio_postgres::Row) -> Result<NodeSettings, tokio_postgr
     })
 }
 
-impl Cluster for Postgres<'_> {
+impl Cluster for PgCluster<'_> {
     fn view(&self) -> View {
         let nodes = self.rt.block_on(async {
             let asking: Vec<_> = self
@@ -548,13 +548,90 @@ mod tests {
         cfg
     }
 
+    /// The example config with node 2 at `127.0.0.1:port`, asked without TLS within 1 s.
+    fn at_loopback(port: u16) -> (Config, Node) {
+        let text = EXAMPLE
+            .replace("postgres = 5432", &format!("postgres = {port}"))
+            .replace("dbname = \"postgres\"", "dbname = \"postgres\"\nsslmode = \"disable\"\nconnect_timeout = 1");
+        let mut cfg = Config::parse(&text).unwrap();
+        let node = Node::new(NodeId::new(2), std::net::Ipv4Addr::LOCALHOST);
+        cfg.nodes[1] = node;
+        (cfg, node)
+    }
+
+    /// A server that reads the startup message, then answers `reply` and hangs up.
+    fn server_answering(reply: Vec<u8>) -> u16 {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut len = [0u8; 4];
+            stream.read_exact(&mut len).unwrap();
+            let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+            stream.read_exact(&mut startup).unwrap();
+            stream.write_all(&reply).unwrap();
+        });
+        port
+    }
+
+    /// An ErrorResponse as PostgreSQL 15 sends it before the login completes.
+    fn error_response(code: &str, message: &str) -> Vec<u8> {
+        let mut fields = Vec::new();
+        for (tag, value) in [('S', "FATAL"), ('V', "FATAL"), ('C', code), ('M', message), ('F', "postmaster.c")] {
+            fields.push(tag as u8);
+            fields.extend_from_slice(value.as_bytes());
+            fields.push(0);
+        }
+        fields.push(0);
+        let mut msg = vec![b'E'];
+        msg.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+        msg.extend_from_slice(&fields);
+        msg
+    }
+
+    fn answer_of(port: u16) -> Answer {
+        let (cfg, node) = at_loopback(port);
+        runtime().unwrap().block_on(Pool::default().answer(&cfg, node))
+    }
+
+    /// Every decision reads a node as up, down (it serves nobody), silent or rejecting
+    /// (it may serve the applications): the server's own refusals, as PostgreSQL sends
+    /// them, and the network's.
+    #[test]
+    fn a_failure_is_read_as_down_silent_or_rejecting() {
+        let kind = Answer::kind;
+        for (code, message, expected) in [
+            ("57P03", "the database system is starting up", "down"),
+            ("57P03", "the database system is shutting down", "down"),
+            ("57P01", "terminating connection due to administrator command", "down"),
+            ("57P02", "terminating connection because of crash of another server process", "down"),
+            ("28P01", "password authentication failed for user \"repmgr_nat\"", "rejected"),
+            ("28000", "no pg_hba.conf entry for host \"127.0.0.1\", user \"repmgr_nat\"", "rejected"),
+            ("53300", "sorry, too many clients already", "rejected"),
+        ] {
+            let answer = answer_of(server_answering(error_response(code, message)));
+            assert_eq!(kind(&answer), expected, "{code}: {answer:?}");
+            assert!(answer.describe().contains(&format!("{message} ({code})")), "{answer:?}");
+        }
+        // a host that accepts and hangs up at once
+        assert_eq!(kind(&answer_of(server_answering(Vec::new()))), "down");
+        // nothing listens: refused
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        assert_eq!(kind(&answer_of(closed)), "down");
+        // a host that accepts and says nothing: silence, once the deadline has passed
+        let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+        let answer = answer_of(mute.local_addr().unwrap().port());
+        assert_eq!(kind(&answer), "silent", "{answer:?}");
+    }
+
     #[test]
     fn check_reads_a_settings_answer_of_the_wrong_shape_as_a_rejection() {
         let mut cfg = fake_node();
         // only the node on loopback: nothing leaves this host
         cfg.nodes.remove(0);
         let rt = runtime().unwrap();
-        let settings = Postgres::new(&cfg, &rt).settings();
+        let settings = PgCluster::new(&cfg, &rt).settings();
         assert_eq!(settings.len(), 1);
         match &settings[0] {
             (node, Err(Answer::Rejected(why))) if node.id() == NodeId::new(2) => {
