@@ -20,8 +20,8 @@ use crate::effects::privilege::{self, OsUser};
 use crate::effects::state::StateDir;
 use crate::effects::{barman, watch_file};
 
-/// How long sudo may take to judge one command line.
-const SUDO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long sudo may take to judge one command line, or systemctl to say a unit's state.
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `barman show-server` may take (it asks PostgreSQL too).
 const BARMAN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -51,6 +51,7 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
             now_ms,
             nodes: nodes.join().expect("nodes")?,
             barman: barman.join().expect("barman"),
+            units: units(),
             tools: ["iptables-save", "iptables-restore", "conntrack", "sudo"]
                 .map(|tool| (tool.to_string(), exec::system_tool(tool).is_file()))
                 .to_vec(),
@@ -72,6 +73,22 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
         0 => Ok(()),
         n => Err(anyhow::anyhow!("check: {n} of {} checks failed", report.checks.len())),
     }
+}
+
+/// Where systemd runs: what `systemctl is-enabled` says of the package's units.
+fn units() -> Option<Vec<(String, String)>> {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return None;
+    }
+    let state = |unit: &str| {
+        let cmd = Cmd::new(exec::system_tool("systemctl")).args(["is-enabled", unit]);
+        match exec::run_status(&cmd, None, ASK_TIMEOUT) {
+            Ok(out) => out.stdout.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("not installed").to_string(),
+            Err(e) => format!("unknown ({e})"),
+        }
+    };
+    let units = ["repmgr-nat-setup.service", "repmgr-nat-watch.service"];
+    Some(units.iter().map(|unit| (unit.to_string(), state(unit))).collect())
 }
 
 /// The config file as the root step opens it.
@@ -103,7 +120,7 @@ fn sudo(cfg: &Config, root: bool, user: Option<&OsUser>) -> Result<Sudo, String>
                         true => app::sudo_list(&user.name, &cmd),
                         false => own_list(&cmd),
                     };
-                    let refused = match exec::run_status(&list, None, SUDO_TIMEOUT) {
+                    let refused = match exec::run_status(&list, None, ASK_TIMEOUT) {
                         Ok(out) if out.status.success() => None,
                         Ok(out) => Some(
                             out.stderr.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("refused").to_string(),

@@ -160,6 +160,8 @@ pub struct Facts {
     pub nodes: Option<Vec<(Node, Result<NodeSettings, Answer>)>>,
     /// As root, with `[barman]`.
     pub barman: Option<Result<BarmanServer, String>>,
+    /// With systemd: each unit of the package and what `systemctl is-enabled` says of it.
+    pub units: Option<Vec<(String, String)>>,
     /// The programs repmgr-nat runs, and whether each is installed.
     pub tools: Vec<(String, bool)>,
     /// `/proc/sys/net/ipv4/ip_forward` is 1.
@@ -183,6 +185,9 @@ pub fn assess(cfg: &Config, facts: &Facts) -> Report {
         checks.extend(sudo_lines(cfg, sudo));
     }
     checks.push(state_line(cfg, facts));
+    if let Some(units) = &facts.units {
+        checks.push(units_line(units));
+    }
     checks.push(watch_line(cfg, facts));
     if let Some(nodes) = &facts.nodes {
         for (node, answer) in nodes {
@@ -266,6 +271,28 @@ fn state_line(cfg: &Config, facts: &Facts) -> Line {
             format!("{dir}/torn-down: `repmgr-nat teardown` ran, and no switch happens until `repmgr-nat setup` runs"),
         ),
         (Ok(()), false) => Line::ok(name, "root's; the run lock opens"),
+    }
+}
+
+fn units_line(units: &[(String, String)]) -> Line {
+    let names: Vec<&str> = units.iter().map(|(unit, _)| unit.as_str()).collect();
+    let name = format!("{} enabled", names.join(" and "));
+    let wrong: Vec<String> = units
+        .iter()
+        .filter(|(_, state)| state != "enabled")
+        .map(|(unit, state)| format!("{unit} is {state}"))
+        .collect();
+    match wrong.is_empty() {
+        true => Line::ok(name, ""),
+        false => Line::failed(
+            name,
+            format!(
+                "{}: the rules are not put back at boot, or nothing follows a failover without events; systemctl \
+                 enable --now {}",
+                wrong.join(", "),
+                names.join(" ")
+            ),
+        ),
     }
 }
 
@@ -747,6 +774,7 @@ mod tests {
             now_ms: 10_100,
             nodes: Some(vec![(node(1), Ok(settings())), (node(2), Ok(settings()))]),
             barman: Some(Ok(server())),
+            units: None,
             tools: ["iptables-save", "iptables-restore", "conntrack", "sudo"].map(|t| (t.to_string(), true)).to_vec(),
             forwarding: Ok(true),
             live: Ok(Live::installed(&cfg, Route::new(node(1), Open::All))),
@@ -884,6 +912,29 @@ mod tests {
         facts.torn_down = true;
         let text = line(&verify_full(), &facts, "state dir");
         assert!(text.contains("FAILED") && text.contains("/var/lib/repmgr-nat/torn-down: `repmgr-nat teardown` ran"));
+    }
+
+    #[test]
+    fn the_units_must_be_enabled_where_systemd_runs() {
+        let mut facts = clean();
+        let units = |watch: &str| {
+            Some(vec![
+                ("repmgr-nat-setup.service".to_string(), "enabled".to_string()),
+                ("repmgr-nat-watch.service".to_string(), watch.to_string()),
+            ])
+        };
+        facts.units = units("enabled");
+        assert_eq!(
+            line(&verify_full(), &facts, "repmgr-nat-setup"),
+            "OK  repmgr-nat-setup.service and repmgr-nat-watch.service enabled"
+        );
+        facts.units = units("disabled");
+        assert_eq!(
+            line(&verify_full(), &facts, "repmgr-nat-setup"),
+            "FAILED  repmgr-nat-setup.service and repmgr-nat-watch.service enabled: repmgr-nat-watch.service is \
+             disabled: the rules are not put back at boot, or nothing follows a failover without events; systemctl \
+             enable --now repmgr-nat-setup.service repmgr-nat-watch.service"
+        );
     }
 
     #[test]
