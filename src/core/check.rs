@@ -265,6 +265,13 @@ fn state_line(cfg: &Config, facts: &Facts) -> Line {
     let dir = cfg.state.dir.display();
     let name = format!("state dir {dir} and run lock");
     match (&facts.state, facts.torn_down) {
+        (Err(why), _) if why.contains("Permission denied") => Line::failed(
+            name,
+            format!(
+                "{why}; only root and the group of repmgr.user ({}) may open it: run check as one of them",
+                cfg.repmgr_user
+            ),
+        ),
         (Err(why), _) => Line::failed(name, format!("{why}; run `repmgr-nat setup` as root (it makes both)")),
         (Ok(()), true) => Line::failed(
             name,
@@ -908,6 +915,12 @@ mod tests {
         let text = line(&verify_full(), &facts, "state dir");
         assert!(text.starts_with("FAILED  state dir /var/lib/repmgr-nat and run lock: cannot open"), "{text}");
         assert!(text.ends_with("run `repmgr-nat setup` as root (it makes both)"), "{text}");
+        facts.state = Err("cannot open /var/lib/repmgr-nat/run.lock: Permission denied (os error 13)".into());
+        let text = line(&verify_full(), &facts, "state dir");
+        assert!(
+            text.ends_with("only root and the group of repmgr.user (postgres) may open it: run check as one of them"),
+            "{text}"
+        );
         facts.state = Ok(());
         facts.torn_down = true;
         let text = line(&verify_full(), &facts, "state dir");
