@@ -9,8 +9,9 @@ use clap::{ArgAction, Parser, Subcommand};
 
 use crate::core::ruleset::Open;
 
-/// Keeps the NAT rules of a PostgreSQL backup/proxy host pointed at the primary of a
-/// repmgr cluster, and barman's replication slot on it.
+/// Keeps the NAT rules of a PostgreSQL backup/proxy host pointed at the primary (not in
+/// recovery, highest timeline) of a repmgr or Patroni cluster, and barman's replication
+/// slot on it.
 #[derive(Parser, Debug)]
 #[command(name = "repmgr-nat", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {

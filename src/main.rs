@@ -1,5 +1,5 @@
 //! repmgr-nat: keeps the NAT rules of a PostgreSQL backup/proxy host pointed at the
-//! primary of a repmgr cluster, and barman's replication slot on it.
+//! primary of a repmgr or Patroni cluster, and barman's replication slot on it.
 //!
 //! The core decides without side effects (`plan`, `ruleset`, `status::assess`); the
 //! adapters act (`firewall`, `nat`, `db`, `barman`, `state`), built in one place from the
