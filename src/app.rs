@@ -80,6 +80,7 @@ pub fn run(cli: Cli) -> Result<()> {
             inv.as_root("teardown")?;
             teardown(&inv.reading()?)
         }
+        Command::Check { json } => crate::check::run(&inv.reading()?, inv.config.as_deref(), *json),
         Command::CheckConfig => {
             inv.as_root("check-config")?;
             check_config(&inv.reading()?)
@@ -392,7 +393,7 @@ fn check_config(ctx: &Ctx) -> Result<()> {
 /// One command line of each form that repmgr's OS user runs through sudo: `route --show`,
 /// a switch to every node for each ports value, with a timeline and without, and barman's
 /// three commands.
-fn sudo_commands(cfg: &Config) -> Vec<Cmd> {
+pub fn sudo_commands(cfg: &Config) -> Vec<Cmd> {
     let mut cmds = vec![ViaSudo::route_cmd(&["--show"])];
     for node in &cfg.nodes {
         for (open, timeline) in [(Open::All, 1), (Open::Barman, 1), (Open::None, 0)] {
@@ -408,7 +409,7 @@ fn sudo_commands(cfg: &Config) -> Vec<Cmd> {
 
 /// `sudo -n -l -U <user> ...`: run as root, whether sudo lets `user` run `cmd` (a `sudo -n
 /// ...` command line), without running it.
-fn sudo_list(user: &str, cmd: &Cmd) -> Cmd {
+pub fn sudo_list(user: &str, cmd: &Cmd) -> Cmd {
     let words = cmd.args.strip_prefix(&["-n".to_string()]).unwrap_or(&cmd.args);
     Cmd::new(cmd.program.clone()).args(["-n", "-l", "-U", user]).args(words.iter().cloned())
 }

@@ -76,6 +76,14 @@ pub enum Command {
     /// As root: remove the chains and every rule that jumps to them; no switch puts them
     /// back until setup
     Teardown,
+    /// Check the whole deployment, one line per check (OK, or FAILED with what to
+    /// change); exit 1 when any failed. As repmgr's OS user it asks the nodes; as root
+    /// it asks barman and reads the whole nat table: run it both ways
+    Check {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// As root: read the config as the root step does and ask sudo whether it admits every
     /// command repmgr's OS user runs through it; asks no node, reads no table (the package
     /// runs it before restarting watch on an upgrade)

@@ -7,6 +7,7 @@
 
 mod adapters;
 mod app;
+mod check;
 mod cli;
 mod clock;
 mod core;

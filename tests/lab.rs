@@ -5,6 +5,8 @@
 
 #[path = "lab/barman.rs"]
 mod barman;
+#[path = "lab/check.rs"]
+mod check;
 mod common;
 #[path = "lab/hostile.rs"]
 mod hostile;

@@ -2,6 +2,7 @@
 //! events, the view of the cluster, the plan, the rulesets, the status report and the
 //! metrics.
 
+pub mod check;
 pub mod config;
 pub mod event;
 pub mod metrics;

@@ -39,6 +39,17 @@ pub fn switch_cmd(cfg: &config::Barman) -> Cmd {
     command(cfg, ["switch-wal", "--force", "--archive", &timeout, &cfg.server])
 }
 
+/// `barman show-server <server>`: its settings, for `check` (run as root, who may run
+/// anything as barman).
+pub fn show_server_cmd(cfg: &config::Barman) -> Cmd {
+    command(cfg, ["show-server", &cfg.server])
+}
+
+/// `barman check <server>`, for `check`.
+pub fn check_cmd(cfg: &config::Barman) -> Cmd {
+    command(cfg, ["check", &cfg.server])
+}
+
 pub struct BarmanCli<'a> {
     cfg: &'a config::Barman,
     /// Where the receive-wal this starts writes what it prints (nowhere if none).

@@ -23,6 +23,7 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, NoTls, Socket};
 
+use crate::core::check::NodeSettings;
 use crate::core::config::{ChannelBinding, Config, Node, NodeId, SslMode};
 use crate::core::view::{Answer, Lsn, NodeState, Role, Slot, View};
 use crate::effects::pgpass;
@@ -46,6 +47,20 @@ pub const ADVANCE_SLOT_SQL: &str = "SELECT pg_replication_slot_advance($1, $2)";
 /// synchronous standby (barman's receive-wal may be that standby, and is restarting).
 pub const EMIT_WAL_SQL: &str = "BEGIN; SET LOCAL synchronous_commit TO local; \
      SELECT pg_logical_emit_message(true, 'repmgr-nat', 'barman switch-wal'); COMMIT";
+
+/// What `check` asks each node: the grants of repmgr-nat's role, the settings barman's
+/// slot depends on, the slots in use, and whether this connection is encrypted.
+pub const SETTINGS_SQL: &str = "\
+SELECT r.rolsuper, r.rolreplication,
+       pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'),
+       pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER'),
+       (SELECT setting::int8 FROM pg_settings WHERE name = 'max_slot_wal_keep_size'),
+       current_setting('wal_level'),
+       current_setting('max_replication_slots')::int8,
+       (SELECT count(*) FROM pg_replication_slots),
+       EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
+       coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)
+FROM pg_roles r WHERE r.rolname = current_user";
 
 /// How long `drop_slot` waits for a terminated walsender to let go of the slot.
 const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(3);
@@ -194,6 +209,49 @@ impl<'a> PgCluster<'a> {
         }
         result.with_context(|| format!("node {} ({}): {what}", node.id(), node.addr()))
     }
+}
+
+impl PgCluster<'_> {
+    /// Every node's settings for `check`, asked at once, each within the deadline.
+    pub fn settings(&self) -> Vec<(Node, Result<NodeSettings, Answer>)> {
+        let deadline = self.cfg.postgres.connect_timeout;
+        self.rt.block_on(join_all(
+            self.cfg
+                .nodes
+                .iter()
+                .map(|&node| async move {
+                    let asked = tokio::time::timeout(deadline, async {
+                        let client = self.pool.client(self.cfg, node).await?;
+                        let row = client
+                            .query_one(SETTINGS_SQL, &[&self.cfg.slot().unwrap_or("")])
+                            .await
+                            .map_err(|e| classify(&e))?;
+                        read_settings(&row).map_err(|e| Answer::Rejected(format!("unexpected answer: {}", message(&e))))
+                    })
+                    .await;
+                    let answer = asked.unwrap_or_else(|_| {
+                        Err(Answer::Silent(format!("no answer within {} ms", deadline.as_millis())))
+                    });
+                    (node, answer)
+                })
+                .collect(),
+        ))
+    }
+}
+
+fn read_settings(row: &tokio_postgres::Row) -> Result<NodeSettings, tokio_postgres::Error> {
+    Ok(NodeSettings {
+        superuser: row.try_get(0)?,
+        replication: row.try_get(1)?,
+        signal_backend: row.try_get(2)?,
+        read_all_stats: row.try_get(3)?,
+        max_slot_wal_keep_size_mb: row.try_get::<_, Option<i64>>(4)?.unwrap_or(-1),
+        wal_level: row.try_get(5)?,
+        max_replication_slots: row.try_get(6)?,
+        slots_used: row.try_get(7)?,
+        has_slot: row.try_get(8)?,
+        ssl: row.try_get(9)?,
+    })
 }
 
 impl Cluster for PgCluster<'_> {
@@ -565,6 +623,22 @@ mod tests {
         let mute = TcpListener::bind("127.0.0.1:0").unwrap();
         let answer = answer_of(mute.local_addr().unwrap().port());
         assert_eq!(kind(&answer), "silent", "{answer:?}");
+    }
+
+    #[test]
+    fn check_reads_a_settings_answer_of_the_wrong_shape_as_a_rejection() {
+        let mut cfg = fake_node();
+        // only the node on loopback: nothing leaves this host
+        cfg.nodes.remove(0);
+        let rt = runtime().unwrap();
+        let settings = PgCluster::new(&cfg, &rt).settings();
+        assert_eq!(settings.len(), 1);
+        match &settings[0] {
+            (node, Err(Answer::Rejected(why))) if node.id() == NodeId::new(2) => {
+                assert!(why.starts_with("unexpected answer"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

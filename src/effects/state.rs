@@ -152,6 +152,12 @@ impl StateDir {
         wait_for_lock(file, &path, timeout)
     }
 
+    /// For `check`: the directory is root's and the run lock opens (it is not taken).
+    pub fn check(&self) -> Result<()> {
+        self.check_trusted()?;
+        self.open_run_lock().map(drop)
+    }
+
     /// The run lock if no other run holds it (`watch` never waits: the holder does the work).
     pub fn try_lock(&self) -> Result<Option<Lock>> {
         let (file, path) = self.open_run_lock()?;
