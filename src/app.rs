@@ -7,32 +7,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::cli::{Cli, Command, Ports};
+use crate::adapters::{Adapters, Ctx};
+use crate::cli::{Cli, Command};
+use crate::clock::now_ms;
 use crate::core::config::{self, Config, Node, NodeId};
-use crate::core::event::{Event, Triage};
+use crate::core::event::{self, Event, Triage};
 use crate::core::plan::Ask;
 use crate::core::ruleset::{self, Open, Record, Route};
 use crate::core::status;
-use crate::effects::barman::{Backup, Barman, NoBarman};
-use crate::effects::db::{self, Postgres};
-use crate::effects::dryrun::{PrintBackup, PrintCluster, PrintFirewall, PrintNat, Sink};
 use crate::effects::exec::{self, Cmd};
-use crate::effects::firewall::{Firewall, Iptables};
-use crate::effects::nat::{Direct, Nat, ViaSudo};
+use crate::effects::exporter;
+use crate::effects::nat::{NatSwitch, ViaSudo};
 use crate::effects::privilege::{self, OsUser};
-use crate::effects::state::{Lock, StateDir};
+use crate::effects::state::StateDir;
+use crate::effects::watch_file;
 use crate::exit::{self, Exit, bad_input};
 use crate::handler::{self, Effects};
 use crate::watch;
-
-/// What every command knows before it starts: decided once.
-pub struct Ctx {
-    pub cfg: Config,
-    /// Whether this process is root: it then switches the chains itself, otherwise
-    /// through `sudo -n repmgr-nat route`.
-    pub root: bool,
-    pub dry_run: bool,
-}
 
 /// How this run was invoked: decided once, before any command.
 struct Invocation {
@@ -67,8 +58,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let inv = Invocation { config: cli.config.clone(), root: privilege::is_root(), dry_run: cli.dry_run };
     match &cli.command {
         Command::Event { node_id, event, success } => {
-            let mut ctx = None;
-            let handled = handle_event(&inv, &mut ctx, node_id, event, success.as_deref());
+            let (ctx, handled) = handle_event(&inv, node_id, event, success.as_deref());
             if !inv.dry_run {
                 count_event(&inv, ctx, event, &handled);
             }
@@ -77,7 +67,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Reconcile { primary, boot } => reconcile(&inv.acting()?, primary.as_deref(), *boot),
         Command::Watch => {
             refuse_root("watch", inv.root)?;
-            watch::run(&inv.acting()?)
+            let ctx = inv.acting()?;
+            watch::run(&Adapters::new(&ctx))
         }
         Command::Status { json } => status(&inv.reading()?, *json),
         Command::CanServe => can_serve(&inv.reading()?),
@@ -89,6 +80,7 @@ pub fn run(cli: Cli) -> Result<()> {
             inv.as_root("teardown")?;
             teardown(&inv.reading()?)
         }
+        Command::Check { json } => crate::check::run(&inv.reading()?, inv.config.as_deref(), *json),
         Command::CheckConfig => {
             inv.as_root("check-config")?;
             check_config(&inv.reading()?)
@@ -103,47 +95,49 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// repmgr's event: checked, then the plan for the whole cluster if its claim holds. True
-/// when it was acted on, false when ignored. The config it read stays in `ctx`.
-fn handle_event(
-    inv: &Invocation,
-    ctx: &mut Option<Ctx>,
-    node_id: &str,
-    event: &str,
-    success: Option<&str>,
-) -> Result<bool> {
-    let event = Event::parse(node_id, event, success).map_err(bad_input)?;
+/// when it was acted on, false when ignored; with the config it read, if it read one.
+fn handle_event(inv: &Invocation, node_id: &str, event: &str, success: Option<&str>) -> (Option<Ctx>, Result<bool>) {
+    let event = match Event::parse(node_id, event, success) {
+        Ok(event) => event,
+        Err(e) => return (None, Err(bad_input(e))),
+    };
     let claim = match event.triage() {
         Triage::Ignore { why, warn } => {
             let level = if warn { log::Level::Warn } else { log::Level::Debug };
             log::log!(level, "node {} {}: {why}", event.node, event.name);
-            return Ok(false);
+            return (None, Ok(false));
         }
         Triage::Act(claim) => claim,
     };
-    let ctx = ctx.insert(inv.acting()?);
-    ctx.cfg.node(event.node).map_err(bad_input)?;
-    let _lock = lock(ctx)?;
-    with_effects(ctx, |fx| {
-        handler::run(&ctx.cfg, fx, Ask::Event(claim), &format!("node {} {}", event.node, event.name))
-    })?;
-    Ok(true)
+    let ctx = match inv.acting() {
+        Ok(ctx) => ctx,
+        Err(e) => return (None, Err(e)),
+    };
+    let label = format!("node {} {}", event.node, event.name);
+    let handled = ctx.cfg.node(event.node).map_err(bad_input).and_then(|_| {
+        let adapters = Adapters::new(&ctx);
+        let _lock = adapters.lock()?;
+        adapters.effects(|fx| handler::run(&ctx.cfg, fx, Ask::Event(claim), &label))
+    });
+    (Some(ctx), handled.map(|()| true))
 }
 
 /// Routes to the legitimate primary (or the one named); `--boot` is setup's cluster part.
 fn reconcile(ctx: &Ctx, primary: Option<&str>, boot: bool) -> Result<()> {
     let named = primary.map(|text| node(&ctx.cfg, text)).transpose()?;
-    let _lock = lock(ctx)?;
+    let adapters = Adapters::new(ctx);
+    let _lock = adapters.lock()?;
     if boot {
-        return with_effects(ctx, |fx| boot_cluster(&ctx.cfg, fx));
+        return adapters.effects(|fx| boot_cluster(&ctx.cfg, fx));
     }
-    with_effects(ctx, |fx| handler::run(&ctx.cfg, fx, Ask::Reconcile { named }, "reconcile"))
+    adapters.effects(|fx| handler::run(&ctx.cfg, fx, Ask::Reconcile { named }, "reconcile"))
 }
 
 /// The root step: reads only the default config; shows the chains, or switches them.
 fn route_command(
     inv: &Invocation,
     node_id: Option<&str>,
-    ports: Option<Ports>,
+    ports: Option<Open>,
     timeline: Option<&str>,
     show: bool,
 ) -> Result<()> {
@@ -160,7 +154,7 @@ fn route_command(
         (_, _, true) => route_show(&ctx),
         (Some(node_id), Some(open), false) => {
             let timeline = timeline.map(|t| ruleset::parse_timeline(t).map_err(bad_input)).transpose()?;
-            route(&ctx, node(&ctx.cfg, node_id)?, open_of(open), timeline)
+            route(&ctx, node(&ctx.cfg, node_id)?, open, timeline)
         }
         _ => Err(Exit::BadInput("route needs a node id and --ports, or --show".into()).into()),
     }
@@ -180,13 +174,13 @@ fn count_event(inv: &Invocation, ctx: Option<Ctx>, event: &str, handled: &Result
             _ => "failed",
         },
     };
-    let name = if Event::parse("1", event, None).is_ok() { event } else { "malformed" };
+    let name = if event::well_formed_name(event) { event } else { "malformed" };
     // as root, only into a file of repmgr's OS user's, who owns watch.dir
     let owner = match inv.root {
         true => OsUser::named(&cfg.repmgr_user).map(|user| Some(user.uid)),
         false => Ok(None),
     };
-    let counted = owner.and_then(|owner| crate::effects::metrics::count_event(&cfg.watch.dir, name, outcome, owner));
+    let counted = owner.and_then(|owner| exporter::count_event(&cfg.watch.dir, name, outcome, owner));
     if let Err(e) = counted {
         log::debug!("event not counted for the metrics: {e:#}");
     }
@@ -241,63 +235,25 @@ fn refuse_root(command: &str, root: bool) -> Result<()> {
     }
 }
 
-/// The run lock, except for a dry run, which changes nothing.
-pub fn lock(ctx: &Ctx) -> Result<Option<Lock>> {
-    if ctx.dry_run {
-        return Ok(None);
-    }
-    StateDir::new(&ctx.cfg.state.dir).lock(ctx.cfg.state.lock_timeout).map(Some)
-}
-
-/// Builds the adapters: the chains switched in this process as root, through sudo
-/// otherwise; wrapped in the printing adapters for a dry run.
-pub fn with_effects<T>(ctx: &Ctx, f: impl FnOnce(&Effects) -> Result<T>) -> Result<T> {
-    let cfg = &ctx.cfg;
-    let rt = db::runtime()?;
-    // what a running watch saw unanswered a moment ago gets a short deadline
-    let seen_down = watch::report(cfg).filter(|r| r.fresh(watch::now_ms())).map(|r| r.unanswered).unwrap_or_default();
-    if !seen_down.is_empty() {
-        log::debug!("watch saw node(s) {seen_down:?} unanswered: asked within {} ms", db::SEEN_DOWN.as_millis());
-    }
-    let cluster = Postgres::new(cfg, &rt).seen_down(seen_down);
-    let barman = cfg.barman.as_ref().map(Barman::new);
-    let backup: &(dyn Backup + Sync) = match &barman {
-        Some(barman) => barman,
-        None => &NoBarman,
-    };
-    let fw = Iptables;
-    let state = StateDir::new(&cfg.state.dir);
-    let direct = Direct { cfg, fw: &fw, state: &state };
-    let via_sudo = ViaSudo { cfg };
-    let nat: &dyn Nat = if ctx.root { &direct } else { &via_sudo };
-    if ctx.dry_run {
-        let out = Sink::Stdout;
-        let nat = PrintNat::new(cfg, nat, !ctx.root, &out);
-        let cluster = PrintCluster { cfg, real: &cluster, out: &out };
-        let printing = cfg.barman.as_ref().map(|barman| PrintBackup { cfg: barman, out: &out });
-        let backup: &(dyn Backup + Sync) = match &printing {
-            Some(printing) => printing,
-            None => &NoBarman,
-        };
-        f(&Effects { nat: &nat, cluster: &cluster, backup })
-    } else {
-        f(&Effects { nat, cluster: &cluster, backup })
-    }
-}
-
 fn status(ctx: &Ctx, json: bool) -> Result<()> {
-    let report = with_effects(ctx, |fx| {
+    let report = Adapters::new(ctx).effects(|fx| {
         let view = fx.cluster.view();
         let live = fx.nat.live().map_err(|e| format!("{e:#}"));
         let recorded = fx.nat.recorded().map_err(|e| format!("{e:#}"));
-        let seen =
-            status::Seen { view: &view, live, recorded, watch: watch::report(&ctx.cfg), now_ms: watch::now_ms() };
+        let seen = status::Seen {
+            view: &view,
+            live,
+            recorded,
+            watch: watch_file::read(&ctx.cfg),
+            torn_down: StateDir::new(&ctx.cfg.state.dir).torn_down(),
+            now_ms: now_ms(),
+        };
         Ok(status::assess(&ctx.cfg, seen))
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.to_text(watch::now_ms()));
+        print!("{}", report.to_text(now_ms()));
     }
     if report.consistent {
         Ok(())
@@ -309,10 +265,9 @@ fn status(ctx: &Ctx, json: bool) -> Result<()> {
 /// keepalived's check: exit 0 when this proxy host can serve, 1 (and why) when not. It
 /// reads only the config and watch.json: cheap enough to run every second.
 fn can_serve(ctx: &Ctx) -> Result<()> {
-    let report = watch::report(&ctx.cfg);
-    let running = report.as_ref().is_some_and(|r| watch::runs(r.pid));
-    status::can_serve(&ctx.cfg, report.as_ref(), running, watch::now_ms())
-        .map_err(|why| anyhow::anyhow!("can-serve: {why}"))
+    let report = watch_file::read(&ctx.cfg);
+    let running = report.as_ref().is_some_and(|r| watch_file::runs(r.pid));
+    status::can_serve(&ctx.cfg, report.as_ref(), running, now_ms()).map_err(|why| anyhow::anyhow!("can-serve: {why}"))
 }
 
 /// Boot, as root: forwarding on, our chains, jumps and hold where missing (duplicates
@@ -327,21 +282,20 @@ fn setup(ctx: &Ctx, cli: &Cli) -> Result<()> {
         + cfg.state.lock_timeout
         + cfg.barman.as_ref().map_or(Duration::ZERO, |b| b.worst_case())
         + Duration::from_secs(30);
-    let state = StateDir::new(&cfg.state.dir);
+    let adapters = Adapters::new(ctx);
     if !ctx.dry_run {
+        let state = StateDir::new(&cfg.state.dir);
         state.create()?;
         state.make_run_lock(user.gid)?;
     }
     {
-        let _lock = lock(ctx)?;
-        let out = Sink::Stdout;
-        let printing = PrintFirewall { real: &Iptables, out: &out };
-        let fw: &dyn Firewall = if ctx.dry_run { &printing } else { &Iptables };
-        if fw.enable_forwarding()? {
-            log::info!("setup: turned on IPv4 forwarding");
-        }
-        let direct = Direct { cfg, fw, state: &state };
-        if ctx.dry_run { direct.install()? } else { direct.set_up()? }
+        let _lock = adapters.lock()?;
+        adapters.direct(|direct| {
+            if direct.fw.enable_forwarding()? {
+                log::info!("setup: turned on IPv4 forwarding");
+            }
+            if ctx.dry_run { direct.install() } else { direct.set_up() }
+        })?;
     }
     let exe = std::env::current_exe().context("cannot tell which program this is")?;
     let mut args: Vec<String> = Vec::new();
@@ -392,15 +346,14 @@ fn boot_cluster(cfg: &Config, fx: &Effects) -> Result<()> {
 /// lock: a run that held it switches nothing after.
 fn teardown(ctx: &Ctx) -> Result<()> {
     let cfg = &ctx.cfg;
-    let state = StateDir::new(&cfg.state.dir);
+    let adapters = Adapters::new(ctx);
     if ctx.dry_run {
-        let out = Sink::Stdout;
-        return Direct { cfg, fw: &PrintFirewall { real: &Iptables, out: &out }, state: &state }.uninstall();
+        return adapters.direct(|direct| direct.uninstall());
     }
-    Direct { cfg, fw: &Iptables, state: &state }.tear_down()?;
-    let chains: Vec<&str> = ruleset::chains(cfg).into_iter().map(|(_, chain, _)| chain).collect();
+    adapters.direct(|direct| direct.tear_down())?;
+    let chains: Vec<&str> = ruleset::chains(cfg).into_iter().map(|chain| chain.name).collect();
     log::info!("teardown: removed the chains {} and every rule that jumps to them", chains.join(", "));
-    if let Some(pid) = watch::report(cfg).map(|r| r.pid).filter(|pid| watch::runs(*pid)) {
+    if let Some(pid) = watch_file::read(cfg).map(|r| r.pid).filter(|pid| watch_file::runs(*pid)) {
         log::warn!("teardown: watch (pid {pid}) still runs; it can switch nothing any more: stop it");
     }
     Ok(())
@@ -440,7 +393,7 @@ fn check_config(ctx: &Ctx) -> Result<()> {
 /// One command line of each form that repmgr's OS user runs through sudo: `route --show`,
 /// a switch to every node for each ports value, with a timeline and without, and barman's
 /// three commands.
-fn sudo_commands(cfg: &Config) -> Vec<Cmd> {
+pub fn sudo_commands(cfg: &Config) -> Vec<Cmd> {
     let mut cmds = vec![ViaSudo::route_cmd(&["--show"])];
     for node in &cfg.nodes {
         for (open, timeline) in [(Open::All, 1), (Open::Barman, 1), (Open::None, 0)] {
@@ -456,39 +409,23 @@ fn sudo_commands(cfg: &Config) -> Vec<Cmd> {
 
 /// `sudo -n -l -U <user> ...`: run as root, whether sudo lets `user` run `cmd` (a `sudo -n
 /// ...` command line), without running it.
-fn sudo_list(user: &str, cmd: &Cmd) -> Cmd {
+pub fn sudo_list(user: &str, cmd: &Cmd) -> Cmd {
     let words = cmd.args.strip_prefix(&["-n".to_string()]).unwrap_or(&cmd.args);
     Cmd::new(cmd.program.clone()).args(["-n", "-l", "-U", user]).args(words.iter().cloned())
 }
 
 /// `route --show`: the chains, their rules and the jumps, as iptables-save prints them.
 fn route_show(ctx: &Ctx) -> Result<()> {
-    let fw = Iptables;
-    let state = StateDir::new(&ctx.cfg.state.dir);
-    let direct = Direct { cfg: &ctx.cfg, fw: &fw, state: &state };
-    print!("{}", direct.live()?.render());
+    let text = Adapters::new(ctx).direct(|direct| direct.live())?.render();
+    print!("{text}");
     Ok(())
-}
-
-fn open_of(ports: Ports) -> Open {
-    match ports {
-        Ports::None => Open::None,
-        Ports::Barman => Open::Barman,
-        Ports::All => Open::All,
-    }
 }
 
 /// The one privileged step: switch the chains to `node`. Without a timeline the recorded
 /// one stays (a switch by hand), as read under root's switch lock.
 fn route(ctx: &Ctx, node: Node, open: Open, timeline: Option<u32>) -> Result<()> {
-    let cfg = &ctx.cfg;
-    let fw = Iptables;
-    let state = StateDir::new(&cfg.state.dir);
-    let direct = Direct { cfg, fw: &fw, state: &state };
     let record = Record { route: Route::new(node, open), timeline: timeline.unwrap_or(0) };
-    let out = Sink::Stdout;
-    let changed =
-        if ctx.dry_run { PrintNat::new(cfg, &direct, false, &out).switch(record)? } else { direct.switch(record)? };
+    let changed = Adapters::new(ctx).switch(record)?;
     crate::logging::answer(if changed { "changed" } else { "unchanged" });
     Ok(())
 }

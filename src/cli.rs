@@ -1,14 +1,17 @@
 // The command line, as clap parses it. `main` turns it into validated settings.
 //
-// Self-contained (std and clap only): build.rs includes this file to generate the man
-// pages and the shell completions from the same definitions.
+// The man pages and the shell completions are rendered from the same definitions
+// (`generate`).
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Parser, Subcommand};
 
-/// Keeps the NAT rules of a PostgreSQL backup/proxy host pointed at the primary of a
-/// repmgr cluster, and barman's replication slot on it.
+use crate::core::ruleset::Open;
+
+/// Keeps the NAT rules of a PostgreSQL backup/proxy host pointed at the primary (not in
+/// recovery, highest timeline) of a repmgr or Patroni cluster, and barman's replication
+/// slot on it.
 #[derive(Parser, Debug)]
 #[command(name = "repmgr-nat", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
@@ -73,6 +76,14 @@ pub enum Command {
     /// As root: remove the chains and every rule that jumps to them; no switch puts them
     /// back until setup
     Teardown,
+    /// Check the whole deployment, one line per check (OK, or FAILED with what to
+    /// change); exit 1 when any failed. As repmgr's OS user it asks the nodes; as root
+    /// it asks barman and reads the whole nat table: run it both ways
+    Check {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// As root: read the config as the root step does and ask sudo whether it admits every
     /// command repmgr's OS user runs through it; asks no node, reads no table (the package
     /// runs it before restarting watch on an upgrade)
@@ -88,7 +99,7 @@ pub enum Command {
         node_id: Option<String>,
         /// Which proxy ports forward to the node
         #[arg(long, value_enum, required_unless_present = "show")]
-        ports: Option<Ports>,
+        ports: Option<Open>,
         /// The timeline of the primary the route is for, recorded with it
         #[arg(long, value_name = "TIMELINE", requires = "ports", allow_hyphen_values = true)]
         timeline: Option<String>,
@@ -96,17 +107,6 @@ pub enum Command {
         #[arg(long, conflicts_with_all = ["node_id", "ports", "timeline"])]
         show: bool,
     },
-}
-
-/// `route --ports`: which proxy ports forward to the node (the core's `ruleset::Open`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Ports {
-    /// Neither port forwards: both refuse connections.
-    None,
-    /// Only barman's port forwards; the application port refuses connections.
-    Barman,
-    /// barman's port and every application port forward.
-    All,
 }
 
 #[cfg(test)]
@@ -123,7 +123,7 @@ mod tests {
     fn route_takes_a_node_and_ports_or_show() {
         let cli = Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "barman"]).unwrap();
         assert!(
-            matches!(cli.command, Command::Route { node_id: Some(ref n), ports: Some(Ports::Barman), timeline: None, show: false } if n == "2")
+            matches!(cli.command, Command::Route { node_id: Some(ref n), ports: Some(Open::Barman), timeline: None, show: false } if n == "2")
         );
         assert!(Cli::try_parse_from(["repmgr-nat", "route", "--show"]).is_ok());
         assert!(Cli::try_parse_from(["repmgr-nat", "route", "2"]).is_err());

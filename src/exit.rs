@@ -4,7 +4,8 @@
 //! | code | meaning                                                                  |
 //! |------|--------------------------------------------------------------------------|
 //! | 0    | done, or nothing to do (an ignored event, rules already right)          |
-//! | 1    | a step failed (node unreachable, iptables, barman, lock timeout, ...)   |
+//! | 1    | a step failed (node unreachable, iptables, barman, lock timeout, ...);  |
+//! |      | `check`: a check failed                                                  |
 //! | 2    | bad input: command line, config, unknown node id, malformed event       |
 //! | 3    | refused: the cluster contradicts the request (nothing changed)          |
 //! | 4    | `status`: the nodes, the rules and the record do not agree              |

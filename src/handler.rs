@@ -16,17 +16,17 @@ use std::time::Instant;
 use anyhow::{Result, anyhow, bail};
 
 use crate::core::config::{Barman, Config, Node};
-use crate::core::plan::{self, Ask, Decision, Nat as NatState, Step};
+use crate::core::plan::{self, Ask, Decision, Situation, Step};
 use crate::core::ruleset::{Open, Record, Route};
-use crate::core::view::{View, arbitrate};
+use crate::core::view::View;
 use crate::effects::barman::Backup;
 use crate::effects::db::Cluster;
-use crate::effects::nat::Nat;
+use crate::effects::nat::NatSwitch;
 use crate::exit::Exit;
 
 /// The adapters a run acts through.
 pub struct Effects<'a> {
-    pub nat: &'a dyn Nat,
+    pub nat: &'a dyn NatSwitch,
     pub cluster: &'a dyn Cluster,
     pub backup: &'a (dyn Backup + Sync),
 }
@@ -37,33 +37,40 @@ pub fn run(cfg: &Config, fx: &Effects, ask: Ask, label: &str) -> Result<()> {
     act_on(cfg, fx, ask, label, &view).map(drop)
 }
 
-/// Decides from `view` (and the nat table and the record, read now) and acts; returns the
-/// steps carried out.
-pub fn act_on(cfg: &Config, fx: &Effects, ask: Ask, label: &str, view: &View) -> Result<Vec<Step>> {
+/// What `act_on` decided from, and the steps it carried out.
+pub struct Acted<'v> {
+    pub seen: Situation<'v>,
+    pub steps: Vec<Step>,
+}
+
+/// Decides from `view`, and the nat table and the record read now (under the run lock the
+/// caller holds: what another run changed before is seen), and acts.
+pub fn act_on<'v>(cfg: &Config, fx: &Effects, ask: Ask, label: &str, view: &'v View) -> Result<Acted<'v>> {
     let live = fx.nat.live()?;
-    let routing = live.routing(cfg);
-    let record = fx.nat.recorded()?;
+    let seen = Situation::new(view, live.routing(cfg), live.in_place(cfg), fx.nat.recorded()?);
     let verbose = matches!(ask, Ask::Reconcile { .. });
     for (node, answer) in &view.nodes {
         let level = if verbose { log::Level::Info } else { log::Level::Debug };
         log::log!(level, "{label}: node {}: {}", node.id(), answer.describe());
     }
-    let arbitration = arbitrate(view, record);
-    let nat = NatState { routing: &routing, record, in_place: live.in_place(cfg) };
-    let decision = plan::decide(cfg, ask, view, nat);
+    let decision = plan::decide(cfg, ask, &seen);
     // a refusal says it in its one line
-    if !arbitration.stale.is_empty() && !matches!(decision, Decision::Refuse(_)) {
-        log::warn!("{label}: the legitimate primary: {}", arbitration.describe());
+    if !seen.arbitration.stale.is_empty() && !matches!(decision, Decision::Refuse(_)) {
+        log::warn!("{label}: the legitimate primary: {}", seen.arbitration.describe());
     }
-    match decision {
+    let steps = match decision {
         Decision::Nothing(why) => {
             log::info!("{label}: nothing to do: {why}");
-            Ok(Vec::new())
+            Vec::new()
         }
-        Decision::Refuse(why) => Err(Exit::Refused(format!("{label}: {why}")).into()),
+        Decision::Refuse(why) => return Err(Exit::Refused(format!("{label}: {why}")).into()),
         Decision::Unanswered(why) => bail!("{label}: {why}"),
-        Decision::Act(steps) => execute(cfg, fx, label, &steps).map(|()| steps),
-    }
+        Decision::Act(steps) => {
+            execute(cfg, fx, label, &steps)?;
+            steps
+        }
+    };
+    Ok(Acted { seen, steps })
 }
 
 /// Runs the steps in order with the failure policy in this module's table.
@@ -165,140 +172,17 @@ fn confirm_barman(fx: &Effects, node: Node) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
     use crate::core::config::NodeId;
     use crate::core::config::tests::{example, node};
     use crate::core::event::Claim;
-    use crate::core::ruleset::{Live, Routing};
+    use crate::core::ruleset::Routing;
     use crate::core::view::tests::view;
-    use crate::core::view::{Answer, Lsn, NodeState, Role, Slot};
+    use crate::core::view::{Lsn, Slot};
     use crate::effects::dryrun::{PrintBackup, PrintCluster, PrintNat, Sink};
+    use crate::effects::testing::Call::{self, *};
+    use crate::effects::testing::{Fake, IDLE, down, primary, rec, standby};
     use crate::exit;
-
-    /// What the fake was asked to do, in order.
-    #[derive(Clone, Debug, PartialEq, Eq)]
-    enum Call {
-        Switch(u32, Open, u32),
-        CreateSlot(u32),
-        Terminate(u32, i32),
-        DropSlot(u32),
-        Advance(u32, u64),
-        EmitWal(u32),
-        BarmanStop,
-        BarmanStart,
-        SwitchWal,
-    }
-    use Call::*;
-
-    /// The cluster, the nat table and barman in memory; fails the calls in `failing`.
-    struct Fake {
-        calls: Mutex<Vec<Call>>,
-        record: Mutex<Option<Record>>,
-        view: View,
-        failing: Vec<Call>,
-    }
-
-    impl Fake {
-        fn new(record: Option<Record>, view: View) -> Fake {
-            Fake { calls: Mutex::default(), record: Mutex::new(record), view, failing: Vec::new() }
-        }
-
-        fn failing(mut self, calls: &[Call]) -> Fake {
-            self.failing.extend_from_slice(calls);
-            self
-        }
-
-        fn call(&self, call: Call) -> Result<()> {
-            let fails = self.failing.contains(&call);
-            self.calls.lock().unwrap().push(call.clone());
-            if fails { Err(anyhow!("{call:?}: injected failure")) } else { Ok(()) }
-        }
-
-        /// The calls in order, but for the stop of receive-wal, which runs beside the
-        /// first steps: it is checked to come before the start, and left out.
-        fn calls(&self) -> Vec<Call> {
-            let calls = self.calls.lock().unwrap().clone();
-            let stop = calls.iter().position(|c| *c == BarmanStop);
-            let start = calls.iter().position(|c| *c == BarmanStart);
-            if let Some(start) = start {
-                assert!(stop.is_some_and(|stop| stop < start), "receive-wal started before it was stopped: {calls:?}");
-            }
-            calls.into_iter().filter(|c| *c != BarmanStop).collect()
-        }
-
-        fn routing(&self) -> Routing {
-            self.record.lock().unwrap().map_or(Routing::Nothing, |r| Routing::To(r.route))
-        }
-    }
-
-    impl Nat for Fake {
-        fn live(&self) -> Result<Live> {
-            let cfg = example();
-            Ok(match *self.record.lock().unwrap() {
-                Some(record) => Live::installed(&cfg, record.route),
-                None => Live::default(),
-            })
-        }
-        fn recorded(&self) -> Result<Option<Record>> {
-            Ok(*self.record.lock().unwrap())
-        }
-        fn switch(&self, record: Record) -> Result<bool> {
-            self.call(Switch(record.route.node.id().into(), record.route.open, record.timeline))?;
-            let before = self.record.lock().unwrap().replace(record);
-            Ok(before.map(|r| r.route) != Some(record.route))
-        }
-    }
-
-    impl Cluster for Fake {
-        fn view(&self) -> View {
-            self.view.clone()
-        }
-        fn create_slot(&self, node: Node) -> Result<()> {
-            self.call(CreateSlot(node.id().into()))
-        }
-        fn terminate(&self, node: Node, pid: i32) -> Result<()> {
-            self.call(Terminate(node.id().into(), pid))
-        }
-        fn drop_slot(&self, node: Node) -> Result<()> {
-            self.call(DropSlot(node.id().into()))
-        }
-        fn advance_slot(&self, node: Node, lsn: Lsn) -> Result<()> {
-            self.call(Advance(node.id().into(), lsn.0))
-        }
-        fn emit_wal(&self, node: Node) -> Result<()> {
-            self.call(EmitWal(node.id().into()))
-        }
-    }
-
-    impl Backup for Fake {
-        fn stop_receive_wal(&self) -> Result<()> {
-            self.call(BarmanStop)
-        }
-        fn start_receive_wal(&self) -> Result<()> {
-            self.call(BarmanStart)
-        }
-        fn switch_wal(&self, while_waiting: &mut dyn FnMut()) -> Result<()> {
-            while_waiting();
-            self.call(SwitchWal)
-        }
-    }
-
-    const IDLE: Option<Slot> = Some(Slot { active_pid: None, restart_lsn: Some(Lsn(0x300_0000)) });
-
-    fn primary(timeline: u32, slot: Option<Slot>) -> Answer {
-        Answer::Up(NodeState { role: Role::Primary, timeline, lsn: Lsn(0x300_0060), slot })
-    }
-    fn standby(slot: Option<Slot>) -> Answer {
-        Answer::Up(NodeState { role: Role::Standby, timeline: 1, lsn: Lsn(0x300_0060), slot })
-    }
-    fn down() -> Answer {
-        Answer::Down("connection refused".into())
-    }
-    fn rec(id: u32, open: Open, timeline: u32) -> Option<Record> {
-        Some(Record { route: Route::new(node(id), open), timeline })
-    }
 
     fn promote(cfg: &Config, fake: &Fake, id: u32) -> Result<()> {
         let fx = Effects { nat: fake, cluster: fake, backup: fake };

@@ -1,18 +1,21 @@
 //! repmgr-nat: keeps the NAT rules of a PostgreSQL backup/proxy host pointed at the
-//! primary of a repmgr cluster, and barman's replication slot on it.
+//! primary of a repmgr or Patroni cluster, and barman's replication slot on it.
 //!
 //! The core decides without side effects (`plan`, `ruleset`, `status::assess`); the
-//! adapters act (`firewall`, `nat`, `db`, `barman`, `state`); `handler` and `app` tie
-//! them together.
+//! adapters act (`firewall`, `nat`, `db`, `barman`, `state`), built in one place from the
+//! validated context (`adapters`); `handler` and `app` tie them together.
 
+mod adapters;
 mod app;
+mod check;
 mod cli;
+mod clock;
 mod core;
 mod effects;
 mod exit;
+mod generate;
 mod handler;
 mod logging;
-#[cfg(test)]
 mod manual;
 mod watch;
 
@@ -21,6 +24,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // the packaging's step, kept out of the command line users see (and its completions)
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == "generate") {
+        return generate::main();
+    }
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => err.exit(), // --help, --version

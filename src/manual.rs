@@ -1,8 +1,6 @@
-// The README's reference tables, read as data: build.rs renders the configuration keys
-// and the exit codes into the man page from them, so the two never drift apart, and the
-// unit tests below hold them to what the program really accepts and returns.
-//
-// Self-contained (std only): build.rs includes this file.
+//! The README's reference tables, read as data: `generate` renders the configuration keys
+//! and the exit codes into the man page from them, so the two never drift apart, and the
+//! unit tests below hold them to what the program really accepts and returns.
 
 /// The rows of the first Markdown table under the heading `heading` (a line `## heading`,
 /// any level), without its header and delimiter rows: each row's cells, trimmed, `\|`
@@ -64,7 +62,9 @@ mod tests {
 
     const README: &str = include_str!("../README.md");
     const PACKAGED: &str = include_str!("../packaging/repmgr-nat.toml");
-    const MAN: &str = include_str!(concat!(env!("OUT_DIR"), "/man/repmgr-nat.1"));
+    fn man() -> String {
+        String::from_utf8(crate::generate::main_page().unwrap()).unwrap()
+    }
 
     #[test]
     fn reads_a_markdown_table_under_its_heading() {
@@ -140,14 +140,15 @@ mod tests {
 
     #[test]
     fn the_man_page_shows_every_config_key_and_exit_code() {
+        let man = man();
         for key in accepted_keys() {
-            assert!(MAN.contains(&format!("\\fB{key}\\fR")), "the man page does not show {key}");
+            assert!(man.contains(&format!("\\fB{key}\\fR")), "the man page does not show {key}");
         }
         let codes = [0, exit::FAILED, exit::BAD_INPUT, exit::REFUSED, exit::INCONSISTENT];
         let documented: Vec<u8> =
             table(README, EXIT_HEADING).iter().map(|row| plain(&row[0]).parse().unwrap()).collect();
         assert_eq!(documented, codes, "the README's exit codes");
-        let status = MAN.split(".SH \"EXIT STATUS\"").nth(1).expect("an EXIT STATUS section");
+        let status = man.split(".SH \"EXIT STATUS\"").nth(1).expect("an EXIT STATUS section");
         for code in codes {
             assert!(status.contains(&format!("\\fB{code}\\fR")), "the man page does not show exit code {code}");
         }
@@ -155,7 +156,7 @@ mod tests {
             ["event", "watch", "setup", "reconcile", "status", "teardown", "check-config", "route", "can-serve"]
         {
             assert!(
-                MAN.contains(&format!("repmgr\\-nat\\-{}(1)", command.replace('-', "\\-"))),
+                man.contains(&format!("repmgr\\-nat\\-{}(1)", command.replace('-', "\\-"))),
                 "the man page does not name {command}"
             );
         }

@@ -9,208 +9,147 @@
 //!
 //! Each node is asked by a task of its own, so a frozen or unreachable node delays nobody:
 //! a pass decides on every node's latest answer, and an answer older than the deadline
-//! counts as silence. Keeping barman's receive-wal streaming is in `receive_wal`.
+//! counts as silence. A `Watcher` holds what the passes remember, in parts: the last
+//! reading of the rules (`nat_cache`), the run lock (`lock_gate`), the retry after a failed
+//! action, and barman's receive-wal (`receive_wal`, its policy in `core::receive_wal`); it
+//! reads the time through `Clock`, so its tests set it.
 
-use std::path::Path;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::app::Ctx;
+use crate::adapters::Adapters;
+use crate::clock::{Clock, SystemClock};
 use crate::core::config::{Config, Watch};
 use crate::core::metrics::{self, Snapshot, Tracker};
-use crate::core::plan::{self, Ask, Decision, Nat as NatState};
-use crate::core::ruleset::{Open, Route, Routing};
-use crate::core::status::{Action, WatchReport};
-use crate::core::view::{Answer, Primary, View, arbitrate};
-use crate::effects::barman::{Backup, Barman, NoBarman};
-use crate::effects::db::{self, Postgres};
-use crate::effects::metrics as serve_metrics;
-use crate::effects::nat::{Nat, ViaSudo};
-use crate::effects::privilege::{self, OsUser};
-use crate::effects::state::{Lock, StateDir};
+use crate::core::plan::{self, Ask, Decision, Situation, Step};
+use crate::core::receive_wal::ReceiveWal;
+use crate::core::retry::Retry;
+use crate::core::ruleset::{Open, Record, Route, Routing};
+use crate::core::view::{Answer, Primary, View};
+use crate::core::watch_json::{Action, WatchReport};
+use crate::effects::barman::BarmanCli;
+use crate::effects::exporter;
+use crate::effects::state::RunLock;
+use crate::effects::watch_file;
 use crate::handler::{self, Effects};
 
+mod lock_gate;
+mod nat_cache;
 mod poll;
 mod receive_wal;
+use lock_gate::LockGate;
+use nat_cache::NatCache;
 use poll::{Pollers, Signals, Wake};
-use receive_wal::{RECEIVE_WAL_LOG, ReceiveWal};
+use receive_wal::RECEIVE_WAL_LOG;
 
-/// The longest pause between two attempts to start receive-wal, or to repeat a failed step.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
-pub fn run(ctx: &Ctx) -> Result<()> {
-    let cfg = &ctx.cfg;
-    let rt = db::runtime()?;
-    let cluster = Postgres::new(cfg, &rt);
-    let barman = cfg.barman.as_ref().map(|b| Barman::new(b).receive_wal_output(cfg.watch.dir.join(RECEIVE_WAL_LOG)));
-    let backup: &(dyn Backup + Sync) = match &barman {
-        Some(barman) => barman,
-        None => &NoBarman,
-    };
-    // never root (app refuses it): the chains are switched through sudo
-    let nat: &dyn Nat = &ViaSudo { cfg };
-    let fx = Effects { nat, cluster: &cluster, backup };
-
-    std::fs::create_dir_all(&cfg.watch.dir)
-        .with_context(|| format!("cannot create watch.dir {}", cfg.watch.dir.display()))?;
-    if let Err(e) = serve_metrics::create_event_counts(&cfg.watch.dir) {
-        log::error!("watch: {e:#}: events are not counted");
-    }
-    let mut watcher = Watcher::new(StateDir::new(&cfg.state.dir));
-    if let Some(addr) = cfg.watch.metrics {
-        serve_metrics::serve(addr, Arc::clone(&watcher.snapshot), cfg.watch.dir.clone());
-    }
-    let asking = poll::Asking { cfg: Arc::new(cfg.clone()), pool: cluster.pool() };
-    let nodes = Pollers::start(&rt, cfg, Arc::new(asking));
-    let mut signals = rt.block_on(Signals::new())?;
-    // The first pass waits for every node's first answer, within a node's deadline.
-    if rt.block_on(nodes.first_answers(cfg, signals.stop())) == Wake::Stop {
-        log::info!("watch: stopping");
-        return Ok(());
-    }
-    // what barman had confirmed, as the watch before this one saw it
-    watcher.receive_wal.confirmed = report(cfg).and_then(|r| r.barman_confirmed);
-    log::info!(
-        "watch: asking {} nodes every {} ms (every {} ms while the routed primary does not answer)",
-        cfg.nodes.len(),
-        cfg.watch.interval.as_millis(),
-        Watch::HURRY.min(cfg.watch.interval).as_millis()
-    );
-    loop {
-        let reason = match watcher.fresh_after.take() {
-            Some(since) => rt.block_on(nodes.answers_since(since, cfg, &mut signals)),
-            None => rt.block_on(nodes.wait(cfg.watch.interval, &mut signals)),
-        };
-        if reason == Wake::Stop {
+/// Runs until SIGTERM or SIGINT. A dry run prints what it would do and changes nothing:
+/// it writes no watch.json and no event counts, serves no metrics and takes no run lock.
+pub fn run(adapters: &Adapters) -> Result<()> {
+    let cfg = &adapters.ctx.cfg;
+    let dry_run = adapters.ctx.dry_run;
+    let rt = adapters.runtime()?;
+    let cluster = adapters.cluster()?;
+    let barman = cfg.barman.as_ref().map(|b| BarmanCli::new(b).receive_wal_output(cfg.watch.dir.join(RECEIVE_WAL_LOG)));
+    adapters.effects_with(&cluster, barman.as_ref(), |fx| {
+        let mut watcher = Watcher::new(adapters.run_lock(), Rc::new(SystemClock));
+        if dry_run {
+            log::info!("watch: --dry-run: printing what it would do; no watch.json, no metrics, no run lock");
+            watcher.dry_run = true;
+        } else {
+            std::fs::create_dir_all(&cfg.watch.dir)
+                .with_context(|| format!("cannot create watch.dir {}", cfg.watch.dir.display()))?;
+            if let Err(e) = exporter::create_event_counts(&cfg.watch.dir) {
+                log::error!("watch: {e:#}: events are not counted");
+            }
+            if let Some(addr) = cfg.watch.metrics {
+                exporter::serve(addr, Arc::clone(&watcher.snapshot), cfg.watch.dir.clone());
+            }
+            watcher.writes_report = true;
+        }
+        let asking = poll::Asking { cfg: Arc::new(cfg.clone()), pool: cluster.pool() };
+        let nodes = Pollers::start(rt, cfg, Arc::new(asking));
+        let mut signals = rt.block_on(Signals::new())?;
+        // The first pass waits for every node's first answer, within a node's deadline.
+        if rt.block_on(nodes.first_answers(cfg, signals.stop())) == Wake::Stop {
             log::info!("watch: stopping");
             return Ok(());
         }
-        let view = nodes.view(cfg);
-        let hurry = watcher.pass(cfg, &fx, &view);
-        nodes.hurry.store(hurry, Ordering::Relaxed);
-    }
+        // what barman had confirmed, as the watch before this one saw it
+        watcher.receive_wal.confirmed = watch_file::read(cfg).and_then(|r| r.barman_confirmed);
+        log::info!(
+            "watch: asking {} nodes every {} ms (every {} ms while the routed primary does not answer)",
+            cfg.nodes.len(),
+            cfg.watch.interval.as_millis(),
+            Watch::HURRY.min(cfg.watch.interval).as_millis()
+        );
+        loop {
+            let reason = match watcher.gate.fresh_after.take() {
+                Some(since) => rt.block_on(nodes.answers_since(since, cfg, &mut signals)),
+                None => rt.block_on(nodes.wait(cfg.watch.interval, &mut signals)),
+            };
+            if reason == Wake::Stop {
+                log::info!("watch: stopping");
+                return Ok(());
+            }
+            let view = nodes.view(cfg);
+            let hurry = watcher.pass(cfg, fx, &view);
+            nodes.hurry.store(hurry, Ordering::Relaxed);
+        }
+    })
 }
 
-/// What the passes remember between them.
+/// What the passes remember between them, in the parts the policy keeps.
 struct Watcher {
-    state: StateDir,
-    started: SystemTime,
+    clock: Rc<dyn Clock>,
+    /// Whether each pass writes watch.json (not in a dry run).
+    writes_report: bool,
+    /// A dry run: the rules never change, so each plan is printed once, not every pass.
+    dry_run: bool,
+    printed: Option<Vec<Step>>,
+    started_ms: u64,
     passes: u64,
-    /// The nat table as last read (its route, and whether everything else of ours is in
-    /// place), and when.
-    nat: Option<(Routing, bool, Instant)>,
+    nat: NatCache,
+    gate: LockGate,
+    /// After a failed action: not again before its backoff.
+    retry: Retry,
+    receive_wal: ReceiveWal,
     /// One line about what the pass saw; logged when it changes.
     seen: String,
-    /// After a failed action: not again before this.
-    retry_at: Option<Instant>,
-    failures: u32,
     last_action: Option<Action>,
-    /// Why the run lock cannot be taken, as last said.
-    lock_problem: Option<String>,
-    /// Another run held the run lock: what it did may be missing from the answers of the
-    /// passes until it ended.
-    contended: bool,
-    /// The next pass waits for answers asked after this (another run just ended).
-    fresh_after: Option<Instant>,
-    receive_wal: ReceiveWal,
     /// The figures the metrics show, and where the listener reads the last pass's.
     metrics: Tracker,
     snapshot: Arc<Mutex<Snapshot>>,
-    /// The monotonic clock the metrics' durations are measured on.
-    clock: Instant,
+    /// Where the metrics' monotonic durations start.
+    began: Instant,
     /// Since when (unix ms) the application ports have not forwarded to the legitimate
     /// primary (for `can-serve`).
     misrouted_since: Option<u64>,
 }
 
-/// What `watch` wrote after its last pass, if it can be read: a regular file, never
-/// followed through a symbolic link, never waited on, at most `REPORT_MAX` bytes (root
-/// reads it too, and watch.dir is repmgr's OS user's); as root, only a file of that
-/// user's, who writes it.
-pub fn report(cfg: &Config) -> Option<WatchReport> {
-    let owner = match privilege::is_root() {
-        true => Some(OsUser::named(&cfg.repmgr_user).map_err(|e| log::warn!("watch.json ignored: {e:#}")).ok()?.uid),
-        false => None,
-    };
-    read_report(&cfg.watch.dir.join(WatchReport::FILE), owner)
-}
-
-/// The report at `path`, if it is a regular file (of `owner`, when given).
-fn read_report(path: &Path, owner: Option<u32>) -> Option<WatchReport> {
-    use std::io::Read;
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    const REPORT_MAX: u64 = 1 << 20;
-    let file = std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() {
-        say_once(format!("{} is not a regular file: ignored", path.display()));
-        return None;
-    }
-    if let Some(uid) = owner.filter(|uid| *uid != meta.uid()) {
-        say_once(format!(
-            "{} is owned by uid {}, not by repmgr's OS user (uid {uid}): ignored",
-            path.display(),
-            meta.uid()
-        ));
-        return None;
-    }
-    let mut text = String::new();
-    file.take(REPORT_MAX).read_to_string(&mut text).ok()?;
-    serde_json::from_str(&text).map_err(|e| say_once(format!("bad {}: {e}", path.display()))).ok()
-}
-
-/// Why watch.json was ignored: a warning the first time in a process, debug after. A
-/// command reads it more than once (status, and the adapters it builds), and the reason
-/// stays the same; each run of `can-serve` (every second under keepalived) is a process
-/// of its own and says it once, since its own line ("watch has written nothing") would
-/// be wrong without it, and keepalived keeps no script's output unless asked to.
-fn say_once(line: String) {
-    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    match SAID.swap(true, Ordering::Relaxed) {
-        false => log::warn!("{line}"),
-        true => log::debug!("{line}"),
-    }
-}
-
-/// Whether the process `pid` runs (a process of another user's counts: it exists).
-pub fn runs(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
-    // SAFETY: kill with signal 0 only checks that the process exists and may be signalled.
-    pid > 0
-        && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Watcher {
     /// The metrics' shared snapshot starts as the tracker's own (no pass yet), not empty.
-    fn new(state: StateDir) -> Watcher {
-        let metrics = Tracker::new(now_ms());
+    fn new(run_lock: Box<dyn RunLock>, clock: Rc<dyn Clock>) -> Watcher {
+        let metrics = Tracker::new(clock.now_ms());
         Watcher {
-            state,
-            started: SystemTime::now(),
+            writes_report: false,
+            dry_run: false,
+            printed: None,
+            started_ms: clock.now_ms(),
+            began: clock.now(),
             snapshot: Arc::new(Mutex::new(metrics.snapshot().clone())),
             metrics,
-            clock: Instant::now(),
+            clock,
             passes: 0,
-            nat: None,
-            seen: String::new(),
-            retry_at: None,
-            failures: 0,
-            last_action: None,
-            lock_problem: None,
-            contended: false,
-            fresh_after: None,
+            nat: NatCache::default(),
+            gate: LockGate::new(run_lock),
+            retry: Retry::default(),
             receive_wal: ReceiveWal::default(),
+            seen: String::new(),
+            last_action: None,
             misrouted_since: None,
         }
     }
@@ -220,7 +159,7 @@ impl Watcher {
     fn pass(&mut self, cfg: &Config, fx: &Effects, view: &View) -> bool {
         let began = self.mono_ms();
         self.passes += 1;
-        let (routing, in_place) = match self.routing(cfg, fx) {
+        let (routing, in_place) = match self.nat.get(cfg, fx.nat, self.clock.now()) {
             Ok(read) => read,
             Err(e) => {
                 self.say(format!("cannot read the rules: {e:#}"));
@@ -231,20 +170,24 @@ impl Watcher {
             log::error!("watch: {e:#}");
             None
         });
-        let arbitration = arbitrate(view, record);
-        self.say(format!("primary: {}; rules: {routing}; nodes: {}", arbitration.describe(), brief(view)));
+        let seen = Situation::new(view, routing, in_place, record);
+        let arbitration = &seen.arbitration;
+        self.say(format!("primary: {}; rules: {}; nodes: {}", arbitration.describe(), seen.routing, brief(view)));
 
-        let decision = plan::decide(cfg, Ask::Watch, view, NatState { routing: &routing, record, in_place });
-        if let Decision::Act(_) = decision {
-            self.act(cfg, fx, view);
-        } else {
-            self.keep_barman_streaming(cfg, fx, view, &routing);
-        }
-        // the rules as they stand after the pass: read again if it acted (and kept for
-        // the next pass)
-        let (after, record) = match self.routing(cfg, fx) {
-            Ok((after, _)) if after != routing => (after, fx.nat.recorded().ok().flatten()),
-            _ => (routing, record),
+        // the rules as they stand after the pass
+        let (after, record) = match plan::decide(cfg, Ask::Watch, &seen) {
+            Decision::Act(steps) if self.dry_run && self.printed.as_ref() == Some(&steps) => {
+                (seen.routing.clone(), seen.record)
+            }
+            Decision::Act(steps) => {
+                self.printed = self.dry_run.then_some(steps);
+                self.act(cfg, fx, view).unwrap_or_else(|| self.read_again(cfg, fx, &seen))
+            }
+            _ => {
+                let now = self.clock.now();
+                receive_wal::keep_streaming(&mut self.receive_wal, &mut self.gate, cfg, fx, (view, &seen.routing), now);
+                (seen.routing.clone(), seen.record)
+            }
         };
         let hurry = match (&arbitration.primary, &after) {
             (Primary::Legit { node, .. }, Routing::To(route)) => route.node != *node,
@@ -256,15 +199,15 @@ impl Watcher {
             Primary::Legit { node, .. } => after == Routing::To(Route::new(*node, Open::All)),
             _ => false,
         };
-        let misrouted = !serving;
-        self.misrouted_since = if misrouted { Some(self.misrouted_since.unwrap_or_else(now_ms)) } else { None };
-        self.report(cfg, &arbitration.describe(), &after, view, hurry);
+        let now_ms = self.clock.now_ms();
+        self.misrouted_since = if serving { None } else { Some(self.misrouted_since.unwrap_or(now_ms)) };
+        self.write_report(cfg, &arbitration.describe(), &after, view, hurry);
         self.metrics.pass(metrics::Pass {
             began_mono_ms: began,
             ended_mono_ms: self.mono_ms(),
-            ended_ms: now_ms(),
+            ended_ms: now_ms,
             view,
-            arbitration: &arbitration,
+            arbitration,
             routing: &after,
             recorded: record,
             barman: cfg.barman.is_some(),
@@ -276,80 +219,55 @@ impl Watcher {
     }
 
     fn mono_ms(&self) -> u64 {
-        self.clock.elapsed().as_millis() as u64
-    }
-
-    /// The nat table: read again when older than `Watch::NAT_EVERY` or after an action.
-    fn routing(&mut self, cfg: &Config, fx: &Effects) -> Result<(Routing, bool)> {
-        match &self.nat {
-            Some((routing, in_place, at)) if at.elapsed() < Watch::NAT_EVERY => Ok((routing.clone(), *in_place)),
-            _ => {
-                let live = fx.nat.live()?;
-                let (routing, in_place) = (live.routing(cfg), live.in_place(cfg));
-                self.nat = Some((routing.clone(), in_place, Instant::now()));
-                Ok((routing, in_place))
-            }
-        }
+        self.clock.now().duration_since(self.began).as_millis() as u64
     }
 
     /// Under the run lock (when another run holds it, that run does the work: the next
     /// pass sees the result), with the rules read again, the plan an event would carry out.
-    fn act(&mut self, cfg: &Config, fx: &Effects, view: &View) {
-        if self.retry_at.is_some_and(|at| Instant::now() < at) {
-            return;
+    /// The rules and the record it left, when it acted and all went through: known without
+    /// reading them again.
+    fn act(&mut self, cfg: &Config, fx: &Effects, view: &View) -> Option<(Routing, Option<Record>)> {
+        if !self.retry.ready(self.clock.now()) {
+            return None;
         }
-        let Some(_lock) = self.run_lock() else { return };
-        self.nat = None;
+        let _lock = self.gate.take(self.clock.now())?;
+        self.nat.forget();
         let result = handler::act_on(cfg, fx, Ask::Watch, "watch", view);
-        self.nat = None;
         self.metrics.acted(result.is_ok());
+        let mut after = None;
         let (steps, result) = match result {
-            Ok(steps) => {
-                self.failures = 0;
-                self.retry_at = None;
-                (steps, "ok".to_string())
+            Ok(acted) => {
+                self.retry.succeeded();
+                // (a dry run changed nothing: the rules are read again)
+                if !self.dry_run {
+                    let (routing, in_place, record) = acted.seen.after(&acted.steps);
+                    self.nat.set(routing.clone(), in_place, self.clock.now());
+                    after = Some((routing, record));
+                }
+                (acted.steps, "ok".to_string())
             }
             Err(e) => {
-                self.failures += 1;
-                let backoff = backoff(cfg.watch.interval, self.failures);
-                self.retry_at = Some(Instant::now() + backoff);
+                let backoff = self.retry.failed(cfg.watch.interval, self.clock.now());
                 log::error!("watch: {e:#}; trying again in {} ms", backoff.as_millis());
                 (Vec::new(), format!("error: {e:#}"))
             }
         };
         if !steps.is_empty() || result != "ok" {
-            self.last_action =
-                Some(Action { at_ms: now_ms(), steps: steps.iter().map(|s| s.to_string()).collect(), result });
+            self.last_action = Some(Action {
+                at_ms: self.clock.now_ms(),
+                steps: steps.iter().map(|s| s.to_string()).collect(),
+                result,
+            });
         }
+        after
     }
 
-    /// The run lock, to act on this pass's answers. None when another run holds it (that
-    /// run does the work), when another run held it since (this pass's answers may predate
-    /// its work: the next pass decides, on answers asked after it ended, so the two never
-    /// do the same step twice), or when it cannot be taken at all (said once, not every
-    /// pass: nothing can act until `setup` makes it right).
-    fn run_lock(&mut self) -> Option<Lock> {
-        let (lock, problem) = match self.state.try_lock() {
-            Ok(lock) => (lock, None),
-            Err(e) => (None, Some(format!("{e:#}"))),
-        };
-        if problem != self.lock_problem {
-            match &problem {
-                Some(why) => log::error!("watch: cannot take the run lock, so cannot act: {why}"),
-                None => log::info!("watch: the run lock can be taken again"),
-            }
-            self.lock_problem = problem.clone();
-        }
-        match lock {
-            None if problem.is_none() => {
-                self.contended = true;
-                None
-            }
-            Some(_) if std::mem::take(&mut self.contended) => {
-                self.fresh_after = Some(Instant::now());
-                None
-            }
-            lock => lock,
+    /// The rules and the record after a pass that did not act, or failed: read again when
+    /// the pass could not say what they hold (and kept for the next pass).
+    fn read_again(&mut self, cfg: &Config, fx: &Effects, seen: &Situation) -> (Routing, Option<Record>) {
+        match self.nat.get(cfg, fx.nat, self.clock.now()) {
+            Ok((after, _)) if after != seen.routing => (after, fx.nat.recorded().ok().flatten()),
+            _ => (seen.routing.clone(), seen.record),
         }
     }
 
@@ -361,26 +279,29 @@ impl Watcher {
         }
     }
 
-    fn report(&self, cfg: &Config, primary: &str, routing: &Routing, view: &View, hurry: bool) {
+    fn write_report(&self, cfg: &Config, primary: &str, routing: &Routing, view: &View, hurry: bool) {
+        if !self.writes_report {
+            return;
+        }
+        let said = receive_wal::last_said(&cfg.watch.dir);
         let report = WatchReport {
             version: 1,
             pid: std::process::id(),
-            started_ms: self.started.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            started_ms: self.started_ms,
             pass: self.passes,
-            passed_ms: now_ms(),
+            passed_ms: self.clock.now_ms(),
             interval_ms: cfg.watch.interval.as_millis() as u64,
             hurry,
             primary: primary.to_string(),
             rules: routing.to_string(),
             nodes: view.describe(),
             unanswered: view.nodes.iter().filter(|(_, a)| a.state().is_none()).map(|(n, _)| n.id()).collect(),
-            receive_wal: self.receive_wal.describe(&cfg.watch.dir),
+            receive_wal: self.receive_wal.describe(self.clock.now(), said.as_deref()),
             barman_confirmed: self.receive_wal.confirmed,
             last_action: self.last_action.clone(),
             misrouted_since_ms: self.misrouted_since,
         };
-        let text = serde_json::to_string(&report).unwrap_or_default();
-        if let Err(e) = write_atomically(&cfg.watch.dir.join(WatchReport::FILE), &text) {
+        if let Err(e) = watch_file::write(&cfg.watch.dir, &report) {
             log::debug!("watch: {e:#}");
         }
     }
@@ -393,9 +314,7 @@ fn brief(view: &View) -> String {
         .map(|(node, answer)| {
             let what = match answer {
                 Answer::Up(s) => format!("{}/{}", s.role, s.timeline),
-                Answer::Down(_) => "down".to_string(),
-                Answer::Silent(_) => "silent".to_string(),
-                Answer::Rejected(_) => "rejected".to_string(),
+                other => other.kind().to_string(),
             };
             format!("{}: {what}", node.id())
         })
@@ -403,48 +322,226 @@ fn brief(view: &View) -> String {
         .join(", ")
 }
 
-/// `base` doubled with every failure, at most `MAX_BACKOFF`.
-fn backoff(base: Duration, failures: u32) -> Duration {
-    base.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(MAX_BACKOFF)
-}
-
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::dressed;
+    use crate::clock::FakeClock;
+    use crate::core::config::tests::example;
+    use crate::core::view::tests::view;
+    use crate::core::view::{Lsn, Slot};
+    use crate::effects::db::Cluster;
+    use crate::effects::dryrun::Sink;
+    use crate::effects::state::NoRunLock;
+    use crate::effects::testing::Call::{self, *};
+    use crate::effects::testing::{Fake, FakeRunLock, IDLE, LockState, down, primary, rec, standby};
+    use std::cell::Cell;
+    use std::time::Duration;
 
+    /// A watch over the fakes, on a clock that moves only when told, with a run lock the
+    /// test hands out.
+    struct Rig {
+        cfg: Config,
+        fake: Fake,
+        clock: Rc<FakeClock>,
+        lock: Rc<Cell<LockState>>,
+        watcher: Watcher,
+    }
+
+    impl Rig {
+        fn new(fake: Fake) -> Rig {
+            let mut cfg = example();
+            cfg.watch.dir = std::path::PathBuf::from("/nonexistent/repmgr-nat-test-watch");
+            let clock = Rc::new(FakeClock::new());
+            let lock = Rc::new(Cell::new(LockState::Free));
+            let watcher = Watcher::new(Box::new(FakeRunLock(Rc::clone(&lock))), Rc::clone(&clock) as Rc<dyn Clock>);
+            Rig { cfg, fake, clock, lock, watcher }
+        }
+
+        /// One pass over `view`, `after` the last: what it asked of the fakes, and whether
+        /// it is in a hurry.
+        fn pass(&mut self, after: Duration, view: &View) -> (Vec<Call>, bool) {
+            self.clock.advance(after);
+            let fx = Effects { nat: &self.fake, cluster: &self.fake, backup: &self.fake };
+            let hurry = self.watcher.pass(&self.cfg, &fx, view);
+            (self.fake.take_calls(), hurry)
+        }
+    }
+
+    const ZERO: Duration = Duration::ZERO;
+    const INTERVAL: Duration = Duration::from_millis(250);
+    /// The failover of node 1 to node 2, as watch carries it out.
+    const FAILOVER: [Call; 3] = [CreateSlot(2), Switch(2, Open::All, 2), BarmanStart];
+    const STREAMING: Option<Slot> = Some(Slot { active_pid: Some(4242), restart_lsn: Some(Lsn(0x300_0000)) });
+
+    /// What one pass does, from what it sees: nothing while everything agrees, the plan
+    /// an event would carry out when something does not, and a hurry until the routed
+    /// primary is the legitimate one.
     #[test]
-    fn a_report_is_read_only_from_a_regular_file_of_its_owner() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = std::env::temp_dir().join(format!("repmgr-nat-test-report-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(WatchReport::FILE);
-        let text = r#"{"version":1,"pid":1,"started_ms":1,"pass":3,"passed_ms":1,"interval_ms":250,"hurry":false,
-            "primary":"node 1","rules":"node 1 ports all","nodes":"1: primary","unanswered":[2],"receive_wal":null,
-            "barman_confirmed":null,"last_action":null,"misrouted_since_ms":null}"#;
-        std::fs::write(&path, text).unwrap();
-        let mine = std::fs::metadata(&path).unwrap().uid();
-        assert_eq!(read_report(&path, None).map(|r| r.pass), Some(3));
-        assert_eq!(read_report(&path, Some(mine)).map(|r| r.pass), Some(3));
-        assert!(read_report(&path, Some(mine + 1)).is_none(), "a file of another user's is read");
-        std::fs::remove_file(&path).unwrap();
-        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
-        assert!(read_report(&path, None).is_none());
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn a_pass_acts_when_the_cluster_and_the_rules_disagree() {
+        // watch does not wait for barman's confirmation (an event does)
+        let failover = FAILOVER.to_vec();
+        // (what the rules were switched to, what the nodes say, what the pass does, hurry after)
+        let rows = [
+            (rec(2, Open::All, 2), view(&[(1, standby(IDLE)), (2, primary(2, STREAMING))]), vec![], false),
+            (rec(1, Open::All, 1), view(&[(1, down()), (2, primary(2, None))]), failover, false),
+            // no primary: a down node keeps barman's port only; the standby gets its slot
+            (
+                rec(1, Open::All, 1),
+                view(&[(1, down()), (2, standby(None))]),
+                vec![Switch(1, Open::Barman, 1), CreateSlot(2)],
+                true,
+            ),
+            (rec(1, Open::All, 1), view(&[(1, primary(1, STREAMING)), (2, standby(IDLE))]), vec![], false),
+            // rules never set: routed to the primary, the slots made
+            (
+                None,
+                view(&[(1, primary(1, None)), (2, standby(None))]),
+                vec![CreateSlot(1), Switch(1, Open::All, 1), BarmanStart, CreateSlot(2)],
+                false,
+            ),
+        ];
+        for (i, (record, nodes, expected, hurry)) in rows.into_iter().enumerate() {
+            let mut rig = Rig::new(Fake::new(record, nodes.clone()));
+            assert_eq!(rig.pass(ZERO, &nodes), (expected, hurry), "row {i}");
+        }
+    }
+
+    /// Reading the nat table is a root process through sudo (`route --show`): a pass that
+    /// acts reads it once before deciding and once under the run lock, and then knows what
+    /// its switch left; a pass that does not act reads it at most every `NAT_EVERY`.
+    #[test]
+    fn a_pass_reads_the_rules_once_and_again_only_under_the_lock_it_acts_under() {
+        let promoted = view(&[(1, down()), (2, primary(2, None))]);
+        let mut rig = Rig::new(Fake::new(rec(1, Open::All, 1), promoted.clone()));
+        let reads = |rig: &Rig| rig.fake.reads.swap(0, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(rig.pass(ZERO, &promoted), (FAILOVER.to_vec(), false));
+        assert_eq!(reads(&rig), 2, "an acting pass");
+        assert_eq!(rig.watcher.misrouted_since, None, "what the switch left is what the pass reports");
+        let after = view(&[(1, down()), (2, primary(2, STREAMING))]);
+        assert_eq!(rig.pass(INTERVAL, &after), (vec![], false));
+        assert_eq!(reads(&rig), 0, "the switch's result, kept");
+        assert_eq!(rig.pass(Watch::NAT_EVERY, &after), (vec![], false));
+        assert_eq!(reads(&rig), 1, "read again after NAT_EVERY");
+    }
+
+    /// For `can-serve`: since when the application ports have missed the legitimate
+    /// primary, kept from the first pass that saw it, cleared by the first that does not.
+    #[test]
+    fn misrouted_since_is_the_first_pass_that_missed_the_primary() {
+        let promoted = view(&[(1, down()), (2, primary(2, None))]);
+        let mut rig = Rig::new(Fake::new(rec(1, Open::All, 1), promoted.clone()));
+        rig.lock.set(LockState::Held);
+        rig.pass(ZERO, &promoted);
+        let since = rig.clock.now_ms();
+        assert_eq!(rig.watcher.misrouted_since, Some(since));
+        rig.pass(INTERVAL, &promoted);
+        assert_eq!(rig.watcher.misrouted_since, Some(since), "kept");
+        // nobody answers as primary: not serving either
+        let none = view(&[(1, down()), (2, down())]);
+        rig.pass(INTERVAL, &none);
+        assert_eq!(rig.watcher.misrouted_since, Some(since));
+        rig.lock.set(LockState::Free);
+        rig.pass(INTERVAL, &promoted); // the lock was contended: this pass only notes it
+        assert_eq!(rig.pass(INTERVAL, &promoted).0, FAILOVER);
+        assert_eq!(rig.watcher.misrouted_since, None);
     }
 
     #[test]
-    fn backoff_doubles_up_to_a_minute() {
-        let base = Duration::from_millis(250);
-        assert_eq!(backoff(base, 1), base);
-        assert_eq!(backoff(base, 2), base * 2);
-        assert_eq!(backoff(base, 5), base * 16);
-        assert_eq!(backoff(base, 40), MAX_BACKOFF);
+    fn a_failed_action_is_tried_again_after_a_backoff_that_doubles() {
+        let nodes = view(&[(1, down()), (2, primary(2, None))]);
+        let mut rig = Rig::new(Fake::new(rec(1, Open::All, 1), nodes.clone()).failing(&[Switch(2, Open::All, 2)]));
+        let failed = vec![CreateSlot(2), Switch(2, Open::All, 2)];
+        // (time since the last pass, what the pass does)
+        let rows = [
+            (ZERO, failed.clone()),
+            (INTERVAL - Duration::from_millis(1), vec![]),
+            (Duration::from_millis(1), failed.clone()), // 250 ms after the first failure
+            (INTERVAL, vec![]),                         // the second waits 500 ms
+            (INTERVAL, failed),
+        ];
+        for (i, (after, expected)) in rows.into_iter().enumerate() {
+            assert_eq!(rig.pass(after, &nodes).0, expected, "row {i}");
+        }
+        let action = rig.watcher.last_action.clone().unwrap();
+        assert!(action.result.starts_with("error: "), "{action:?}");
+        rig.fake.heal();
+        assert_eq!(rig.pass(INTERVAL * 4, &nodes).0, FAILOVER, "once the switch works");
+        assert_eq!(rig.watcher.last_action.unwrap().result, "ok");
+    }
+
+    /// Another run holds the run lock: it does the work. Once it let go, watch does not act
+    /// on answers that may predate that work: the next pass waits for fresh ones.
+    #[test]
+    fn after_another_run_held_the_lock_the_next_pass_decides_on_fresh_answers() {
+        let nodes = view(&[(1, down()), (2, primary(2, None))]);
+        let mut rig = Rig::new(Fake::new(rec(1, Open::All, 1), nodes.clone()));
+        rig.lock.set(LockState::Held);
+        assert_eq!(rig.pass(ZERO, &nodes).0, []);
+        assert_eq!(rig.watcher.gate.fresh_after, None);
+        rig.lock.set(LockState::Free);
+        assert_eq!(rig.pass(INTERVAL, &nodes).0, [], "acted on answers from before the other run ended");
+        assert_eq!(rig.watcher.gate.fresh_after, Some(rig.clock.now()));
+        assert_eq!(rig.pass(INTERVAL, &nodes).0, FAILOVER);
+        // a lock that cannot be taken at all: nothing acts, and nothing waits for it
+        let mut rig = Rig::new(Fake::new(rec(1, Open::All, 1), nodes.clone()));
+        rig.lock.set(LockState::Broken);
+        assert_eq!(rig.pass(ZERO, &nodes).0, []);
+        assert_eq!(rig.watcher.gate.fresh_after, None);
+    }
+
+    /// barman's slot on the routed primary without its walsender: receive-wal started
+    /// after the grace, under the run lock, then again after each backoff.
+    #[test]
+    fn receive_wal_is_started_after_the_grace_and_again_after_each_backoff() {
+        let idle = view(&[(1, standby(IDLE)), (2, primary(2, IDLE))]);
+        let mut rig = Rig::new(Fake::new(rec(2, Open::All, 2), idle.clone()));
+        let s = Duration::from_secs(1);
+        // (time since the last pass, who holds the lock, what the pass does)
+        let rows = [
+            (ZERO, LockState::Free, vec![]),
+            (s * 2, LockState::Free, vec![]),
+            (s, LockState::Held, vec![]), // due, but another run acts: not counted
+            (ZERO, LockState::Free, vec![BarmanStart]),
+            (s / 2, LockState::Free, vec![]),
+            (s / 2, LockState::Free, vec![BarmanStart]),
+            (s, LockState::Free, vec![]),
+            (s, LockState::Free, vec![BarmanStart]),
+        ];
+        for (i, (after, lock, expected)) in rows.into_iter().enumerate() {
+            rig.lock.set(lock);
+            // the lock contended: the pass after it ended only notes it
+            if i == 3 {
+                assert_eq!(rig.pass(after, &idle).0, [], "row {i}: right after the other run");
+            }
+            assert_eq!(rig.pass(after, &idle).0, expected, "row {i}");
+        }
+        let streaming = view(&[(1, standby(IDLE)), (2, primary(2, STREAMING))]);
+        assert_eq!(rig.pass(s, &streaming).0, []);
+        assert_eq!(rig.watcher.receive_wal.confirmed, Some((crate::core::config::NodeId::new(2), Lsn(0x300_0000))));
+    }
+
+    /// `--dry-run watch` goes through the adapters every command gets: a pass that would
+    /// switch prints the switch, and the real adapters are asked, never told.
+    #[test]
+    fn a_dry_run_pass_prints_what_it_would_do_and_changes_nothing() {
+        let cfg = example();
+        // the routed node 1 is down, node 2 was promoted: watch carries out the failover
+        let fake = Fake::new(rec(1, Open::All, 1), view(&[(1, down()), (2, primary(2, None))]));
+        let out = Sink::capture();
+        let real = Effects { nat: &fake, cluster: &fake, backup: &fake };
+        let mut watcher = Watcher::new(Box::new(NoRunLock), Rc::new(FakeClock::new()));
+        watcher.dry_run = true;
+        dressed(&cfg, true, true, &real, &out, |fx| watcher.pass(&cfg, fx, &fake.view()));
+        assert_eq!(fake.calls(), [], "a dry run acted");
+        let printed = out.captured();
+        assert!(printed.contains("/usr/bin/repmgr-nat route 2 --ports all --timeline 2\n"), "{printed}");
+        assert!(printed.contains("receive-wal main_backup &"), "{printed}");
+        assert_eq!(watcher.last_action.as_ref().map(|a| a.result.as_str()), Some("ok"));
+        // the rules never change: the same plan is not printed again every pass
+        let out = Sink::capture();
+        dressed(&cfg, true, true, &real, &out, |fx| watcher.pass(&cfg, fx, &fake.view()));
+        assert_eq!(out.captured(), "");
+        assert_eq!(fake.calls(), []);
     }
 }

@@ -78,12 +78,29 @@ fn help_and_version_exit_0_on_stdout() {
     let out = run(&["--help"]);
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);
-    for command in ["event", "setup", "reconcile", "watch", "status", "teardown", "route", "can-serve"] {
+    for command in ["event", "setup", "reconcile", "watch", "status", "check", "teardown", "route", "can-serve"] {
         assert!(help.contains(command), "--help lists {command}:\n{help}");
     }
     let out = run(&["--version"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("repmgr-nat "));
+}
+
+/// The packaging's step: the man pages and the completions, rendered by the program; not
+/// in the command line they document.
+#[test]
+fn generate_writes_the_man_pages_and_the_completions() {
+    let dir = Scratch::new("generate");
+    let out = run(&["generate", path(&dir.0)]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = std::fs::read_to_string(dir.0.join("man/repmgr-nat.1")).unwrap();
+    assert!(page.contains(".SH \"EXIT STATUS\""), "{page}");
+    assert!(dir.0.join("man/repmgr-nat-route.1").is_file());
+    for file in ["repmgr-nat.bash", "_repmgr-nat", "repmgr-nat.fish"] {
+        let text = std::fs::read_to_string(dir.0.join("completions").join(file)).unwrap();
+        assert!(text.contains("can-serve") && !text.contains("generate"), "{file}");
+    }
+    assert!(!String::from_utf8_lossy(&run(&["--help"]).stdout).contains("generate"));
 }
 
 #[test]
@@ -92,6 +109,8 @@ fn a_bad_command_line_is_one_line_and_exit_2() {
     refused(&["event"], 2, "required");
     refused(&["route", "2", "--ports", "everything"], 2, "invalid value");
     refused(&["status", "--json", "extra"], 2, "unexpected argument");
+    refused(&["check", "--json", "extra"], 2, "unexpected argument");
+    refused(&["--config", "/nonexistent/repmgr-nat.toml", "check"], 2, "/nonexistent/repmgr-nat.toml");
 }
 
 #[test]
@@ -223,6 +242,67 @@ fn can_serve_says_whether_watch_runs_and_routes_in_one_line() {
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains("not by repmgr's OS user") && stderr.contains("does not run here"), "{stderr}");
     }
+}
+
+#[test]
+fn check_prints_one_line_per_check_names_what_to_change_and_exits_1() {
+    let scratch = Scratch::new("check");
+    let (state, watch) = (scratch.0.join("state"), scratch.0.join("watch"));
+    let without_barman =
+        CONFIG.replace("barman = 54321\n", "").replace("[barman]\nserver = \"main_backup\"\nslot = \"barman\"\n", "");
+    let config = scratch.config(&format!(
+        "{}connect_timeout = 1\n[state]\ndir = \"{}\"\n[watch]\ndir = \"{}\"\n[repmgr]\nuser = \"no-such-user-here\"\n",
+        without_barman,
+        state.display(),
+        watch.display()
+    ));
+    let out = run(&["--config", path(&config), "check"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.lines().all(|l| l.starts_with("OK  ") || l.starts_with("WARN  ") || l.starts_with("FAILED  ")),
+        "{stdout}"
+    );
+    let failed = |start: &str| stdout.lines().any(|l| l.starts_with(&format!("FAILED  {start}")));
+    assert!(failed(&format!("state dir {} and run lock: ", state.display())), "{stdout}");
+    assert!(stdout.contains("run `repmgr-nat setup` as root (it makes both)"), "{stdout}");
+    assert!(failed(&format!("watch runs and its last pass is fresh: no {}/watch.json", watch.display())), "{stdout}");
+    assert!(failed("sudo admits what repmgr-nat runs: there is no OS user \"no-such-user-here\""), "{stdout}");
+    // as another user than root it asks the nodes (root does not talk to them): a node
+    // nobody can reach from here (TEST-NET-2) fails within connect_timeout
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let as_user = match root {
+        true => Command::new("runuser")
+            .args(["-u", "nobody", "--", env!("CARGO_BIN_EXE_repmgr-nat"), "--config", path(&config), "check"])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .output()
+            .unwrap(),
+        false => run(&["--config", path(&config), "check"]),
+    };
+    let user_out = String::from_utf8_lossy(&as_user.stdout);
+    assert_eq!(as_user.status.code(), Some(1), "{user_out}{}", String::from_utf8_lossy(&as_user.stderr));
+    for node in ["node 1 (198.51.100.11:5432)", "node 2 (198.51.100.12:5432)"] {
+        let line = user_out.lines().find(|l| l.contains(node)).unwrap_or_default();
+        assert!(line.starts_with(&format!("FAILED  {node} answers within 1000 ms: ")), "{user_out}");
+    }
+    if root {
+        assert!(!stdout.contains("node 1 ("), "root asks no node:\n{stdout}");
+    } else {
+        assert!(failed(&format!("config {} as the root step reads it: ", config.display())), "{stdout}");
+    }
+    assert!(stderr.lines().last().unwrap_or("").contains("checks failed"), "{stderr}");
+
+    let out = run(&["--config", path(&config), "check", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["version"], 1);
+    let checks = json["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), stdout.lines().count(), "the same checks as the text");
+    assert!(checks.iter().all(|c| c["name"].is_string() && c["ok"].is_boolean() && c["detail"].is_string()));
+    let watch_check = checks.iter().find(|c| c["name"] == "watch runs and its last pass is fresh").unwrap();
+    assert_eq!(watch_check["ok"], false);
 }
 
 /// The name of the user running the test.

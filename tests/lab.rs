@@ -7,6 +7,8 @@
 mod barman;
 #[path = "lab/chaos.rs"]
 mod chaos;
+#[path = "lab/check.rs"]
+mod check;
 mod common;
 #[path = "lab/hostile.rs"]
 mod hostile;
@@ -20,7 +22,7 @@ mod watch;
 use std::time::Duration;
 
 use common::{BOTH, DB1, DB2, Lab, PROXY, Restore, assert_writes_on, now_ms, routed_to, snapshot, sorted, writer};
-use lab_kit::samples::{self, Sample};
+use lab_kit::samples::{self, Outcome, Sample};
 
 #[test]
 fn primary_register_on_a_fresh_cluster_points_both_ports_at_db1() {
@@ -215,6 +217,48 @@ fn a_connection_held_to_the_old_primary_is_cut_when_the_rules_move() {
     let last = after.last().unwrap();
     assert_eq!(last.server(), Some(DB2), "still answered by {last:?}");
     assert!(!after[cut..].iter().any(|s| s.server() == Some(DB1)), "db1 answered after the cut: {after:?}");
+}
+
+/// A primary that refuses connections before the rules moved away from it (PostgreSQL
+/// just died, nobody failed over yet): new connections through the application port are
+/// held (its RST to a handshake that never completed is dropped, the client retransmits)
+/// instead of refused, and answered once it is back; barman's port is not held.
+#[test]
+fn a_refusing_primary_holds_new_application_connections_not_barman_ones() {
+    let lab = Lab::up();
+    lab.ok(&["repmgrd", "stop", "db1"]);
+    lab.ok(&["repmgrd", "stop", "db2"]);
+    lab.ok(&["stop", "db1"]);
+    assert_eq!(sorted(lab.our_rules()), routed_to(DB1, BOTH), "the rules moved without watch or an event");
+    let conninfo = |port: &str| lab.env["APP_CONNINFO"].replace("port=54322", &format!("port={port}"));
+    assert!(conninfo("54321").contains("port=54321"), "APP_CONNINFO names no port=54322: {}", lab.env["APP_CONNINFO"]);
+    let connects = |port: &str, file: &str| {
+        let file = std::env::temp_dir().join(file);
+        let client = lab.spawn(
+            &["probe", "connect", "--conninfo", &conninfo(port), "--interval-ms", "500", "--timeout-ms", "2000"],
+            &file,
+        );
+        std::thread::sleep(Duration::from_millis(2600));
+        lab.stop(client);
+        samples::read(&file)
+    };
+    let refused = |s: &Sample| matches!(&s.outcome, Outcome::Err { reason } if reason.contains("refused"));
+
+    let app = connects("54322", "repmgr-nat-lab-refusing-app.txt");
+    assert!(!app.is_empty() && app.iter().all(|s| !s.ok()), "db1 is stopped, yet: {app:?}");
+    assert!(!app.iter().any(refused), "a new application connection was refused, not held: {app:?}");
+    let dropped = lab.ok(&["exec", "proxy", "--", "iptables", "-t", "filter", "-L", "repmgr_hold", "-v", "-x", "-n"]);
+    let rst = dropped.lines().find(|l| l.contains("ctorigdstport 54322")).unwrap_or_else(|| panic!("{dropped}"));
+    let packets: u64 = rst.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    assert!(packets > 0, "no RST of db1 was dropped:\n{dropped}");
+
+    let barman = connects("54321", "repmgr-nat-lab-refusing-barman.txt");
+    assert!(!barman.is_empty() && barman.iter().all(refused), "barman's port is held, not refused: {barman:?}");
+
+    // back: a held connection is answered by db1
+    lab.ok(&["start", "db1"]);
+    let app = connects("54322", "repmgr-nat-lab-refusing-app-back.txt");
+    assert!(app.iter().any(|s| s.server() == Some(DB1)), "db1 back, yet: {app:?}");
 }
 
 #[test]

@@ -3,7 +3,8 @@
 
 # ============================================================================ deps
 DEPS_PKGS=(iptables iproute2 sudo conntrack postgresql-15 postgresql-15-repmgr barman libssl-dev pkg-config openssl acl
-    keepalived conntrackd)   # the last two: `up --proxies 2`
+    keepalived conntrackd    # `up --proxies 2`
+    prometheus)              # its promtool tests the alerting rules (tests/alerts/run); no server
 
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
@@ -28,6 +29,7 @@ cmd_deps() {
         } || rc=$?
         ((made_policy)) && has_marker "$policy" && rm -f "$policy"
         ((rc == 0)) || die "apt-get failed (exit $rc): see its output above"
+        [[ " ${missing[*]} " != *" prometheus "* ]] || no_prometheus_server
     fi
     for p in "${DEPS_PKGS[@]}"; do pkg_installed "$p" || die "package $p is still not installed after apt-get"; done
     # The lab does not use Debian's own clusters: none may be running.
@@ -41,6 +43,23 @@ cmd_deps() {
     [[ -x $PG_BIN/postgres && -x $PG_BIN/repmgr && -x $PG_BIN/repmgrd && -x /usr/bin/barman ]] ||
         die "PostgreSQL 15, repmgr or barman binaries are missing under $PG_BIN or /usr/bin"
     say "deps: ok"
+}
+
+# The prometheus package enables its server (and starts it, where no policy-rc.d refuses):
+# the lab wants its promtool only. Run only when deps installed it: a server the machine
+# had before is not the lab's.
+no_prometheus_server() {
+    if [[ -d /run/systemd/system ]]; then
+        systemctl disable --now prometheus.service || die "cannot stop and disable prometheus.service"
+    else
+        if command -v systemctl >/dev/null; then
+            systemctl disable prometheus.service || die "cannot disable prometheus.service"
+        fi
+        if [[ -x /etc/init.d/prometheus ]] && /etc/init.d/prometheus status >/dev/null 2>&1; then
+            /etc/init.d/prometheus stop || die "cannot stop the Prometheus server: /etc/init.d/prometheus stop"
+        fi
+    fi
+    say "deps: the Prometheus server is disabled and not running (only promtool is used)"
 }
 
 check_deps() {

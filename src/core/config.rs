@@ -38,12 +38,18 @@ impl TryFrom<u32> for NodeId {
     }
 }
 
+/// A positive 32-bit integer written as repmgr and PostgreSQL write one: digits only, no
+/// sign, no spaces, not zero.
+pub fn positive_integer(text: &str) -> Option<u32> {
+    let digits = !text.is_empty() && text.len() <= 10 && text.bytes().all(|b| b.is_ascii_digit());
+    text.parse::<u32>().ok().filter(|n| digits && *n > 0)
+}
+
 impl NodeId {
     /// Parses a node id as repmgr writes it (`%n`): digits only, no sign, not zero.
     pub fn parse(text: &str) -> Result<NodeId> {
-        let valid = !text.is_empty() && text.len() <= 10 && text.bytes().all(|b| b.is_ascii_digit());
-        match text.parse::<u32>() {
-            Ok(id) if valid && id > 0 && id <= i32::MAX as u32 => Ok(NodeId(id)),
+        match positive_integer(text) {
+            Some(id) if id <= i32::MAX as u32 => Ok(NodeId(id)),
             _ => bail!("node id {} is not a positive integer", quoted(text)),
         }
     }
@@ -246,7 +252,7 @@ pub struct Nat {
     /// Hold new connections to a closed application port (drop their SYN) instead of
     /// refusing them.
     pub hold: bool,
-    /// The filter-table chain that holds them (jumped to first from INPUT).
+    /// The filter-table chain that holds them (jumped to first from INPUT and FORWARD).
     pub hold_chain: String,
     pub no_primary: NoPrimary,
 }

@@ -64,15 +64,19 @@ pub struct Event {
     pub success: bool,
 }
 
+/// Whether `name` can be a repmgr event's name: `a-z 0-9 _`, 1 to 64 of them.
+pub fn well_formed_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
 impl Event {
     /// Validates the arguments repmgr passed. `success` is optional (`%n %e` as in the
     /// article's repmgr.conf line); absent means the event succeeded.
     pub fn parse(node: &str, name: &str, success: Option<&str>) -> Result<Event> {
         let node = NodeId::parse(node).map_err(|e| anyhow::anyhow!("malformed event: {e}"))?;
-        let well_formed = !name.is_empty()
-            && name.len() <= 64
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !well_formed {
+        if !well_formed_name(name) {
             bail!("malformed event: event name {} is not a repmgr event name", quoted(name));
         }
         let success = match success {

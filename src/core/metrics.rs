@@ -252,9 +252,7 @@ impl EventCounts {
 /// A word the counts file and a label value take: 1-64 of `a-z 0-9 _`, as repmgr's event
 /// names are.
 fn label_word(word: &str) -> bool {
-    !word.is_empty()
-        && word.len() <= 64
-        && word.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    crate::core::event::well_formed_name(word)
 }
 
 /// The Prometheus text exposition format (version 0.0.4) of everything watch knows.
@@ -644,6 +642,45 @@ repmgr_nat_events_total{event="repmgrd_failover_follow",outcome="ignored"} 1
 repmgr_nat_events_total{event="standby_promote",outcome="ok"} 2
 "#;
         assert_eq!(text, expected);
+    }
+
+    /// The alerting rules the package ships, and the series of their promtool scenarios,
+    /// name only families and `state` values watch renders: a renamed metric would leave an
+    /// alert that never fires, and a scenario that proves nothing.
+    #[test]
+    fn the_alerting_rules_name_only_what_watch_exports() {
+        let mut events = EventCounts::default();
+        events.count("standby_promote", "ok");
+        let text = render(&golden_snapshot(), &events, "0.1.0");
+        let families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/alerts");
+        let mut files = vec![(
+            "packaging/repmgr-nat.rules.yml".to_string(),
+            include_str!("../../packaging/repmgr-nat.rules.yml").to_string(),
+        )];
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yml") {
+                let name = format!("tests/alerts/{}", path.file_name().unwrap().to_string_lossy());
+                files.push((name, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+        assert!(files.len() > 1, "no scenarios in {dir}");
+        for (file, yaml) in &files {
+            let words = yaml.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            let named: Vec<&str> = words.filter(|w| w.starts_with("repmgr_nat_")).collect();
+            assert!(!named.is_empty(), "{file} names no metric");
+            for name in named {
+                assert!(families.contains(&name), "{file} names {name}, which watch does not export");
+            }
+            for states in yaml.split("state=").skip(1) {
+                let states = states.trim_start_matches('~').trim_start_matches('"');
+                for state in states[..states.find('"').unwrap()].split('|') {
+                    let sample = format!("repmgr_nat_primary_state{{state=\"{state}\"}}");
+                    assert!(text.contains(&sample), "{file} names state {state:?}, which watch never renders");
+                }
+            }
+        }
     }
 
     #[test]

@@ -85,26 +85,56 @@ pub enum Decision {
     Act(Vec<Step>),
 }
 
-/// What the chains hold and what root recorded with them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Nat<'a> {
-    pub routing: &'a Routing,
-    pub record: Option<Record>,
+/// What a run, or one pass of watch, saw: one view of every node, what the chains hold,
+/// what root recorded with them, and the legitimate primary these make. Built once (`new`),
+/// then decided from, logged and reported: the primary is arbitrated once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Situation<'v> {
+    pub view: &'v View,
+    pub routing: Routing,
     /// Our chains, the jumps to them and the hold are all there (else any switch repairs
     /// them: someone flushed a table, or deleted a jump by hand).
     pub in_place: bool,
+    pub record: Option<Record>,
+    pub arbitration: Arbitration,
 }
 
-/// The steps that make the cluster right for `ask`, from one view of every node.
-pub fn decide(cfg: &Config, ask: Ask, view: &View, nat: Nat) -> Decision {
-    let arbitration = arbitrate(view, nat.record);
-    let target = match target(ask, view, &arbitration) {
+impl<'v> Situation<'v> {
+    pub fn new(view: &'v View, routing: Routing, in_place: bool, record: Option<Record>) -> Situation<'v> {
+        Situation { arbitration: arbitrate(view, record), view, routing, in_place, record }
+    }
+
+    /// The rules, whether everything is in place, and the record, once `steps` were all
+    /// carried out: the last switch's route with everything in place (a switch of unknown
+    /// timeline keeps the recorded one), or what was seen when none switched.
+    pub fn after(&self, steps: &[Step]) -> (Routing, bool, Option<Record>) {
+        let switched = steps.iter().rev().find_map(|step| match step {
+            Step::Route(record) => Some(*record),
+            _ => None,
+        });
+        match switched {
+            Some(record) => {
+                let timeline = match record.timeline {
+                    0 => self.record.map_or(0, |r| r.timeline),
+                    known => known,
+                };
+                (Routing::To(record.route), true, Some(Record { timeline, ..record }))
+            }
+            None => (self.routing.clone(), self.in_place, self.record),
+        }
+    }
+}
+
+/// The steps that make the cluster right for `ask`, from what was seen.
+pub fn decide(cfg: &Config, ask: Ask, seen: &Situation) -> Decision {
+    let (view, arbitration) = (seen.view, &seen.arbitration);
+    let target = match target(ask, view, arbitration) {
         Ok(target) => target,
         Err(decision) => return decision,
     };
     let mut steps = match target {
-        Some((primary, timeline)) => promote(cfg, primary, timeline, view, nat, ask != Ask::Watch),
-        None => without_primary(cfg, view, nat),
+        Some((primary, timeline)) => promote(cfg, primary, timeline, seen, ask != Ask::Watch),
+        None => without_primary(cfg, seen),
     };
     steps.extend(standbys(cfg, view, target.map(|(primary, _)| primary), ask == Ask::Watch));
     if !steps.is_empty() {
@@ -184,12 +214,12 @@ fn unanswered(node: Node, answer: Option<&Answer>) -> Decision {
 /// soon as the primary holds barman's slot (from then on it keeps every WAL record barman
 /// has not received), and barman follows; with `AfterArchive`, only once barman confirmed.
 /// barman's confirmation is waited for when `confirm` (or when the port waits for it).
-fn promote(cfg: &Config, primary: Node, timeline: u32, view: &View, nat: Nat, confirm: bool) -> Vec<Step> {
+fn promote(cfg: &Config, primary: Node, timeline: u32, seen: &Situation, confirm: bool) -> Vec<Step> {
     let all = Route::new(primary, Open::All);
     let record = Record { route: all, timeline };
     let Some(backup) = &cfg.barman else {
         // a proxy without barman: the application ports, and nothing else
-        let done = *nat.routing == Routing::To(all) && nat.in_place && nat.record == Some(record);
+        let done = seen.routing == Routing::To(all) && seen.in_place && seen.record == Some(record);
         return if done { Vec::new() } else { vec![Step::Route(record)] };
     };
     let barman = |confirm: bool| {
@@ -199,10 +229,10 @@ fn promote(cfg: &Config, primary: Node, timeline: u32, view: &View, nat: Nat, co
         }
         steps
     };
-    let slot = view.state(primary).and_then(|s| s.slot);
+    let slot = seen.view.state(primary).and_then(|s| s.slot);
     let mut steps = Vec::new();
-    if *nat.routing == Routing::To(all) {
-        if !nat.in_place || nat.record != Some(record) {
+    if seen.routing == Routing::To(all) {
+        if !seen.in_place || seen.record != Some(record) {
             steps.push(Step::Route(record)); // the rules stand; repaired, or the record catches up
         }
         if slot.is_none() {
@@ -212,7 +242,7 @@ fn promote(cfg: &Config, primary: Node, timeline: u32, view: &View, nat: Nat, co
         }
         return steps;
     }
-    let barman_there = matches!(nat.routing, Routing::To(r) if r.node == primary && r.open != Open::None);
+    let barman_there = matches!(&seen.routing, Routing::To(r) if r.node == primary && r.open != Open::None);
     // a walsender on barman's slot there: barman streams from the primary already
     let streaming = slot.is_some_and(|s| s.active_pid.is_some());
     match backup.open_app {
@@ -226,7 +256,7 @@ fn promote(cfg: &Config, primary: Node, timeline: u32, view: &View, nat: Nat, co
             }
         }
         OpenApp::AfterArchive => {
-            if !barman_there || matches!(nat.routing, Routing::To(r) if r.open == Open::None) {
+            if !barman_there || matches!(&seen.routing, Routing::To(r) if r.open == Open::None) {
                 steps.push(Step::Route(Record { route: Route::new(primary, Open::Barman), timeline }));
             }
             if slot.is_none() {
@@ -244,10 +274,11 @@ fn promote(cfg: &Config, primary: Node, timeline: u32, view: &View, nat: Nat, co
 /// port at all; a node that serves nobody (down, or by `nat.no_primary = "close"` one that
 /// does not answer) keeps barman's port and loses the application's, whose new
 /// connections are then held, not refused.
-fn without_primary(cfg: &Config, view: &View, nat: Nat) -> Vec<Step> {
-    let current = match *nat.routing {
-        Routing::To(route) => Some(route),
-        Routing::Nothing | Routing::Unrecognised => nat.record.map(|r| r.route),
+fn without_primary(cfg: &Config, seen: &Situation) -> Vec<Step> {
+    let view = seen.view;
+    let current = match &seen.routing {
+        Routing::To(route) => Some(*route),
+        Routing::Nothing | Routing::Unrecognised => seen.record.map(|r| r.route),
     };
     let Some(route) = current else { return Vec::new() };
     // the application's ports closed: barman's stays, where there is one
@@ -263,10 +294,10 @@ fn without_primary(cfg: &Config, view: &View, nat: Nat) -> Vec<Step> {
         _ => route.open,
     };
     let wanted = Route::new(route.node, open);
-    if *nat.routing == Routing::To(wanted) && nat.in_place {
+    if seen.routing == Routing::To(wanted) && seen.in_place {
         return Vec::new();
     }
-    vec![Step::Route(Record { route: wanted, timeline: nat.record.map_or(0, |r| r.timeline) })]
+    vec![Step::Route(Record { route: wanted, timeline: seen.record.map_or(0, |r| r.timeline) })]
 }
 
 /// barman's slot on the standbys. With `barman.standby_slots`, `watch` makes one on every
@@ -358,7 +389,7 @@ mod tests {
 
     fn check(cfg: &Config, cases: Vec<(Ask, View, Routing, Option<Record>, Decision)>) {
         for (ask, view, routing, record, expected) in cases {
-            let got = decide(cfg, ask, &view, Nat { routing: &routing, record, in_place: true });
+            let got = decide(cfg, ask, &Situation::new(&view, routing.clone(), true, record));
             assert_eq!(
                 got,
                 expected,
@@ -547,7 +578,7 @@ mod tests {
         let cfg = example();
         let v = view(&[(1, down()), (2, primary(2, ACTIVE))]);
         let decide_on = |routing: &Routing, in_place: bool| {
-            decide(&cfg, Ask::Converge, &v, Nat { routing, record: rec(2, Open::All, 2), in_place })
+            decide(&cfg, Ask::Converge, &Situation::new(&v, routing.clone(), in_place, rec(2, Open::All, 2)))
         };
         // a jump deleted: the rules are right, the tables not
         assert_eq!(decide_on(&to(2, Open::All), false), act(&[switch(2, Open::All, 2)]));
@@ -557,12 +588,7 @@ mod tests {
         assert_eq!(decide_on(&Routing::Unrecognised, true), act(&[switch(2, Open::All, 2)]));
         // with no primary answering: the recorded route comes back, as setup does at boot
         let v = view(&[(1, down()), (2, Answer::Silent("no answer within 3 s".into()))]);
-        let got = decide(
-            &cfg,
-            Ask::Converge,
-            &v,
-            Nat { routing: &Routing::Nothing, record: rec(2, Open::All, 2), in_place: false },
-        );
+        let got = decide(&cfg, Ask::Converge, &Situation::new(&v, Routing::Nothing, false, rec(2, Open::All, 2)));
         assert_eq!(got, act(&[switch(2, Open::All, 2)]));
     }
 
@@ -588,14 +614,27 @@ mod tests {
     }
 
     #[test]
+    fn after_its_steps_the_rules_hold_the_last_switch_and_the_record_its_timeline() {
+        let v = view(&[(1, down()), (2, primary(2, None))]);
+        let seen = Situation::new(&v, to(1, Open::All), false, rec(1, Open::All, 1));
+        let (n2, barman) = (node(2), Route::new(node(2), Open::Barman));
+        let steps = [switch(2, Open::Barman, 2), CreateSlot(n2), RestartBarman(n2), switch(2, Open::All, 2)];
+        assert_eq!(seen.after(&steps), (to(2, Open::All), true, rec(2, Open::All, 2)));
+        // a switch of unknown timeline keeps the recorded one
+        let keep = [Step::Route(Record { route: barman, timeline: 0 })];
+        assert_eq!(seen.after(&keep), (Routing::To(barman), true, rec(2, Open::Barman, 1)));
+        assert_eq!(seen.after(&[CreateSlot(n2)]), (to(1, Open::All), false, rec(1, Open::All, 1)));
+    }
+
+    #[test]
     fn the_application_port_never_opens_before_the_slot_exists() {
         for open_app in [OpenApp::AfterSlot, OpenApp::AfterArchive] {
             let mut cfg = example();
             cfg.barman.as_mut().unwrap().open_app = open_app;
             for routing in [Routing::Nothing, to(1, Open::All), to(2, Open::None), to(2, Open::Barman)] {
                 let v = view(&[(1, down()), (2, primary(2, None))]);
-                let nat = Nat { routing: &routing, record: None, in_place: true };
-                let Decision::Act(steps) = decide(&cfg, Ask::Converge, &v, nat) else {
+                let seen = Situation::new(&v, routing.clone(), true, None);
+                let Decision::Act(steps) = decide(&cfg, Ask::Converge, &seen) else {
                     panic!("nothing to do for {routing}")
                 };
                 let slot = steps.iter().position(|s| *s == CreateSlot(node(2))).unwrap();

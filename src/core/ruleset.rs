@@ -3,17 +3,18 @@
 //! `iptables-restore` transaction that puts everything of ours in place (chains, jumps,
 //! the hold, the route), and the reading of what the kernel holds now. Pure code: no
 //! process is run here; nothing else of the tables is ever written. Rendering and reading
-//! stay in one file: they must agree line by line, and its tests prove they do.
+//! stay in one file: they must agree line by line, and its tests prove they do. A switch is
+//! a plan here too (`switch`): the root step carries it out, a dry run prints it.
 
 use std::fmt;
 
 use anyhow::{Result, bail};
 
-use crate::core::config::{Config, Node, NodeId};
+use crate::core::config::{Config, Node, NodeId, positive_integer};
 
-/// Which proxy ports forward to the node. The SNAT rule for the node is present in
-/// every case, so a route always names exactly one node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+/// Which proxy ports forward to the node (also `route --ports`'s values). The SNAT rule for
+/// the node is present in every case, so a route always names exactly one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Open {
     /// Neither port forwards: both refuse connections.
@@ -103,36 +104,73 @@ impl fmt::Display for Record {
 
 /// A PostgreSQL timeline id: a positive 32-bit integer, digits only.
 pub fn parse_timeline(text: &str) -> Result<u32> {
-    let valid = !text.is_empty() && text.len() <= 10 && text.bytes().all(|b| b.is_ascii_digit());
-    match text.parse::<u32>() {
-        Ok(t) if valid && t > 0 => Ok(t),
-        _ => bail!("timeline {text:?} is not a positive integer"),
+    match positive_integer(text) {
+        Some(timeline) => Ok(timeline),
+        None => bail!("timeline {text:?} is not a positive integer"),
+    }
+}
+
+/// The tables our chains live in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Table {
+    Filter,
+    Nat,
+}
+
+impl Table {
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Filter => "filter",
+            Table::Nat => "nat",
+        }
+    }
+
+    /// The table of `*name` in iptables-save output, if it is one of ours.
+    fn of(name: &str) -> Option<Table> {
+        [Table::Filter, Table::Nat].into_iter().find(|t| t.name() == name)
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
 /// A jump from a built-in chain to one of ours.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hook {
-    pub table: &'static str,
+    pub table: Table,
     pub builtin: &'static str,
     /// Where the jump goes: first in the built-in chain (the hold must come before any
     /// rule that would accept the connection), or last.
     pub first: bool,
 }
 
-pub const PREROUTING: Hook = Hook { table: "nat", builtin: "PREROUTING", first: false };
-pub const OUTPUT: Hook = Hook { table: "nat", builtin: "OUTPUT", first: false };
-pub const POSTROUTING: Hook = Hook { table: "nat", builtin: "POSTROUTING", first: false };
-pub const INPUT: Hook = Hook { table: "filter", builtin: "INPUT", first: true };
+pub const PREROUTING: Hook = Hook { table: Table::Nat, builtin: "PREROUTING", first: false };
+pub const OUTPUT: Hook = Hook { table: Table::Nat, builtin: "OUTPUT", first: false };
+pub const POSTROUTING: Hook = Hook { table: Table::Nat, builtin: "POSTROUTING", first: false };
+pub const INPUT: Hook = Hook { table: Table::Filter, builtin: "INPUT", first: true };
+pub const FORWARD: Hook = Hook { table: Table::Filter, builtin: "FORWARD", first: true };
 
-/// Our chains, the table each lives in, and the built-in chains that jump to it.
-pub fn chains(cfg: &Config) -> Vec<(&'static str, &str, Vec<Hook>)> {
+/// One of our chains as the config names it: its table, and the built-in chains that jump
+/// to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain<'c> {
+    pub table: Table,
+    pub name: &'c str,
+    pub hooks: Vec<Hook>,
+}
+
+/// Our chains.
+pub fn chains(cfg: &Config) -> Vec<Chain<'_>> {
+    let chain = |table, name, hooks| Chain { table, name, hooks };
     let mut chains = vec![
-        ("nat", cfg.nat.dnat_chain.as_str(), vec![PREROUTING, OUTPUT]),
-        ("nat", cfg.nat.snat_chain.as_str(), vec![POSTROUTING]),
+        chain(Table::Nat, cfg.nat.dnat_chain.as_str(), vec![PREROUTING, OUTPUT]),
+        chain(Table::Nat, cfg.nat.snat_chain.as_str(), vec![POSTROUTING]),
     ];
     if cfg.nat.hold {
-        chains.push(("filter", cfg.nat.hold_chain.as_str(), vec![INPUT]));
+        chains.push(chain(Table::Filter, cfg.nat.hold_chain.as_str(), vec![INPUT, FORWARD]));
     }
     chains
 }
@@ -184,19 +222,30 @@ pub fn rules(cfg: &Config, route: Route) -> Rules {
 /// The hold: a new connection to an application port that no DNAT rule forwarded
 /// reaches this host itself, which would refuse it at once. Its first packet (SYN) is
 /// dropped instead, so the client retransmits it (after ~1 s) and reaches the primary
-/// once the port opens again. These rules never change with the route.
+/// once the port opens again. And a connection forwarded to a node that refuses it (a
+/// primary that just died, before the rules moved) gets no RST back: conntrack forgets a
+/// connection whose only answer was a RST, so the client's retransmitted SYN is routed
+/// afresh, to the primary of that moment or into the hold. Only a handshake that never
+/// completed loses its RST (`! --ctstatus ASSURED`): an established connection that is
+/// reset still ends at once. These rules never change with the route.
 pub fn hold_rules(cfg: &Config) -> Vec<String> {
     if !cfg.nat.hold {
         return Vec::new();
     }
+    let (chain, proxy) = (&cfg.nat.hold_chain, cfg.proxy);
     cfg.ports
         .app
         .iter()
-        .map(|port| {
-            format!(
-                "-A {} -d {}/32 -p tcp -m tcp --dport {port} --tcp-flags FIN,SYN,RST,ACK SYN -j DROP",
-                cfg.nat.hold_chain, cfg.proxy
-            )
+        .flat_map(|port| {
+            [
+                format!(
+                    "-A {chain} -d {proxy}/32 -p tcp -m tcp --dport {port} --tcp-flags FIN,SYN,RST,ACK SYN -j DROP"
+                ),
+                format!(
+                    "-A {chain} -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate DNAT --ctorigdst {proxy} \
+                     --ctorigdstport {port} ! --ctstatus ASSURED --ctdir REPLY -j DROP"
+                ),
+            ]
         })
         .collect()
 }
@@ -214,6 +263,31 @@ impl Rules {
     }
 }
 
+/// An `iptables-restore --noflush` input, built table by table: each table's lines go
+/// into one `*table ... COMMIT` block, the tables in the order they first come.
+#[derive(Default)]
+struct Transaction {
+    tables: Vec<(Table, String)>,
+}
+
+impl Transaction {
+    fn add(&mut self, table: Table, lines: String) {
+        if lines.is_empty() {
+            return;
+        }
+        match self.tables.iter_mut().find(|(t, _)| *t == table) {
+            Some((_, text)) => text.push_str(&lines),
+            None => self.tables.push((table, lines)),
+        }
+    }
+
+    /// The input, or `None` when there is nothing to do.
+    fn render(self) -> Option<String> {
+        (!self.tables.is_empty())
+            .then(|| self.tables.into_iter().map(|(table, lines)| format!("*{table}\n{lines}COMMIT\n")).collect())
+    }
+}
+
 /// The `iptables-restore --noflush` input that puts everything of ours in place in one
 /// transaction: our chains where missing, exactly one jump to each from its built-in
 /// chain, the hold rules, and, with a route, the rules for it. Declaring a chain empties
@@ -222,16 +296,16 @@ impl Rules {
 /// with rules to two nodes. `None` when everything is in place already.
 pub fn transaction(cfg: &Config, live: &Live, route: Option<Route>) -> Option<String> {
     let wanted = route.map(|r| rules(cfg, r));
-    let mut tables: Vec<(&str, String)> = Vec::new();
-    for (table, chain, hooks) in chains(cfg) {
+    let mut transaction = Transaction::default();
+    for Chain { table, name: chain, hooks } in chains(cfg) {
         let mut lines = String::new();
         let rewrite = match (table, &wanted) {
-            ("nat", Some(rules)) => {
+            (Table::Nat, Some(rules)) => {
                 let ours = if chain == cfg.nat.dnat_chain { &rules.dnat } else { &rules.snat };
                 (live.rules_of(chain) != Some(ours)).then(|| ours.clone())
             }
-            ("filter", _) => (live.rules_of(chain) != Some(&hold_rules(cfg))).then(|| hold_rules(cfg)),
-            _ => (!live.has_chain(chain)).then(Vec::new),
+            (Table::Filter, _) => (live.rules_of(chain) != Some(&hold_rules(cfg))).then(|| hold_rules(cfg)),
+            (Table::Nat, None) => (!live.has_chain(chain)).then(Vec::new),
         };
         if let Some(rules) = rewrite {
             lines.push_str(&format!(":{chain} - [0:0]\n"));
@@ -248,60 +322,91 @@ pub fn transaction(cfg: &Config, live: &Live, route: Option<Route>) -> Option<St
                 n => (1..n).for_each(|_| lines.push_str(&format!("-D {jump}\n"))),
             }
         }
-        if lines.is_empty() {
-            continue;
-        }
-        match tables.iter_mut().find(|(t, _)| *t == table) {
-            Some((_, text)) => text.push_str(&lines),
-            None => tables.push((table, lines)),
-        }
+        transaction.add(table, lines);
     }
-    if tables.is_empty() {
-        return None;
-    }
-    Some(tables.into_iter().map(|(table, lines)| format!("*{table}\n{lines}COMMIT\n")).collect())
+    transaction.render()
 }
 
 /// The transaction that removes every rule that jumps to our chains (ours, and any that
 /// someone added, with conditions or from a chain of their own: the kernel keeps a chain
 /// something jumps to), then the chains.
 pub fn teardown_transaction(cfg: &Config, live: &Live) -> Option<String> {
-    let mut tables: Vec<(&str, String)> = Vec::new();
-    for (table, chain, _) in chains(cfg) {
+    let mut transaction = Transaction::default();
+    for Chain { table, name: chain, .. } in chains(cfg) {
         let mut lines = String::new();
-        for (_, from, _) in live.jumps.iter().filter(|(t, _, c)| t == table && c == chain) {
-            lines.push_str(&format!("-D {from} -j {chain}\n"));
+        for jump in live.jumps.iter().filter(|j| j.table == table && j.to == chain) {
+            lines.push_str(&format!("-D {} -j {chain}\n", jump.from));
         }
-        for (_, rule) in live.others.iter().filter(|(t, rule)| t == table && target_of(rule) == Some(chain)) {
-            lines.push_str(&format!("-D {}\n", &rule["-A ".len()..]));
+        for other in live.others.iter().filter(|o| o.table == table && target_of(&o.rule) == Some(chain)) {
+            lines.push_str(&format!("-D {}\n", &other.rule["-A ".len()..]));
         }
         if live.has_chain(chain) {
             lines.push_str(&format!(":{chain} - [0:0]\n-X {chain}\n"));
         }
-        if lines.is_empty() {
-            continue;
-        }
-        match tables.iter_mut().find(|(t, _)| *t == table) {
-            Some((_, text)) => text.push_str(&lines),
-            None => tables.push((table, lines)),
-        }
+        transaction.add(table, lines);
     }
-    (!tables.is_empty())
-        .then(|| tables.into_iter().map(|(table, lines)| format!("*{table}\n{lines}COMMIT\n")).collect())
+    transaction.render()
+}
+
+/// What a switch to a route does to the tables, decided without acting: the root step
+/// carries it out and a dry run prints it, so the two cannot differ.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Switch {
+    pub before: Routing,
+    /// Whether the route changes (otherwise the transaction only repairs).
+    pub changed: bool,
+    /// The transaction; `None` when the tables hold everything already.
+    pub restore: Option<String>,
+    /// The connections to cut once it is applied: those proxied through ports that stop
+    /// forwarding to their node (`None`: every port).
+    pub cuts: Vec<(Node, Option<u16>)>,
+}
+
+/// The switch from the tables `live` holds to `route`; refused while our chains hold
+/// someone else's rules.
+pub fn switch(cfg: &Config, live: &Live, route: Route) -> Result<Switch> {
+    live.check_ours(cfg)?;
+    let before = live.routing(cfg);
+    let changed = before != Routing::To(route);
+    let cuts = if changed { cuts(cfg, &before, route) } else { Vec::new() };
+    Ok(Switch { restore: transaction(cfg, live, Some(route)), cuts, before, changed })
 }
 
 /// Everything of ours in the kernel's tables, read from `iptables-save` output: which
 /// chains exist, their rules, and the jumps to them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Live {
-    /// (table, chain, its rules) for every chain of ours that exists, sorted.
-    pub chains: Vec<(String, String, Vec<String>)>,
-    /// (table, built-in chain, our chain) for every jump, as often as it is there, sorted.
-    pub jumps: Vec<(String, String, String)>,
-    /// (table, rule) for every other rule that jumps or goes to one of our chains: with
-    /// conditions, or from a chain of someone else's. Nobody's but the one who added it;
-    /// only teardown touches them (our chains cannot go while anything jumps to them).
-    pub others: Vec<(String, String)>,
+    /// Every chain of ours that exists, sorted.
+    pub chains: Vec<LiveChain>,
+    /// Every jump from a built-in chain, as often as it is there, sorted.
+    pub jumps: Vec<Jump>,
+    /// Every other rule that jumps or goes to one of our chains: with conditions, or from
+    /// a chain of someone else's. Nobody's but the one who added it; only teardown touches
+    /// them (our chains cannot go while anything jumps to them).
+    pub others: Vec<OtherRule>,
+}
+
+/// A chain of ours as the kernel holds it, with its rules.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LiveChain {
+    pub table: Table,
+    pub name: String,
+    pub rules: Vec<String>,
+}
+
+/// `-A <from> -j <to>`: a plain jump from a built-in chain to one of ours.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Jump {
+    pub table: Table,
+    pub from: String,
+    pub to: String,
+}
+
+/// A rule of someone else's that jumps or goes to one of our chains.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OtherRule {
+    pub table: Table,
+    pub rule: String,
 }
 
 /// What the rules in our chains amount to.
@@ -329,34 +434,42 @@ impl Live {
     /// Parses `iptables-save` output (or the excerpt `route --show` prints).
     pub fn parse(cfg: &Config, save: &str) -> Live {
         let ours = chains(cfg);
-        let is_ours = |table: &str, chain: &str| ours.iter().any(|(t, c, _)| *t == table && *c == chain);
+        let is_ours = |table: Table, chain: &str| ours.iter().any(|c| c.table == table && c.name == chain);
         let mut live = Live::default();
-        let mut table = String::new();
+        // none of ours lives in a table other than nat and filter
+        let mut table = None;
         for line in save.lines().map(str::trim_end) {
             if let Some(name) = line.strip_prefix('*') {
-                table = name.to_string();
-            } else if let Some(decl) = line.strip_prefix(':') {
-                let chain = decl.split(' ').next().unwrap_or("");
-                if is_ours(&table, chain) {
-                    live.chains.push((table.clone(), chain.to_string(), Vec::new()));
-                }
-            } else if let Some(chain) = chain_of(line) {
-                if let Some((_, _, rules)) = live.chains.iter_mut().find(|(t, c, _)| *t == table && c == chain) {
-                    rules.push(line.to_string());
-                } else if let Some(target) = target_of(line).filter(|target| is_ours(&table, target)) {
-                    match line.strip_prefix("-A ").and_then(|l| l.strip_suffix(&format!(" -j {target}"))) {
-                        Some(from) if !from.contains(' ') => {
-                            live.jumps.push((table.clone(), from.to_string(), target.to_string()))
-                        }
-                        _ => live.others.push((table.clone(), line.to_string())),
-                    }
-                }
+                table = Table::of(name);
+            } else if let Some(table) = table {
+                live.read(table, line, &is_ours);
             }
         }
         live.chains.sort();
         live.jumps.sort();
         live.others.sort();
         live
+    }
+
+    /// One line of `table` in iptables-save output.
+    fn read(&mut self, table: Table, line: &str, is_ours: &impl Fn(Table, &str) -> bool) {
+        if let Some(decl) = line.strip_prefix(':') {
+            let chain = decl.split(' ').next().unwrap_or("");
+            if is_ours(table, chain) {
+                self.chains.push(LiveChain { table, name: chain.to_string(), rules: Vec::new() });
+            }
+        } else if let Some(chain) = chain_of(line) {
+            if let Some(ours) = self.chains.iter_mut().find(|c| c.table == table && c.name == chain) {
+                ours.rules.push(line.to_string());
+            } else if let Some(target) = target_of(line).filter(|target| is_ours(table, target)) {
+                match line.strip_prefix("-A ").and_then(|l| l.strip_suffix(&format!(" -j {target}"))) {
+                    Some(from) if !from.contains(' ') => {
+                        self.jumps.push(Jump { table, from: from.to_string(), to: target.to_string() })
+                    }
+                    _ => self.others.push(OtherRule { table, rule: line.to_string() }),
+                }
+            }
+        }
     }
 
     /// Nothing of ours at all: no chain, and no rule that jumps to one.
@@ -368,15 +481,15 @@ impl Live {
     pub fn installed(cfg: &Config, route: Route) -> Live {
         let rules = rules(cfg, route);
         let mut live = Live::default();
-        for (table, chain, hooks) in chains(cfg) {
+        for Chain { table, name, hooks } in chains(cfg) {
             let ours = match table {
-                "filter" => hold_rules(cfg),
-                _ if chain == cfg.nat.dnat_chain => rules.dnat.clone(),
-                _ => rules.snat.clone(),
+                Table::Filter => hold_rules(cfg),
+                Table::Nat if name == cfg.nat.dnat_chain => rules.dnat.clone(),
+                Table::Nat => rules.snat.clone(),
             };
-            live.chains.push((table.to_string(), chain.to_string(), ours));
+            live.chains.push(LiveChain { table, name: name.to_string(), rules: ours });
             for hook in hooks {
-                live.jumps.push((table.to_string(), hook.builtin.to_string(), chain.to_string()));
+                live.jumps.push(Jump { table, from: hook.builtin.to_string(), to: name.to_string() });
             }
         }
         live.chains.sort();
@@ -385,15 +498,15 @@ impl Live {
     }
 
     pub fn has_chain(&self, chain: &str) -> bool {
-        self.chains.iter().any(|(_, c, _)| c == chain)
+        self.chains.iter().any(|c| c.name == chain)
     }
 
     fn rules_of(&self, chain: &str) -> Option<&Vec<String>> {
-        self.chains.iter().find(|(_, c, _)| c == chain).map(|(_, _, rules)| rules)
+        self.chains.iter().find(|c| c.name == chain).map(|c| &c.rules)
     }
 
     pub fn jumps_to(&self, hook: Hook, chain: &str) -> usize {
-        self.jumps.iter().filter(|(t, b, c)| t == hook.table && b == hook.builtin && c == chain).count()
+        self.jumps.iter().filter(|j| j.table == hook.table && j.from == hook.builtin && j.to == chain).count()
     }
 
     /// The rules of the two nat chains.
@@ -411,7 +524,7 @@ impl Live {
             ours.extend(rules.dnat);
             ours.extend(rules.snat);
         }
-        self.chains.iter().flat_map(|(_, _, rules)| rules).filter(|rule| !ours.contains(rule)).cloned().collect()
+        self.chains.iter().flat_map(|c| &c.rules).filter(|rule| !ours.contains(rule)).cloned().collect()
     }
 
     /// Refuses tables whose chains hold someone else's rules.
@@ -447,7 +560,7 @@ impl Live {
     pub fn jump_counts<'c>(&self, cfg: &'c Config) -> Vec<(&'static str, &'c str, usize)> {
         chains(cfg)
             .into_iter()
-            .flat_map(|(_, chain, hooks)| hooks.into_iter().map(move |hook| (hook, chain)))
+            .flat_map(|chain| chain.hooks.into_iter().map(move |hook| (hook, chain.name)))
             .map(|(hook, chain)| (hook.builtin, chain, self.jumps_to(hook, chain)))
             .collect()
     }
@@ -455,7 +568,7 @@ impl Live {
     /// Our chains exist, each is jumped to exactly once, and the hold rules are right:
     /// nothing but the route may need a switch.
     pub fn in_place(&self, cfg: &Config) -> bool {
-        chains(cfg).iter().all(|(_, chain, _)| self.has_chain(chain))
+        chains(cfg).iter().all(|chain| self.has_chain(chain.name))
             && self.jump_counts(cfg).iter().all(|(_, _, n)| *n == 1)
             && (!cfg.nat.hold || self.rules_of(&cfg.nat.hold_chain) == Some(&hold_rules(cfg)))
     }
@@ -463,30 +576,25 @@ impl Live {
     /// The lines `route --show` prints: our chains, their rules and the jumps to them,
     /// as an `iptables-save` excerpt that `parse` reads back.
     pub fn render(&self) -> String {
-        let mut tables: Vec<&str> = self.chains.iter().map(|(t, _, _)| t.as_str()).collect();
-        tables.extend(self.jumps.iter().map(|(t, _, _)| t.as_str()));
-        tables.extend(self.others.iter().map(|(t, _)| t.as_str()));
-        tables.dedup();
-        tables.sort_unstable_by_key(|t| if *t == "nat" { 0 } else { 1 });
-        tables.dedup();
         let mut text = String::new();
-        for table in tables {
+        // nat first, as iptables-save prints them
+        for table in [Table::Nat, Table::Filter] {
+            let chains: Vec<&LiveChain> = self.chains.iter().filter(|c| c.table == table).collect();
+            let jumps: Vec<&Jump> = self.jumps.iter().filter(|j| j.table == table).collect();
+            let others: Vec<&OtherRule> = self.others.iter().filter(|o| o.table == table).collect();
+            if chains.is_empty() && jumps.is_empty() && others.is_empty() {
+                continue;
+            }
             text.push_str(&format!("*{table}\n"));
-            for (_, chain, _) in self.chains.iter().filter(|(t, _, _)| t == table) {
-                text.push_str(&format!(":{chain} - [0:0]\n"));
+            for chain in &chains {
+                text.push_str(&format!(":{} - [0:0]\n", chain.name));
             }
-            for (_, builtin, chain) in self.jumps.iter().filter(|(t, _, _)| t == table) {
-                text.push_str(&format!("-A {builtin} -j {chain}\n"));
+            for jump in jumps {
+                text.push_str(&format!("-A {} -j {}\n", jump.from, jump.to));
             }
-            for (_, rule) in self.others.iter().filter(|(t, _)| t == table) {
+            for rule in others.iter().map(|o| &o.rule).chain(chains.iter().flat_map(|c| &c.rules)) {
                 text.push_str(rule);
                 text.push('\n');
-            }
-            for (_, _, rules) in self.chains.iter().filter(|(t, _, _)| t == table) {
-                for rule in rules {
-                    text.push_str(rule);
-                    text.push('\n');
-                }
             }
             text.push_str("COMMIT\n");
         }
@@ -528,104 +636,8 @@ fn target_of(line: &str) -> Option<&str> {
     words.windows(2).rev().find(|w| w[0] == "-j" || w[0] == "-g").map(|w| w[1])
 }
 
-/// A kernel's tables in memory, for tests: applies `iptables-restore --noflush` input the
-/// way iptables does (all of it or nothing) and prints them as `iptables-save` does.
 #[cfg(test)]
-pub mod sim {
-    use std::collections::BTreeMap;
-
-    #[derive(Clone, Debug, PartialEq, Eq)]
-    pub struct Tables {
-        /// table -> chain -> rules ("-A chain ..."), built-in chains included
-        pub tables: BTreeMap<String, BTreeMap<String, Vec<String>>>,
-    }
-
-    impl Default for Tables {
-        fn default() -> Tables {
-            let builtin = |chains: &[&str]| chains.iter().map(|c| (c.to_string(), Vec::new())).collect();
-            Tables {
-                tables: [
-                    ("nat".to_string(), builtin(&["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"])),
-                    ("filter".to_string(), builtin(&["INPUT", "FORWARD", "OUTPUT"])),
-                ]
-                .into(),
-            }
-        }
-    }
-
-    impl Tables {
-        /// The tables after `restore`, or the first error (and the tables unchanged).
-        pub fn restore(&self, text: &str) -> Result<Tables, String> {
-            let mut next = self.clone();
-            let mut table = String::new();
-            for line in text.lines() {
-                let words: Vec<&str> = line.split(' ').collect();
-                if let [t] = words[..]
-                    && let Some(name) = t.strip_prefix('*')
-                {
-                    table = name.to_string();
-                    continue;
-                }
-                let chains = next.tables.entry(table.clone()).or_default();
-                match words[..] {
-                    ["COMMIT"] => {}
-                    [decl, ..] if decl.starts_with(':') => {
-                        chains.insert(decl[1..].to_string(), Vec::new());
-                    }
-                    ["-X", chain] => match chains.get(chain) {
-                        // as the kernel: a chain another rule jumps or goes to stays
-                        _ if chains.values().flatten().any(|rule| super::target_of(rule) == Some(chain)) => {
-                            return Err(format!("-X {chain}: a rule still jumps to it"));
-                        }
-                        Some(rules) if rules.is_empty() => {
-                            chains.remove(chain);
-                        }
-                        _ => return Err(format!("-X {chain}: missing or not empty")),
-                    },
-                    [op @ ("-A" | "-I" | "-D"), chain, ..] => {
-                        let rule = format!("-A {}", &line[3..]);
-                        if let Some(target) = super::target_of(&rule)
-                            && target.chars().any(|c| c.is_ascii_lowercase())
-                            && !chains.contains_key(target)
-                        {
-                            return Err(format!("{line}: chain {target} does not exist"));
-                        }
-                        let rules = chains.get_mut(chain).ok_or(format!("{line}: no chain {chain}"))?;
-                        match op {
-                            "-A" => rules.push(rule),
-                            "-I" => rules.insert(0, rule),
-                            _ => {
-                                let at =
-                                    rules.iter().position(|r| *r == rule).ok_or(format!("{line}: no such rule"))?;
-                                rules.remove(at);
-                            }
-                        }
-                    }
-                    _ => return Err(format!("cannot read {line:?}")),
-                }
-            }
-            Ok(next)
-        }
-
-        pub fn save(&self) -> String {
-            let mut text = String::new();
-            for (table, chains) in &self.tables {
-                text.push_str(&format!("*{table}\n"));
-                for chain in chains.keys() {
-                    let policy = if chain.chars().all(|c| c.is_ascii_uppercase()) { "ACCEPT" } else { "-" };
-                    text.push_str(&format!(":{chain} {policy} [0:0]\n"));
-                }
-                for rules in chains.values() {
-                    for rule in rules {
-                        text.push_str(&format!("{rule}\n"));
-                    }
-                }
-                text.push_str("COMMIT\n");
-            }
-            text
-        }
-    }
-}
+pub mod sim;
 
 #[cfg(test)]
 mod tests {
@@ -648,7 +660,9 @@ COMMIT
 *filter
 :repmgr_hold - [0:0]
 -A repmgr_hold -d 10.8.3.1/32 -p tcp -m tcp --dport 54322 --tcp-flags FIN,SYN,RST,ACK SYN -j DROP
+-A repmgr_hold -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate DNAT --ctorigdst 10.8.3.1 --ctorigdstport 54322 ! --ctstatus ASSURED --ctdir REPLY -j DROP
 -I INPUT -j repmgr_hold
+-I FORWARD -j repmgr_hold
 COMMIT
 ";
 
@@ -663,6 +677,21 @@ COMMIT
             Some(text) => tables.restore(&text).unwrap_or_else(|e| panic!("{e}\n{text}")),
             None => tables.clone(),
         }
+    }
+
+    #[test]
+    fn a_switch_plans_the_transaction_and_cuts_only_when_the_route_changes() {
+        let cfg = example();
+        let live = Live::installed(&cfg, route(1, Open::All));
+        let plan = switch(&cfg, &live, route(2, Open::All)).unwrap();
+        assert_eq!(plan.before, Routing::To(route(1, Open::All)));
+        assert!(plan.changed);
+        assert_eq!(plan.restore, transaction(&cfg, &live, Some(route(2, Open::All))));
+        assert_eq!(plan.cuts, [(node(1), None)]);
+        let plan = switch(&cfg, &live, route(1, Open::All)).unwrap();
+        assert_eq!((plan.changed, plan.restore, plan.cuts), (false, None, vec![]));
+        let foreign = Live::parse(&cfg, &format!("{}*nat\n-A repmgr_snat -j ACCEPT\nCOMMIT\n", live.render()));
+        assert!(switch(&cfg, &foreign, route(2, Open::All)).is_err(), "someone else's rule was emptied");
     }
 
     #[test]
@@ -722,7 +751,7 @@ COMMIT
                 assert!(live.in_place(&cfg), "{from:?} -> {to:?}");
                 assert_eq!(after.tables["nat"]["DOCKER"], ["-A DOCKER -p tcp -j RETURN"]);
                 assert_eq!(after.tables["nat"]["PREROUTING"][0], "-A PREROUTING -j DOCKER");
-                for rule in after.save().lines().filter(|l| l.contains("DNAT") || l.contains("SNAT")) {
+                for rule in after.save().lines().filter(|l| l.contains("-j DNAT") || l.contains("-j SNAT")) {
                     assert!(rule.contains(&to.node.addr().to_string()), "{rule} is not for {to}");
                 }
             }
@@ -762,7 +791,9 @@ COMMIT
 *filter
 :repmgr_hold - [0:0]
 -A repmgr_hold -d 10.8.3.1/32 -p tcp -m tcp --dport 54322 --tcp-flags FIN,SYN,RST,ACK SYN -j DROP
+-A repmgr_hold -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate DNAT --ctorigdst 10.8.3.1 --ctorigdstport 54322 ! --ctstatus ASSURED --ctdir REPLY -j DROP
 -I INPUT -j repmgr_hold
+-I FORWARD -j repmgr_hold
 COMMIT
 "
         );
@@ -943,7 +974,7 @@ COMMIT
                 assert_eq!(forwards, forwarded(&cfg, open).len());
             }
         }
-        assert_eq!(hold_rules(&cfg).len(), 3, "one hold rule per application port");
+        assert_eq!(hold_rules(&cfg).len(), 6, "two hold rules per application port: its SYN, its node's RST");
     }
 
     #[test]

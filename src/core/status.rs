@@ -4,68 +4,16 @@
 
 use std::fmt::Write;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::core::config::{Config, Node, NodeId};
 use crate::core::ruleset::{self, Live, Open, Record, Route, Routing};
 use crate::core::view::{Answer, Arbitration, Lsn, Primary, Role, View, arbitrate};
+use crate::core::watch_json::WatchReport;
 
 /// The version of the JSON document `status --json` prints; it grows when a field's
 /// meaning changes, not when a field is added.
 pub const JSON_VERSION: u32 = 1;
-
-/// What `watch` wrote after its last pass (`watch.dir/watch.json`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WatchReport {
-    pub version: u32,
-    pub pid: u32,
-    pub started_ms: u64,
-    pub pass: u64,
-    pub passed_ms: u64,
-    pub interval_ms: u64,
-    /// Asking every 50 ms: the routed primary does not answer.
-    pub hurry: bool,
-    pub primary: String,
-    pub rules: String,
-    pub nodes: String,
-    /// The nodes that did not answer (down, silent or rejecting).
-    pub unanswered: Vec<NodeId>,
-    /// While barman does not stream from the primary: since when, what watch did, and
-    /// what receive-wal said when it last failed.
-    pub receive_wal: Option<String>,
-    /// The last position barman had confirmed (its slot's restart_lsn while it streamed),
-    /// and on which node: a watch started again after a restart knows what barman needs.
-    pub barman_confirmed: Option<(NodeId, Lsn)>,
-    pub last_action: Option<Action>,
-    /// Since when (unix ms) the application ports have not forwarded to a legitimate
-    /// primary (none seen, or not the one they forward to); none while they do.
-    #[serde(default)]
-    pub misrouted_since_ms: Option<u64>,
-}
-
-impl WatchReport {
-    pub const FILE: &str = "watch.json";
-
-    /// Whether this report is from a running watch: its last pass is recent.
-    pub fn fresh(&self, now_ms: u64) -> bool {
-        now_ms.saturating_sub(self.passed_ms) <= 2 * self.interval_ms.max(500)
-    }
-
-    /// One line for `status`, seen at `now_ms`.
-    pub fn describe(&self, now_ms: u64) -> String {
-        let age = now_ms.saturating_sub(self.passed_ms);
-        let stale = if age > 10 * self.interval_ms.max(1000) { " (stale: is watch running?)" } else { "" };
-        let mut text = format!(
-            "pass {} of pid {}, {age} ms ago{stale}: primary {}; rules {}",
-            self.pass, self.pid, self.primary, self.rules
-        );
-        if let Some(action) = &self.last_action {
-            let ago = now_ms.saturating_sub(action.at_ms) / 1000;
-            text.push_str(&format!("; last action {ago} s ago: {} ({})", action.steps.join(", "), action.result));
-        }
-        text
-    }
-}
 
 /// How long the application ports may miss a legitimate primary before this proxy host
 /// says it cannot serve: a switch takes a fraction of a second, and keepalived must not
@@ -100,13 +48,6 @@ pub fn can_serve(cfg: &Config, report: Option<&WatchReport>, running: bool, now_
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Action {
-    pub at_ms: u64,
-    pub steps: Vec<String>,
-    pub result: String,
-}
-
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub version: u32,
@@ -122,6 +63,8 @@ pub struct Report {
     pub recorded_error: Option<String>,
     /// What `watch` saw last, if it runs (it does not make the report inconsistent).
     pub watch: Option<WatchReport>,
+    /// `teardown` ran since the last `setup`.
+    pub torn_down: bool,
     pub consistent: bool,
     /// Why not, one line each.
     pub problems: Vec<String>,
@@ -167,12 +110,14 @@ pub struct Seen<'a> {
     pub live: Result<Live, String>,
     pub recorded: Result<Option<Record>, String>,
     pub watch: Option<WatchReport>,
+    /// `teardown` ran since the last `setup`: no switch is made until `setup` runs.
+    pub torn_down: bool,
     /// When it was seen (for the age of watch's report).
     pub now_ms: u64,
 }
 
 pub fn assess(cfg: &Config, seen: Seen) -> Report {
-    let Seen { view, live, recorded, watch, now_ms } = seen;
+    let Seen { view, live, recorded, watch, torn_down, now_ms } = seen;
     let watching = watch.as_ref().is_some_and(|w| w.fresh(now_ms));
     let (recorded, recorded_error) = match recorded {
         Ok(r) => (r, None),
@@ -184,6 +129,13 @@ pub fn assess(cfg: &Config, seen: Seen) -> Report {
         _ => None,
     };
     let mut problems = primary_problems(&arbitration);
+    if torn_down {
+        problems.push(
+            "torn down (`repmgr-nat teardown`, which the package's removal runs): no switch is made until \
+             `repmgr-nat setup` runs as root"
+                .to_string(),
+        );
+    }
     problems.extend(slot_problems(cfg, view, wanted.map(|w| w.route.node), watch.as_ref().filter(|_| watching)));
     let rules = rules_report(cfg, &live);
     if let Ok(live) = &live {
@@ -211,6 +163,7 @@ pub fn assess(cfg: &Config, seen: Seen) -> Report {
         recorded,
         recorded_error,
         watch,
+        torn_down,
         consistent: problems.is_empty(),
         problems,
     }
@@ -225,12 +178,7 @@ fn node_reports(view: &View) -> Vec<NodeReport> {
             NodeReport {
                 id: node.id(),
                 address: node.addr().to_string(),
-                state: match answer {
-                    Answer::Up(_) => "up",
-                    Answer::Down(_) => "down",
-                    Answer::Silent(_) => "silent",
-                    Answer::Rejected(_) => "rejected",
-                },
+                state: answer.kind(),
                 reachable: state.is_some(),
                 role: state.map(|s| s.role),
                 timeline: state.map(|s| s.timeline).filter(|t| *t > 0),
@@ -315,7 +263,7 @@ fn rules_report(cfg: &Config, live: &Result<Live, String>) -> RulesReport {
                     _ => None,
                 },
                 summary: routing.to_string(),
-                lines: live.chains.iter().flat_map(|(_, _, rules)| rules.iter().cloned()).collect(),
+                lines: live.chains.iter().flat_map(|c| c.rules.iter().cloned()).collect(),
             }
         }
         Err(e) => RulesReport {
@@ -341,7 +289,7 @@ fn rules_problems(
     if !live.in_place(cfg) {
         let chains: Vec<String> = ruleset::chains(cfg)
             .iter()
-            .map(|(_, chain, _)| format!("{chain} {}", if live.has_chain(chain) { "present" } else { "missing" }))
+            .map(|chain| format!("{} {}", chain.name, if live.has_chain(chain.name) { "present" } else { "missing" }))
             .collect();
         let jumps: Vec<String> =
             live.jump_counts(cfg).iter().map(|(hook, chain, n)| format!("{hook} -> {chain} x{n}")).collect();
@@ -436,6 +384,7 @@ mod tests {
     use crate::core::config::tests::{example, node};
     use crate::core::view::tests::view;
     use crate::core::view::{NodeState, Slot};
+    use crate::core::watch_json::Action;
 
     /// With the slot, a primary's has barman's walsender, a standby's none.
     fn up(role: Role, timeline: u32, slot: bool) -> Answer {
@@ -444,12 +393,18 @@ mod tests {
         Answer::Up(NodeState { role, timeline, lsn: Lsn(0x300_0060), slot })
     }
 
+    /// With the slot (held by walsender `pid`, or idle) or without.
+    fn up_with(role: Role, timeline: u32, slot: bool, pid: Option<i32>) -> Answer {
+        let slot = slot.then_some(Slot { active_pid: pid, restart_lsn: Some(Lsn(0x300_0000)) });
+        Answer::Up(NodeState { role, timeline, lsn: Lsn(0x300_0060), slot })
+    }
+
     fn live_to(cfg: &Config, id: u32, open: Open) -> Result<Live, String> {
         Ok(Live::installed(cfg, Route::new(node(id), open)))
     }
 
     fn seen<'a>(view: &'a View, live: Result<Live, String>, recorded: Result<Option<Record>, String>) -> Seen<'a> {
-        Seen { view, live, recorded, watch: None, now_ms: 0 }
+        Seen { view, live, recorded, watch: None, torn_down: false, now_ms: 0 }
     }
 
     fn rec(id: u32, open: Open, timeline: u32) -> Result<Option<Record>, String> {
@@ -468,6 +423,65 @@ mod tests {
         assert!(text.contains("rules: node 2 ports all\n"), "{text}");
         assert!(text.contains("present, active (pid 77), keeps 96 B"), "{text}");
         assert!(text.contains("consistent: yes"), "{text}");
+    }
+
+    /// status restates none of the policy on barman's slots: for every view, it reports
+    /// a slot problem on a node exactly when watch would make, end or drop something there
+    /// (`decide(Ask::Watch)`); only barman not streaming from the primary is status's own
+    /// (watch's receive-wal handles it, no plan does).
+    #[test]
+    fn torn_down_is_inconsistent_and_says_what_to_run() {
+        let cfg = example();
+        let v = view(&[(1, Answer::Down("connection refused".into())), (2, up(Role::Primary, 2, true))]);
+        let torn = Seen { torn_down: true, ..seen(&v, live_to(&cfg, 2, Open::All), rec(2, Open::All, 2)) };
+        let report = assess(&cfg, torn);
+        assert!(report.torn_down && !report.consistent);
+        assert_eq!(
+            report.problems,
+            ["torn down (`repmgr-nat teardown`, which the package's removal runs): no switch is made until \
+              `repmgr-nat setup` runs as root"]
+        );
+    }
+
+    #[test]
+    fn slot_problems_are_what_watch_would_act_on() {
+        use crate::core::plan::{Ask, Decision, Situation, Step, decide};
+        for standby_slots in [true, false] {
+            let mut cfg = example();
+            cfg.barman.as_mut().unwrap().standby_slots = standby_slots;
+            let answers =
+                |role| [(false, None), (true, None), (true, Some(4242))].map(|(slot, pid)| up_with(role, 2, slot, pid));
+            for primary in answers(Role::Primary) {
+                for standby in answers(Role::Standby) {
+                    let v = view(&[(1, standby.clone()), (2, primary.clone())]);
+                    let routed = Route::new(node(2), Open::All);
+                    let record = Some(Record { route: routed, timeline: 2 });
+                    let mut seen = seen(&v, live_to(&cfg, 2, Open::All), Ok(record));
+                    seen.watch = Some(WatchReport { passed_ms: 0, ..watch_report() });
+                    let problems = assess(&cfg, seen).problems;
+                    let situation = Situation::new(&v, Routing::To(routed), true, record);
+                    let steps = match decide(&cfg, Ask::Watch, &situation) {
+                        Decision::Act(steps) => steps,
+                        _ => Vec::new(),
+                    };
+                    for id in [1, 2] {
+                        let acts = steps.iter().any(|step| match *step {
+                            Step::CreateSlot(n)
+                            | Step::CreateStandbySlot(n)
+                            | Step::TerminateWalsender(n, _)
+                            | Step::DropSlot(n) => n == node(id),
+                            _ => false,
+                        });
+                        let names = |p: &str| {
+                            let words: Vec<&str> = p.split(' ').collect();
+                            words.windows(2).any(|w| w[0] == "node" && w[1].trim_end_matches(':') == id.to_string())
+                        };
+                        let said = problems.iter().any(|p| names(p) && !p.contains("does not stream"));
+                        assert_eq!(said, acts, "node {id}, standby_slots {standby_slots}: {problems:?} / {steps:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -572,6 +586,7 @@ mod tests {
                 live: live_to(&cfg, 2, Open::All),
                 recorded: rec(2, Open::All, 2),
                 watch: Some(watch),
+                torn_down: false,
                 now_ms: 10_100,
             },
         );

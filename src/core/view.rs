@@ -118,6 +118,17 @@ impl Answer {
         }
     }
 
+    /// "up", "down", "silent" or "rejected": the answer's kind, as `status --json` and
+    /// watch's log name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Answer::Up(_) => "up",
+            Answer::Down(_) => "down",
+            Answer::Silent(_) => "silent",
+            Answer::Rejected(_) => "rejected",
+        }
+    }
+
     /// Whether the node's PostgreSQL said anything at all (for `setup`: when no node
     /// answered at all, the recorded route is restored unverified).
     pub fn replied(&self) -> bool {

@@ -39,20 +39,31 @@ pub fn switch_cmd(cfg: &config::Barman) -> Cmd {
     command(cfg, ["switch-wal", "--force", "--archive", &timeout, &cfg.server])
 }
 
-pub struct Barman<'a> {
+/// `barman show-server <server>`: its settings, for `check` (run as root, who may run
+/// anything as barman).
+pub fn show_server_cmd(cfg: &config::Barman) -> Cmd {
+    command(cfg, ["show-server", &cfg.server])
+}
+
+/// `barman check <server>`, for `check`.
+pub fn check_cmd(cfg: &config::Barman) -> Cmd {
+    command(cfg, ["check", &cfg.server])
+}
+
+pub struct BarmanCli<'a> {
     cfg: &'a config::Barman,
     /// Where the receive-wal this starts writes what it prints (nowhere if none).
     output: Option<PathBuf>,
 }
 
-impl<'a> Barman<'a> {
-    pub fn new(cfg: &'a config::Barman) -> Barman<'a> {
-        Barman { cfg, output: None }
+impl<'a> BarmanCli<'a> {
+    pub fn new(cfg: &'a config::Barman) -> BarmanCli<'a> {
+        BarmanCli { cfg, output: None }
     }
 
     /// Keeps what every receive-wal this starts prints in `path` (replaced at each start).
-    pub fn receive_wal_output(self, path: PathBuf) -> Barman<'a> {
-        Barman { output: Some(path), ..self }
+    pub fn receive_wal_output(self, path: PathBuf) -> BarmanCli<'a> {
+        BarmanCli { output: Some(path), ..self }
     }
 
     fn run(&self, cmd: &Cmd, timeout: Duration, while_waiting: &mut dyn FnMut()) -> Result<exec::Output> {
@@ -77,7 +88,7 @@ fn failed(cmd: &Cmd, output: exec::Output) -> anyhow::Error {
     ExecError::Failed { cmd: cmd.to_string(), output }.into()
 }
 
-impl Backup for Barman<'_> {
+impl Backup for BarmanCli<'_> {
     fn stop_receive_wal(&self) -> Result<()> {
         let cmd = stop_cmd(self.cfg);
         let out = self.run(&cmd, config::Barman::STOP_TIMEOUT, &mut || {})?;

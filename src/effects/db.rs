@@ -23,6 +23,7 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, NoTls, Socket};
 
+use crate::core::check::NodeSettings;
 use crate::core::config::{ChannelBinding, Config, Node, NodeId, SslMode};
 use crate::core::view::{Answer, Lsn, NodeState, Role, Slot, View};
 use crate::effects::pgpass;
@@ -46,6 +47,20 @@ pub const ADVANCE_SLOT_SQL: &str = "SELECT pg_replication_slot_advance($1, $2)";
 /// synchronous standby (barman's receive-wal may be that standby, and is restarting).
 pub const EMIT_WAL_SQL: &str = "BEGIN; SET LOCAL synchronous_commit TO local; \
      SELECT pg_logical_emit_message(true, 'repmgr-nat', 'barman switch-wal'); COMMIT";
+
+/// What `check` asks each node: the grants of repmgr-nat's role, the settings barman's
+/// slot depends on, the slots in use, and whether this connection is encrypted.
+pub const SETTINGS_SQL: &str = "\
+SELECT r.rolsuper, r.rolreplication,
+       pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'),
+       pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER'),
+       (SELECT setting::int8 FROM pg_settings WHERE name = 'max_slot_wal_keep_size'),
+       current_setting('wal_level'),
+       current_setting('max_replication_slots')::int8,
+       (SELECT count(*) FROM pg_replication_slots),
+       EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
+       coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)
+FROM pg_roles r WHERE r.rolname = current_user";
 
 /// How long `drop_slot` waits for a terminated walsender to let go of the slot.
 const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(3);
@@ -143,7 +158,7 @@ impl Pool {
 }
 
 /// The `Cluster` of one run: the pool, driven from synchronous code.
-pub struct Postgres<'a> {
+pub struct PgCluster<'a> {
     cfg: &'a Config,
     rt: &'a Runtime,
     pool: Arc<Pool>,
@@ -156,13 +171,13 @@ pub struct Postgres<'a> {
 /// The deadline for a node `watch` saw unanswered on its last pass.
 pub const SEEN_DOWN: Duration = Duration::from_millis(300);
 
-impl<'a> Postgres<'a> {
-    pub fn new(cfg: &'a Config, rt: &'a Runtime) -> Postgres<'a> {
-        Postgres { cfg, rt, pool: Arc::default(), seen_down: Vec::new() }
+impl<'a> PgCluster<'a> {
+    pub fn new(cfg: &'a Config, rt: &'a Runtime) -> PgCluster<'a> {
+        PgCluster { cfg, rt, pool: Arc::default(), seen_down: Vec::new() }
     }
 
-    pub fn seen_down(self, nodes: Vec<NodeId>) -> Postgres<'a> {
-        Postgres { seen_down: nodes, ..self }
+    pub fn seen_down(self, nodes: Vec<NodeId>) -> PgCluster<'a> {
+        PgCluster { seen_down: nodes, ..self }
     }
 
     /// The connections, for `watch`'s pollers to share.
@@ -196,7 +211,50 @@ impl<'a> Postgres<'a> {
     }
 }
 
-impl Cluster for Postgres<'_> {
+impl PgCluster<'_> {
+    /// Every node's settings for `check`, asked at once, each within the deadline.
+    pub fn settings(&self) -> Vec<(Node, Result<NodeSettings, Answer>)> {
+        let deadline = self.cfg.postgres.connect_timeout;
+        self.rt.block_on(join_all(
+            self.cfg
+                .nodes
+                .iter()
+                .map(|&node| async move {
+                    let asked = tokio::time::timeout(deadline, async {
+                        let client = self.pool.client(self.cfg, node).await?;
+                        let row = client
+                            .query_one(SETTINGS_SQL, &[&self.cfg.slot().unwrap_or("")])
+                            .await
+                            .map_err(|e| classify(&e))?;
+                        read_settings(&row).map_err(|e| Answer::Rejected(format!("unexpected answer: {}", message(&e))))
+                    })
+                    .await;
+                    let answer = asked.unwrap_or_else(|_| {
+                        Err(Answer::Silent(format!("no answer within {} ms", deadline.as_millis())))
+                    });
+                    (node, answer)
+                })
+                .collect(),
+        ))
+    }
+}
+
+fn read_settings(row: &tokio_postgres::Row) -> Result<NodeSettings, tokio_postgres::Error> {
+    Ok(NodeSettings {
+        superuser: row.try_get(0)?,
+        replication: row.try_get(1)?,
+        signal_backend: row.try_get(2)?,
+        read_all_stats: row.try_get(3)?,
+        max_slot_wal_keep_size_mb: row.try_get::<_, Option<i64>>(4)?.unwrap_or(-1),
+        wal_level: row.try_get(5)?,
+        max_replication_slots: row.try_get(6)?,
+        slots_used: row.try_get(7)?,
+        has_slot: row.try_get(8)?,
+        ssl: row.try_get(9)?,
+    })
+}
+
+impl Cluster for PgCluster<'_> {
     fn view(&self) -> View {
         let nodes = self.rt.block_on(async {
             let asking: Vec<_> = self
@@ -488,6 +546,99 @@ mod tests {
         let mut cfg = Config::parse(&text).unwrap();
         cfg.nodes[1] = Node::new(NodeId::new(2), std::net::Ipv4Addr::LOCALHOST);
         cfg
+    }
+
+    /// The example config with node 2 at `127.0.0.1:port`, asked without TLS within 1 s.
+    fn at_loopback(port: u16) -> (Config, Node) {
+        let text = EXAMPLE
+            .replace("postgres = 5432", &format!("postgres = {port}"))
+            .replace("dbname = \"postgres\"", "dbname = \"postgres\"\nsslmode = \"disable\"\nconnect_timeout = 1");
+        let mut cfg = Config::parse(&text).unwrap();
+        let node = Node::new(NodeId::new(2), std::net::Ipv4Addr::LOCALHOST);
+        cfg.nodes[1] = node;
+        (cfg, node)
+    }
+
+    /// A server that reads the startup message, then answers `reply` and hangs up.
+    fn server_answering(reply: Vec<u8>) -> u16 {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut len = [0u8; 4];
+            stream.read_exact(&mut len).unwrap();
+            let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+            stream.read_exact(&mut startup).unwrap();
+            stream.write_all(&reply).unwrap();
+        });
+        port
+    }
+
+    /// An ErrorResponse as PostgreSQL 15 sends it before the login completes.
+    fn error_response(code: &str, message: &str) -> Vec<u8> {
+        let mut fields = Vec::new();
+        for (tag, value) in [('S', "FATAL"), ('V', "FATAL"), ('C', code), ('M', message), ('F', "postmaster.c")] {
+            fields.push(tag as u8);
+            fields.extend_from_slice(value.as_bytes());
+            fields.push(0);
+        }
+        fields.push(0);
+        let mut msg = vec![b'E'];
+        msg.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+        msg.extend_from_slice(&fields);
+        msg
+    }
+
+    fn answer_of(port: u16) -> Answer {
+        let (cfg, node) = at_loopback(port);
+        runtime().unwrap().block_on(Pool::default().answer(&cfg, node))
+    }
+
+    /// Every decision reads a node as up, down (it serves nobody), silent or rejecting
+    /// (it may serve the applications): the server's own refusals, as PostgreSQL sends
+    /// them, and the network's.
+    #[test]
+    fn a_failure_is_read_as_down_silent_or_rejecting() {
+        let kind = Answer::kind;
+        for (code, message, expected) in [
+            ("57P03", "the database system is starting up", "down"),
+            ("57P03", "the database system is shutting down", "down"),
+            ("57P01", "terminating connection due to administrator command", "down"),
+            ("57P02", "terminating connection because of crash of another server process", "down"),
+            ("28P01", "password authentication failed for user \"repmgr_nat\"", "rejected"),
+            ("28000", "no pg_hba.conf entry for host \"127.0.0.1\", user \"repmgr_nat\"", "rejected"),
+            ("53300", "sorry, too many clients already", "rejected"),
+        ] {
+            let answer = answer_of(server_answering(error_response(code, message)));
+            assert_eq!(kind(&answer), expected, "{code}: {answer:?}");
+            assert!(answer.describe().contains(&format!("{message} ({code})")), "{answer:?}");
+        }
+        // a host that accepts and hangs up at once
+        assert_eq!(kind(&answer_of(server_answering(Vec::new()))), "down");
+        // nothing listens: refused
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        assert_eq!(kind(&answer_of(closed)), "down");
+        // a host that accepts and says nothing: silence, once the deadline has passed
+        let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+        let answer = answer_of(mute.local_addr().unwrap().port());
+        assert_eq!(kind(&answer), "silent", "{answer:?}");
+    }
+
+    #[test]
+    fn check_reads_a_settings_answer_of_the_wrong_shape_as_a_rejection() {
+        let mut cfg = fake_node();
+        // only the node on loopback: nothing leaves this host
+        cfg.nodes.remove(0);
+        let rt = runtime().unwrap();
+        let settings = PgCluster::new(&cfg, &rt).settings();
+        assert_eq!(settings.len(), 1);
+        match &settings[0] {
+            (node, Err(Answer::Rejected(why))) if node.id() == NodeId::new(2) => {
+                assert!(why.starts_with("unexpected answer"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -8,12 +8,12 @@ use std::sync::Mutex;
 use anyhow::Result;
 
 use crate::core::config::{self, Barman, Config, Node};
-use crate::core::ruleset::{self, Live, Record, Routing};
+use crate::core::ruleset::{self, Live, Record};
 use crate::core::view::{Lsn, View};
 use crate::effects::barman::{self, Backup};
 use crate::effects::db::{self, Cluster};
 use crate::effects::firewall::{self, Firewall};
-use crate::effects::nat::{Nat, ViaSudo};
+use crate::effects::nat::{self, NatSwitch, ViaSudo};
 
 /// Where the printing adapters print: stdout, or a buffer a test reads.
 pub enum Sink {
@@ -50,7 +50,7 @@ impl Sink {
 
 pub struct PrintNat<'a> {
     pub cfg: &'a Config,
-    pub real: &'a dyn Nat,
+    pub real: &'a dyn NatSwitch,
     /// Whether the switch would go through sudo (this run is not root's).
     pub via_sudo: bool,
     pub out: &'a Sink,
@@ -59,12 +59,12 @@ pub struct PrintNat<'a> {
 }
 
 impl<'a> PrintNat<'a> {
-    pub fn new(cfg: &'a Config, real: &'a dyn Nat, via_sudo: bool, out: &'a Sink) -> PrintNat<'a> {
+    pub fn new(cfg: &'a Config, real: &'a dyn NatSwitch, via_sudo: bool, out: &'a Sink) -> PrintNat<'a> {
         PrintNat { cfg, real, via_sudo, out, after: Mutex::new(None) }
     }
 }
 
-impl Nat for PrintNat<'_> {
+impl NatSwitch for PrintNat<'_> {
     fn live(&self) -> Result<Live> {
         self.real.live()
     }
@@ -76,24 +76,26 @@ impl Nat for PrintNat<'_> {
     fn switch(&self, record: Record) -> Result<bool> {
         let cfg = self.cfg;
         let route = record.route;
-        let printed = self.after.lock().expect("after").replace(record);
+        let printed = *self.after.lock().expect("after");
         let live = match printed {
             Some(printed) => Live::installed(cfg, printed.route),
             None => self.real.live()?,
         };
-        let before = live.routing(cfg);
+        // what the root step would do, refusal included
+        let switch = ruleset::switch(cfg, &live, route).map_err(nat::refused)?;
+        *self.after.lock().expect("after") = Some(record);
         if self.via_sudo {
             self.out.say(&format!("{}\n# which runs as root:", ViaSudo::switch_cmd(record)));
         }
-        match ruleset::transaction(cfg, &live, Some(route)) {
+        match &switch.restore {
             Some(text) => self.out.say(&format!("{} <<EOF\n{text}EOF", firewall::restore_cmd())),
             None => self.out.say(&format!("# the tables hold {route} already")),
         }
-        for (node, port) in ruleset::cuts(cfg, &before, route) {
-            self.out.say(&firewall::forget_cmd(cfg.proxy, port, node.addr()).to_string());
+        for (node, port) in &switch.cuts {
+            self.out.say(&firewall::forget_cmd(cfg.proxy, *port, node.addr()).to_string());
         }
         self.out.say(&format!("# and records {record}"));
-        Ok(before != Routing::To(route))
+        Ok(switch.changed)
     }
 }
 

@@ -139,7 +139,8 @@ impl ExecError {
 
 impl std::error::Error for ExecError {}
 
-fn last_line(text: &str) -> Option<&str> {
+/// The last line of `text` that says anything, trimmed.
+pub fn last_line(text: &str) -> Option<&str> {
     text.lines().map(str::trim).rfind(|l| !l.is_empty())
 }
 

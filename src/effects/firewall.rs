@@ -74,12 +74,18 @@ impl Firewall for Iptables {
     }
 
     fn enable_forwarding(&self) -> Result<bool> {
-        const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
-        let was = std::fs::read_to_string(PATH).map_err(|e| anyhow!("cannot read {PATH}: {e}"))?;
-        if was.trim() == "1" {
+        if forwarding()? {
             return Ok(false);
         }
-        std::fs::write(PATH, "1\n").map_err(|e| anyhow!("cannot write {PATH}: {e}"))?;
+        std::fs::write(IP_FORWARD, "1\n").map_err(|e| anyhow!("cannot write {IP_FORWARD}: {e}"))?;
         Ok(true)
     }
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Whether this network namespace forwards IPv4 (anyone may read it).
+pub fn forwarding() -> Result<bool> {
+    let now = std::fs::read_to_string(IP_FORWARD).map_err(|e| anyhow!("cannot read {IP_FORWARD}: {e}"))?;
+    Ok(now.trim() == "1")
 }

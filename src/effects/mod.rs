@@ -6,9 +6,12 @@ pub mod barman;
 pub mod db;
 pub mod dryrun;
 pub mod exec;
+pub mod exporter;
 pub mod firewall;
-pub mod metrics;
 pub mod nat;
 pub mod pgpass;
 pub mod privilege;
 pub mod state;
+#[cfg(test)]
+pub mod testing;
+pub mod watch_file;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use crate::core::config::Config;
-use crate::core::ruleset::{self, Live, Record, Routing};
+use crate::core::ruleset::{self, Live, Record};
 use crate::effects::exec::{self, Cmd};
 use crate::effects::firewall::Firewall;
 use crate::effects::state::StateDir;
@@ -16,7 +16,7 @@ use crate::effects::state::StateDir;
 /// exactly this path.
 pub const INSTALLED_PATH: &str = "/usr/bin/repmgr-nat";
 
-pub trait Nat {
+pub trait NatSwitch {
     /// What the nat table holds for our chains now.
     fn live(&self) -> Result<Live>;
     /// What root recorded with its last switch.
@@ -32,7 +32,7 @@ pub struct Direct<'a> {
     pub state: &'a StateDir,
 }
 
-impl Nat for Direct<'_> {
+impl NatSwitch for Direct<'_> {
     fn live(&self) -> Result<Live> {
         Ok(Live::parse(self.cfg, &self.fw.save()?))
     }
@@ -87,12 +87,10 @@ impl Direct<'_> {
             0 => Record { timeline: self.state.recorded(cfg).ok().flatten().map_or(0, |r| r.timeline), ..record },
             _ => record,
         };
-        let live = self.live()?;
-        live.check_ours(cfg).map_err(refused)?;
-        let before = live.routing(cfg);
-        let changed = before != Routing::To(route);
+        let ruleset::Switch { before, changed, restore, cuts } =
+            ruleset::switch(cfg, &self.live()?, route).map_err(refused)?;
         let mut said = Vec::new();
-        if let Some(text) = ruleset::transaction(cfg, &live, Some(route)) {
+        if let Some(text) = restore {
             let started = Instant::now();
             self.fw.restore(&text)?;
             let what = if changed { format!("{before} -> {route}") } else { format!("{route}, repaired") };
@@ -102,27 +100,25 @@ impl Direct<'_> {
         if changed || self.state.recorded(cfg).ok().flatten() != Some(record) {
             self.state.record(record)?;
         }
-        if changed {
-            for (node, port) in ruleset::cuts(cfg, &before, route) {
-                let started = Instant::now();
-                let through = port.map(|p| format!(" through port {p}")).unwrap_or_default();
-                said.push(match self.fw.forget(cfg.proxy, port, node.addr()) {
-                    Ok(found) => (
-                        log::Level::Info,
-                        format!(
-                            "nat: {} connections proxied to node {}{through} ({} ms)",
-                            if found { "cut the" } else { "no" },
-                            node.id(),
-                            started.elapsed().as_millis()
-                        ),
+        for (node, port) in cuts {
+            let started = Instant::now();
+            let through = port.map(|p| format!(" through port {p}")).unwrap_or_default();
+            said.push(match self.fw.forget(cfg.proxy, port, node.addr()) {
+                Ok(found) => (
+                    log::Level::Info,
+                    format!(
+                        "nat: {} connections proxied to node {}{through} ({} ms)",
+                        if found { "cut the" } else { "no" },
+                        node.id(),
+                        started.elapsed().as_millis()
                     ),
-                    // The new rules stand; only old connections may linger until they end.
-                    Err(e) => (
-                        log::Level::Error,
-                        format!("nat: cannot cut connections proxied to node {}{through}: {e:#}", node.id()),
-                    ),
-                });
-            }
+                ),
+                // The new rules stand; only old connections may linger until they end.
+                Err(e) => (
+                    log::Level::Error,
+                    format!("nat: cannot cut connections proxied to node {}{through}: {e:#}", node.id()),
+                ),
+            });
         }
         let audit = changed.then(|| format!("switched {before} -> {record}"));
         Ok(Switched { changed, said, audit })
@@ -176,7 +172,7 @@ impl Direct<'_> {
     }
 }
 
-fn refused(e: anyhow::Error) -> anyhow::Error {
+pub fn refused(e: anyhow::Error) -> anyhow::Error {
     crate::exit::Exit::Refused(format!("{e:#}")).into()
 }
 
@@ -212,7 +208,7 @@ impl ViaSudo<'_> {
     }
 }
 
-impl Nat for ViaSudo<'_> {
+impl NatSwitch for ViaSudo<'_> {
     fn live(&self) -> Result<Live> {
         let text = self.run(&Self::route_cmd(&["--show"]))?;
         Ok(Live::parse(self.cfg, &text))
@@ -235,63 +231,12 @@ impl Nat for ViaSudo<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
-    use std::net::Ipv4Addr;
-
-    use anyhow::anyhow;
-
     use super::*;
     use crate::core::config::tests::{example, node};
     use crate::core::ruleset::sim::Tables;
-    use crate::core::ruleset::{Open, Route};
-
-    /// The kernel's tables in memory; records every restore and cut, fails those whose
-    /// description starts with one of `failing`.
-    struct FakeFirewall {
-        tables: RefCell<Tables>,
-        calls: RefCell<Vec<String>>,
-        failing: Vec<&'static str>,
-    }
-
-    impl FakeFirewall {
-        fn holding(tables: Tables) -> FakeFirewall {
-            FakeFirewall { tables: RefCell::new(tables), calls: RefCell::default(), failing: Vec::new() }
-        }
-        /// Routed by a complete switch to `route`.
-        fn routed(route: Route) -> FakeFirewall {
-            let cfg = example();
-            let text = ruleset::transaction(&cfg, &Live::default(), Some(route)).unwrap();
-            FakeFirewall::holding(Tables::default().restore(&text).unwrap())
-        }
-        fn call(&self, name: String) -> Result<()> {
-            let fails = self.failing.iter().any(|f| name.starts_with(f));
-            self.calls.borrow_mut().push(name.clone());
-            if fails { Err(anyhow!("{name}: injected failure")) } else { Ok(()) }
-        }
-        fn calls(&self) -> Vec<String> {
-            self.calls.borrow().clone()
-        }
-    }
-
-    impl Firewall for FakeFirewall {
-        fn save(&self) -> Result<String> {
-            Ok(self.tables.borrow().save())
-        }
-        fn restore(&self, text: &str) -> Result<()> {
-            let next = self.tables.borrow().restore(text).map_err(|e| anyhow!(e))?;
-            let routed = Live::parse(&example(), &next.save()).routing(&example());
-            self.call(format!("restore: {routed}"))?;
-            *self.tables.borrow_mut() = next;
-            Ok(())
-        }
-        fn forget(&self, _proxy: Ipv4Addr, port: Option<u16>, node: Ipv4Addr) -> Result<bool> {
-            self.call(format!("forget {node}{}", port.map(|p| format!(":{p}")).unwrap_or_default()))?;
-            Ok(true)
-        }
-        fn enable_forwarding(&self) -> Result<bool> {
-            self.call("forwarding".into()).map(|()| true)
-        }
-    }
+    use crate::core::ruleset::{Open, Route, Routing};
+    use crate::effects::dryrun::{PrintNat, Sink};
+    use crate::effects::testing::FakeFirewall;
 
     fn state_dir(name: &str) -> (std::path::PathBuf, StateDir) {
         let dir = std::env::temp_dir().join(format!("repmgr-nat-test-nat-{name}-{}", std::process::id()));
@@ -320,6 +265,31 @@ mod tests {
         assert_eq!(fw.calls()[2..], ["restore: node 2 ports all"], "opening a port cuts nothing");
         assert_eq!(state.recorded(&cfg).unwrap(), Some(rec(2, Open::All)));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_dry_run_prints_the_switch_the_root_step_makes_and_refuses_what_it_refuses() {
+        let cfg = example();
+        let fw = FakeFirewall::routed(route(1, Open::All));
+        let (dir, state) = state_dir("dry-run");
+        let direct = Direct { cfg: &cfg, fw: &fw, state: &state };
+        let plan = ruleset::switch(&cfg, &direct.live().unwrap(), route(2, Open::Barman)).unwrap();
+        let out = Sink::capture();
+        assert!(PrintNat::new(&cfg, &direct, false, &out).switch(rec(2, Open::Barman)).unwrap());
+        assert_eq!(fw.calls(), Vec::<String>::new(), "a dry run changed the tables");
+        let printed = out.captured();
+        assert!(printed.contains(plan.restore.as_deref().unwrap()), "{printed}");
+        assert!(printed.contains("conntrack -D -p tcp --orig-dst 10.8.3.1 --reply-src 10.8.1.1"), "{printed}");
+        // someone else's rule in our chain: both refuse, exit 3
+        let foreign = fw.tables.borrow().restore("*nat\n-A repmgr_dnat -p udp -j ACCEPT\nCOMMIT\n").unwrap();
+        *fw.tables.borrow_mut() = foreign;
+        let out = Sink::capture();
+        let err = PrintNat::new(&cfg, &direct, false, &out).switch(rec(2, Open::Barman)).unwrap_err();
+        assert_eq!(crate::exit::code(&err), crate::exit::REFUSED);
+        assert_eq!(out.captured(), "", "a refused switch printed");
+        let real = direct.switch(rec(2, Open::Barman)).unwrap_err();
+        assert_eq!(format!("{err:#}"), format!("{real:#}"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

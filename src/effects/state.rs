@@ -36,7 +36,29 @@ pub struct StateDir {
 /// Held while a run reads the cluster and changes rules and slots; released on drop.
 #[must_use]
 pub struct Lock {
-    _file: File,
+    _file: Option<File>,
+}
+
+/// The run lock as `watch` takes it: never waiting (the seam its tests hold).
+pub trait RunLock {
+    /// The lock if no other run holds it; an error when it cannot be taken at all.
+    fn try_lock(&self) -> Result<Option<Lock>>;
+}
+
+impl RunLock for StateDir {
+    fn try_lock(&self) -> Result<Option<Lock>> {
+        StateDir::try_lock(self)
+    }
+}
+
+/// A dry run's run lock: always granted, holding nothing (a dry run changes nothing, and
+/// must not keep the runs that act waiting).
+pub struct NoRunLock;
+
+impl RunLock for NoRunLock {
+    fn try_lock(&self) -> Result<Option<Lock>> {
+        Ok(Some(Lock { _file: None }))
+    }
 }
 
 impl StateDir {
@@ -130,11 +152,17 @@ impl StateDir {
         wait_for_lock(file, &path, timeout)
     }
 
+    /// For `check`: the directory is root's and the run lock opens (it is not taken).
+    pub fn check(&self) -> Result<()> {
+        self.check_trusted()?;
+        self.open_run_lock().map(drop)
+    }
+
     /// The run lock if no other run holds it (`watch` never waits: the holder does the work).
     pub fn try_lock(&self) -> Result<Option<Lock>> {
         let (file, path) = self.open_run_lock()?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(Lock { _file: file })),
+            Ok(()) => Ok(Some(Lock { _file: Some(file) })),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
         }
@@ -215,7 +243,7 @@ fn wait_for_lock(file: File, path: &Path, timeout: Duration) -> Result<Lock> {
     let mut waited = false;
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(Lock { _file: file }),
+            Ok(()) => return Ok(Lock { _file: Some(file) }),
             Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
                 if !waited {
                     log::info!("waiting for {} to finish (it holds {})", holder(&file), path.display());

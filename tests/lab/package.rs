@@ -23,6 +23,7 @@ const PACKAGED: &[&str] = &[
     "/usr/share/man/man1/repmgr-nat.1.gz",
     "/usr/share/bash-completion/completions/repmgr-nat",
     "/usr/share/doc/repmgr-nat/README.md",
+    "/usr/share/repmgr-nat/repmgr-nat.rules.yml",
     "/var/lib/repmgr-nat",
 ];
 

@@ -55,7 +55,12 @@ pub fn routed_via(node: &str, ports: &[u16], own_address: Option<&str>) -> Vec<S
         "-A OUTPUT -j repmgr_dnat".to_string(),
         "-A POSTROUTING -j repmgr_snat".to_string(),
         "-A INPUT -j repmgr_hold".to_string(),
+        "-A FORWARD -j repmgr_hold".to_string(),
         format!("-A repmgr_hold -d {PROXY}/32 -p tcp -m tcp --dport 54322 --tcp-flags FIN,SYN,RST,ACK SYN -j DROP"),
+        format!(
+            "-A repmgr_hold -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate DNAT --ctorigdst {PROXY} \
+             --ctorigdstport 54322 ! --ctstatus ASSURED --ctdir REPLY -j DROP"
+        ),
         format!("-A repmgr_snat -d {node}/32 -p tcp -m tcp --dport 5432 -j SNAT --to-source {PROXY}"),
     ];
     if let Some(own) = own_address {

@@ -83,6 +83,9 @@ enum Cmd {
         keep: bool,
         #[arg(long, default_value = "repmgr-nat")]
         handler: String,
+        /// repmgr's events alone, no watch (for comparison; not what the README recommends)
+        #[arg(long)]
+        events_only: bool,
     },
 }
 
@@ -168,7 +171,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::BenchReport { dir } => bench::report_again(&dir),
         Cmd::Chaos(args) => chaos::run(args),
-        Cmd::Demo { keep, handler } => demo::run(&handler, keep),
+        Cmd::Demo { keep, handler, events_only } => demo::run(&handler, events_only, keep),
     }
 }
 

@@ -39,16 +39,18 @@ struct RawConfig {
     repmgr: RawRepmgr,
 }
 
+// A section whose every key has a default: `#[serde(default)]` on the section, its
+// defaults in its one `Default`. A section with required keys names each default.
+
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawRepmgr {
-    #[serde(default = "default_repmgr_user")]
     user: String,
 }
 
 impl Default for RawRepmgr {
     fn default() -> Self {
-        RawRepmgr { user: default_repmgr_user() }
+        RawRepmgr { user: "postgres".into() }
     }
 }
 
@@ -118,52 +120,44 @@ struct RawBarman {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawNat {
-    #[serde(default = "default_dnat_chain")]
     dnat_chain: String,
-    #[serde(default = "default_snat_chain")]
     snat_chain: String,
-    #[serde(default = "default_true")]
     hold: bool,
-    #[serde(default = "default_hold_chain")]
     hold_chain: String,
-    #[serde(default = "default_no_primary")]
     no_primary: NoPrimary,
 }
 
 impl Default for RawNat {
     fn default() -> Self {
         RawNat {
-            dnat_chain: default_dnat_chain(),
-            snat_chain: default_snat_chain(),
+            dnat_chain: "repmgr_dnat".into(),
+            snat_chain: "repmgr_snat".into(),
             hold: true,
-            hold_chain: default_hold_chain(),
-            no_primary: default_no_primary(),
+            hold_chain: "repmgr_hold".into(),
+            no_primary: NoPrimary::Hold,
         }
     }
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawState {
-    #[serde(default = "default_state_dir")]
     dir: String,
     lock_timeout: Option<i64>,
 }
 
 impl Default for RawState {
     fn default() -> Self {
-        RawState { dir: default_state_dir(), lock_timeout: None }
+        RawState { dir: "/var/lib/repmgr-nat".into(), lock_timeout: None }
     }
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawWatch {
-    #[serde(default = "default_interval_ms")]
     interval_ms: i64,
-    #[serde(default = "default_watch_dir")]
     dir: String,
     /// An address and port, or `""` / `false` for none.
     metrics: Option<toml::Value>,
@@ -171,27 +165,15 @@ struct RawWatch {
 
 impl Default for RawWatch {
     fn default() -> Self {
-        RawWatch { interval_ms: default_interval_ms(), dir: default_watch_dir(), metrics: None }
+        RawWatch { interval_ms: 250, dir: "/run/repmgr-nat".into(), metrics: None }
     }
 }
 
-fn default_interval_ms() -> i64 {
-    250
-}
-fn default_no_primary() -> NoPrimary {
-    NoPrimary::Hold
-}
-fn default_watch_dir() -> String {
-    "/run/repmgr-nat".into()
-}
 fn default_standby_slot_limit_mb() -> i64 {
     1024
 }
 fn default_open_app() -> OpenApp {
     OpenApp::AfterSlot
-}
-fn default_repmgr_user() -> String {
-    "postgres".into()
 }
 fn default_channel_binding() -> ChannelBinding {
     ChannelBinding::Prefer
@@ -213,18 +195,6 @@ fn default_barman_command() -> String {
 }
 fn default_true() -> bool {
     true
-}
-fn default_dnat_chain() -> String {
-    "repmgr_dnat".into()
-}
-fn default_snat_chain() -> String {
-    "repmgr_snat".into()
-}
-fn default_hold_chain() -> String {
-    "repmgr_hold".into()
-}
-fn default_state_dir() -> String {
-    "/var/lib/repmgr-nat".into()
 }
 
 impl RawBarman {

@@ -88,8 +88,8 @@ impl Hands<'_> {
     }
 
     fn flush_tables(&mut self, proxy: &str, conntrack: bool) {
-        let mut script = "iptables -t nat -F && iptables -t nat -X && iptables -t filter -F && iptables -t filter -X"
-            .to_string();
+        let mut script =
+            "iptables -t nat -F && iptables -t nat -X && iptables -t filter -F && iptables -t filter -X".to_string();
         if conntrack {
             script.push_str(" && conntrack -F");
         }

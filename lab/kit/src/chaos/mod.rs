@@ -229,7 +229,10 @@ fn proxy_names(n: usize) -> &'static [Proxy] {
 /// results.json in `out`. `args.seed` must be set.
 pub fn run_in(session: &Session, args: &Args, out: &Path) -> Results {
     let seed = args.seed.expect("a seed");
-    say(&format!("seed {seed} ({} transitions, {} proxies; replay: lab/chaos --seed {seed})", args.transitions, args.proxies));
+    say(&format!(
+        "seed {seed} ({} transitions, {} proxies; replay: lab/chaos --seed {seed})",
+        args.transitions, args.proxies
+    ));
     let (machine, versions) = machine();
     let repo = crate::lab::repo();
     let mut results = Results {
@@ -299,7 +302,17 @@ impl<'a> Chaos<'a> {
         let config = std::fs::read_to_string(&lab.env["REPMGR_NAT_CONFIG"]).unwrap_or_default();
         let slot_limit_mb = config
             .lines()
-            .find_map(|l| l.split('#').next()?.trim().strip_prefix("standby_slot_limit_mb")?.trim().strip_prefix('=')?.trim().parse().ok())
+            .find_map(|l| {
+                l.split('#')
+                    .next()?
+                    .trim()
+                    .strip_prefix("standby_slot_limit_mb")?
+                    .trim()
+                    .strip_prefix('=')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(1024);
         Chaos {
             lab,
@@ -324,7 +337,15 @@ impl<'a> Chaos<'a> {
 
     /// A time against its limit: past it, a violation; with the bounds, past the target,
     /// a target missed.
-    fn judge_time(&mut self, n: usize, invariant: u8, ms: u64, limit: impl Fn(&Limits) -> u64, what: String, evidence: String) {
+    fn judge_time(
+        &mut self,
+        n: usize,
+        invariant: u8,
+        ms: u64,
+        limit: impl Fn(&Limits) -> u64,
+        what: String,
+        evidence: String,
+    ) {
         if ms > limit(&self.limits) {
             self.violation(n, invariant, format!("{what}: {} ms, limit {} ms", ms, limit(&self.limits)), evidence);
         } else if let Some(target) = self.targets.filter(|t| ms > limit(t)) {
@@ -388,9 +409,19 @@ impl<'a> Chaos<'a> {
             let commands = hands.commands;
             for c in &commands {
                 if c.overran() {
-                    self.violation(n, 4, format!("`lab.sh {}` overran its deadline", c.command), format!("{} ms, deadline {} ms", c.ms, c.deadline_ms));
+                    self.violation(
+                        n,
+                        4,
+                        format!("`lab.sh {}` overran its deadline", c.command),
+                        format!("{} ms, deadline {} ms", c.ms, c.deadline_ms),
+                    );
                 } else if c.failed() {
-                    self.violation(n, 0, format!("`lab.sh {}` failed (exit {})", c.command, c.code), c.said.clone().unwrap_or_default());
+                    self.violation(
+                        n,
+                        0,
+                        format!("`lab.sh {}` failed (exit {})", c.command, c.code),
+                        c.said.clone().unwrap_or_default(),
+                    );
                 }
             }
             let observed = observe(lab);
@@ -419,9 +450,21 @@ impl<'a> Chaos<'a> {
                 Connects::of(&app, end, s.primary.addr()).first_on_primary_ms
             });
             if let Some(ms) = app_on_primary_ms {
-                self.judge_time(n, 5, ms, |l| l.converge_ms, "the application port answered from the legitimate primary".into(), format!("first unheld answer from it begun {ms} ms after the end"));
+                self.judge_time(
+                    n,
+                    5,
+                    ms,
+                    |l| l.converge_ms,
+                    "the application port answered from the legitimate primary".into(),
+                    format!("first unheld answer from it begun {ms} ms after the end"),
+                );
             } else if after.is_some() {
-                self.violation(n, 5, "the application port never answered from the legitimate primary".into(), format!("{} s of connects after the end", SETTLE.as_secs()));
+                self.violation(
+                    n,
+                    5,
+                    "the application port never answered from the legitimate primary".into(),
+                    format!("{} s of connects after the end", SETTLE.as_secs()),
+                );
             }
             self.wrong_nodes(&clients);
             let result = TransitionResult {
@@ -529,7 +572,8 @@ impl<'a> Chaos<'a> {
         if let Some((began, said)) = last_bad {
             let late = (began - end).saturating_sub(BARMAN_START_MS);
             if late > 0 {
-                let what = format!("barman streamed (limit plus {} s for receive-wal to start)", BARMAN_START_MS / 1000);
+                let what =
+                    format!("barman streamed (limit plus {} s for receive-wal to start)", BARMAN_START_MS / 1000);
                 let evidence = format!("a status begun {} ms after the end said: {said}", began - end);
                 self.judge_time(n, 5, late, |l| l.converge_ms, what, evidence);
             }
@@ -582,7 +626,12 @@ impl<'a> Chaos<'a> {
             let said = lab
                 .try_sql(primary, "select application_name, client_addr, state, sent_lsn, write_lsn, reply_time from pg_stat_replication")
                 .unwrap_or_else(|e| e);
-            self.violation(n, 3, format!("barman did not receive {primary}'s WAL up to {now} within 15 s"), said.replace('\n', "; "));
+            self.violation(
+                n,
+                3,
+                format!("barman did not receive {primary}'s WAL up to {now} within 15 s"),
+                said.replace('\n', "; "),
+            );
         }
     }
 
@@ -616,11 +665,23 @@ impl<'a> Chaos<'a> {
             match run.end {
                 Some(end) => {
                     self.events_judged.insert(key);
-                    self.judge_time(during, 4, end.ms, |l| l.event_ms, format!("repmgr waited on {}", run.summary()), run.output.join(" | "));
+                    self.judge_time(
+                        during,
+                        4,
+                        end.ms,
+                        |l| l.event_ms,
+                        format!("repmgr waited on {}", run.summary()),
+                        run.output.join(" | "),
+                    );
                 }
                 None if last => {
                     self.events_judged.insert(key);
-                    self.violation(during, 4, format!("a handler run never ended: {}", run.summary()), run.output.join(" | "));
+                    self.violation(
+                        during,
+                        4,
+                        format!("a handler run never ended: {}", run.summary()),
+                        run.output.join(" | "),
+                    );
                 }
                 None => {}
             }
@@ -639,7 +700,13 @@ impl<'a> Chaos<'a> {
         for (at, evidence) in check::wrong_nodes(&app, &[&nodes[0], &nodes[1]]) {
             if self.wrong_seen.insert(at) {
                 let during = self.transition_at(at).unwrap_or(0);
-                let v = Violation { at_ms: at, transition: during, invariant: 1, what: "a wrong node answered through the application port".into(), evidence };
+                let v = Violation {
+                    at_ms: at,
+                    transition: during,
+                    invariant: 1,
+                    what: "a wrong node answered through the application port".into(),
+                    evidence,
+                };
                 say(&v.line());
                 self.results.violations.push(v);
             }
@@ -765,7 +832,8 @@ pub fn report(r: &Results) -> String {
     }
     let spread = |f: &dyn Fn(&TransitionResult) -> Option<u64>| {
         let v: Vec<f64> = r.transitions.iter().filter_map(f).map(|ms| ms as f64 / 1000.0).collect();
-        Spread::of(&v).map_or("-".into(), |s| format!("median {:.2} s, p90 {:.2} s, max {:.2} s", s.median, s.p90, s.max))
+        Spread::of(&v)
+            .map_or("-".into(), |s| format!("median {:.2} s, p90 {:.2} s, max {:.2} s", s.median, s.p90, s.max))
     };
     let failed: usize = r.transitions.iter().map(|t| t.connects.failed).sum();
     let held: usize = r.transitions.iter().map(|t| t.connects.held).sum();

@@ -167,7 +167,12 @@ impl Transition {
                 format!("{} ({}) frozen {:.1} s", node.name(), role(node), ms as f64 / 1000.0)
             }
             Kind::Partition { node } => {
-                format!("{} ({}) cut off from the proxies {:.1} s", node.name(), role(node), PARTITION_MS as f64 / 1000.0)
+                format!(
+                    "{} ({}) cut off from the proxies {:.1} s",
+                    node.name(),
+                    role(node),
+                    PARTITION_MS as f64 / 1000.0
+                )
             }
             Kind::ReceiveWalStop => "barman's receive-wal stopped".to_string(),
             Kind::TablesFlush { proxy } => format!("{proxy}'s nat and filter tables flushed"),

@@ -1,5 +1,6 @@
-//! The metrics' adapters: the small file in `watch.dir` where every `repmgr-nat event`
-//! counts itself, and the HTTP listener `watch` serves `GET /metrics` on.
+//! The Prometheus exporter, serving what `core::metrics` computes: the small file in
+//! `watch.dir` where every `repmgr-nat event` counts itself, and the HTTP listener `watch`
+//! serves `GET /metrics` on.
 //!
 //! The listener is a thread of its own that answers a few connections at once, each on a
 //! thread of its own within a deadline and from a request of bounded size: a local user who

@@ -1,62 +1,75 @@
-// The man pages and the shell completions, generated from the command line's own clap
-// definitions (src/cli.rs) and from the README's reference tables (src/manual.rs reads
-// them), so that none of them is a second copy to keep up to date by hand.
-//
-// They are written to OUT_DIR, and copied to target/generated/ under the package: cargo
-// gives OUT_DIR a hashed name no packaging tool can name, and cargo-deb's assets
-// (Cargo.toml, [package.metadata.deb]) need a path that stays the same.
+//! `repmgr-nat generate DIR`: the man pages and the shell completions, rendered by the
+//! program itself from its own command line (`cli.rs`) and from the README's reference
+//! tables (`manual.rs` reads them), so that none of them is a second copy to keep up to date
+//! by hand. `packaging/deb` runs it before it builds the package. It is the packaging's,
+//! not a user's: outside the command line the pages and the completions show.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::{env, fs};
+use std::process::ExitCode;
 
-use clap::CommandFactory;
+use anyhow::{Context, Result};
+use clap::{CommandFactory, Parser};
 use clap_complete::Shell;
 use roff::{Roff, bold, italic, roman};
 
-#[allow(dead_code)]
-mod cli {
-    include!("src/cli.rs");
-}
-
-#[allow(dead_code)]
-mod manual {
-    include!("src/manual.rs");
-}
+use crate::cli::Cli;
+use crate::manual;
 
 const NAME: &str = "repmgr-nat";
 
-fn main() -> io::Result<()> {
-    for input in ["build.rs", "src/cli.rs", "src/manual.rs", "README.md"] {
-        println!("cargo::rerun-if-changed={input}");
-    }
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let (man, completions) = (out.join("man"), out.join("completions"));
-    fs::create_dir_all(&man)?;
-    fs::create_dir_all(&completions)?;
+/// Writes the man pages (DIR/man) and the shell completions (DIR/completions).
+#[derive(Parser)]
+#[command(name = "repmgr-nat generate")]
+struct Args {
+    /// Where to write them
+    dir: PathBuf,
+}
 
-    let cmd = cli::Cli::command();
+/// `repmgr-nat generate DIR`.
+pub fn main() -> ExitCode {
+    crate::logging::init(log::LevelFilter::Info);
+    let name = std::ffi::OsString::from("repmgr-nat generate");
+    let args = Args::parse_from(std::iter::once(name).chain(std::env::args_os().skip(2)));
+    match write(&args.dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("generate: {e:#}");
+            ExitCode::from(crate::exit::FAILED)
+        }
+    }
+}
+const README: &str = include_str!("../README.md");
+
+/// Writes `dir/man/*.1` (one page per command, and the main page) and
+/// `dir/completions/` (bash, zsh, fish).
+pub fn write(dir: &Path) -> Result<()> {
+    let (man, completions) = (dir.join("man"), dir.join("completions"));
+    for dir in [&man, &completions] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let cmd = Cli::command();
     // one page per command (repmgr-nat-route.1, ...), then the main page over clap's own
-    clap_mangen::generate_to(cmd.clone(), &man)?;
-    let readme = fs::read_to_string("README.md")?;
-    let mut page = Vec::new();
-    main_page(&clap_mangen::Man::new(cmd.clone().disable_help_subcommand(true)), &readme, &mut page)?;
-    fs::write(man.join(format!("{NAME}.1")), page)?;
-
+    clap_mangen::generate_to(cmd.clone(), &man).with_context(|| format!("cannot write into {}", man.display()))?;
+    let path = man.join(format!("{NAME}.1"));
+    std::fs::write(&path, main_page()?).with_context(|| format!("cannot write {}", path.display()))?;
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-        clap_complete::generate_to(shell, &mut cmd.clone(), NAME, &completions)?;
-    }
-
-    let stable = Path::new(&env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("target/generated");
-    for dir in ["man", "completions"] {
-        copy_dir(&out.join(dir), &stable.join(dir))?;
+        clap_complete::generate_to(shell, &mut cmd.clone(), NAME, &completions)
+            .with_context(|| format!("cannot write into {}", completions.display()))?;
     }
     Ok(())
 }
 
+/// The main page, `repmgr-nat.1`.
+pub fn main_page() -> Result<Vec<u8>> {
+    let mut page = Vec::new();
+    render_main_page(&clap_mangen::Man::new(Cli::command().disable_help_subcommand(true)), README, &mut page)?;
+    Ok(page)
+}
+
 /// clap's sections (name, synopsis, description, options, commands), then what only the
 /// README knows: the configuration keys, the exit codes, the files.
-fn main_page(man: &clap_mangen::Man, readme: &str, w: &mut dyn Write) -> io::Result<()> {
+fn render_main_page(man: &clap_mangen::Man, readme: &str, w: &mut dyn Write) -> io::Result<()> {
     man.render_title(w)?;
     man.render_name_section(w)?;
     man.render_synopsis_section(w)?;
@@ -121,13 +134,4 @@ fn main_page(man: &clap_mangen::Man, readme: &str, w: &mut dyn Write) -> io::Res
 /// A README cell as roff text: code spans in bold.
 fn inline(cell: &str) -> Vec<roff::Inline> {
     manual::spans(cell).into_iter().map(|(text, code)| if code { bold(text) } else { roman(text) }).collect()
-}
-
-fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
-    fs::create_dir_all(to)?;
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        fs::copy(entry.path(), to.join(entry.file_name()))?;
-    }
-    Ok(())
 }

@@ -1,0 +1,198 @@
+//! `repmgr-nat check`: gathers what `core::check` judges, through the adapters the other
+//! commands use, every probe on a deadline and the slow ones at once. As repmgr's OS user
+//! it asks the nodes (with that user's password file) and sudo for itself; as root it
+//! asks sudo for that user, barman for its server and reads the whole nat table.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::adapters::{Adapters, Ctx};
+use crate::app;
+use crate::clock::now_ms;
+use crate::core::check::{self, BarmanServer, Facts, Sudo, SudoAnswer};
+use crate::core::config::{self, Config};
+use crate::effects::exec::{self, Cmd};
+use crate::effects::firewall::{self, Firewall, Iptables};
+use crate::effects::nat::{self, NatSwitch, ViaSudo};
+use crate::effects::privilege::{self, OsUser};
+use crate::effects::state::StateDir;
+use crate::effects::{barman, watch_file};
+
+/// How long sudo may take to judge one command line, or systemctl to say a unit's state.
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `barman show-server` may take (it asks PostgreSQL too).
+const BARMAN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
+    let cfg = &ctx.cfg;
+    let path = path.unwrap_or(Path::new(config::DEFAULT_PATH));
+    // SAFETY: geteuid cannot fail and has no side effects.
+    let uid = unsafe { libc::geteuid() };
+    let user = OsUser::named(&cfg.repmgr_user).ok();
+    let facts = std::thread::scope(|s| {
+        let sudo = s.spawn(|| sudo(cfg, ctx.root, user.as_ref().filter(|u| ctx.root || u.uid == uid)));
+        let nodes = s.spawn(|| (!ctx.root).then(|| nodes(ctx)).transpose());
+        let barman = s.spawn(|| cfg.barman.as_ref().filter(|_| ctx.root).map(barman_server));
+        let live = s.spawn(|| live(ctx));
+        let nat_save = s.spawn(|| ctx.root.then(|| Iptables.save().map_err(|e| format!("{e:#}"))));
+        let state = StateDir::new(&cfg.state.dir);
+        // its age is measured when it is read, not once the slower probes are done
+        let (report, now_ms) = (watch_file::read(cfg), now_ms());
+        Ok::<_, anyhow::Error>(Facts {
+            config_path: path.to_path_buf(),
+            config_trusted: trusted(path),
+            sudo: Some(sudo.join().expect("sudo")),
+            state: state.check().map_err(|e| format!("{e:#}")),
+            torn_down: state.torn_down(),
+            watch_running: report.as_ref().is_some_and(|r| watch_file::runs(r.pid)),
+            watch: report,
+            now_ms,
+            nodes: nodes.join().expect("nodes")?,
+            barman: barman.join().expect("barman"),
+            units: units(),
+            tools: ["iptables-save", "iptables-restore", "conntrack", "sudo"]
+                .map(|tool| (tool.to_string(), exec::system_tool(tool).is_file()))
+                .to_vec(),
+            forwarding: firewall::forwarding().map_err(|e| format!("{e:#}")),
+            live: live.join().expect("live"),
+            nat_save: nat_save.join().expect("nat"),
+        })
+    })?;
+    let report = check::assess(cfg, &facts);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    if !ctx.root {
+        log::debug!("as root, check also asks barman and reads the whole nat table: sudo repmgr-nat check");
+    }
+    match report.failed() {
+        0 => Ok(()),
+        n => Err(anyhow::anyhow!("check: {n} of {} checks failed", report.checks.len())),
+    }
+}
+
+/// Where systemd runs: what `systemctl is-enabled` says of the package's units.
+fn units() -> Option<Vec<(String, String)>> {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return None;
+    }
+    let state = |unit: &str| {
+        let cmd = Cmd::new(exec::system_tool("systemctl")).args(["is-enabled", unit]);
+        match exec::run_status(&cmd, None, ASK_TIMEOUT) {
+            Ok(out) => out.stdout.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("not installed").to_string(),
+            Err(e) => format!("unknown ({e})"),
+        }
+    };
+    let units = ["repmgr-nat-setup.service", "repmgr-nat-watch.service"];
+    Some(units.iter().map(|unit| (unit.to_string(), state(unit))).collect())
+}
+
+/// The config file as the root step opens it.
+fn trusted(path: &Path) -> Result<(), String> {
+    privilege::open_trusted(path, &[0], 1 << 20)
+        .and_then(|_| privilege::check_ancestors(path))
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// sudo's answer for every command line repmgr's OS user runs through it: as root for
+/// that user (`sudo -l -U`), as that user for itself (`sudo -l`), all at once.
+fn sudo(cfg: &Config, root: bool, user: Option<&OsUser>) -> Result<Sudo, String> {
+    let Some(user) = user else {
+        return Err(match OsUser::named(&cfg.repmgr_user) {
+            Err(e) => format!("{e:#} (repmgr.user in the config): name the OS user repmgr runs as"),
+            Ok(_) => format!(
+                "check runs neither as root nor as repmgr.user ({}), whose grants these are: run it as one of them",
+                cfg.repmgr_user
+            ),
+        });
+    };
+    let asked: Vec<(bool, SudoAnswer)> = std::thread::scope(|s| {
+        let asking: Vec<_> = app::sudo_commands(cfg)
+            .into_iter()
+            .map(|cmd| {
+                s.spawn(move || {
+                    let route = cmd.args.iter().any(|a| a == nat::INSTALLED_PATH);
+                    let list = match root {
+                        true => app::sudo_list(&user.name, &cmd),
+                        false => own_list(&cmd),
+                    };
+                    let refused = match exec::run_status(&list, None, ASK_TIMEOUT) {
+                        Ok(out) if out.status.success() => None,
+                        Ok(out) => Some(
+                            out.stderr.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("refused").to_string(),
+                        ),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    let words = cmd.args.strip_prefix(&["-n".to_string()]).unwrap_or(&cmd.args).join(" ");
+                    (route, SudoAnswer { command: format!("sudo {words}"), refused })
+                })
+            })
+            .collect();
+        asking.into_iter().map(|t| t.join().expect("sudo -l")).collect()
+    });
+    let (route, barman): (Vec<_>, Vec<_>) = asked.into_iter().partition(|(route, _)| *route);
+    Ok(Sudo {
+        user: user.name.clone(),
+        program: nat::INSTALLED_PATH.to_string(),
+        route: route.into_iter().map(|(_, a)| a).collect(),
+        barman: barman.into_iter().map(|(_, a)| a).collect(),
+    })
+}
+
+/// `sudo -n -l ...`: whether sudo lets this user run a `sudo -n ...` command line.
+fn own_list(cmd: &Cmd) -> Cmd {
+    let words = cmd.args.strip_prefix(&["-n".to_string()]).unwrap_or(&cmd.args);
+    Cmd::new(cmd.program.clone()).args(["-n", "-l"]).args(words.iter().cloned())
+}
+
+/// Every node's settings, asked as the other commands ask them (this user's password
+/// file, `postgres.connect_timeout`).
+fn nodes(ctx: &Ctx) -> Result<Vec<(config::Node, Result<check::NodeSettings, crate::core::view::Answer>)>> {
+    Ok(Adapters::new(ctx).cluster()?.settings())
+}
+
+/// `barman show-server`: `\tkey: value` lines under `Server <name>:`.
+fn barman_server(cfg: &config::Barman) -> Result<BarmanServer, String> {
+    let cmd = barman::show_server_cmd(cfg);
+    let out = exec::run_status(&cmd, None, BARMAN_TIMEOUT).map_err(|e| e.to_string())?;
+    let settings: std::collections::BTreeMap<String, String> = out
+        .stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix('\t')?.split_once(": "))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    if !out.status.success() || !settings.contains_key("conninfo") {
+        let said = out.stdout.lines().chain(out.stderr.lines()).map(str::trim).find(|l| !l.is_empty());
+        return Err(format!("{cmd}: {}", said.unwrap_or("no settings printed")));
+    }
+    let check = barman_check(cfg);
+    Ok(BarmanServer { settings, file: check::barman_file(&cfg.server, |p| p.is_file()), check })
+}
+
+/// `barman check`: the lines that say FAILED (`\t<what>: FAILED (why)`).
+fn barman_check(cfg: &config::Barman) -> Result<Vec<String>, String> {
+    let cmd = barman::check_cmd(cfg);
+    let out = exec::run_status(&cmd, None, BARMAN_TIMEOUT).map_err(|e| e.to_string())?;
+    let failed: Vec<String> =
+        out.stdout.lines().map(str::trim).filter(|l| l.contains(": FAILED")).map(str::to_string).collect();
+    match (out.status.success(), failed.is_empty()) {
+        (false, true) => {
+            let said = out.stdout.lines().chain(out.stderr.lines()).map(str::trim).find(|l| !l.is_empty());
+            Err(format!("{cmd}: {}", said.unwrap_or("failed")))
+        }
+        _ => Ok(failed),
+    }
+}
+
+/// Our chains: read by root itself, through `sudo route --show` otherwise (as watch does).
+fn live(ctx: &Ctx) -> Result<crate::core::ruleset::Live, String> {
+    let read = match ctx.root {
+        true => Adapters::new(ctx).direct(|direct| direct.live()),
+        false => ViaSudo { cfg: &ctx.cfg }.live(),
+    };
+    read.map_err(|e| format!("{e:#}"))
+}

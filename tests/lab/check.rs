@@ -1,0 +1,131 @@
+//! `repmgr-nat check` against the real deployment: watch not started yet is named; then
+//! every line OK on a clean lab with watch running, as postgres and as root; then misconfigurations made for real, each named in the output
+//! with what to change, and each repaired (also when the test fails half-way).
+
+use std::time::Duration;
+
+use crate::common::{CONVERGE, Lab, PROXY, Restore};
+
+/// Far more than check takes: every probe has a deadline of its own.
+const BOUNDED: Duration = Duration::from_secs(90);
+const BARMAN_CONF: &str = "/etc/barman.d/main_backup.conf";
+
+/// `check` as `user`: its exit code and lines.
+fn check(lab: &Lab, user: &str) -> (i32, Vec<String>) {
+    let run = lab.repmgr_nat_within(BOUNDED, user, &["check"]);
+    assert!(run.code == 0 || run.code == 1, "check as {user} exited {}:\n{}{}", run.code, run.stdout, run.stderr);
+    (run.code, run.stdout.lines().map(str::to_string).collect())
+}
+
+#[track_caller]
+fn all_ok(lab: &Lab, user: &str) {
+    let (code, lines) = check(lab, user);
+    let text = lines.join("\n");
+    assert_eq!(code, 0, "check as {user}:\n{text}");
+    assert!(lines.len() >= 8 && lines.iter().all(|l| l.starts_with("OK  ")), "check as {user}:\n{text}");
+}
+
+/// The one FAILED line of `check` as `user` that starts with `start`; it must exit 1.
+#[track_caller]
+fn failed(lab: &Lab, user: &str, start: &str) -> String {
+    let (code, lines) = check(lab, user);
+    let text = lines.join("\n");
+    assert_eq!(code, 1, "check as {user}:\n{text}");
+    let found: Vec<&String> = lines.iter().filter(|l| l.starts_with(&format!("FAILED  {start}"))).collect();
+    assert_eq!(found.len(), 1, "one line FAILED  {start}... as {user}:\n{text}");
+    found[0].clone()
+}
+
+#[track_caller]
+fn ok_line(lab: &Lab, user: &str, start: &str) {
+    let (_, lines) = check(lab, user);
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!("OK  {start}"))),
+        "OK  {start} as {user}:\n{}",
+        lines.join("\n")
+    );
+}
+
+/// Runs `undo` (lab.sh ARGS) when it goes, also when the test fails half-way.
+struct Undo<'a>(&'a Lab, Vec<String>);
+
+impl<'a> Undo<'a> {
+    fn new(lab: &'a Lab, args: &[&str]) -> Undo<'a> {
+        Undo(lab, args.iter().map(|a| a.to_string()).collect())
+    }
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        let args: Vec<&str> = self.1.iter().map(String::as_str).collect();
+        let run = self.0.lab(&args);
+        if run.code != 0 {
+            eprintln!("lab.sh {:?} failed: {}", self.1, run.stderr);
+        }
+    }
+}
+
+#[test]
+fn check_is_all_ok_on_a_clean_lab_and_names_each_misconfiguration() {
+    let lab = Lab::up();
+    // watch is not started yet: named, with what to do
+    let line = failed(&lab, "postgres", "watch runs and its last pass is fresh: ");
+    assert!(line.contains("watch.json: watch does not run here; systemctl enable --now repmgr-nat-watch"), "{line}");
+    lab.ok(&["watch", "start"]);
+    lab.wait_until("watch passes", CONVERGE, || lab.watch_passes() > 2);
+    all_ok(&lab, "postgres");
+    all_ok(&lab, "root");
+
+    // barman's slot_name differs from barman.slot (as root: barman is asked)
+    {
+        let _conf = Restore::file(BARMAN_CONF);
+        let text = std::fs::read_to_string(BARMAN_CONF).unwrap();
+        assert!(text.contains("slot_name = barman\n"), "{text}");
+        std::fs::write(BARMAN_CONF, text.replace("slot_name = barman\n", "slot_name = barman_other\n")).unwrap();
+        let line = failed(&lab, "root", "barman slot_name is barman.slot (barman): ");
+        assert!(
+            line.contains(&format!("slot_name = barman_other in {BARMAN_CONF}, but repmgr-nat keeps the slot barman")),
+            "{line}"
+        );
+    }
+    ok_line(&lab, "root", "barman slot_name is barman.slot (barman)");
+
+    // forwarding off in the proxy's namespace
+    {
+        let _on = Undo::new(&lab, &["exec", "proxy", "--", "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        lab.ok(&["exec", "proxy", "--", "sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+        let line = failed(&lab, "postgres", "net.ipv4.ip_forward = 1: ");
+        assert!(line.contains("it is 0: the proxy forwards nothing"), "{line}");
+    }
+    ok_line(&lab, "postgres", "net.ipv4.ip_forward = 1");
+
+    // another tool's DNAT for the application port, before our jump
+    let shadow = format!("-d {PROXY}/32 -p tcp -m tcp --dport 54322 -j DNAT --to-destination 198.51.100.12:5432");
+    {
+        let rule = |op: &str| -> Vec<String> {
+            let head = ["exec", "proxy", "--", "iptables", "-t", "nat", op, "PREROUTING"].map(String::from);
+            let at = if op == "-I" { vec!["1".to_string()] } else { vec![] };
+            head.into_iter().chain(at).chain(shadow.split(' ').map(String::from)).collect()
+        };
+        lab.ok(&rule("-I").iter().map(String::as_str).collect::<Vec<_>>());
+        let _gone = Undo(&lab, rule("-D"));
+        let line =
+            failed(&lab, "root", "nothing in PREROUTING or OUTPUT before the jump to repmgr_dnat takes our ports: ");
+        assert!(line.contains(&format!("\"-A PREROUTING {shadow}\" comes first")), "{line}");
+        assert!(line.ends_with(&format!("remove it (iptables -t nat -D PREROUTING {shadow})")), "{line}");
+    }
+    ok_line(&lab, "root", "nothing in PREROUTING or OUTPUT before the jump to repmgr_dnat takes our ports");
+
+    // the role without pg_read_all_stats (revoked on the primary, replicated to the standby)
+    {
+        let _grant = Undo::new(&lab, &["psql", "db1", "GRANT pg_read_all_stats TO repmgr_nat"]);
+        lab.sql("db1", "REVOKE pg_read_all_stats FROM repmgr_nat");
+        let line =
+            failed(&lab, "postgres", "node 1: role repmgr_nat has REPLICATION, pg_signal_backend, pg_read_all_stats: ");
+        assert!(line.ends_with("missing; on the primary run: GRANT pg_read_all_stats TO repmgr_nat"), "{line}");
+    }
+
+    // everything repaired: all OK again, both ways
+    all_ok(&lab, "postgres");
+    all_ok(&lab, "root");
+}
