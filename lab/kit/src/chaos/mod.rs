@@ -830,6 +830,26 @@ pub fn report(r: &Results) -> String {
             out.push_str(&format!("- {}\n", v.line()));
         }
     }
+    // by kind: how many, and the worst of each figure
+    let mut kinds: Vec<&str> = r.transitions.iter().map(|t| t.transition.kind_name()).collect();
+    kinds.sort();
+    kinds.dedup();
+    out.push_str("\n| kind | n | without a primary, max (s) | connects failed / held | status 0, max (s) | app on primary, max (s) | barman OK, max (s) |\n");
+    out.push_str("|---|---|---|---|---|---|---|\n");
+    for kind in kinds {
+        let of: Vec<&TransitionResult> = r.transitions.iter().filter(|t| t.transition.kind_name() == kind).collect();
+        let max = |f: &dyn Fn(&TransitionResult) -> Option<u64>| ms(of.iter().filter_map(|t| f(t)).max());
+        out.push_str(&format!(
+            "| {kind} | {} | {} | {} / {} | {} | {} | {} |\n",
+            of.len(),
+            max(&|t| Some(t.without_primary_ms)),
+            of.iter().map(|t| t.connects.failed).sum::<usize>(),
+            of.iter().map(|t| t.connects.held).sum::<usize>(),
+            max(&|t| t.status_ok_ms),
+            max(&|t| t.app_on_primary_ms),
+            max(&|t| t.barman_ok_ms)
+        ));
+    }
     let spread = |f: &dyn Fn(&TransitionResult) -> Option<u64>| {
         let v: Vec<f64> = r.transitions.iter().filter_map(f).map(|ms| ms as f64 / 1000.0).collect();
         Spread::of(&v)

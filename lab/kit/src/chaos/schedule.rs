@@ -183,6 +183,24 @@ impl Transition {
         if self.events_dropped { format!("{what}, every event dropped") } else { what }
     }
 
+    /// The kind's name, for figures by kind.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            Kind::Failover => "failover",
+            Kind::Switchover => "switchover",
+            Kind::Promote => "manual promote",
+            Kind::Rejoin { clone: false } => "rejoin",
+            Kind::Rejoin { clone: true } => "rejoin by a clone",
+            Kind::Freeze { .. } => "frozen node",
+            Kind::Partition { .. } => "partition",
+            Kind::ReceiveWalStop => "receive-wal stopped",
+            Kind::TablesFlush { .. } => "tables flushed",
+            Kind::WatchKill { .. } => "watch killed",
+            Kind::ProxyReboot { .. } => "proxy reboot",
+            Kind::HolderDown => "the holder's death",
+        }
+    }
+
     /// Whether the primary changes (what a dropped event matters for).
     pub fn promotes(&self) -> bool {
         matches!(self.kind, Kind::Failover | Kind::Switchover | Kind::Promote)
