@@ -11,6 +11,7 @@ use anyhow::Result;
 use crate::adapters::{Adapters, Ctx};
 use crate::app;
 use crate::clock::now_ms;
+use crate::core::check::two_proxies::{self, Daemons, Keepalived, TwoProxies};
 use crate::core::check::{self, BarmanServer, Facts, Sudo, SudoAnswer};
 use crate::core::config::{self, Config};
 use crate::effects::exec::{self, Cmd};
@@ -58,6 +59,7 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
             forwarding: firewall::forwarding().map_err(|e| format!("{e:#}")),
             live: live.join().expect("live"),
             nat_save: nat_save.join().expect("nat"),
+            two_proxies: cfg.own_address.map(|_| two_proxies(ctx.root)),
         })
     })?;
     let report = check::assess(cfg, &facts);
@@ -186,6 +188,66 @@ fn barman_check(cfg: &config::Barman) -> Result<Vec<String>, String> {
         }
         _ => Ok(failed),
     }
+}
+
+/// keepalived, conntrackd (as root) and the kernel's conntrack settings of this network
+/// namespace.
+fn two_proxies(root: bool) -> TwoProxies {
+    let sysctl = |name: &str| {
+        let path = format!("/proc/sys/net/netfilter/{name}");
+        std::fs::read_to_string(&path)
+            .map(|v| v.trim().to_string())
+            .map_err(|e| format!("cannot read {path}: {e} (is the nf_conntrack module loaded?)"))
+    };
+    TwoProxies {
+        daemons: root.then(daemons),
+        tcp_loose: sysctl("nf_conntrack_tcp_loose"),
+        be_liberal: sysctl("nf_conntrack_tcp_be_liberal"),
+    }
+}
+
+/// The keepalived and conntrackd processes of this network namespace, from /proc (the
+/// lowest pid of each: keepalived's children share its command line), and the config
+/// keepalived reads, through the process's own root (its mount namespace).
+fn daemons() -> Daemons {
+    let ours = std::fs::read_link("/proc/self/ns/net").ok();
+    let mut found: Vec<(u32, String)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            let comm = comm.trim();
+            let here = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+            (["keepalived", "conntrackd"].contains(&comm) && here.is_some() && here == ours)
+                .then(|| (pid, comm.to_string()))
+        })
+        .collect();
+    found.sort();
+    let first = |name: &str| found.iter().find(|(_, comm)| comm == name).map(|(pid, _)| *pid);
+    let keepalived = first("keepalived").map(|pid| {
+        let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .filter(|w| !w.is_empty())
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect();
+        let config = two_proxies::keepalived_config(&argv);
+        let base = if config.is_absolute() { "root" } else { "cwd" };
+        let through = Path::new(&format!("/proc/{pid}/{base}")).join(config.strip_prefix("/").unwrap_or(&config));
+        let text = read_small(&through).map_err(|e| format!("{}: {e}", config.display()));
+        Keepalived { pid, config, text }
+    });
+    Daemons { keepalived, conntrackd: first("conntrackd") }
+}
+
+/// A text file of at most 1 MB.
+fn read_small(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(1 << 20).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Our chains: read by root itself, through `sudo route --show` otherwise (as watch does).

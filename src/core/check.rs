@@ -14,6 +14,8 @@ use crate::core::ruleset::{self, Live};
 use crate::core::view::Answer;
 use crate::core::watch_json::WatchReport;
 
+pub mod two_proxies;
+
 /// The version of the JSON document `check --json` prints; it grows when a field's
 /// meaning changes, not when a field is added.
 pub const JSON_VERSION: u32 = 1;
@@ -170,6 +172,8 @@ pub struct Facts {
     pub live: Result<Live, String>,
     /// The nat table in whole (root only): for rules that shadow our jumps.
     pub nat_save: Option<Result<String, String>>,
+    /// With `proxy.own_address`: keepalived, conntrackd and the kernel's conntrack settings.
+    pub two_proxies: Option<two_proxies::TwoProxies>,
 }
 
 /// The verdicts, in the order an operator fixes things.
@@ -199,6 +203,9 @@ pub fn assess(cfg: &Config, facts: &Facts) -> Report {
     }
     checks.push(tools_line(&facts.tools));
     checks.push(forwarding_line(&facts.forwarding));
+    if let (Some(_), Some(found)) = (cfg.own_address, &facts.two_proxies) {
+        checks.extend(two_proxies::lines(cfg.proxy, found));
+    }
     checks.extend(chain_lines(cfg, &facts.live));
     if let Some(save) = &facts.nat_save {
         checks.push(shadow_line(cfg, save));
@@ -736,12 +743,15 @@ mod tests {
         }
     }
 
-    fn verify_full() -> Config {
-        Config::parse(&EXAMPLE.replace(
+    fn verify_full_text() -> String {
+        EXAMPLE.replace(
             "dbname = \"postgres\"",
             "dbname = \"postgres\"\nsslmode = \"verify-full\"\nsslrootcert = \"/etc/ssl/ca.crt\"",
-        ))
-        .unwrap()
+        )
+    }
+
+    fn verify_full() -> Config {
+        Config::parse(&verify_full_text()).unwrap()
     }
 
     fn server() -> BarmanServer {
@@ -789,6 +799,7 @@ mod tests {
                 "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j repmgr_dnat\n-A OUTPUT -j repmgr_dnat\nCOMMIT\n"
                     .to_string(),
             )),
+            two_proxies: None,
         }
     }
 
@@ -1209,6 +1220,39 @@ mod tests {
         let text = line(&verify_full(), &facts, "nothing in PREROUTING");
         assert!(text.starts_with(&format!("FAILED  nothing in PREROUTING or OUTPUT before the jump to repmgr_dnat takes our ports: \"{shadow}\" comes first")), "{text}");
         assert!(text.ends_with(&format!("remove it (iptables -t nat -D {})", &shadow[3..])), "{text}");
+    }
+
+    #[test]
+    fn the_two_proxy_lines_come_only_with_own_address_after_forwarding() {
+        use two_proxies::{Daemons, TwoProxies};
+        let mut facts = clean();
+        facts.two_proxies = Some(TwoProxies {
+            daemons: Some(Daemons { keepalived: None, conntrackd: Some(41) }),
+            tcp_loose: Ok("1".into()),
+            be_liberal: Ok("1".into()),
+        });
+        let alone = assess(&verify_full(), &facts).to_text();
+        assert!(
+            !alone.contains("keepalived") && !alone.contains("conntrackd") && !alone.contains("nf_conntrack"),
+            "{alone}"
+        );
+        let own =
+            verify_full_text().replace("address = \"10.8.3.1\"", "address = \"10.8.3.1\"\nown_address = \"10.8.3.2\"");
+        let cfg = Config::parse(&own).unwrap();
+        facts.live = Ok(Live::installed(&cfg, Route::new(node(1), Open::All)));
+        let report = assess(&cfg, &facts);
+        let names: Vec<&str> = report.checks.iter().map(|l| l.name.as_str()).collect();
+        let at = names.iter().position(|n| *n == "net.ipv4.ip_forward = 1").unwrap();
+        assert_eq!(
+            names[at + 1..at + 5],
+            [
+                "keepalived runs here",
+                "conntrackd runs here",
+                "net.netfilter.nf_conntrack_tcp_be_liberal = 1",
+                "net.netfilter.nf_conntrack_tcp_loose = 1"
+            ]
+        );
+        assert_eq!(report.failed(), 1, "{}", report.to_text());
     }
 
     #[test]
