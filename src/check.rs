@@ -41,6 +41,8 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
         let state = StateDir::new(&cfg.state.dir);
         // its age is measured when it is read, not once the slower probes are done
         let (report, now_ms) = (watch_file::read(cfg), now_ms());
+        let nodes = nodes.join().expect("nodes")?;
+        let hosts = nodes.as_ref().map(|nodes| check::repmgr_hosts(cfg, nodes)).unwrap_or_default();
         Ok::<_, anyhow::Error>(Facts {
             config_path: path.to_path_buf(),
             config_trusted: trusted(path),
@@ -50,7 +52,8 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
             watch_running: report.as_ref().is_some_and(|r| watch_file::runs(r.pid)),
             watch: report,
             now_ms,
-            nodes: nodes.join().expect("nodes")?,
+            resolved: resolve(hosts, cfg.postgres.connect_timeout),
+            nodes,
             barman: barman.join().expect("barman"),
             units: units(),
             tools: ["iptables-save", "iptables-restore", "conntrack", "sudo"]
@@ -188,6 +191,42 @@ fn barman_check(cfg: &config::Barman) -> Result<Vec<String>, String> {
         }
         _ => Ok(failed),
     }
+}
+
+/// The IPv4 addresses of each host name, all looked up at once within `deadline`: a name
+/// not resolved by then has none (its lookup is left to end on its own).
+fn resolve(hosts: Vec<String>, deadline: Duration) -> std::collections::BTreeMap<String, Vec<std::net::Ipv4Addr>> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let asked = hosts.len();
+    for host in hosts {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let addrs: Vec<std::net::Ipv4Addr> = (host.as_str(), 0)
+                .to_socket_addrs()
+                .map(|addrs| {
+                    addrs
+                        .filter_map(|a| match a {
+                            SocketAddr::V4(v4) => Some(*v4.ip()),
+                            SocketAddr::V6(_) => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = tx.send((host, addrs));
+        });
+    }
+    let until = std::time::Instant::now() + deadline;
+    let mut resolved = std::collections::BTreeMap::new();
+    while resolved.len() < asked {
+        match rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
+            Ok((host, addrs)) => {
+                resolved.insert(host, addrs);
+            }
+            Err(_) => break,
+        }
+    }
+    resolved
 }
 
 /// keepalived, conntrackd (as root) and the kernel's conntrack settings of this network
