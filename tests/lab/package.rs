@@ -85,7 +85,7 @@ fn the_package_fails_over_reports_metrics_and_purges_without_a_trace() {
         done.store(true, Ordering::Relaxed);
         scraper.join().unwrap()
     });
-    let timed: Vec<(u64, Option<String>)> =
+    let mut timed: Vec<(u64, Option<String>)> =
         scrapes.iter().map(|(at, r)| (*at, (r.code == 0).then(|| r.stdout.clone()))).collect();
     let scrapes: Vec<_> = scrapes.into_iter().map(|(_, r)| r).collect();
     let failed: Vec<_> = scrapes.iter().filter(|r| r.code != 0).collect();
@@ -111,6 +111,10 @@ fn the_package_fails_over_reports_metrics_and_purges_without_a_trace() {
     assert!(after, "the metrics after the failover:\n{last}");
     let m = metrics();
     assert!(m.contains("repmgr_nat_slot_lag_bytes{node=\"2\"}"), "no slot lag for db2:\n{m}");
+    // the scraping stopped once the rules moved, maybe before a pass of watch saw the new
+    // primary: the settled state ends the series
+    assert_eq!(series(&m, "repmgr_nat_primary_state{state=\"legit\"}"), Some(1.0), "{m}");
+    timed.push((now_ms(), Some(m.clone())));
     the_shipped_alerts_judge_the_scrapes(&timed);
 
     // dpkg --purge, in the proxy's namespace as an operator would run it on the proxy:
@@ -133,7 +137,7 @@ fn the_package_fails_over_reports_metrics_and_purges_without_a_trace() {
     assert_ne!(lab.app_reaches().ok().as_deref(), Some(DB1), "nothing may route to the old primary");
 }
 
-/// The failover's scrapes, on a 1 s grid and then held for 2 minutes as they ended, fed to
+/// The failover's scrapes, on a 1 s grid and then held for 2 minutes as they ended (settled), fed to
 /// the alerting rules the package installed: none fires; the same scrapes with the route
 /// frozen as it was before the switch make `RepmgrNatAppNotRouted` fire, and only it.
 fn the_shipped_alerts_judge_the_scrapes(scrapes: &[(u64, Option<String>)]) {
