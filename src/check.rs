@@ -11,6 +11,7 @@ use anyhow::Result;
 use crate::adapters::{Adapters, Ctx};
 use crate::app;
 use crate::clock::now_ms;
+use crate::core::check::two_proxies::{self, Daemons, Keepalived, TwoProxies};
 use crate::core::check::{self, BarmanServer, Facts, Sudo, SudoAnswer};
 use crate::core::config::{self, Config};
 use crate::effects::exec::{self, Cmd};
@@ -40,6 +41,8 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
         let state = StateDir::new(&cfg.state.dir);
         // its age is measured when it is read, not once the slower probes are done
         let (report, now_ms) = (watch_file::read(cfg), now_ms());
+        let nodes = nodes.join().expect("nodes")?;
+        let hosts = nodes.as_ref().map(|nodes| check::repmgr_hosts(cfg, nodes)).unwrap_or_default();
         Ok::<_, anyhow::Error>(Facts {
             config_path: path.to_path_buf(),
             config_trusted: trusted(path),
@@ -49,7 +52,8 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
             watch_running: report.as_ref().is_some_and(|r| watch_file::runs(r.pid)),
             watch: report,
             now_ms,
-            nodes: nodes.join().expect("nodes")?,
+            resolved: resolve(hosts, cfg.postgres.connect_timeout),
+            nodes,
             barman: barman.join().expect("barman"),
             units: units(),
             tools: ["iptables-save", "iptables-restore", "conntrack", "sudo"]
@@ -58,6 +62,7 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
             forwarding: firewall::forwarding().map_err(|e| format!("{e:#}")),
             live: live.join().expect("live"),
             nat_save: nat_save.join().expect("nat"),
+            two_proxies: cfg.own_address.map(|_| two_proxies(ctx.root)),
         })
     })?;
     let report = check::assess(cfg, &facts);
@@ -186,6 +191,102 @@ fn barman_check(cfg: &config::Barman) -> Result<Vec<String>, String> {
         }
         _ => Ok(failed),
     }
+}
+
+/// The IPv4 addresses of each host name, all looked up at once within `deadline`: a name
+/// not resolved by then has none (its lookup is left to end on its own).
+fn resolve(hosts: Vec<String>, deadline: Duration) -> std::collections::BTreeMap<String, Vec<std::net::Ipv4Addr>> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let asked = hosts.len();
+    for host in hosts {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let addrs: Vec<std::net::Ipv4Addr> = (host.as_str(), 0)
+                .to_socket_addrs()
+                .map(|addrs| {
+                    addrs
+                        .filter_map(|a| match a {
+                            SocketAddr::V4(v4) => Some(*v4.ip()),
+                            SocketAddr::V6(_) => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = tx.send((host, addrs));
+        });
+    }
+    let until = std::time::Instant::now() + deadline;
+    let mut resolved = std::collections::BTreeMap::new();
+    while resolved.len() < asked {
+        match rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
+            Ok((host, addrs)) => {
+                resolved.insert(host, addrs);
+            }
+            Err(_) => break,
+        }
+    }
+    resolved
+}
+
+/// keepalived, conntrackd (as root) and the kernel's conntrack settings of this network
+/// namespace.
+fn two_proxies(root: bool) -> TwoProxies {
+    let sysctl = |name: &str| {
+        let path = format!("/proc/sys/net/netfilter/{name}");
+        std::fs::read_to_string(&path)
+            .map(|v| v.trim().to_string())
+            .map_err(|e| format!("cannot read {path}: {e} (is the nf_conntrack module loaded?)"))
+    };
+    TwoProxies {
+        daemons: root.then(daemons),
+        tcp_loose: sysctl("nf_conntrack_tcp_loose"),
+        be_liberal: sysctl("nf_conntrack_tcp_be_liberal"),
+    }
+}
+
+/// The keepalived and conntrackd processes of this network namespace, from /proc (the
+/// lowest pid of each: keepalived's children share its command line), and the config
+/// keepalived reads, through the process's own root (its mount namespace).
+fn daemons() -> Daemons {
+    let ours = std::fs::read_link("/proc/self/ns/net").ok();
+    let mut found: Vec<(u32, String)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            let comm = comm.trim();
+            let here = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+            (["keepalived", "conntrackd"].contains(&comm) && here.is_some() && here == ours)
+                .then(|| (pid, comm.to_string()))
+        })
+        .collect();
+    found.sort();
+    let first = |name: &str| found.iter().find(|(_, comm)| comm == name).map(|(pid, _)| *pid);
+    let keepalived = first("keepalived").map(|pid| {
+        let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .filter(|w| !w.is_empty())
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect();
+        let config = two_proxies::keepalived_config(&argv);
+        let base = if config.is_absolute() { "root" } else { "cwd" };
+        let through = Path::new(&format!("/proc/{pid}/{base}")).join(config.strip_prefix("/").unwrap_or(&config));
+        let text = read_small(&through).map_err(|e| format!("{}: {e}", config.display()));
+        Keepalived { pid, config, text }
+    });
+    Daemons { keepalived, conntrackd: first("conntrackd") }
+}
+
+/// A text file of at most 1 MB.
+fn read_small(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(1 << 20).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Our chains: read by root itself, through `sudo route --show` otherwise (as watch does).

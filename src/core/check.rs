@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -13,6 +14,8 @@ use crate::core::config::{Config, Node, SslMode};
 use crate::core::ruleset::{self, Live};
 use crate::core::view::Answer;
 use crate::core::watch_json::WatchReport;
+
+pub mod two_proxies;
 
 /// The version of the JSON document `check --json` prints; it grows when a field's
 /// meaning changes, not when a field is added.
@@ -130,6 +133,21 @@ pub struct NodeSettings {
     pub has_slot: bool,
     /// The connection is encrypted.
     pub ssl: bool,
+    pub in_recovery: bool,
+    /// The database repmgr-nat connects to (`postgres.dbname`).
+    pub database: String,
+    pub repmgr_nodes: RepmgrNodes,
+}
+
+/// repmgr's metadata in the database repmgr-nat connects to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RepmgrNodes {
+    /// No `repmgr.nodes` there: Patroni, or repmgr's schema in another database.
+    Absent,
+    /// There, but the role may not read it.
+    Unreadable,
+    /// `node_id` and `conninfo` of each row.
+    Rows(Vec<(i64, String)>),
 }
 
 /// `barman show-server <server>`: its settings, and the file that holds its section.
@@ -170,6 +188,11 @@ pub struct Facts {
     pub live: Result<Live, String>,
     /// The nat table in whole (root only): for rules that shadow our jumps.
     pub nat_save: Option<Result<String, String>>,
+    /// With `proxy.own_address`: keepalived, conntrackd and the kernel's conntrack settings.
+    pub two_proxies: Option<two_proxies::TwoProxies>,
+    /// The IPv4 addresses of the host names repmgr's conninfos give (those that are neither
+    /// an address nor a node's `name`).
+    pub resolved: BTreeMap<String, Vec<Ipv4Addr>>,
 }
 
 /// The verdicts, in the order an operator fixes things.
@@ -194,11 +217,17 @@ pub fn assess(cfg: &Config, facts: &Facts) -> Report {
             checks.extend(node_lines(cfg, &path, *node, answer));
         }
     }
+    if let Some(line) = facts.nodes.as_ref().and_then(|nodes| repmgr_line(cfg, &path, nodes, &facts.resolved)) {
+        checks.push(line);
+    }
     if let (Some(barman), Some(server)) = (&cfg.barman, &facts.barman) {
         checks.extend(barman_lines(cfg, &path, &barman.server, server));
     }
     checks.push(tools_line(&facts.tools));
     checks.push(forwarding_line(&facts.forwarding));
+    if let (Some(_), Some(found)) = (cfg.own_address, &facts.two_proxies) {
+        checks.extend(two_proxies::lines(cfg.proxy, found));
+    }
     checks.extend(chain_lines(cfg, &facts.live));
     if let Some(save) = &facts.nat_save {
         checks.push(shadow_line(cfg, save));
@@ -422,6 +451,93 @@ fn node_lines(cfg: &Config, path: &str, node: Node, answer: &Result<NodeSettings
         });
     }
     lines
+}
+
+/// The hosts of repmgr's conninfos that name neither a node's address nor its `name`:
+/// the gatherer resolves them.
+pub fn repmgr_hosts(cfg: &Config, nodes: &[(Node, Result<NodeSettings, Answer>)]) -> Vec<String> {
+    let mut hosts: Vec<String> = nodes
+        .iter()
+        .filter_map(|(_, answer)| match &answer.as_ref().ok()?.repmgr_nodes {
+            RepmgrNodes::Rows(rows) => Some(rows.clone()),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|(_, conninfo)| host_port(&conninfo).0)
+        .filter(|host| {
+            host.parse::<Ipv4Addr>().is_err() && !cfg.postgres.server_names.values().any(|name| name == host)
+        })
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+/// repmgr's nodes (`repmgr.nodes`, read on the primary, else on the first node that
+/// answered) against `[nodes]`: the same ids, each with the address its conninfo names.
+/// No line where there is no repmgr schema in the database repmgr-nat connects to
+/// (Patroni); a warning, with the grants, where the role may not read it.
+fn repmgr_line(
+    cfg: &Config,
+    path: &str,
+    nodes: &[(Node, Result<NodeSettings, Answer>)],
+    resolved: &BTreeMap<String, Vec<Ipv4Addr>>,
+) -> Option<Line> {
+    let answered: Vec<(Node, &NodeSettings)> =
+        nodes.iter().filter_map(|(node, answer)| Some((*node, answer.as_ref().ok()?))).collect();
+    let (from, settings) = answered.iter().find(|(_, s)| !s.in_recovery).or(answered.first())?;
+    let name = "repmgr's nodes (repmgr.nodes) are those of [nodes]";
+    let role = &cfg.postgres.user;
+    let rows = match &settings.repmgr_nodes {
+        RepmgrNodes::Absent => return None,
+        RepmgrNodes::Unreadable => {
+            return Some(Line::warn(
+                name,
+                format!(
+                    "role {role} may not read repmgr.nodes in database {db}, so check cannot compare; to let it, on \
+                     the primary in database {db} run: GRANT USAGE ON SCHEMA repmgr TO {role}; GRANT SELECT ON \
+                     repmgr.nodes TO {role}",
+                    db = settings.database
+                ),
+            ));
+        }
+        RepmgrNodes::Rows(rows) => rows,
+    };
+    let mut wrong = Vec::new();
+    for (id, conninfo) in rows {
+        let host = host_port(conninfo).0;
+        let shown = host.as_deref().unwrap_or("(no host)");
+        let Some(node) = cfg.nodes.iter().find(|n| i64::from(u32::from(n.id())) == *id) else {
+            wrong.push(format!("repmgr has node {id} ({shown}), [nodes] does not"));
+            continue;
+        };
+        let addr = node.addr();
+        let same = host.as_deref().is_some_and(|h| {
+            h == addr.to_string()
+                || cfg.postgres.server_names.get(&node.id()).is_some_and(|name| name == h)
+                || resolved.get(h).is_some_and(|addrs| addrs.contains(&addr))
+        });
+        if !same {
+            wrong.push(format!("node {id} is {shown} in repmgr's conninfo, {addr} in [nodes]"));
+        }
+    }
+    for node in &cfg.nodes {
+        if !rows.iter().any(|(id, _)| *id == i64::from(u32::from(node.id()))) {
+            wrong.push(format!("node {} ({}) of [nodes] is not one of repmgr's", node.id(), node.addr()));
+        }
+    }
+    let on = format!("repmgr.nodes on node {}", from.id());
+    Some(match wrong.is_empty() {
+        true => Line::ok(name, format!("{} node(s), {on}", rows.len())),
+        false => Line::failed(
+            name,
+            format!(
+                "{} ({on}); [nodes] in {path} must name each node by repmgr's node_id with the address of its \
+                 conninfo (repmgr cluster show): events name repmgr's ids, and a node missing there is never routed to",
+                wrong.join("; ")
+            ),
+        ),
+    })
 }
 
 fn tls_line(cfg: &Config, path: &str, node: Node, ssl: bool) -> Line {
@@ -742,15 +858,21 @@ mod tests {
             slots_used: 2,
             has_slot: true,
             ssl: true,
+            in_recovery: false,
+            database: "postgres".into(),
+            repmgr_nodes: RepmgrNodes::Absent,
         }
     }
 
-    fn verify_full() -> Config {
-        Config::parse(&EXAMPLE.replace(
+    fn verify_full_text() -> String {
+        EXAMPLE.replace(
             "dbname = \"postgres\"",
             "dbname = \"postgres\"\nsslmode = \"verify-full\"\nsslrootcert = \"/etc/ssl/ca.crt\"",
-        ))
-        .unwrap()
+        )
+    }
+
+    fn verify_full() -> Config {
+        Config::parse(&verify_full_text()).unwrap()
     }
 
     fn server() -> BarmanServer {
@@ -798,6 +920,8 @@ mod tests {
                 "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j repmgr_dnat\n-A OUTPUT -j repmgr_dnat\nCOMMIT\n"
                     .to_string(),
             )),
+            two_proxies: None,
+            resolved: BTreeMap::new(),
         }
     }
 
@@ -1237,6 +1361,114 @@ mod tests {
         let text = line(&verify_full(), &facts, "nothing in PREROUTING");
         assert!(text.starts_with(&format!("FAILED  nothing in PREROUTING or OUTPUT before the jump to repmgr_dnat takes our ports: \"{shadow}\" comes first")), "{text}");
         assert!(text.ends_with(&format!("remove it (iptables -t nat -D {})", &shadow[3..])), "{text}");
+    }
+
+    #[test]
+    fn the_two_proxy_lines_come_only_with_own_address_after_forwarding() {
+        use two_proxies::{Daemons, TwoProxies};
+        let mut facts = clean();
+        facts.two_proxies = Some(TwoProxies {
+            daemons: Some(Daemons { keepalived: None, conntrackd: Some(41) }),
+            tcp_loose: Ok("1".into()),
+            be_liberal: Ok("1".into()),
+        });
+        let alone = assess(&verify_full(), &facts).to_text();
+        assert!(
+            !alone.contains("keepalived") && !alone.contains("conntrackd") && !alone.contains("nf_conntrack"),
+            "{alone}"
+        );
+        let own =
+            verify_full_text().replace("address = \"10.8.3.1\"", "address = \"10.8.3.1\"\nown_address = \"10.8.3.2\"");
+        let cfg = Config::parse(&own).unwrap();
+        facts.live = Ok(Live::installed(&cfg, Route::new(node(1), Open::All)));
+        // barman connects to this host's own address when the other is shared
+        let Some(Ok(server)) = &mut facts.barman else { unreachable!() };
+        for key in ["conninfo", "streaming_conninfo"] {
+            server.settings.insert(key.into(), "host=10.8.3.2 port=54321 user=barman".into());
+        }
+        let report = assess(&cfg, &facts);
+        let names: Vec<&str> = report.checks.iter().map(|l| l.name.as_str()).collect();
+        let at = names.iter().position(|n| *n == "net.ipv4.ip_forward = 1").unwrap();
+        assert_eq!(
+            names[at + 1..at + 5],
+            [
+                "keepalived runs here",
+                "conntrackd runs here",
+                "net.netfilter.nf_conntrack_tcp_be_liberal = 1",
+                "net.netfilter.nf_conntrack_tcp_loose = 1"
+            ]
+        );
+        assert_eq!(report.failed(), 1, "{}", report.to_text());
+    }
+
+    #[test]
+    fn repmgrs_nodes_are_compared_with_the_configs_read_on_the_primary() {
+        let cfg = verify_full();
+        let mut facts = clean();
+        let name = "repmgr's nodes (repmgr.nodes) are those of [nodes]";
+        let rows = |rows: &[(i64, &str)]| {
+            RepmgrNodes::Rows(
+                rows.iter().map(|(id, host)| (*id, format!("host={host} user=repmgr dbname=repmgr"))).collect(),
+            )
+        };
+        let with = |standby: RepmgrNodes, primary: RepmgrNodes| {
+            Some(vec![
+                (node(1), Ok(NodeSettings { in_recovery: true, repmgr_nodes: standby, ..settings() })),
+                (node(2), Ok(NodeSettings { repmgr_nodes: primary, ..settings() })),
+            ])
+        };
+        // Patroni, or repmgr's schema in another database: no line
+        assert!(!assess(&cfg, &facts).to_text().contains("repmgr.nodes"));
+        facts.nodes = with(rows(&[(9, "10.9.9.9")]), rows(&[(1, "10.8.1.1"), (2, "10.8.2.1")]));
+        assert_eq!(line(&cfg, &facts, name), format!("OK  {name}: 2 node(s), repmgr.nodes on node 2"));
+        facts.nodes = with(rows(&[]), rows(&[(1, "10.8.1.1"), (2, "10.8.2.9"), (3, "10.8.3.9")]));
+        let text = line(&cfg, &facts, name);
+        assert_eq!(
+            text,
+            format!(
+                "FAILED  {name}: node 2 is 10.8.2.9 in repmgr's conninfo, 10.8.2.1 in [nodes]; repmgr has node 3 \
+                 (10.8.3.9), [nodes] does not (repmgr.nodes on node 2); [nodes] in /etc/repmgr-nat.toml must name \
+                 each node by repmgr's node_id with the address of its conninfo (repmgr cluster show): events name \
+                 repmgr's ids, and a node missing there is never routed to"
+            )
+        );
+        facts.nodes = with(rows(&[]), rows(&[(1, "10.8.1.1")]));
+        assert!(line(&cfg, &facts, name).contains("FAILED  repmgr's nodes (repmgr.nodes) are those of [nodes]: node 2 (10.8.2.1) of [nodes] is not one of repmgr's"));
+        // a host name: the certificate's name of the node, or what it resolves to
+        let named = Config::parse(
+            &verify_full_text()
+                .replace("2 = \"10.8.2.1\"", "2 = { address = \"10.8.2.1\", name = \"db2.example.com\" }"),
+        )
+        .unwrap();
+        facts.nodes = with(rows(&[]), rows(&[(1, "db1.internal"), (2, "db2.example.com")]));
+        assert_eq!(repmgr_hosts(&named, facts.nodes.as_ref().unwrap()), ["db1.internal"]);
+        assert!(line(&named, &facts, name).starts_with("FAILED  repmgr's nodes (repmgr.nodes) are those of [nodes]: node 1 is db1.internal in repmgr's conninfo, 10.8.1.1 in [nodes] (repmgr"));
+        facts.resolved.insert("db1.internal".into(), vec![Ipv4Addr::new(10, 8, 1, 1)]);
+        assert!(line(&named, &facts, name).starts_with("OK  "));
+        // there, but not readable: a warning with the grants, which fails nothing
+        facts.nodes = with(RepmgrNodes::Absent, RepmgrNodes::Unreadable);
+        assert_eq!(
+            line(&cfg, &facts, name),
+            format!(
+                "WARN  {name}: role repmgr_nat may not read repmgr.nodes in database postgres, so check cannot \
+                 compare; to let it, on the primary in database postgres run: GRANT USAGE ON SCHEMA repmgr TO \
+                 repmgr_nat; GRANT SELECT ON repmgr.nodes TO repmgr_nat"
+            )
+        );
+        assert_eq!(assess(&cfg, &facts).failed(), 0);
+        // no primary answers: the first node that did
+        facts.nodes = Some(vec![
+            (node(1), Err(Answer::Down("refused".into()))),
+            (
+                node(2),
+                Ok(NodeSettings {
+                    in_recovery: true,
+                    repmgr_nodes: rows(&[(1, "10.8.1.1"), (2, "10.8.2.1")]),
+                    ..settings()
+                }),
+            ),
+        ]);
+        assert_eq!(line(&cfg, &facts, name), format!("OK  {name}: 2 node(s), repmgr.nodes on node 2"));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, NoTls, Socket};
 
-use crate::core::check::NodeSettings;
+use crate::core::check::{NodeSettings, RepmgrNodes};
 use crate::core::config::{ChannelBinding, Config, Node, NodeId, SslMode};
 use crate::core::view::{Answer, Lsn, NodeState, Role, Slot, View};
 use crate::effects::pgpass;
@@ -59,8 +59,17 @@ SELECT r.rolsuper, r.rolreplication,
        current_setting('max_replication_slots')::int8,
        (SELECT count(*) FROM pg_replication_slots),
        EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
-       coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)
+       coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false),
+       pg_is_in_recovery(),
+       current_database(),
+       (SELECT has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT')
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'repmgr' AND c.relname = 'nodes')
 FROM pg_roles r WHERE r.rolname = current_user";
+
+/// repmgr's nodes, where its schema is in the database repmgr-nat connects to (asked only
+/// when the role may read them: the catalogs say so without touching the schema).
+pub const REPMGR_NODES_SQL: &str = "SELECT node_id::int8, conninfo FROM repmgr.nodes ORDER BY node_id";
 
 /// How long `drop_slot` waits for a terminated walsender to let go of the slot.
 const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(3);
@@ -226,7 +235,17 @@ impl PgCluster<'_> {
                             .query_one(SETTINGS_SQL, &[&self.cfg.slot().unwrap_or("")])
                             .await
                             .map_err(|e| classify(&e))?;
-                        read_settings(&row).map_err(|e| Answer::Rejected(format!("unexpected answer: {}", message(&e))))
+                        let mut settings = read_settings(&row)
+                            .map_err(|e| Answer::Rejected(format!("unexpected answer: {}", message(&e))))?;
+                        if settings.repmgr_nodes == RepmgrNodes::Rows(vec![]) {
+                            let rows = client.query(REPMGR_NODES_SQL, &[]).await.map_err(|e| classify(&e))?;
+                            let rows: Result<Vec<(i64, String)>, _> =
+                                rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect();
+                            settings.repmgr_nodes = RepmgrNodes::Rows(rows.map_err(|e: tokio_postgres::Error| {
+                                Answer::Rejected(format!("unexpected answer: {}", message(&e)))
+                            })?);
+                        }
+                        Ok(settings)
                     })
                     .await;
                     let answer = asked.unwrap_or_else(|_| {
@@ -251,6 +270,14 @@ fn read_settings(row: &tokio_postgres::Row) -> Result<NodeSettings, tokio_postgr
         slots_used: row.try_get(7)?,
         has_slot: row.try_get(8)?,
         ssl: row.try_get(9)?,
+        in_recovery: row.try_get(10)?,
+        database: row.try_get(11)?,
+        // read by the caller when readable
+        repmgr_nodes: match row.try_get::<_, Option<bool>>(12)? {
+            None => RepmgrNodes::Absent,
+            Some(false) => RepmgrNodes::Unreadable,
+            Some(true) => RepmgrNodes::Rows(vec![]),
+        },
     })
 }
 

@@ -9,6 +9,7 @@ use crate::common::{CONVERGE, Lab, PROXY, Restore};
 /// Far more than check takes: every probe has a deadline of its own.
 const BOUNDED: Duration = Duration::from_secs(90);
 const BARMAN_CONF: &str = "/etc/barman.d/main_backup.conf";
+const CONFIG: &str = "/etc/repmgr-nat.toml";
 
 /// `check` as `user`: its exit code and lines.
 fn check(lab: &Lab, user: &str) -> (i32, Vec<String>) {
@@ -123,6 +124,56 @@ fn check_is_all_ok_on_a_clean_lab_and_names_each_misconfiguration() {
         let line =
             failed(&lab, "postgres", "node 1: role repmgr_nat has REPLICATION, pg_signal_backend, pg_read_all_stats: ");
         assert!(line.ends_with("missing; on the primary run: GRANT pg_read_all_stats TO repmgr_nat"), "{line}");
+    }
+
+    // repmgr's metadata against [nodes]: the lab connects to database postgres, where repmgr
+    // has no schema (no line); pointed at repmgr's database, the role may not read it (a
+    // warning with the grants), then may (OK), then repmgr knows a node [nodes] does not
+    let name = "repmgr's nodes (repmgr.nodes) are those of [nodes]";
+    assert!(!check(&lab, "postgres").1.iter().any(|l| l.contains(name)));
+    {
+        let _config = Restore::file(CONFIG);
+        let text = std::fs::read_to_string(CONFIG).unwrap();
+        assert!(text.contains("dbname = \"postgres\"\n"), "{text}");
+        std::fs::write(CONFIG, text.replace("dbname = \"postgres\"\n", "dbname = \"repmgr\"\n")).unwrap();
+        let (code, lines) = check(&lab, "postgres");
+        assert_eq!(code, 0, "a warning fails nothing:\n{}", lines.join("\n"));
+        let grants = "GRANT USAGE ON SCHEMA repmgr TO repmgr_nat; GRANT SELECT ON repmgr.nodes TO repmgr_nat";
+        assert!(
+            lines.contains(&format!(
+                "WARN  {name}: role repmgr_nat may not read repmgr.nodes in database repmgr, so check cannot compare; \
+                 to let it, on the primary in database repmgr run: {grants}"
+            )),
+            "{}",
+            lines.join("\n")
+        );
+        let _revoke = Undo::new(
+            &lab,
+            &[
+                "psql",
+                "-d",
+                "repmgr",
+                "db1",
+                "REVOKE SELECT ON repmgr.nodes FROM repmgr_nat; REVOKE USAGE ON SCHEMA repmgr FROM repmgr_nat",
+            ],
+        );
+        lab.ok(&["psql", "-d", "repmgr", "db1", grants]);
+        ok_line(&lab, "postgres", &format!("{name}: 2 node(s), repmgr.nodes on node 1"));
+        // an inactive node 3 (as a failed node stays until it is unregistered)
+        let _gone = Undo::new(&lab, &["psql", "-d", "repmgr", "db1", "DELETE FROM repmgr.nodes WHERE node_id = 3"]);
+        lab.ok(&[
+            "psql",
+            "-d",
+            "repmgr",
+            "db1",
+            "INSERT INTO repmgr.nodes (node_id, active, node_name, type, conninfo, repluser, config_file) \
+             VALUES (3, false, 'db3', 'standby', 'host=198.51.100.13 user=repmgr dbname=repmgr', 'repmgr', '/nonexistent')",
+        ]);
+        let line = failed(&lab, "postgres", &format!("{name}: "));
+        assert!(
+            line.starts_with(&format!("FAILED  {name}: repmgr has node 3 (198.51.100.13), [nodes] does not (repmgr.nodes on node 1); [nodes] in /etc/repmgr-nat.toml must name")),
+            "{line}"
+        );
     }
 
     // everything repaired: all OK again, both ways

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use lab_kit::clients::series;
 use lab_kit::lab::poll_until;
+use lab_kit::now_ms;
+use lab_kit::series::{alert_names, freeze, grid, none_fire};
 
 use crate::common::{CONVERGE, DB1, DB2, Lab, Restore, routed_to, sorted};
 
@@ -72,7 +74,7 @@ fn the_package_fails_over_reports_metrics_and_purges_without_a_trace() {
             let started = Instant::now();
             let mut scrapes = Vec::new();
             while !done.load(Ordering::Relaxed) && started.elapsed() < 2 * CONVERGE {
-                scrapes.push(scrape());
+                scrapes.push((now_ms(), scrape()));
                 std::thread::sleep(Duration::from_millis(100));
             }
             scrapes
@@ -83,6 +85,9 @@ fn the_package_fails_over_reports_metrics_and_purges_without_a_trace() {
         done.store(true, Ordering::Relaxed);
         scraper.join().unwrap()
     });
+    let mut timed: Vec<(u64, Option<String>)> =
+        scrapes.iter().map(|(at, r)| (*at, (r.code == 0).then(|| r.stdout.clone()))).collect();
+    let scrapes: Vec<_> = scrapes.into_iter().map(|(_, r)| r).collect();
     let failed: Vec<_> = scrapes.iter().filter(|r| r.code != 0).collect();
     assert!(failed.is_empty(), "{} of {} scrapes failed during the failover: {failed:?}", failed.len(), scrapes.len());
     let lost = scrapes.iter().any(|r| {
@@ -106,6 +111,11 @@ fn the_package_fails_over_reports_metrics_and_purges_without_a_trace() {
     assert!(after, "the metrics after the failover:\n{last}");
     let m = metrics();
     assert!(m.contains("repmgr_nat_slot_lag_bytes{node=\"2\"}"), "no slot lag for db2:\n{m}");
+    // the scraping stopped once the rules moved, maybe before a pass of watch saw the new
+    // primary: the settled state ends the series
+    assert_eq!(series(&m, "repmgr_nat_primary_state{state=\"legit\"}"), Some(1.0), "{m}");
+    timed.push((now_ms(), Some(m.clone())));
+    the_shipped_alerts_judge_the_scrapes(&timed);
 
     // dpkg --purge, in the proxy's namespace as an operator would run it on the proxy:
     // every file the package installed goes, with what it made at run time
@@ -125,6 +135,45 @@ fn the_package_fails_over_reports_metrics_and_purges_without_a_trace() {
         status.stdout
     );
     assert_ne!(lab.app_reaches().ok().as_deref(), Some(DB1), "nothing may route to the old primary");
+}
+
+/// The failover's scrapes, on a 1 s grid and then held for 2 minutes as they ended (settled), fed to
+/// the alerting rules the package installed: none fires; the same scrapes with the route
+/// frozen as it was before the switch make `RepmgrNatAppNotRouted` fire, and only it.
+fn the_shipped_alerts_judge_the_scrapes(scrapes: &[(u64, Option<String>)]) {
+    let rules = "/usr/share/repmgr-nat/repmgr-nat.rules.yml";
+    let alerts = alert_names(&std::fs::read_to_string(rules).unwrap());
+    assert!(alerts.len() >= 10, "{alerts:?}");
+    let start = scrapes.first().expect("scrapes").0;
+    let span = (scrapes.last().unwrap().0 - start) / 1000 + 1;
+    let seconds = span + 120;
+    let healthy = grid(scrapes, start, seconds);
+    let mut frozen = healthy.clone();
+    for name in ["repmgr_nat_route_node_id", "repmgr_nat_route_app_open", "repmgr_nat_route_timeline"] {
+        freeze(&mut frozen, name);
+    }
+    let promtool = |name: &str, grid| {
+        let file = std::env::temp_dir().join(format!("repmgr-nat-lab-alerts-{name}.yml"));
+        std::fs::write(&file, none_fire(rules, grid, seconds - 1, &alerts)).unwrap();
+        let out = std::process::Command::new("promtool").arg("test").arg("rules").arg(&file).output().unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), said, file)
+    };
+    let (ok, said, file) = promtool("failover", &healthy);
+    assert!(ok, "an alert fires after a failover {span} s long ({}):\n{said}", file.display());
+    let (ok, said, file) = promtool("frozen", &frozen);
+    assert!(!ok, "nothing fires with the route frozen before the switch ({}):\n{said}", file.display());
+    let fired: Vec<&str> = said
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("alertname: "))
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(fired, ["RepmgrNatAppNotRouted"], "with the route frozen ({}):\n{said}", file.display());
+    assert!(said.contains("alertname=\"RepmgrNatAppNotRouted\""), "{said}");
+    eprintln!(
+        "alerts: {} scrapes over {span} s fed to promtool: none fires; with the route frozen, RepmgrNatAppNotRouted",
+        scrapes.len()
+    );
 }
 
 const STATE: &str = "/var/lib/repmgr-nat";

@@ -12,7 +12,7 @@ use lab_kit::lab::{PROXY_A, PROXY_B, Session, poll_until};
 use lab_kit::pglog;
 use lab_kit::samples::{self, Sample};
 
-use crate::common::{CONVERGE, DB1, DB2, Lab, PROXY, now_ms};
+use crate::common::{CONVERGE, DB1, DB2, Lab, PROXY, Restore, now_ms};
 
 fn two_proxies() -> Lab {
     let lab = Lab::up_with(&Session::take(), &["--proxies", "2"], &[]);
@@ -346,4 +346,112 @@ fn barman_streams_on_when_the_address_leaves_its_host() {
     lab.wait_slots("db2", CONVERGE);
     let lsn = lab.sql("db2", "select pg_logical_emit_message(false, 'lab', 'x')");
     lab.wait_until(&format!("barman writing db2's WAL up to {lsn}"), CONVERGE, || barman_wrote(&lab, "db2", &lsn));
+}
+
+/// `check` in `proxy` as `user`: its exit code and lines (every probe has a deadline).
+fn check_in(lab: &Lab, proxy: &str, user: &str) -> (i32, Vec<String>) {
+    let run = lab.repmgr_nat_in(proxy, user, &["check"]);
+    assert!(
+        run.code == 0 || run.code == 1,
+        "check in {proxy} as {user} exited {}:\n{}{}",
+        run.code,
+        run.stdout,
+        run.stderr
+    );
+    (run.code, run.stdout.lines().map(str::to_string).collect())
+}
+
+#[test]
+fn check_is_all_ok_on_both_proxies_and_names_keepalived_without_can_serve() {
+    let lab = two_proxies();
+    let lab_dir = lab.env["LAB_DIR"].clone();
+    for proxy in ["proxy", "proxy2"] {
+        let conf = format!("{lab_dir}/ha-{proxy}/keepalived.conf");
+        for user in ["root", "postgres"] {
+            let (code, lines) = check_in(&lab, proxy, user);
+            let text = lines.join("\n");
+            assert_eq!(code, 0, "check in {proxy} as {user}:\n{text}");
+            assert!(lines.iter().all(|l| l.starts_with("OK  ")), "check in {proxy} as {user}:\n{text}");
+            let mut expected = vec![
+                "OK  net.netfilter.nf_conntrack_tcp_be_liberal = 1".to_string(),
+                "OK  net.netfilter.nf_conntrack_tcp_loose = 1".to_string(),
+            ];
+            if user == "root" {
+                // the lab's keepalived reads the file its -f names, not /etc/keepalived
+                expected.extend([
+                    format!("OK  keepalived's {conf} moves {PROXY} (proxy.address): vrrp_instance repmgr_nat"),
+                    format!("OK  keepalived's {conf} tracks `repmgr-nat can-serve`: vrrp_script chk_repmgr_nat"),
+                ]);
+                let pid = |daemon: &str| {
+                    std::fs::read_to_string(format!("{lab_dir}/ha-{proxy}/{daemon}.lab.pid"))
+                        .unwrap()
+                        .trim()
+                        .to_string()
+                };
+                // this namespace's daemons, not the other proxy's
+                expected.push(format!("OK  keepalived runs here: pid {}, config {conf}", pid("keepalived")));
+                expected.push(format!("OK  conntrackd runs here: pid {}", pid("conntrackd")));
+            } else {
+                assert!(!text.contains("keepalived") && !text.contains("conntrackd"), "as {user}:\n{text}");
+            }
+            for line in expected {
+                assert!(lines.contains(&line), "{line:?} in {proxy} as {user}:\n{text}");
+            }
+        }
+    }
+
+    // proxy2's keepalived config without can-serve (the file only: keepalived is not
+    // reloaded, and the file is put back also when the test fails)
+    let conf = format!("{lab_dir}/ha-proxy2/keepalived.conf");
+    {
+        let _conf = Restore::file(&conf);
+        let text = std::fs::read_to_string(&conf).unwrap();
+        assert!(text.contains("/usr/bin/repmgr-nat can-serve"), "{text}");
+        std::fs::write(&conf, text.replace("/usr/bin/repmgr-nat can-serve", "/bin/true")).unwrap();
+        let (code, lines) = check_in(&lab, "proxy2", "root");
+        let text = lines.join("\n");
+        assert_eq!(code, 1, "{text}");
+        let failed: Vec<&String> = lines.iter().filter(|l| !l.starts_with("OK  ")).collect();
+        assert_eq!(failed.len(), 1, "{text}");
+        assert!(
+            failed[0].starts_with(&format!(
+                "FAILED  keepalived's {conf} tracks `repmgr-nat can-serve`: no vrrp_script runs `/usr/bin/repmgr-nat can-serve`"
+            )),
+            "{text}"
+        );
+        assert_eq!(check_in(&lab, "proxy", "root").0, 0, "proxy's own config is untouched");
+    }
+
+    // the kernel's setting the README's set-up makes, undone in proxy2
+    {
+        let set = |v: &str| {
+            lab.ok(&[
+                "exec",
+                "proxy2",
+                "--",
+                "sysctl",
+                "-qw",
+                &format!("net.netfilter.nf_conntrack_tcp_be_liberal={v}"),
+            ])
+        };
+        struct Back<'a>(&'a Lab);
+        impl Drop for Back<'_> {
+            fn drop(&mut self) {
+                self.0.lab(&["exec", "proxy2", "--", "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=1"]);
+            }
+        }
+        let _back = Back(&lab);
+        set("0");
+        let (code, lines) = check_in(&lab, "proxy2", "postgres");
+        assert_eq!(code, 1, "{}", lines.join("\n"));
+        assert!(
+            lines.iter().any(|l| l.starts_with("FAILED  net.netfilter.nf_conntrack_tcp_be_liberal = 1: it is 0: ")),
+            "{}",
+            lines.join("\n")
+        );
+        assert_eq!(check_in(&lab, "proxy", "postgres").0, 0, "the setting is per network namespace");
+    }
+    for proxy in ["proxy", "proxy2"] {
+        assert_eq!(check_in(&lab, proxy, "root").0, 0, "{proxy} after the repairs");
+    }
 }

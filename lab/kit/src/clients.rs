@@ -388,7 +388,7 @@ pub fn scrape(addr: SocketAddr) -> Result<String, String> {
 /// The value of one series in Prometheus' text format, written as it is exposed
 /// (`name` or `name{label="value",...}`).
 pub fn series(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    crate::series::exposed(text).into_iter().find(|(series, _)| series == name)?.1.parse().ok()
 }
 
 // ------------------------------------------------------------------------------- impostor

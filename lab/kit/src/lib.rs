@@ -16,6 +16,7 @@ pub mod lab;
 pub mod pglog;
 pub mod proof;
 pub mod samples;
+pub mod series;
 pub mod stats;
 pub mod wal;
 pub mod writes;
