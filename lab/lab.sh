@@ -51,7 +51,7 @@ cmd_psql() {
         ;;
     recovered) recovered_psql "${db:-postgres}" "$sql" ;;
     proxy-barman)
-        as barman proxy env PGCONNECT_TIMEOUT=2 "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$PROXY_IP" -p "$BARMAN_PORT" \
+        as barman proxy env PGCONNECT_TIMEOUT=2 "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$(ns_ip proxy)" -p "$BARMAN_PORT" \
             -U "${user:-barman}" -d "${db:-postgres}" -c "$sql"
         ;;
     *) die "psql: unknown target '$target' (db1, db2, proxy-app, proxy-barman, recovered)" ;;

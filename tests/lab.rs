@@ -5,6 +5,8 @@
 
 #[path = "lab/barman.rs"]
 mod barman;
+#[path = "lab/chaos.rs"]
+mod chaos;
 #[path = "lab/check.rs"]
 mod check;
 mod common;

@@ -1,5 +1,7 @@
 # shellcheck shell=bash
-# barman on the proxy: server main_backup reaches the primary only through the proxy's NAT.
+# barman on the proxy: server main_backup reaches the primary only through the proxy's NAT,
+# at the proxy's own address (with two proxies not the shared one: README "Which address
+# the nodes see").
 
 barman_as() { as barman proxy /usr/bin/barman "$@"; }
 
@@ -11,8 +13,8 @@ barman_configure() {
     write_marked "$BARMAN_CONF" 0644 root:root ';' <<EOF
 [$BARMAN_SERVER]
 description = "repmgr-nat lab: the primary, reached through the proxy's NAT"
-conninfo = host=$PROXY_IP port=$BARMAN_PORT user=barman dbname=postgres connect_timeout=2
-streaming_conninfo = host=$PROXY_IP port=$BARMAN_PORT user=streaming_barman connect_timeout=2
+conninfo = host=$(ns_ip proxy) port=$BARMAN_PORT user=barman dbname=postgres connect_timeout=2
+streaming_conninfo = host=$(ns_ip proxy) port=$BARMAN_PORT user=streaming_barman connect_timeout=2
 backup_method = postgres
 streaming_archiver = on
 slot_name = $BARMAN_SLOT

@@ -621,7 +621,16 @@ fn barman_lines(cfg: &Config, path: &str, server: &str, found: &Result<BarmanSer
         None => format!("barman's configuration of [{server}]"),
     };
     let mut lines = vec![Line::ok(exists, file.clone())];
-    let proxy = cfg.proxy.to_string();
+    // with a shared address, this host's own: a connection to the shared address would be
+    // bound to it, and stall once it moves to the other host (README "Which address the
+    // nodes see")
+    let proxy = cfg.own_address.unwrap_or(cfg.proxy).to_string();
+    let why = if cfg.own_address.is_some() {
+        "barman must follow the primary through the NAT, from this host's own address (proxy.own_address), not the \
+         shared one"
+    } else {
+        "barman must follow the primary through the NAT"
+    };
     let port = cfg.ports.barman.map(|p| p.to_string()).unwrap_or_default();
     for key in ["conninfo", "streaming_conninfo"] {
         let name = format!("barman {key} points at the proxy {proxy}:{port}");
@@ -631,7 +640,7 @@ fn barman_lines(cfg: &Config, path: &str, server: &str, found: &Result<BarmanSer
             (host, got) => Line::failed(
                 name,
                 format!(
-                    "it points at {}:{}; set {key} = host={proxy} port={port} ... in {file}: barman must follow the primary through the NAT",
+                    "it points at {}:{}; set {key} = host={proxy} port={port} ... in {file}: {why}",
                     host.as_deref().unwrap_or("(no host)"),
                     got.as_deref().unwrap_or("5432")
                 ),
@@ -1217,6 +1226,25 @@ mod tests {
     }
 
     #[test]
+    fn with_a_shared_address_barman_points_at_the_own_one() {
+        let cfg = Config::parse(
+            &crate::core::config::tests::EXAMPLE
+                .replace("address = \"10.8.3.1\"", "address = \"10.8.3.1\"\nown_address = \"10.8.3.2\""),
+        )
+        .unwrap();
+        let mut facts = clean();
+        assert_eq!(
+            line(&cfg, &facts, "barman conninfo"),
+            "FAILED  barman conninfo points at the proxy 10.8.3.2:54321: it points at 10.8.3.1:54321; set conninfo = \
+             host=10.8.3.2 port=54321 ... in /etc/barman.d/main_backup.conf: barman must follow the primary through \
+             the NAT, from this host's own address (proxy.own_address), not the shared one"
+        );
+        let Some(Ok(server)) = &mut facts.barman else { unreachable!() };
+        server.settings.insert("conninfo".into(), "host=10.8.3.2 port=54321 user=barman dbname=postgres".into());
+        assert!(line(&cfg, &facts, "barman conninfo").starts_with("OK"), "{}", line(&cfg, &facts, "barman conninfo"));
+    }
+
+    #[test]
     fn barman_pointing_elsewhere_names_its_file_and_key() {
         let cfg = verify_full();
         let mut facts = clean();
@@ -1353,6 +1381,11 @@ mod tests {
             verify_full_text().replace("address = \"10.8.3.1\"", "address = \"10.8.3.1\"\nown_address = \"10.8.3.2\"");
         let cfg = Config::parse(&own).unwrap();
         facts.live = Ok(Live::installed(&cfg, Route::new(node(1), Open::All)));
+        // barman connects to this host's own address when the other is shared
+        let Some(Ok(server)) = &mut facts.barman else { unreachable!() };
+        for key in ["conninfo", "streaming_conninfo"] {
+            server.settings.insert(key.into(), "host=10.8.3.2 port=54321 user=barman".into());
+        }
         let report = assess(&cfg, &facts);
         let names: Vec<&str> = report.checks.iter().map(|l| l.name.as_str()).collect();
         let at = names.iter().position(|n| *n == "net.ipv4.ip_forward = 1").unwrap();

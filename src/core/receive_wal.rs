@@ -3,6 +3,9 @@
 //! `GRACE` (receive-wal failed, or was stopped, and barman's cron is up to a minute away)
 //! a start is due, then again after a backoff while it keeps failing; and when the primary
 //! keeps no WAL from where barman stopped, barman can never stream it: that gap is said.
+//! When the walsender leaves a slot barman streamed from at the previous pass, the route
+//! unchanged, no receive-wal is starting (the grace is for one that may be): the stream
+//! was lost, and a start is due at once.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,10 @@ pub struct ReceiveWal {
     pub confirmed: Option<(NodeId, Lsn)>,
     /// Why barman cannot stream, when watch can tell: the WAL it needs is gone.
     gap: Option<String>,
+    /// The node barman streamed from at the last pass.
+    streamed_from: Option<NodeId>,
+    /// The node whose walsender left while the route stayed, until a start is made.
+    lost_on: Option<NodeId>,
 }
 
 /// What a pass sees of barman's streaming.
@@ -40,8 +47,9 @@ pub enum Seen {
     /// Not streaming, within the grace or the backoff.
     Waits,
     /// Not streaming for `inactive`: start receive-wal (under the run lock; `started`
-    /// counts the attempt once it is made).
-    Due { node: NodeId, inactive: Duration },
+    /// counts the attempt once it is made). `lost`: the walsender left the slot barman
+    /// streamed from, and the start is due without the grace.
+    Due { node: NodeId, inactive: Duration, lost: bool },
 }
 
 impl ReceiveWal {
@@ -52,9 +60,15 @@ impl ReceiveWal {
         let slot = view.state(route.node).filter(|s| s.role == Role::Primary).and_then(|s| s.slot);
         if let Some(Slot { active_pid: Some(_), restart_lsn: Some(lsn) }) = slot {
             let again = self.starts > 0;
-            *self = ReceiveWal { confirmed: Some((node, lsn)), ..ReceiveWal::default() };
+            *self = ReceiveWal { confirmed: Some((node, lsn)), streamed_from: Some(node), ..ReceiveWal::default() };
             return Seen::Streams { node, again };
         }
+        if self.streamed_from.take() == Some(node) {
+            self.lost_on = Some(node);
+        }
+        // (a switch since: the run that switched restarted receive-wal, which may be starting)
+        self.lost_on = self.lost_on.filter(|n| *n == node);
+        let lost = self.lost_on.is_some();
         if route.open == Open::None || slot.is_none() {
             return Seen::Nothing;
         }
@@ -69,14 +83,15 @@ impl ReceiveWal {
         };
         let since = *self.inactive_since.get_or_insert(now);
         let inactive = now.duration_since(since);
-        if inactive < GRACE || self.next_start.is_some_and(|at| now < at) {
+        if (inactive < GRACE && !lost) || self.next_start.is_some_and(|at| now < at) {
             return Seen::Waits;
         }
-        Seen::Due { node, inactive }
+        Seen::Due { node, inactive, lost }
     }
 
     /// A start made at `now`: its number, and the pause before the next may be made.
     pub fn started(&mut self, now: Instant) -> (u32, Duration) {
+        self.lost_on = None;
         self.starts += 1;
         let wait = backoff(FIRST_BACKOFF, self.starts);
         self.next_start = Some(now + wait);
@@ -141,11 +156,11 @@ mod tests {
         let rows: [(u32, bool, Seen); 8] = [
             (0, false, Seen::Waits),
             (2, false, Seen::Waits),
-            (3, true, Seen::Due { node: id, inactive: 3 * s }),
+            (3, true, Seen::Due { node: id, inactive: 3 * s, lost: false }),
             (3, false, Seen::Waits), // attempt 1: the next in 1 s
-            (4, true, Seen::Due { node: id, inactive: 4 * s }),
+            (4, true, Seen::Due { node: id, inactive: 4 * s, lost: false }),
             (5, false, Seen::Waits), // attempt 2: the next in 2 s
-            (6, true, Seen::Due { node: id, inactive: 6 * s }),
+            (6, true, Seen::Due { node: id, inactive: 6 * s, lost: false }),
             (9, false, Seen::Waits), // attempt 3: the next in 4 s
         ];
         for (at, start, expected) in rows {
@@ -164,6 +179,35 @@ mod tests {
         assert_eq!(rw.describe(t0 + 11 * s, None), None);
         let seen = rw.see(&primary_with(streaming(3 * SEGMENT)), &to_2(Open::All), t0 + 12 * s);
         assert_eq!(seen, Seen::Streams { node: id, again: false });
+    }
+
+    #[test]
+    fn a_walsender_lost_while_the_route_stays_is_due_at_once_and_one_after_a_switch_waits() {
+        let (t0, s) = (Instant::now(), Duration::from_secs(1));
+        let (id, streams, idle_view) =
+            (NodeId::new(2), primary_with(streaming(3 * SEGMENT)), primary_with(idle(3 * SEGMENT)));
+        let mut rw = ReceiveWal::default();
+        rw.see(&streams, &to_2(Open::All), t0);
+        // gone on the next pass, the rules unchanged: nothing is starting
+        assert_eq!(
+            rw.see(&idle_view, &to_2(Open::All), t0 + s / 4),
+            Seen::Due { node: id, inactive: Duration::ZERO, lost: true }
+        );
+        // no start made yet (the run lock was busy): still due
+        assert!(matches!(rw.see(&idle_view, &to_2(Open::All), t0 + s / 2), Seen::Due { lost: true, .. }));
+        rw.started(t0 + s / 2);
+        // that start failing: the backoff, then the grace's rules as for any other
+        assert_eq!(rw.see(&idle_view, &to_2(Open::All), t0 + s), Seen::Waits);
+        assert!(matches!(rw.see(&idle_view, &to_2(Open::All), t0 + 2 * s), Seen::Waits));
+
+        // barman streamed from node 1; the rules moved to node 2 since (a switch restarted
+        // receive-wal, which may still be connecting): the grace holds
+        let mut rw = ReceiveWal { streamed_from: Some(NodeId::new(1)), ..ReceiveWal::default() };
+        assert_eq!(rw.see(&idle_view, &to_2(Open::All), t0), Seen::Waits);
+        assert_eq!(
+            rw.see(&idle_view, &to_2(Open::All), t0 + 3 * s),
+            Seen::Due { node: id, inactive: 3 * s, lost: false }
+        );
     }
 
     #[test]

@@ -197,6 +197,17 @@ pub fn rules(cfg: &Config, route: Route) -> Rules {
             cfg.nat.dnat_chain
         ));
     }
+    // With a shared address, barman connects to this host's own address: a connection to
+    // the shared one, made while this host holds it, is bound to it as its source, and
+    // once the address moves to the other host the node's answers, translated back to
+    // it, are forwarded there: the stream stalls, unseen (its walsender stays).
+    if let (Some(own), Some(port)) = (cfg.own_address, cfg.ports.barman.filter(|_| route.open != Open::None)) {
+        rules.dnat.push(format!(
+            "-A {} -d {own}/32 -p tcp -m tcp --dport {port} -m addrtype --src-type LOCAL -j DNAT --to-destination \
+             {node}:{pg}",
+            cfg.nat.dnat_chain
+        ));
+    }
     let snat = format!("-A {} -d {node}/32 -p tcp -m tcp --dport {pg}", cfg.nat.snat_chain);
     // With a shared address, what this host sends itself (barman) leaves from its own
     // address, so the node answers this host whichever one holds the shared address;
@@ -886,6 +897,27 @@ COMMIT
             "*filter\n-A repmgr_dnat -j ACCEPT\nCOMMIT\n{SAVED_BY_SCRIPTS}*mangle\n-A PREROUTING -j repmgr_dnat\nCOMMIT\n"
         );
         assert_eq!(Live::parse(&cfg, &other), Live::parse(&cfg, SAVED_BY_SCRIPTS));
+    }
+
+    /// The first of two proxy hosts sharing 10.8.3.1, with barman: barman reaches the
+    /// primary through this host's own address (locally only), so its stream does not
+    /// depend on which host holds the shared one.
+    #[test]
+    fn barman_on_a_proxy_sharing_its_address_connects_to_its_own() {
+        let text = crate::core::config::tests::EXAMPLE
+            .replace("address = \"10.8.3.1\"", "address = \"10.8.3.1\"\nown_address = \"10.8.3.2\"");
+        let cfg = Config::parse(&text).unwrap();
+        let own = "-A repmgr_dnat -d 10.8.3.2/32 -p tcp -m tcp --dport 54321 -m addrtype --src-type LOCAL -j DNAT \
+                   --to-destination 10.8.2.1:5432";
+        for open in [Open::All, Open::Barman] {
+            let tables = switched(&cfg, &Tables::default(), Some(route(2, open)));
+            let live = Live::parse(&cfg, &tables.save());
+            assert!(live.rules(&cfg).dnat.contains(&own.to_string()), "{:?}", live.rules(&cfg));
+            assert_eq!(live.routing(&cfg), Routing::To(route(2, open)));
+            assert!(live.in_place(&cfg) && live.foreign(&cfg).is_empty());
+        }
+        let closed = rules(&cfg, route(2, Open::None));
+        assert!(closed.dnat.is_empty(), "{closed:?}");
     }
 
     /// The second of two proxy hosts sharing 10.8.3.1: no barman port; what it forwards

@@ -27,12 +27,12 @@ pub(super) fn keep_streaming(
     (view, routing): (&View, &Routing),
     now: Instant,
 ) {
-    let (node, inactive) = match rw.see(view, routing, now) {
+    let (node, inactive, lost) = match rw.see(view, routing, now) {
         Seen::Streams { node, again: true } => {
             log::info!("watch: barman's receive-wal streams from node {node} again");
             return;
         }
-        Seen::Due { node, inactive } => (node, inactive),
+        Seen::Due { node, inactive, lost } => (node, inactive, lost),
         Seen::Streams { .. } | Seen::Nothing | Seen::Waits => return,
     };
     // under the run lock, as every action: an attempt is counted and said only when made
@@ -43,12 +43,12 @@ pub(super) fn keep_streaming(
     if let Some(gap) = rw.gap() {
         why = format!("; {gap}{why}");
     }
-    log::warn!(
-        "watch: barman's slot on node {node} has had no walsender for {} s: starting barman receive-wal (attempt \
-         {attempt}, next in {} s){why}",
-        inactive.as_secs(),
-        wait.as_secs()
-    );
+    let gone = if lost {
+        format!("barman's walsender left its slot on node {node}")
+    } else {
+        format!("barman's slot on node {node} has had no walsender for {} s", inactive.as_secs())
+    };
+    log::warn!("watch: {gone}: starting barman receive-wal (attempt {attempt}, next in {} s){why}", wait.as_secs());
     if let Err(e) = fx.backup.start_receive_wal() {
         log::error!("watch: {e:#}");
     }

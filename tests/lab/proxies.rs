@@ -301,6 +301,53 @@ fn the_package_serves_both_proxies_and_barman_lives_on_one() {
     assert_both_routed(&lab, DB1);
 }
 
+/// Whether barman's walsender on `node` has reported writing WAL up to `lsn`.
+fn barman_wrote(lab: &Lab, node: &str, lsn: &str) -> bool {
+    let sql = format!(
+        "select coalesce(bool_or(r.write_lsn >= '{lsn}'), false) from pg_stat_replication r \
+         join pg_replication_slots s on s.active_pid = r.pid where s.slot_name = 'barman'"
+    );
+    lab.try_sql(node, &sql).is_ok_and(|r| r == "t")
+}
+
+#[test]
+fn barman_streams_on_when_the_address_leaves_its_host() {
+    let lab = two_proxies();
+    // barman's host holds the address when receive-wal connects: a connection to the
+    // shared address would be bound to it then
+    if holder(&lab) != "proxy" {
+        lab.ok(&["proxy-down", "proxy2"]);
+        lab.wait_until("the address on proxy", CONVERGE, || lab.vip() == "proxy");
+        lab.ok(&["proxy-up", "proxy2"]);
+    }
+    let before = lab.barman_walsender("db1").expect("barman's walsender");
+    lab.ok(&["barman", "receive-wal", "--stop", &lab.env["BARMAN_SERVER"]]);
+    lab.wait_until("barman streaming again (watch starts it)", CONVERGE, || {
+        lab.barman_walsender("db1").is_some_and(|pid| pid != before)
+    });
+    assert_eq!(holder(&lab), "proxy");
+
+    // barman's host loses its link long enough for the other to take the address, and
+    // comes back: the address stays on proxy2
+    lab.ok(&["proxy-down", "proxy"]);
+    lab.wait_until("the address on proxy2", CONVERGE, || lab.vip() == "proxy2");
+    std::thread::sleep(Duration::from_secs(1));
+    lab.ok(&["proxy-up", "proxy"]);
+
+    // WAL written now reaches barman over the same stream (a walsender stays on the slot
+    // either way: only what it reports tells a stalled stream)
+    let lsn = lab.sql("db1", "select pg_logical_emit_message(false, 'lab', 'x')");
+    lab.wait_until(&format!("barman writing db1's WAL up to {lsn}"), CONVERGE, || barman_wrote(&lab, "db1", &lsn));
+    lab.wait_barman_ok(CONVERGE);
+
+    // and a switchover's clean shutdown of db1 waits for no stalled walsender
+    lab.ok(&["switchover", "db2"]);
+    lab.wait_until("the rules on db2", CONVERGE, || lab.routed_in("proxy", DB2) && lab.routed_in("proxy2", DB2));
+    lab.wait_slots("db2", CONVERGE);
+    let lsn = lab.sql("db2", "select pg_logical_emit_message(false, 'lab', 'x')");
+    lab.wait_until(&format!("barman writing db2's WAL up to {lsn}"), CONVERGE, || barman_wrote(&lab, "db2", &lsn));
+}
+
 /// `check` in `proxy` as `user`: its exit code and lines (every probe has a deadline).
 fn check_in(lab: &Lab, proxy: &str, user: &str) -> (i32, Vec<String>) {
     let run = lab.repmgr_nat_in(proxy, user, &["check"]);

@@ -134,6 +134,11 @@ fn every_interval(o: &Opts, mut attempt: impl FnMut(u64) -> bool) {
 }
 
 const SERVER_SQL: &str = "select coalesce(host(inet_server_addr()), 'local')";
+/// The server, whether it is in recovery, and a primary's timeline (from its current WAL
+/// file's name, which a promotion changes at once; 0 for a standby).
+const ROLE_SQL: &str = "select coalesce(host(inet_server_addr()), 'local'), pg_is_in_recovery(), \
+     case when pg_is_in_recovery() then 0 \
+     else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end";
 /// The server, and the backend that answered: the same connection end to end.
 const HOLD_SQL: &str = "select coalesce(host(inet_server_addr()), 'local'), pg_backend_pid()";
 
@@ -248,8 +253,9 @@ pub fn write(o: &Opts, count: u64) -> Result<(), String> {
 }
 
 /// A new connection every interval whether the last one ended or not, each waiting up to
-/// the timeout (an application's connect timeout): `<ms> ok <server> ms=<took>` or `<ms>
-/// err ms=<took> <reason>`, printed as each ends. At most 500 at once.
+/// the timeout (an application's connect timeout): `<ms> ok <server> ms=<took>
+/// recovery=t|f tl=<timeline>` (which node, whether it is a standby, a primary's timeline)
+/// or `<ms> err ms=<took> <reason>`, printed as each ends. At most 500 at once.
 pub fn connect(o: &Opts) {
     let in_flight = Arc::new(AtomicUsize::new(0));
     let timeout = o.timeout().as_secs().max(1);
@@ -263,12 +269,13 @@ pub fn connect(o: &Opts) {
         let (conninfo, in_flight) = (conninfo.clone(), in_flight.clone());
         thread::spawn(move || {
             let began = Instant::now();
-            let answer = query(None, &conninfo, SERVER_SQL, &[]);
+            let answer = query(None, &conninfo, ROLE_SQL, &[]);
             let took = began.elapsed().as_millis();
             match answer {
                 Ok((c, row)) => {
                     let _ = c.close();
-                    emit(&format!("{t} ok {} ms={took}", row.get::<_, String>(0)));
+                    let (server, recovery, tl) = (row.get::<_, String>(0), row.get::<_, bool>(1), row.get::<_, i32>(2));
+                    emit(&format!("{t} ok {server} ms={took} recovery={} tl={tl}", if recovery { "t" } else { "f" }));
                 }
                 Err(e) => emit(&format!("{t} err ms={took} {}", e.reason)),
             }

@@ -67,6 +67,11 @@ pub fn routed_via(node: &str, ports: &[u16], own_address: Option<&str>) -> Vec<S
         lines.push(format!(
             "-A repmgr_snat -d {node}/32 -p tcp -m tcp --dport 5432 -m addrtype --src-type LOCAL -j SNAT --to-source {own}"
         ));
+        if ports.contains(&54321) {
+            lines.push(format!(
+                "-A repmgr_dnat -d {own}/32 -p tcp -m tcp --dport 54321 -m addrtype --src-type LOCAL -j DNAT --to-destination {node}:5432"
+            ));
+        }
     }
     for port in ports {
         lines.push(format!(
@@ -191,6 +196,19 @@ impl Lab {
     /// `lab/lab.sh ARGS...`
     pub fn lab(&self, args: &[&str]) -> Run {
         let out = self.command().args(args).output().expect("cannot run lab/lab.sh");
+        Run::from(&format!("lab.sh {}", args.join(" ")), out)
+    }
+
+    /// `lab/lab.sh ARGS...` with a deadline: stopped (TERM, KILL 5 s later) when it has not
+    /// ended within `limit`, which its exit code 124 then says.
+    pub fn lab_within(&self, limit: Duration, args: &[&str]) -> Run {
+        let mut cmd = Command::new("/usr/bin/timeout");
+        cmd.args(["-k", "5", &format!("{:.3}", limit.as_secs_f64())])
+            .arg(self.root.join("lab/lab.sh"))
+            .args(args)
+            .env("LAB_LOCKED", "1")
+            .envs(self.extra.iter().map(|(k, v)| (k, v)));
+        let out = cmd.output().expect("cannot run timeout lab/lab.sh");
         Run::from(&format!("lab.sh {}", args.join(" ")), out)
     }
 

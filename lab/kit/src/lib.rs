@@ -7,6 +7,7 @@
 
 pub mod barman;
 pub mod bench;
+pub mod chaos;
 pub mod clients;
 pub mod demo;
 pub mod events;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use lab_kit::{bench, clients, demo, events, fake_node, samples};
+use lab_kit::{bench, chaos, clients, demo, events, fake_node, samples};
 
 #[derive(Parser)]
 #[command(name = "lab-kit", about = "The repmgr-nat lab's clients, log readers, benchmark and demo")]
@@ -72,6 +72,8 @@ enum Cmd {
     },
     /// The benchmark (lab/bench)
     Bench(bench::Args),
+    /// The chaos run (lab/chaos): a seeded schedule of transitions, the invariants checked
+    Chaos(chaos::Args),
     /// The report of a finished benchmark again, from its results.json
     BenchReport { dir: PathBuf },
     /// The demo (lab/demo)
@@ -168,6 +170,7 @@ fn run(cli: Cli) -> Result<(), String> {
             bench::run(args, std::env::args().skip(1).collect::<Vec<_>>().join(" ").replacen("bench", "lab/bench", 1))
         }
         Cmd::BenchReport { dir } => bench::report_again(&dir),
+        Cmd::Chaos(args) => chaos::run(args),
         Cmd::Demo { keep, handler, events_only } => demo::run(&handler, events_only, keep),
     }
 }

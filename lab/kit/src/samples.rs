@@ -10,7 +10,8 @@
 //!
 //! `<ms>` is when the attempt began (unix time in milliseconds). Keys: `conn` (hold: the
 //! connection that answered), `id` and `seq` (write: the row and the attempt), `ms` (how
-//! long the attempt took: write, connect).
+//! long the attempt took: write, connect), `recovery` and `tl` (connect: whether the node
+//! was in recovery, a primary's timeline).
 
 use std::collections::BTreeMap;
 

@@ -9,6 +9,8 @@
 //!    under a write load.
 //! 5. repmgr-nat's switch by cluster size, in a throwaway namespace.
 //! 6. A proxy's death: two proxies sharing the address, the holder's link cut.
+//! 7. The chaos run (`crate::chaos`): a seeded schedule of transitions on one lab, the
+//!    invariants checked all along, judged by the targets.
 //!
 //! Every result is typed, kept as JSON beside the report, and rendered by `report`.
 
@@ -69,6 +71,12 @@ pub struct Args {
     /// Runs of the proxy death (two proxies, the holder's link cut); 0 leaves it out
     #[arg(long, default_value_t = 3)]
     pub proxy_deaths: usize,
+    /// Transitions of the chaos run (lab/chaos, two proxies); 0 leaves it out
+    #[arg(long, default_value_t = 100)]
+    pub chaos_transitions: usize,
+    /// The chaos run's seed (default: from the clock)
+    #[arg(long)]
+    pub chaos_seed: Option<u64>,
 }
 
 /// Who handles the failover.
@@ -180,6 +188,19 @@ pub struct Results {
     pub scaling: Vec<nat::ScaleResult>,
     #[serde(default)]
     pub proxy_deaths: Vec<proxy::ProxyDeath>,
+    #[serde(default)]
+    pub chaos: Option<ChaosRun>,
+}
+
+/// The chaos run, as the benchmark keeps it: its figures rendered once by
+/// `chaos::report`, its full results beside them (`chaos/results.json`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChaosRun {
+    pub seed: u64,
+    pub transitions: usize,
+    pub violations: usize,
+    pub failed: Option<String>,
+    pub report: String,
 }
 
 /// Prints one progress line.
@@ -189,7 +210,7 @@ fn say(text: &str) {
 
 /// Runs `f`; a panic (a lab helper that saw something not happen in time) becomes the
 /// error, its message kept.
-fn attempt<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+pub(crate) fn attempt<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|e| {
         e.downcast_ref::<String>()
             .cloned()
@@ -198,12 +219,12 @@ fn attempt<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
-fn save(path: &Path, value: &impl Serialize) {
+pub(crate) fn save(path: &Path, value: &impl Serialize) {
     let text = serde_json::to_string_pretty(value).expect("results serialize");
     std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
-fn output(program: &str, args: &[&str]) -> String {
+pub(crate) fn output(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
@@ -212,7 +233,7 @@ fn output(program: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn machine() -> (String, String) {
+pub(crate) fn machine() -> (String, String) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
@@ -296,6 +317,7 @@ pub fn run(args: Args, command: String) -> Result<(), String> {
         soak: None,
         scaling: Vec::new(),
         proxy_deaths: Vec::new(),
+        chaos: None,
     };
 
     let handlers = if args.no_failovers { &[][..] } else { &args.handlers[..] };
@@ -357,6 +379,29 @@ pub fn run(args: Args, command: String) -> Result<(), String> {
         let dir = out.join("proxy-death");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         results.proxy_deaths = proxy::run(&session, args.proxy_deaths, &dir);
+    }
+    if args.chaos_transitions > 0 {
+        let dir = out.join("chaos");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let seed = args.chaos_seed.unwrap_or_else(|| now_ms() % 1_000_000);
+        say(&format!("chaos: {} transitions, seed {seed} (fresh lab, two proxies) ...", args.chaos_transitions));
+        let chaos_args = crate::chaos::Args {
+            seed: Some(seed),
+            transitions: args.chaos_transitions,
+            proxies: 2,
+            bounds_only: false,
+            plan: false,
+            out: Some(dir.clone()),
+        };
+        let run = crate::chaos::run_in(&session, &chaos_args, &dir);
+        say(&format!("chaos: {} transitions, {} violations", run.transitions.len(), run.violations.len()));
+        results.chaos = Some(ChaosRun {
+            seed,
+            transitions: run.transitions.len(),
+            violations: run.violations.len(),
+            failed: run.failed.clone(),
+            report: crate::chaos::report(&run),
+        });
     }
     if !args.no_scaling {
         say("repmgr-nat: switch time by nodes x application ports (throwaway namespace, lab down) ...");

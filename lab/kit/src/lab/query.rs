@@ -63,6 +63,12 @@ impl Lab {
         }
     }
 
+    /// The walsender on barman's slot on a node (its pid), if one streams from it.
+    pub fn barman_walsender(&self, node: &str) -> Option<i64> {
+        let sql = "select active_pid from pg_replication_slots where slot_name = 'barman' and active";
+        self.try_sql(node, sql).ok()?.parse().ok()
+    }
+
     /// Waits until barman streams from `primary` (a walsender on its slot) and from
     /// nothing else (the other node may keep a slot, without a walsender).
     #[track_caller]

@@ -112,6 +112,10 @@ pub fn render(results: &Results) -> String {
     r.soak_table();
     r.scaling_table();
     r.proxy_death_table();
+    if let Some(chaos) = &results.chaos {
+        r.line(chaos.report.trim_end());
+        r.line("");
+    }
     r.line("### Targets (repmgr-nat)");
     r.line("");
     r.line("| target | measured | result |");
