@@ -14,6 +14,7 @@ use crate::clock::now_ms;
 use crate::core::check::two_proxies::{self, Daemons, Keepalived, TwoProxies};
 use crate::core::check::{self, BarmanServer, Facts, Sudo, SudoAnswer};
 use crate::core::config::{self, Config};
+use crate::core::ruleset::Live;
 use crate::effects::exec::{self, Cmd};
 use crate::effects::firewall::{self, Firewall, Iptables};
 use crate::effects::nat::{self, NatSwitch, ViaSudo};
@@ -36,11 +37,13 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
         let sudo = s.spawn(|| sudo(cfg, ctx.root, user.as_ref().filter(|u| ctx.root || u.uid == uid)));
         let nodes = s.spawn(|| (!ctx.root).then(|| nodes(ctx)).transpose());
         let barman = s.spawn(|| cfg.barman.as_ref().filter(|_| ctx.root).map(barman_server));
-        let live = s.spawn(|| live(ctx));
+        // as root, one iptables-save: the whole table for the shadowing check, ours read from it
         let nat_save = s.spawn(|| ctx.root.then(|| Iptables.save().map_err(|e| format!("{e:#}"))));
+        let live = (!ctx.root).then(|| s.spawn(|| ViaSudo { cfg }.live().map_err(|e| format!("{e:#}"))));
         let state = StateDir::new(&cfg.state.dir);
         // its age is measured when it is read, not once the slower probes are done
         let (report, now_ms) = (watch_file::read(cfg), now_ms());
+        let nat_save = nat_save.join().expect("nat");
         let nodes = nodes.join().expect("nodes")?;
         let hosts = nodes.as_ref().map(|nodes| check::repmgr_hosts(cfg, nodes)).unwrap_or_default();
         Ok::<_, anyhow::Error>(Facts {
@@ -60,8 +63,12 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
                 .map(|tool| (tool.to_string(), exec::system_tool(tool).is_file()))
                 .to_vec(),
             forwarding: firewall::forwarding().map_err(|e| format!("{e:#}")),
-            live: live.join().expect("live"),
-            nat_save: nat_save.join().expect("nat"),
+            live: match (live, &nat_save) {
+                (Some(live), _) => live.join().expect("live"),
+                (None, Some(save)) => save.clone().map(|text| Live::parse(cfg, &text)),
+                (None, None) => unreachable!("as root, the whole table is read"),
+            },
+            nat_save,
             two_proxies: cfg.own_address.map(|_| two_proxies(ctx.root)),
         })
     })?;
@@ -289,11 +296,3 @@ fn read_small(path: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
-/// Our chains: read by root itself, through `sudo route --show` otherwise (as watch does).
-fn live(ctx: &Ctx) -> Result<crate::core::ruleset::Live, String> {
-    let read = match ctx.root {
-        true => Adapters::new(ctx).direct(|direct| direct.live()),
-        false => ViaSudo { cfg: &ctx.cfg }.live(),
-    };
-    read.map_err(|e| format!("{e:#}"))
-}
