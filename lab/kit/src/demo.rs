@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::lab::{DB2, Lab, Session};
-use crate::samples::{Connects, HELD_MS, Outage, Sample};
+use crate::samples::{Connects, HELD_MS, Outage};
 use crate::{now_ms, pglog, samples};
 
 /// How the proxy follows the primary in the demo.
@@ -35,11 +35,6 @@ impl Mode {
 
 fn say(text: &str) {
     println!("\n\x1b[1m== {text}\x1b[0m");
-}
-
-fn read_samples(file: &Path) -> Result<Vec<Sample>, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    samples::parse(&text)
 }
 
 fn secs(ms: u64) -> String {
@@ -69,7 +64,7 @@ pub fn run(handler: &str, events_only: bool, keep: bool) -> Result<(), String> {
     let watch = lab.client("watch", 50, &[], &watch_file);
     let connect = lab.client("connect", 50, &["--timeout-ms", "5000"], &connect_file);
     std::thread::sleep(Duration::from_secs(3));
-    let before = read_samples(&watch_file).unwrap_or_default();
+    let before = samples::read(&watch_file);
     for s in before.iter().rev().take(3).collect::<Vec<_>>().into_iter().rev() {
         println!("  {} {}", s.at, s.server().unwrap_or("err"));
     }
@@ -85,7 +80,7 @@ pub fn run(handler: &str, events_only: bool, keep: bool) -> Result<(), String> {
     lab.stop(connect);
 
     say("timeline of the one-at-a-time client (T0 = db1 stopped)");
-    let probes = read_samples(&watch_file)?;
+    let probes = samples::read(&watch_file);
     print!("{}", samples::timeline(&probes, t0));
 
     say("what the application saw");
@@ -93,7 +88,7 @@ pub fn run(handler: &str, events_only: bool, keep: bool) -> Result<(), String> {
         .ok()
         .and_then(|log| pglog::ready_after(&log, t0))
         .map(|t| t - t0);
-    let connects = Connects::of(&read_samples(&connect_file)?, t0, DB2);
+    let connects = Connects::of(&samples::read(&connect_file), t0, DB2);
     match ready {
         Some(ms) => println!("  PostgreSQL on db2 ready to accept connections (its log): {}", secs(ms)),
         None => println!("  PostgreSQL on db2: no \"ready to accept connections\" in its log since T0"),
