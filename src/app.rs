@@ -368,13 +368,9 @@ fn check_config(ctx: &Ctx) -> Result<()> {
     let user = OsUser::named(&cfg.repmgr_user).map_err(|e| bad_input(e.context("repmgr.user")))?;
     let refused: Vec<String> = sudo_commands(cfg)
         .iter()
-        .filter_map(|cmd| match exec::run_status(&sudo_list(&user.name, cmd), None, Duration::from_secs(10)) {
-            Ok(out) if out.status.success() => None,
-            Ok(out) => Some(match out.stderr.lines().map(str::trim).find(|l| !l.is_empty()) {
-                Some(said) => format!("{cmd} ({said})"),
-                None => cmd.to_string(),
-            }),
-            Err(e) => Some(format!("{cmd} ({e})")),
+        .filter_map(|cmd| match sudo_refusal(Some(&user.name), cmd)? {
+            said if said.is_empty() => Some(cmd.to_string()),
+            said => Some(format!("{cmd} ({said})")),
         })
         .collect();
     if !refused.is_empty() {
@@ -407,11 +403,26 @@ pub fn sudo_commands(cfg: &Config) -> Vec<Cmd> {
     cmds
 }
 
-/// `sudo -n -l -U <user> ...`: run as root, whether sudo lets `user` run `cmd` (a `sudo -n
-/// ...` command line), without running it.
-pub fn sudo_list(user: &str, cmd: &Cmd) -> Cmd {
+/// `sudo -n -l [-U <user>] ...`: whether sudo lets `user` (as root), or this user itself
+/// (`None`), run `cmd` (a `sudo -n ...` command line), without running it.
+pub fn sudo_list(user: Option<&str>, cmd: &Cmd) -> Cmd {
     let words = cmd.args.strip_prefix(&["-n".to_string()]).unwrap_or(&cmd.args);
-    Cmd::new(cmd.program.clone()).args(["-n", "-l", "-U", user]).args(words.iter().cloned())
+    let list = Cmd::new(cmd.program.clone()).args(["-n", "-l"]);
+    let list = match user {
+        Some(user) => list.args(["-U", user]),
+        None => list,
+    };
+    list.args(words.iter().cloned())
+}
+
+/// None when sudo admits `cmd` for `user` (see `sudo_list`), else the first line it said
+/// (empty when it said nothing), or why it could not be asked within 10 s.
+pub fn sudo_refusal(user: Option<&str>, cmd: &Cmd) -> Option<String> {
+    match exec::run_status(&sudo_list(user, cmd), None, Duration::from_secs(10)) {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(out.stderr.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").to_string()),
+        Err(e) => Some(e.to_string()),
+    }
 }
 
 /// `route --show`: the chains, their rules and the jumps, as iptables-save prints them.
@@ -440,7 +451,7 @@ mod tests {
         let sudo = exec::system_tool("sudo").display().to_string();
         let asked: Vec<String> = sudo_commands(&cfg)
             .iter()
-            .map(|cmd| sudo_list("postgres", cmd).to_string().replacen(&sudo, "sudo", 1))
+            .map(|cmd| sudo_list(Some("postgres"), cmd).to_string().replacen(&sudo, "sudo", 1))
             .collect();
         let route = "sudo -n -l -U postgres /usr/bin/repmgr-nat route";
         let barman = "sudo -n -l -U postgres -u barman /usr/bin/barman";

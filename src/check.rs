@@ -105,9 +105,7 @@ fn units() -> Option<Vec<(String, String)>> {
 
 /// The config file as the root step opens it.
 fn trusted(path: &Path) -> Result<(), String> {
-    privilege::open_trusted(path, &[0], 1 << 20)
-        .and_then(|_| privilege::check_ancestors(path))
-        .map_err(|e| format!("{e:#}"))
+    privilege::open_trusted_config(path).map(drop).map_err(|e| format!("{e:#}"))
 }
 
 /// sudo's answer for every command line repmgr's OS user runs through it: as root for
@@ -128,17 +126,8 @@ fn sudo(cfg: &Config, root: bool, user: Option<&OsUser>) -> Result<Sudo, String>
             .map(|cmd| {
                 s.spawn(move || {
                     let route = cmd.args.iter().any(|a| a == nat::INSTALLED_PATH);
-                    let list = match root {
-                        true => app::sudo_list(&user.name, &cmd),
-                        false => own_list(&cmd),
-                    };
-                    let refused = match exec::run_status(&list, None, ASK_TIMEOUT) {
-                        Ok(out) if out.status.success() => None,
-                        Ok(out) => Some(
-                            out.stderr.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("refused").to_string(),
-                        ),
-                        Err(e) => Some(e.to_string()),
-                    };
+                    let refused = app::sudo_refusal(root.then_some(user.name.as_str()), &cmd)
+                        .map(|said| if said.is_empty() { "refused".to_string() } else { said });
                     let words = cmd.args.strip_prefix(&["-n".to_string()]).unwrap_or(&cmd.args).join(" ");
                     (route, SudoAnswer { command: format!("sudo {words}"), refused })
                 })
@@ -153,12 +142,6 @@ fn sudo(cfg: &Config, root: bool, user: Option<&OsUser>) -> Result<Sudo, String>
         route: route.into_iter().map(|(_, a)| a).collect(),
         barman: barman.into_iter().map(|(_, a)| a).collect(),
     })
-}
-
-/// `sudo -n -l ...`: whether sudo lets this user run a `sudo -n ...` command line.
-fn own_list(cmd: &Cmd) -> Cmd {
-    let words = cmd.args.strip_prefix(&["-n".to_string()]).unwrap_or(&cmd.args);
-    Cmd::new(cmd.program.clone()).args(["-n", "-l"]).args(words.iter().cloned())
 }
 
 /// Every node's settings, asked as the other commands ask them (this user's password

@@ -146,6 +146,14 @@ pub fn check_ancestors(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The config file as the root step opens it: root's, writable by root alone (up to 1 MiB),
+/// and so is every directory above it.
+pub fn open_trusted_config(path: &Path) -> Result<File> {
+    let file = open_trusted(path, &[0], 1 << 20)?;
+    check_ancestors(path)?;
+    Ok(file)
+}
+
 /// Reads a config file. As root, the file must be owned by root and writable only by
 /// root, and so must every directory above it: otherwise another user could have chosen
 /// what root acts on. The file that is checked is the file that is read: it is opened
@@ -154,9 +162,7 @@ pub fn read_trusted(path: &Path) -> Result<String> {
     let mut text = String::new();
     let mut file = if is_root() {
         let untrusted = |e: anyhow::Error| anyhow::anyhow!("config {} is not trusted: {e:#}", path.display());
-        let file = open_trusted(path, &[0], 1 << 20).map_err(untrusted)?;
-        check_ancestors(path).map_err(untrusted)?;
-        file
+        open_trusted_config(path).map_err(untrusted)?
     } else {
         File::open(path).with_context(|| format!("cannot read config {}", path.display()))?
     };
