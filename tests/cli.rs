@@ -272,14 +272,19 @@ fn check_prints_one_line_per_check_names_what_to_change_and_exits_1() {
     // nobody can reach from here (TEST-NET-2) fails within connect_timeout
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
+    let as_nobody;
     let as_user = match root {
-        true => Command::new("runuser")
-            .args(["-u", "nobody", "--", env!("CARGO_BIN_EXE_repmgr-nat"), "--config", path(&config), "check"])
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .output()
-            .unwrap(),
-        false => run(&["--config", path(&config), "check"]),
+        true => {
+            as_nobody = Command::new("runuser")
+                .args(["-u", "nobody", "--", env!("CARGO_BIN_EXE_repmgr-nat"), "--config", path(&config), "check"])
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .output()
+                .unwrap();
+            &as_nobody
+        }
+        // not root: the run above was already as another user
+        false => &out,
     };
     let user_out = String::from_utf8_lossy(&as_user.stdout);
     assert_eq!(as_user.status.code(), Some(1), "{user_out}{}", String::from_utf8_lossy(&as_user.stderr));
