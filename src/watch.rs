@@ -283,7 +283,6 @@ impl Watcher {
         if !self.writes_report {
             return;
         }
-        let said = receive_wal::last_said(&cfg.watch.dir);
         let report = WatchReport {
             version: 1,
             pid: std::process::id(),
@@ -296,7 +295,8 @@ impl Watcher {
             rules: routing.to_string(),
             nodes: view.describe(),
             unanswered: view.nodes.iter().filter(|(_, a)| a.state().is_none()).map(|(n, _)| n.id()).collect(),
-            receive_wal: self.receive_wal.describe(self.clock.now(), said.as_deref()),
+            // what the last receive-wal said: read only while barman does not stream
+            receive_wal: self.receive_wal.describe(self.clock.now(), || receive_wal::last_said(&cfg.watch.dir)),
             barman_confirmed: self.receive_wal.confirmed,
             last_action: self.last_action.clone(),
             misrouted_since_ms: self.misrouted_since,

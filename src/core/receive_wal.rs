@@ -105,7 +105,7 @@ impl ReceiveWal {
 
     /// For `status`, while barman does not stream: for how long, and what the last
     /// receive-wal watch started said (`said`).
-    pub fn describe(&self, now: Instant, said: Option<&str>) -> Option<String> {
+    pub fn describe(&self, now: Instant, said: impl FnOnce() -> Option<String>) -> Option<String> {
         let since = self.inactive_since?;
         let mut text = format!("for {} s", now.duration_since(since).as_secs());
         if let Some(gap) = &self.gap {
@@ -114,7 +114,7 @@ impl ReceiveWal {
         if self.starts > 0 {
             text.push_str(&format!("; watch started receive-wal {} times", self.starts));
         }
-        if let Some(line) = said {
+        if let Some(line) = said() {
             text.push_str(&format!("; the last receive-wal said: {line}"));
         }
         Some(text)
@@ -171,12 +171,12 @@ mod tests {
             }
         }
         assert_eq!(rw.started(t0 + 10 * s), (4, 8 * s));
-        assert!(rw.describe(t0 + 10 * s, Some("ERROR")).unwrap().contains("started receive-wal 4 times"));
+        assert!(rw.describe(t0 + 10 * s, || Some("ERROR".into())).unwrap().contains("started receive-wal 4 times"));
         // streaming again: said once, and everything forgotten but what barman confirmed
         let seen = rw.see(&primary_with(streaming(3 * SEGMENT)), &to_2(Open::All), t0 + 11 * s);
         assert_eq!(seen, Seen::Streams { node: id, again: true });
         assert_eq!(rw.confirmed, Some((id, Lsn(3 * SEGMENT))));
-        assert_eq!(rw.describe(t0 + 11 * s, None), None);
+        assert_eq!(rw.describe(t0 + 11 * s, || None), None);
         let seen = rw.see(&primary_with(streaming(3 * SEGMENT)), &to_2(Open::All), t0 + 12 * s);
         assert_eq!(seen, Seen::Streams { node: id, again: false });
     }
@@ -230,6 +230,6 @@ mod tests {
         rw.see(&primary_with(idle(2 * SEGMENT)), &to_2(Open::All), now);
         let gap = rw.gap().unwrap();
         assert!(gap.starts_with("barman needs WAL from 0/1000010 (what it had confirmed on node 1)"), "{gap}");
-        assert!(rw.describe(now, None).unwrap().contains("take a new base backup"));
+        assert!(rw.describe(now, || None).unwrap().contains("take a new base backup"));
     }
 }
