@@ -425,10 +425,6 @@ mod tests {
         assert!(text.contains("consistent: yes"), "{text}");
     }
 
-    /// status restates none of the policy on barman's slots: for every view, it reports
-    /// a slot problem on a node exactly when watch would make, end or drop something there
-    /// (`decide(Ask::Watch)`); only barman not streaming from the primary is status's own
-    /// (watch's receive-wal handles it, no plan does).
     #[test]
     fn torn_down_is_inconsistent_and_says_what_to_run() {
         let cfg = example();
@@ -443,6 +439,10 @@ mod tests {
         );
     }
 
+    /// status restates none of the policy on barman's slots: for every view, it reports
+    /// a slot problem on a node exactly when watch would make, end or drop something there
+    /// (`decide(Ask::Watch)`); only barman not streaming from the primary is status's own
+    /// (watch's receive-wal handles it, no plan does).
     #[test]
     fn slot_problems_are_what_watch_would_act_on() {
         use crate::core::plan::{Ask, Decision, Situation, Step, decide};
