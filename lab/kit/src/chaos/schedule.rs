@@ -63,17 +63,6 @@ impl Node {
             Node::Db2 => crate::lab::DB2,
         }
     }
-
-    pub fn id(self) -> &'static str {
-        match self {
-            Node::Db1 => "1",
-            Node::Db2 => "2",
-        }
-    }
-
-    pub fn from_addr(addr: &str) -> Option<Node> {
-        [Node::Db1, Node::Db2].into_iter().find(|n| n.addr() == addr)
-    }
 }
 
 /// What the node that is not the primary is.
