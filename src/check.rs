@@ -278,4 +278,3 @@ fn read_small(path: &Path) -> std::io::Result<String> {
     std::fs::File::open(path)?.take(1 << 20).read_to_string(&mut text)?;
     Ok(text)
 }
-

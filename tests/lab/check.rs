@@ -48,24 +48,6 @@ fn ok_line(lab: &Lab, user: &str, start: &str) {
 }
 
 /// Runs `undo` (lab.sh ARGS) when it goes, also when the test fails half-way.
-struct Undo<'a>(&'a Lab, Vec<String>);
-
-impl<'a> Undo<'a> {
-    fn new(lab: &'a Lab, args: &[&str]) -> Undo<'a> {
-        Undo(lab, args.iter().map(|a| a.to_string()).collect())
-    }
-}
-
-impl Drop for Undo<'_> {
-    fn drop(&mut self) {
-        let args: Vec<&str> = self.1.iter().map(String::as_str).collect();
-        let run = self.0.lab(&args);
-        if run.code != 0 {
-            eprintln!("lab.sh {:?} failed: {}", self.1, run.stderr);
-        }
-    }
-}
-
 #[test]
 fn check_is_all_ok_on_a_clean_lab_and_names_each_misconfiguration() {
     let lab = Lab::up();
@@ -93,7 +75,7 @@ fn check_is_all_ok_on_a_clean_lab_and_names_each_misconfiguration() {
 
     // forwarding off in the proxy's namespace
     {
-        let _on = Undo::new(&lab, &["exec", "proxy", "--", "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let _on = lab.undo(&["exec", "proxy", "--", "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         lab.ok(&["exec", "proxy", "--", "sysctl", "-qw", "net.ipv4.ip_forward=0"]);
         let line = failed(&lab, "postgres", "net.ipv4.ip_forward = 1: ");
         assert!(line.contains("it is 0: the proxy forwards nothing"), "{line}");
@@ -109,7 +91,7 @@ fn check_is_all_ok_on_a_clean_lab_and_names_each_misconfiguration() {
             head.into_iter().chain(at).chain(shadow.split(' ').map(String::from)).collect()
         };
         lab.ok(&rule("-I").iter().map(String::as_str).collect::<Vec<_>>());
-        let _gone = Undo(&lab, rule("-D"));
+        let _gone = lab.undo(&rule("-D"));
         let line =
             failed(&lab, "root", "nothing in PREROUTING or OUTPUT before the jump to repmgr_dnat takes our ports: ");
         assert!(line.contains(&format!("\"-A PREROUTING {shadow}\" comes first")), "{line}");
@@ -119,7 +101,7 @@ fn check_is_all_ok_on_a_clean_lab_and_names_each_misconfiguration() {
 
     // the role without pg_read_all_stats (revoked on the primary, replicated to the standby)
     {
-        let _grant = Undo::new(&lab, &["psql", "db1", "GRANT pg_read_all_stats TO repmgr_nat"]);
+        let _grant = lab.undo(&["psql", "db1", "GRANT pg_read_all_stats TO repmgr_nat"]);
         lab.sql("db1", "REVOKE pg_read_all_stats FROM repmgr_nat");
         let line =
             failed(&lab, "postgres", "node 1: role repmgr_nat has REPLICATION, pg_signal_backend, pg_read_all_stats: ");
@@ -147,20 +129,17 @@ fn check_is_all_ok_on_a_clean_lab_and_names_each_misconfiguration() {
             "{}",
             lines.join("\n")
         );
-        let _revoke = Undo::new(
-            &lab,
-            &[
-                "psql",
-                "-d",
-                "repmgr",
-                "db1",
-                "REVOKE SELECT ON repmgr.nodes FROM repmgr_nat; REVOKE USAGE ON SCHEMA repmgr FROM repmgr_nat",
-            ],
-        );
+        let _revoke = lab.undo(&[
+            "psql",
+            "-d",
+            "repmgr",
+            "db1",
+            "REVOKE SELECT ON repmgr.nodes FROM repmgr_nat; REVOKE USAGE ON SCHEMA repmgr FROM repmgr_nat",
+        ]);
         lab.ok(&["psql", "-d", "repmgr", "db1", grants]);
         ok_line(&lab, "postgres", &format!("{name}: 2 node(s), repmgr.nodes on node 1"));
         // an inactive node 3 (as a failed node stays until it is unregistered)
-        let _gone = Undo::new(&lab, &["psql", "-d", "repmgr", "db1", "DELETE FROM repmgr.nodes WHERE node_id = 3"]);
+        let _gone = lab.undo(&["psql", "-d", "repmgr", "db1", "DELETE FROM repmgr.nodes WHERE node_id = 3"]);
         lab.ok(&[
             "psql",
             "-d",

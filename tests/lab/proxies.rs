@@ -434,13 +434,7 @@ fn check_is_all_ok_on_both_proxies_and_names_keepalived_without_can_serve() {
                 &format!("net.netfilter.nf_conntrack_tcp_be_liberal={v}"),
             ])
         };
-        struct Back<'a>(&'a Lab);
-        impl Drop for Back<'_> {
-            fn drop(&mut self) {
-                self.0.lab(&["exec", "proxy2", "--", "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=1"]);
-            }
-        }
-        let _back = Back(&lab);
+        let _back = lab.undo(&["exec", "proxy2", "--", "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=1"]);
         set("0");
         let (code, lines) = check_in(&lab, "proxy2", "postgres");
         assert_eq!(code, 1, "{}", lines.join("\n"));

@@ -10,12 +10,17 @@ impl Lab {
     #[track_caller]
     pub fn fault(&self, fault: &str, undo: &str, node: &str) -> Undo<'_> {
         self.ok(&[fault, node]);
-        Undo { lab: self, args: vec![undo.to_string(), node.to_string()] }
+        self.undo(&[undo, node])
+    }
+
+    /// `lab.sh ARGS...` when the guard goes: what puts back a change the test makes next.
+    pub fn undo<S: AsRef<str>>(&self, args: &[S]) -> Undo<'_> {
+        Undo { lab: self, args: args.iter().map(|a| a.as_ref().to_string()).collect() }
     }
 }
 
-/// Undoes a fault (`lab.sh thaw NODE`, `lab.sh heal NODE`, ...) when dropped, also when a
-/// test fails half-way.
+/// Undoes a fault (`lab.sh thaw NODE`, `lab.sh heal NODE`, ...) or a change when dropped,
+/// also when a test fails half-way.
 pub struct Undo<'a> {
     lab: &'a Lab,
     args: Vec<String>,
