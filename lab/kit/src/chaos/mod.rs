@@ -614,9 +614,13 @@ impl<'a> Chaos<'a> {
     /// and a margin.
     fn barman_receives(&mut self, n: usize) {
         let lab = self.lab;
+        // no primary to observe: invariant 5 has said so already, nothing to receive from
         let Some((state, _)) = observe(lab) else { return };
         let primary = state.primary.name();
-        let Ok(now) = lab.try_sql(primary, "select pg_current_wal_lsn()") else { return };
+        let now = match lab.try_sql(primary, "select pg_current_wal_lsn()") {
+            Ok(now) => now,
+            Err(e) => return self.violation(n, 3, format!("cannot ask {primary} what barman must receive"), e),
+        };
         let sql = format!(
             "select coalesce(bool_or(r.write_lsn >= '{now}'), false) from pg_stat_replication r \
              join pg_replication_slots s on s.active_pid = r.pid where s.slot_name = 'barman'"
@@ -639,8 +643,12 @@ impl<'a> Chaos<'a> {
     fn standby_slot(&mut self, n: usize, standby: Node) {
         let sql = "select coalesce(pg_wal_lsn_diff(pg_last_wal_replay_lsn(), restart_lsn), 0)::bigint \
                    from pg_replication_slots where slot_name = 'barman'";
-        if let Ok(kept) = self.lab.try_sql(standby.name(), sql)
-            && let Ok(bytes) = kept.parse::<i64>()
+        let kept = match self.lab.try_sql(standby.name(), sql) {
+            Ok(kept) => kept,
+            Err(e) => return self.violation(n, 4, format!("cannot ask {} what its slot keeps", standby.name()), e),
+        };
+        // no row: no slot there yet (watch makes it within a pass), so it keeps nothing
+        if let Ok(bytes) = kept.parse::<i64>()
             && bytes > (self.slot_limit_mb as i64) << 20
         {
             self.violation(
