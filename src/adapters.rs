@@ -10,6 +10,7 @@ use tokio::runtime::Runtime;
 
 use crate::core::config::Config;
 use crate::core::ruleset::Record;
+use crate::core::watch_json::WatchReport;
 use crate::effects::barman::{Backup, BarmanCli, NoBarman};
 use crate::effects::db::{self, Cluster, PgCluster};
 use crate::effects::dryrun::{PrintBackup, PrintCluster, PrintFirewall, PrintNat, Sink};
@@ -34,12 +35,25 @@ pub struct Adapters<'c> {
     /// Started on first use: root's commands never ask a node.
     rt: OnceCell<Runtime>,
     state: StateDir,
+    /// What a running watch wrote last, read once per run.
+    watch: OnceCell<Option<WatchReport>>,
     out: Sink,
 }
 
 impl<'c> Adapters<'c> {
     pub fn new(ctx: &'c Ctx) -> Adapters<'c> {
-        Adapters { ctx, rt: OnceCell::new(), state: StateDir::new(&ctx.cfg.state.dir), out: Sink::Stdout }
+        Adapters {
+            ctx,
+            rt: OnceCell::new(),
+            state: StateDir::new(&ctx.cfg.state.dir),
+            watch: OnceCell::new(),
+            out: Sink::Stdout,
+        }
+    }
+
+    /// What a running watch wrote last (`watch.dir`), if anything.
+    pub fn watch_report(&self) -> Option<&WatchReport> {
+        self.watch.get_or_init(|| watch_file::read(&self.ctx.cfg)).as_ref()
     }
 
     /// The runtime every database call of this run runs on.
@@ -56,6 +70,11 @@ impl<'c> Adapters<'c> {
         Ok(PgCluster::new(&self.ctx.cfg, self.runtime()?))
     }
 
+    /// `teardown` ran since the last `setup`.
+    pub fn torn_down(&self) -> bool {
+        self.state.torn_down()
+    }
+
     /// The run lock, waited for; none for a dry run, which changes nothing.
     pub fn lock(&self) -> Result<Option<Lock>> {
         if self.ctx.dry_run {
@@ -69,7 +88,7 @@ impl<'c> Adapters<'c> {
     pub fn run_lock(&self) -> Box<dyn RunLock> {
         match self.ctx.dry_run {
             true => Box::new(NoRunLock),
-            false => Box::new(StateDir::new(&self.ctx.cfg.state.dir)),
+            false => Box::new(self.state.clone()),
         }
     }
 
@@ -77,8 +96,11 @@ impl<'c> Adapters<'c> {
     /// moment ago gets a short deadline.
     pub fn effects<T>(&self, f: impl FnOnce(&Effects) -> Result<T>) -> Result<T> {
         let cfg = &self.ctx.cfg;
-        let seen_down =
-            watch_file::read(cfg).filter(|r| r.fresh(crate::clock::now_ms())).map(|r| r.unanswered).unwrap_or_default();
+        let seen_down = self
+            .watch_report()
+            .filter(|r| r.fresh(crate::clock::now_ms()))
+            .map(|r| r.unanswered.clone())
+            .unwrap_or_default();
         if !seen_down.is_empty() {
             log::debug!("watch saw node(s) {seen_down:?} unanswered: asked within {} ms", db::SEEN_DOWN.as_millis());
         }

@@ -236,7 +236,8 @@ fn refuse_root(command: &str, root: bool) -> Result<()> {
 }
 
 fn status(ctx: &Ctx, json: bool) -> Result<()> {
-    let report = Adapters::new(ctx).effects(|fx| {
+    let adapters = Adapters::new(ctx);
+    let report = adapters.effects(|fx| {
         let view = fx.cluster.view();
         let live = fx.nat.live().map_err(|e| format!("{e:#}"));
         let recorded = fx.nat.recorded().map_err(|e| format!("{e:#}"));
@@ -244,8 +245,8 @@ fn status(ctx: &Ctx, json: bool) -> Result<()> {
             view: &view,
             live,
             recorded,
-            watch: watch_file::read(&ctx.cfg),
-            torn_down: StateDir::new(&ctx.cfg.state.dir).torn_down(),
+            watch: adapters.watch_report().cloned(),
+            torn_down: adapters.torn_down(),
             now_ms: now_ms(),
         };
         Ok(status::assess(&ctx.cfg, seen))

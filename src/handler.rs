@@ -47,7 +47,7 @@ pub struct Acted<'v> {
 /// caller holds: what another run changed before is seen), and acts.
 pub fn act_on<'v>(cfg: &Config, fx: &Effects, ask: Ask, label: &str, view: &'v View) -> Result<Acted<'v>> {
     let live = fx.nat.live()?;
-    let seen = Situation::new(view, live.routing(cfg), live.in_place(cfg), fx.nat.recorded()?);
+    let seen = Situation::read(cfg, view, &live, fx.nat.recorded()?);
     let verbose = matches!(ask, Ask::Reconcile { .. });
     for (node, answer) in &view.nodes {
         let level = if verbose { log::Level::Info } else { log::Level::Debug };

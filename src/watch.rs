@@ -238,12 +238,11 @@ impl Watcher {
         let (steps, result) = match result {
             Ok(acted) => {
                 self.retry.succeeded();
-                // (a dry run changed nothing: the rules are read again)
-                if !self.dry_run {
-                    let (routing, in_place, record) = acted.seen.after(&acted.steps);
-                    self.nat.set(routing.clone(), in_place, self.clock.now());
-                    after = Some((routing, record));
-                }
+                // a dry run changed nothing: the rules are still what it saw
+                let carried_out: &[Step] = if self.dry_run { &[] } else { &acted.steps };
+                let (routing, in_place, record) = acted.seen.after(carried_out);
+                self.nat.set(routing.clone(), in_place, self.clock.now());
+                after = Some((routing, record));
                 (acted.steps, "ok".to_string())
             }
             Err(e) => {
@@ -538,6 +537,10 @@ mod tests {
         assert!(printed.contains("/usr/bin/repmgr-nat route 2 --ports all --timeline 2\n"), "{printed}");
         assert!(printed.contains("receive-wal main_backup &"), "{printed}");
         assert_eq!(watcher.last_action.as_ref().map(|a| a.result.as_str()), Some("ok"));
+        let reads = fake.reads.swap(0, std::sync::atomic::Ordering::Relaxed);
+        // before deciding, under the lock, and the printed switch's own check for foreign
+        // rules; then known unchanged, not read again
+        assert_eq!(reads, 3);
         // the rules never change: the same plan is not printed again every pass
         let out = Sink::capture();
         dressed(&cfg, true, true, &real, &out, |fx| watcher.pass(&cfg, fx, &fake.view()));

@@ -7,7 +7,7 @@ use std::fmt;
 
 use crate::core::config::{Config, NoPrimary, Node, OpenApp};
 use crate::core::event::Claim;
-use crate::core::ruleset::{Open, Record, Route, Routing};
+use crate::core::ruleset::{Live, Open, Record, Route, Routing};
 use crate::core::view::{Answer, Arbitration, Lsn, Primary, Role, View, arbitrate};
 
 /// Why the cluster is looked at.
@@ -102,6 +102,11 @@ pub struct Situation<'v> {
 impl<'v> Situation<'v> {
     pub fn new(view: &'v View, routing: Routing, in_place: bool, record: Option<Record>) -> Situation<'v> {
         Situation { arbitration: arbitrate(view, record), view, routing, in_place, record }
+    }
+
+    /// From the nat table as read (`iptables-save`): what the events and `status` see.
+    pub fn read(cfg: &Config, view: &'v View, live: &Live, record: Option<Record>) -> Situation<'v> {
+        Situation::new(view, live.routing(cfg), live.in_place(cfg), record)
     }
 
     /// The rules, whether everything is in place, and the record, once `steps` were all

@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::core::config::{Config, Node, NodeId};
 use crate::core::ruleset::{self, Live, Open, Record, Route, Routing};
-use crate::core::view::{Answer, Arbitration, Lsn, Primary, Role, View, arbitrate};
+use crate::core::plan::Situation;
+use crate::core::view::{Answer, Arbitration, Lsn, Primary, Role, View};
 use crate::core::watch_json::WatchReport;
 
 /// The version of the JSON document `status --json` prints; it grows when a field's
@@ -123,12 +124,17 @@ pub fn assess(cfg: &Config, seen: Seen) -> Report {
         Ok(r) => (r, None),
         Err(e) => (None, Some(e)),
     };
-    let arbitration = arbitrate(view, recorded);
+    // the observation a watch pass or an event decides from, built the same way
+    let situation = match &live {
+        Ok(live) => Situation::read(cfg, view, live, recorded),
+        Err(_) => Situation::new(view, Routing::Unrecognised, false, recorded),
+    };
+    let arbitration = &situation.arbitration;
     let wanted = match arbitration.primary {
         Primary::Legit { node, timeline } => Some(Record { route: Route::new(node, Open::All), timeline }),
         _ => None,
     };
-    let mut problems = primary_problems(&arbitration);
+    let mut problems = primary_problems(arbitration);
     if torn_down {
         problems.push(
             "torn down (`repmgr-nat teardown`, which the package's removal runs): no switch is made until \
@@ -137,9 +143,9 @@ pub fn assess(cfg: &Config, seen: Seen) -> Report {
         );
     }
     problems.extend(slot_problems(cfg, view, wanted.map(|w| w.route.node), watch.as_ref().filter(|_| watching)));
-    let rules = rules_report(cfg, &live);
+    let rules = rules_report(&situation, &live);
     if let Ok(live) = &live {
-        problems.extend(rules_problems(cfg, live, wanted, recorded, recorded_error.is_some()));
+        problems.extend(rules_problems(cfg, &situation, live, wanted, recorded_error.is_some()));
     } else if let Err(e) = &live {
         problems.push(format!("cannot read the rules: {e}"));
     }
@@ -250,15 +256,15 @@ fn slot_problems(cfg: &Config, view: &View, primary: Option<Node>, watch: Option
     problems
 }
 
-fn rules_report(cfg: &Config, live: &Result<Live, String>) -> RulesReport {
+fn rules_report(seen: &Situation, live: &Result<Live, String>) -> RulesReport {
     match live {
         Ok(live) => {
-            let routing = live.routing(cfg);
+            let routing = &seen.routing;
             RulesReport {
                 readable: true,
                 error: None,
-                chains_and_jumps: live.in_place(cfg),
-                route: match routing {
+                chains_and_jumps: seen.in_place,
+                route: match *routing {
                     Routing::To(route) => Some(route),
                     _ => None,
                 },
@@ -279,14 +285,14 @@ fn rules_report(cfg: &Config, live: &Result<Live, String>) -> RulesReport {
 
 fn rules_problems(
     cfg: &Config,
+    seen: &Situation,
     live: &Live,
     wanted: Option<Record>,
-    recorded: Option<Record>,
     record_unreadable: bool,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    let routing = live.routing(cfg);
-    if !live.in_place(cfg) {
+    let (routing, recorded) = (&seen.routing, seen.record);
+    if !seen.in_place {
         let chains: Vec<String> = ruleset::chains(cfg)
             .iter()
             .map(|chain| format!("{} {}", chain.name, if live.has_chain(chain.name) { "present" } else { "missing" }))
@@ -300,12 +306,12 @@ fn rules_problems(
         ));
     }
     if let Some(wanted) = wanted
-        && routing != Routing::To(wanted.route)
+        && *routing != Routing::To(wanted.route)
     {
         problems.push(format!("the rules hold {routing}; the primary is node {}", wanted.route.node.id()));
     }
     let as_recorded = recorded.map_or(Routing::Nothing, |r| Routing::To(r.route));
-    if !record_unreadable && routing != as_recorded {
+    if !record_unreadable && *routing != as_recorded {
         let said = recorded.map_or("nothing".to_string(), |r| r.route.to_string());
         problems.push(format!("the rules hold {routing}; the record says {said}"));
     }

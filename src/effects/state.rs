@@ -27,6 +27,7 @@ const ROUTE_LOCK: &str = "route.lock";
 /// Left by `teardown`, removed by `setup`: while it is there, no switch creates anything.
 const TORN_DOWN: &str = "torn-down";
 
+#[derive(Clone)]
 pub struct StateDir {
     dir: PathBuf,
     /// Who must own the directory and what is in it: root (another user, in unit tests).
