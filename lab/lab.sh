@@ -136,8 +136,10 @@ cmd_wait_primary() {
 cmd_wait_standby() {
     (($# >= 1)) || die "usage: lab.sh wait-standby NODE [TIMEOUT]"; check_node "$1"
     local t0; t0=$(now_ms)
-    wait_until "${2:-30}" is_streaming_standby "$1" ||
+    if ! wait_until "${2:-30}" is_streaming_standby "$1"; then
+        tail -n 15 "$(node_pglog "$1")" | sed 's/^/    /' >&2
         die "$1 is not a streaming standby after ${2:-30}s (in recovery: $(in_recovery "$1")); look at $(node_pglog "$1") $(node_repmgrd_log "$1")"
+    fi
     say "$1 is a streaming standby ($(bc_div $(($(now_ms) - t0))) s)"
 }
 

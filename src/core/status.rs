@@ -7,8 +7,8 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::core::config::{Config, Node, NodeId};
-use crate::core::ruleset::{self, Live, Open, Record, Route, Routing};
 use crate::core::plan::Situation;
+use crate::core::ruleset::{self, Live, Open, Record, Route, Routing};
 use crate::core::view::{Answer, Arbitration, Lsn, Primary, Role, View};
 use crate::core::watch_json::WatchReport;
 
