@@ -171,19 +171,23 @@ cmd_rejoin() {
     printf '%s\n' "$out" >>"$(node_repmgrd_log "$n")"
     if ((rc == 0)); then
         say "rejoin $n: repmgr node rejoin done (standby of $p)"
-    else
-        ((clone)) || {
-            warn "repmgr node rejoin failed on $n (exit $rc; output in $(node_repmgrd_log "$n")): fresh clone instead"
-            printf '%s\n' "$out" | tail -n 5 | sed 's/^/    /' >&2
-        }
-        if node_running "$n"; then pg_as "$n" "$(node_pgctl "$n")" immediate || die "cannot stop $n before the clone"; fi
-        rm -rf -- "$(node_data "$n")"
-        node_repmgr "$n" -h "$(node_ip "$p")" -p "$PG_PORT" -U repmgr -d repmgr standby clone --fast-checkpoint -F ||
-            die "standby clone of $n from $p failed; look at $(node_repmgrd_log "$n")"
-        pg_as "$n" "$(node_pgctl "$n")" start || die "$n did not start after the clone; look at $(node_pglog "$n")"
-        node_repmgr "$n" standby register -F || die "standby register -F failed on $n"
-        say "rejoin $n: cloned from $p and registered (event standby_register, not node_rejoin)"
+        # repmgr can misjudge a rewind as unneeded when the old primary's last checkpoint
+        # sits exactly at the fork: PostgreSQL then never streams ("forked off ... before
+        # current recovery point"). An operator clones afresh; so does the lab.
+        wait_until 20 is_streaming_standby "$n" && { cmd_wait_standby "$n" 1; return; }
+        warn "rejoin $n: not streaming 20 s after repmgr node rejoin: fresh clone instead; the log's last lines:"
+        tail -n 8 "$(node_pglog "$n")" | sed 's/^/    /' >&2
+    elif ((!clone)); then
+        warn "repmgr node rejoin failed on $n (exit $rc; output in $(node_repmgrd_log "$n")): fresh clone instead"
+        printf '%s\n' "$out" | tail -n 5 | sed 's/^/    /' >&2
     fi
+    if node_running "$n"; then pg_as "$n" "$(node_pgctl "$n")" immediate || die "cannot stop $n before the clone"; fi
+    rm -rf -- "$(node_data "$n")"
+    node_repmgr "$n" -h "$(node_ip "$p")" -p "$PG_PORT" -U repmgr -d repmgr standby clone --fast-checkpoint -F ||
+        die "standby clone of $n from $p failed; look at $(node_repmgrd_log "$n")"
+    pg_as "$n" "$(node_pgctl "$n")" start || die "$n did not start after the clone; look at $(node_pglog "$n")"
+    node_repmgr "$n" standby register -F || die "standby register -F failed on $n"
+    say "rejoin $n: cloned from $p and registered (event standby_register, not node_rejoin)"
     cmd_wait_standby "$n" 30
 }
 
