@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use crate::adapters::{Adapters, Ctx};
 use crate::cli::{Cli, Command};
 use crate::clock::now_ms;
-use crate::core::config::{self, Config, Node, NodeId};
+use crate::core::config::{self, Config, Instance, Node, NodeId};
 use crate::core::event::{self, Event, Triage};
 use crate::core::plan::Ask;
 use crate::core::ruleset::{self, Open, Record, Route};
@@ -28,6 +28,8 @@ use crate::watch;
 /// How this run was invoked: decided once, before any command.
 struct Invocation {
     config: Option<PathBuf>,
+    /// `--instance`: the default one without it (and with `--config`).
+    instance: Instance,
     root: bool,
     dry_run: bool,
 }
@@ -35,14 +37,14 @@ struct Invocation {
 impl Invocation {
     /// For a command that only reads: the config asked for.
     fn reading(&self) -> Result<Ctx> {
-        Ok(Ctx { cfg: load(self.config.as_deref())?, root: self.root, dry_run: self.dry_run })
+        Ok(Ctx { cfg: load(&self.instance, self.config.as_deref())?, root: self.root, dry_run: self.dry_run })
     }
 
     /// For a command that may change the rules through sudo: only the config root routes
     /// by (see `acting_config`).
     fn acting(&self) -> Result<Ctx> {
         let path = acting_config(self.config.clone(), self.root, self.dry_run)?;
-        Ok(Ctx { cfg: load(path.as_deref())?, root: self.root, dry_run: self.dry_run })
+        Ok(Ctx { cfg: load(&self.instance, path.as_deref())?, root: self.root, dry_run: self.dry_run })
     }
 
     /// For a command that changes the nat table itself: root, with the umask and limits
@@ -55,7 +57,8 @@ impl Invocation {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    let inv = Invocation { config: cli.config.clone(), root: privilege::is_root(), dry_run: cli.dry_run };
+    let instance = cli.instance.as_deref().map(Instance::parse).transpose().map_err(bad_input)?.unwrap_or_default();
+    let inv = Invocation { config: cli.config.clone(), instance, root: privilege::is_root(), dry_run: cli.dry_run };
     match &cli.command {
         Command::Event { node_id, event, success } => {
             let (ctx, handled) = handle_event(&inv, node_id, event, success.as_deref());
@@ -70,7 +73,8 @@ pub fn run(cli: Cli) -> Result<()> {
             let ctx = inv.acting()?;
             watch::run(&Adapters::new(&ctx))
         }
-        Command::Status { json } => status(&inv.reading()?, *json),
+        Command::Status { json, all: false } => status(&inv.reading()?, *json),
+        Command::Status { json, all: true } => status_all(&inv, *json),
         Command::CanServe => can_serve(&inv.reading()?),
         Command::Setup => {
             inv.as_root("setup")?;
@@ -186,12 +190,55 @@ fn count_event(inv: &Invocation, ctx: Option<Ctx>, event: &str, handled: &Result
     }
 }
 
-/// The config at `requested`, or at the default path; as root, only a file only root
-/// can change.
-fn load(requested: Option<&Path>) -> Result<Config> {
-    let path = requested.unwrap_or(Path::new(config::DEFAULT_PATH));
+/// The instance's config (the default instance's at `requested`, if given); as root,
+/// only a file only root can change. Refused when it claims a chain, port, node, barman
+/// server or directory another instance of this host claims: both are, until one changes.
+fn load(instance: &Instance, requested: Option<&Path>) -> Result<Config> {
+    let path = requested.map_or_else(|| instance.config_path(), Path::to_path_buf);
+    let cfg = read_config(instance, &path)?;
+    for other in installed_instances().into_iter().filter(|other| other != instance) {
+        let theirs = match read_config(&other, &other.config_path()) {
+            Ok(theirs) => theirs,
+            // its own runs refuse it, and say why
+            Err(e) => {
+                log::debug!("{other} not compared: {e:#}");
+                continue;
+            }
+        };
+        let shared = config::instance::collisions(&cfg, &theirs);
+        if !shared.is_empty() {
+            return Err(bad_input(anyhow::anyhow!(
+                "config {}: {} shares {} with {} ({}); two instances may share none of these: change one",
+                path.display(),
+                instance,
+                shared.join(", "),
+                other,
+                other.config_path().display()
+            )));
+        }
+    }
+    Ok(cfg)
+}
+
+fn read_config(instance: &Instance, path: &Path) -> Result<Config> {
     let text = privilege::read_trusted(path).map_err(bad_input)?;
-    Config::parse(&text).map_err(|e| bad_input(e.context(format!("bad config {}", path.display()))))
+    Config::parse_instance(&text, instance).map_err(|e| bad_input(e.context(format!("bad config {}", path.display()))))
+}
+
+/// The instances configured on this host: the default one if its file exists, then every
+/// `/etc/repmgr-nat/<name>.toml`, by name.
+pub fn installed_instances() -> Vec<Instance> {
+    let mut found: Vec<Instance> = Vec::new();
+    if Path::new(config::DEFAULT_PATH).exists() {
+        found.push(Instance::Default);
+    }
+    if let Ok(entries) = std::fs::read_dir(config::instance::DIR) {
+        let mut named: Vec<Instance> =
+            entries.flatten().filter_map(|e| e.file_name().to_str().and_then(Instance::of_file)).collect();
+        named.sort();
+        found.extend(named);
+    }
+    found
 }
 
 /// A run that changes anything through sudo acts on the config `route` reads as root
@@ -236,21 +283,7 @@ fn refuse_root(command: &str, root: bool) -> Result<()> {
 }
 
 fn status(ctx: &Ctx, json: bool) -> Result<()> {
-    let adapters = Adapters::new(ctx);
-    let report = adapters.effects(|fx| {
-        let view = fx.cluster.view();
-        let live = fx.nat.live().map_err(|e| format!("{e:#}"));
-        let recorded = fx.nat.recorded().map_err(|e| format!("{e:#}"));
-        let seen = status::Seen {
-            view: &view,
-            live,
-            recorded,
-            watch: adapters.watch_report().cloned(),
-            torn_down: adapters.torn_down(),
-            now_ms: now_ms(),
-        };
-        Ok(status::assess(&ctx.cfg, seen))
-    })?;
+    let report = status_report(ctx)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -263,8 +296,74 @@ fn status(ctx: &Ctx, json: bool) -> Result<()> {
     }
 }
 
-/// keepalived's check: exit 0 when this proxy host can serve, 1 (and why) when not. It
-/// reads only the config and watch.json: cheap enough to run every second.
+fn status_report(ctx: &Ctx) -> Result<status::Report> {
+    let adapters = Adapters::new(ctx);
+    adapters.effects(|fx| {
+        let view = fx.cluster.view();
+        let live = fx.nat.live().map_err(|e| format!("{e:#}"));
+        let recorded = fx.nat.recorded().map_err(|e| format!("{e:#}"));
+        let seen = status::Seen {
+            view: &view,
+            live,
+            recorded,
+            watch: adapters.watch_report().cloned(),
+            torn_down: adapters.torn_down(),
+            now_ms: now_ms(),
+        };
+        Ok(status::assess(&ctx.cfg, seen))
+    })
+}
+
+/// `status --all`: every instance of this host, one after the other. Exit 4 when any is
+/// inconsistent, 2 when one's config cannot be used (the others are still shown).
+fn status_all(inv: &Invocation, json: bool) -> Result<()> {
+    if inv.config.is_some() || inv.instance != Instance::Default {
+        return Err(
+            Exit::BadInput("status --all shows every instance: --config and --instance are refused".into()).into()
+        );
+    }
+    let instances = installed_instances();
+    if instances.is_empty() {
+        return Err(Exit::BadInput(format!(
+            "status --all: no instance is configured (neither {} nor {}/*.toml)",
+            config::DEFAULT_PATH,
+            config::instance::DIR
+        ))
+        .into());
+    }
+    let mut all = Vec::new();
+    for instance in instances {
+        let report = load(&instance, None)
+            .and_then(|cfg| status_report(&Ctx { cfg, root: inv.root, dry_run: inv.dry_run }))
+            .map_err(|e| format!("{e:#}"));
+        all.push(status::OfInstance::new(&instance, report));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status::All::new(&all))?);
+    } else {
+        for one in &all {
+            print!("{}", one.to_text(now_ms()));
+        }
+    }
+    let unreadable: Vec<String> =
+        all.iter().filter(|one| one.error.is_some()).map(|one| one.instance.clone()).collect();
+    let inconsistent: Vec<String> = all
+        .iter()
+        .filter(|one| one.report.as_ref().is_some_and(|r| !r.consistent))
+        .map(|one| one.instance.clone())
+        .collect();
+    match (unreadable.is_empty(), inconsistent.is_empty()) {
+        (false, _) => {
+            Err(Exit::BadInput(format!("status --all: cannot read instance(s) {}", unreadable.join(", "))).into())
+        }
+        (true, false) => {
+            Err(Exit::Inconsistent(format!("status --all: inconsistent: instance(s) {}", inconsistent.join(", ")))
+                .into())
+        }
+        (true, true) => Ok(()),
+    }
+}
+
 fn can_serve(ctx: &Ctx) -> Result<()> {
     let report = watch_file::read(&ctx.cfg);
     let running = report.as_ref().is_some_and(|r| watch_file::runs(r.pid));
@@ -391,10 +490,10 @@ fn check_config(ctx: &Ctx) -> Result<()> {
 /// a switch to every node for each ports value, with a timeline and without, and barman's
 /// three commands.
 pub fn sudo_commands(cfg: &Config) -> Vec<Cmd> {
-    let mut cmds = vec![ViaSudo::route_cmd(&["--show"])];
+    let mut cmds = vec![ViaSudo::route_cmd(cfg, &["--show"])];
     for node in &cfg.nodes {
         for (open, timeline) in [(Open::All, 1), (Open::Barman, 1), (Open::None, 0)] {
-            cmds.push(ViaSudo::switch_cmd(Record { route: Route::new(*node, open), timeline }));
+            cmds.push(ViaSudo::switch_cmd(cfg, Record { route: Route::new(*node, open), timeline }));
         }
     }
     if let Some(barman) = &cfg.barman {

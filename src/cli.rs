@@ -19,6 +19,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH", env = "REPMGR_NAT_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// Which of this host's clusters: /etc/repmgr-nat/NAME.toml (without it,
+    /// /etc/repmgr-nat.toml)
+    #[arg(long, global = true, value_name = "NAME", env = "REPMGR_NAT_INSTANCE", conflicts_with = "config")]
+    pub instance: Option<String>,
+
     /// Print what would be done (rulesets, SQL, commands) and change nothing
     #[arg(long, global = true)]
     pub dry_run: bool,
@@ -72,6 +77,9 @@ pub enum Command {
         /// Print JSON
         #[arg(long)]
         json: bool,
+        /// Every instance of this host, one after the other; exit 4 when any disagrees
+        #[arg(long)]
+        all: bool,
     },
     /// As root: remove the chains and every rule that jumps to them; no switch puts them
     /// back until setup
@@ -132,6 +140,9 @@ mod tests {
         assert!(Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "all", "10.0.0.1"]).is_err());
         assert!(Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "all", "--timeline", "3"]).is_ok());
         assert!(Cli::try_parse_from(["repmgr-nat", "route", "--show", "--timeline", "3"]).is_err());
+        let cli = Cli::try_parse_from(["repmgr-nat", "--instance", "two", "route", "2", "--ports", "all"]).unwrap();
+        assert_eq!(cli.instance.as_deref(), Some("two"));
+        assert!(Cli::try_parse_from(["repmgr-nat", "--instance", "two", "--config", "/x", "status"]).is_err());
     }
 
     #[test]

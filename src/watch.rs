@@ -66,7 +66,8 @@ pub fn run(adapters: &Adapters) -> Result<()> {
                 log::error!("watch: {e:#}: events are not counted");
             }
             if let Some(addr) = cfg.watch.metrics {
-                exporter::serve(addr, Arc::clone(&watcher.snapshot), cfg.watch.dir.clone());
+                let cluster = cfg.instance.name().to_string();
+                exporter::serve(addr, Arc::clone(&watcher.snapshot), cfg.watch.dir.clone(), cluster);
             }
             watcher.writes_report = true;
         }

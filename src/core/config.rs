@@ -12,6 +12,9 @@ use anyhow::{Result, bail};
 use serde::Deserialize;
 
 mod file;
+pub mod instance;
+
+pub use instance::Instance;
 
 /// A value from outside, quoted for a message: escaped, and cut after 40 characters.
 pub fn quoted(text: &str) -> String {
@@ -178,6 +181,8 @@ pub struct Config {
     /// The OS user repmgr runs as: events, reconcile and watch run as it, setup asks the
     /// nodes as it, and its group may take the run lock.
     pub repmgr_user: String,
+    /// Which of this host's clusters the config is (the default one unless named).
+    pub instance: Instance,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -263,6 +268,11 @@ pub struct State {
     pub lock_timeout: Duration,
 }
 
+impl State {
+    /// The default instance's state directory; a named one's is inside it.
+    pub const DIR: &str = "/var/lib/repmgr-nat";
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Watch {
     /// How often `watch` asks every node while the routed primary answers.
@@ -274,6 +284,9 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// The default instance's watch.dir (the unit's RuntimeDirectory); a named one's is
+    /// inside it.
+    pub const DIR: &str = "/run/repmgr-nat";
     /// While the routed primary does not answer, a promotion is near: every node is asked
     /// this often (or at `interval`, if that is shorter).
     pub const HURRY: Duration = Duration::from_millis(50);
@@ -284,8 +297,15 @@ impl Watch {
 }
 
 impl Config {
+    /// The default instance's config (`/etc/repmgr-nat.toml`).
+    #[cfg(test)]
     pub fn parse(text: &str) -> Result<Config> {
-        file::parse(text)
+        file::parse(text, &Instance::Default)
+    }
+
+    /// `instance`'s config: the defaults of what it must not share are its own.
+    pub fn parse_instance(text: &str, instance: &Instance) -> Result<Config> {
+        file::parse(text, instance)
     }
 
     /// barman's slot, where this proxy has barman; an error otherwise (only the steps

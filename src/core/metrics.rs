@@ -255,9 +255,10 @@ fn label_word(word: &str) -> bool {
     crate::core::event::well_formed_name(word)
 }
 
-/// The Prometheus text exposition format (version 0.0.4) of everything watch knows.
-pub fn render(s: &Snapshot, events: &EventCounts, version: &str) -> String {
-    let mut out = Out(String::new());
+/// The Prometheus text exposition format (version 0.0.4) of everything watch knows, each
+/// series labelled with the instance it is about (`cluster="default"` on a host with one).
+pub fn render(s: &Snapshot, events: &EventCounts, version: &str, cluster: &str) -> String {
+    let mut out = Out { text: String::new(), cluster: cluster.to_string() };
     out.family("build_info", "gauge", "The version of repmgr-nat serving these metrics; always 1.");
     out.sample("build_info", &[("version", version)], 1);
     out.one("watch_start_time_seconds", "gauge", "When watch started, in unix time.", Millis(s.started_ms));
@@ -378,7 +379,7 @@ pub fn render(s: &Snapshot, events: &EventCounts, version: &str) -> String {
     for ((event, outcome), n) in &events.0 {
         out.sample("events_total", &[("event", event), ("outcome", outcome)], n);
     }
-    out.0
+    out.text
 }
 
 fn flag(on: bool) -> u8 {
@@ -395,21 +396,25 @@ impl fmt::Display for Millis {
     }
 }
 
-struct Out(String);
+struct Out {
+    text: String,
+    cluster: String,
+}
 
 impl Out {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP repmgr_nat_{name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
-        let _ = writeln!(self.0, "# TYPE repmgr_nat_{name} {kind}");
+        let _ = writeln!(self.text, "# HELP repmgr_nat_{name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
+        let _ = writeln!(self.text, "# TYPE repmgr_nat_{name} {kind}");
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl fmt::Display) {
-        let labels: Vec<String> = labels
+        let cluster = [("cluster", self.cluster.as_str())];
+        let labels: Vec<String> = cluster
             .iter()
+            .chain(labels)
             .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
             .collect();
-        let labels = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.join(",")) };
-        let _ = writeln!(self.0, "repmgr_nat_{name}{labels} {value}");
+        let _ = writeln!(self.text, "repmgr_nat_{name}{{{}}} {value}", labels.join(","));
     }
 
     /// A family of one sample without labels.
@@ -455,7 +460,7 @@ mod tests {
         for (barman, shown) in [(true, true), (false, false)] {
             let mut t = Tracker::new(0);
             pass_of(&mut t, 0, &v, to(1, Open::All), barman);
-            let text = render(t.snapshot(), &EventCounts::default(), "1.0.0");
+            let text = render(t.snapshot(), &EventCounts::default(), "1.0.0", "default");
             assert_eq!(text.contains("repmgr_nat_barman_streaming"), shown, "{text}");
         }
     }
@@ -551,95 +556,95 @@ mod tests {
         assert!(events.count("standby_promote", "ok"));
         assert!(events.count("repmgrd_failover_follow", "ignored"));
         assert!(events.count("standby_promote", "ok"));
-        let text = render(&golden_snapshot(), &events, "0.1.0");
+        let text = render(&golden_snapshot(), &events, "0.1.0", "default");
         let expected = r#"# HELP repmgr_nat_build_info The version of repmgr-nat serving these metrics; always 1.
 # TYPE repmgr_nat_build_info gauge
-repmgr_nat_build_info{version="0.1.0"} 1
+repmgr_nat_build_info{cluster="default",version="0.1.0"} 1
 # HELP repmgr_nat_watch_start_time_seconds When watch started, in unix time.
 # TYPE repmgr_nat_watch_start_time_seconds gauge
-repmgr_nat_watch_start_time_seconds 1763700000
+repmgr_nat_watch_start_time_seconds{cluster="default"} 1763700000
 # HELP repmgr_nat_passes_total Passes watch made.
 # TYPE repmgr_nat_passes_total counter
-repmgr_nat_passes_total 3
+repmgr_nat_passes_total{cluster="default"} 3
 # HELP repmgr_nat_last_pass_timestamp_seconds When the last pass ended, in unix time.
 # TYPE repmgr_nat_last_pass_timestamp_seconds gauge
-repmgr_nat_last_pass_timestamp_seconds 1763700001.27
+repmgr_nat_last_pass_timestamp_seconds{cluster="default"} 1763700001.27
 # HELP repmgr_nat_last_pass_duration_seconds How long the last pass took.
 # TYPE repmgr_nat_last_pass_duration_seconds gauge
-repmgr_nat_last_pass_duration_seconds 0.02
+repmgr_nat_last_pass_duration_seconds{cluster="default"} 0.02
 # HELP repmgr_nat_primary_node_id The legitimate primary (not in recovery, on the highest timeline): its node id, 0 when there is none.
 # TYPE repmgr_nat_primary_node_id gauge
-repmgr_nat_primary_node_id 2
+repmgr_nat_primary_node_id{cluster="default"} 2
 # HELP repmgr_nat_primary_timeline The legitimate primary's timeline, 0 when there is none.
 # TYPE repmgr_nat_primary_timeline gauge
-repmgr_nat_primary_timeline 2
+repmgr_nat_primary_timeline{cluster="default"} 2
 # HELP repmgr_nat_primary_state Whether there is a legitimate primary (legit), or why not: none answers as primary (none), two share the highest timeline (ambiguous), the highest is below the recorded timeline (fenced), a primary back on the recorded timeline while a node cannot be asked (unconfirmed). 1 for the current state.
 # TYPE repmgr_nat_primary_state gauge
-repmgr_nat_primary_state{state="legit"} 1
-repmgr_nat_primary_state{state="none"} 0
-repmgr_nat_primary_state{state="ambiguous"} 0
-repmgr_nat_primary_state{state="fenced"} 0
-repmgr_nat_primary_state{state="unconfirmed"} 0
+repmgr_nat_primary_state{cluster="default",state="legit"} 1
+repmgr_nat_primary_state{cluster="default",state="none"} 0
+repmgr_nat_primary_state{cluster="default",state="ambiguous"} 0
+repmgr_nat_primary_state{cluster="default",state="fenced"} 0
+repmgr_nat_primary_state{cluster="default",state="unconfirmed"} 0
 # HELP repmgr_nat_stale_primaries Primaries on a timeline below the highest one (split brain: an old primary back without a rewind).
 # TYPE repmgr_nat_stale_primaries gauge
-repmgr_nat_stale_primaries 0
+repmgr_nat_stale_primaries{cluster="default"} 0
 # HELP repmgr_nat_split_brain_passes_total Passes that saw more than one primary (stale or ambiguous).
 # TYPE repmgr_nat_split_brain_passes_total counter
-repmgr_nat_split_brain_passes_total 0
+repmgr_nat_split_brain_passes_total{cluster="default"} 0
 # HELP repmgr_nat_route_node_id The node the NAT rules route to, 0 when they route nowhere (or hold rules repmgr-nat would never write).
 # TYPE repmgr_nat_route_node_id gauge
-repmgr_nat_route_node_id 2
+repmgr_nat_route_node_id{cluster="default"} 2
 # HELP repmgr_nat_route_timeline The timeline recorded with the route, 0 when none is.
 # TYPE repmgr_nat_route_timeline gauge
-repmgr_nat_route_timeline 2
+repmgr_nat_route_timeline{cluster="default"} 2
 # HELP repmgr_nat_route_app_open 1 when the application ports forward to the routed node, 0 when they hold or refuse connections.
 # TYPE repmgr_nat_route_app_open gauge
-repmgr_nat_route_app_open 1
+repmgr_nat_route_app_open{cluster="default"} 1
 # HELP repmgr_nat_node_up 1 when the node answered within postgres.connect_timeout, 0 when not.
 # TYPE repmgr_nat_node_up gauge
-repmgr_nat_node_up{node="1"} 1
-repmgr_nat_node_up{node="2"} 1
-repmgr_nat_node_up{node="3"} 0
+repmgr_nat_node_up{cluster="default",node="1"} 1
+repmgr_nat_node_up{cluster="default",node="2"} 1
+repmgr_nat_node_up{cluster="default",node="3"} 0
 # HELP repmgr_nat_node_primary 1 when the node answered as a primary (not in recovery), 0 when not.
 # TYPE repmgr_nat_node_primary gauge
-repmgr_nat_node_primary{node="1"} 0
-repmgr_nat_node_primary{node="2"} 1
-repmgr_nat_node_primary{node="3"} 0
+repmgr_nat_node_primary{cluster="default",node="1"} 0
+repmgr_nat_node_primary{cluster="default",node="2"} 1
+repmgr_nat_node_primary{cluster="default",node="3"} 0
 # HELP repmgr_nat_slot_lag_bytes WAL barman's replication slot keeps behind the node's position (a primary's current, a standby's replayed).
 # TYPE repmgr_nat_slot_lag_bytes gauge
-repmgr_nat_slot_lag_bytes{node="1"} 4096
-repmgr_nat_slot_lag_bytes{node="2"} 96
+repmgr_nat_slot_lag_bytes{cluster="default",node="1"} 4096
+repmgr_nat_slot_lag_bytes{cluster="default",node="2"} 96
 # HELP repmgr_nat_barman_streaming 1 when barman's walsender streams from the slot on the routed node, 0 when not.
 # TYPE repmgr_nat_barman_streaming gauge
-repmgr_nat_barman_streaming 1
+repmgr_nat_barman_streaming{cluster="default"} 1
 # HELP repmgr_nat_switches_total Times the rules moved to another node (by watch, an event, setup or by hand).
 # TYPE repmgr_nat_switches_total counter
-repmgr_nat_switches_total 1
+repmgr_nat_switches_total{cluster="default"} 1
 # HELP repmgr_nat_switch_latency_seconds From the first pass that saw the application ports not forwarding to an answering legitimate primary to the first that saw them forward to another one.
 # TYPE repmgr_nat_switch_latency_seconds histogram
-repmgr_nat_switch_latency_seconds_bucket{le="0.05"} 0
-repmgr_nat_switch_latency_seconds_bucket{le="0.1"} 0
-repmgr_nat_switch_latency_seconds_bucket{le="0.25"} 0
-repmgr_nat_switch_latency_seconds_bucket{le="0.5"} 1
-repmgr_nat_switch_latency_seconds_bucket{le="1"} 1
-repmgr_nat_switch_latency_seconds_bucket{le="2.5"} 1
-repmgr_nat_switch_latency_seconds_bucket{le="5"} 1
-repmgr_nat_switch_latency_seconds_bucket{le="10"} 1
-repmgr_nat_switch_latency_seconds_bucket{le="30"} 1
-repmgr_nat_switch_latency_seconds_bucket{le="60"} 1
-repmgr_nat_switch_latency_seconds_bucket{le="120"} 1
-repmgr_nat_switch_latency_seconds_bucket{le="300"} 1
-repmgr_nat_switch_latency_seconds_bucket{le="+Inf"} 1
-repmgr_nat_switch_latency_seconds_sum 0.27
-repmgr_nat_switch_latency_seconds_count 1
+repmgr_nat_switch_latency_seconds_bucket{cluster="default",le="0.05"} 0
+repmgr_nat_switch_latency_seconds_bucket{cluster="default",le="0.1"} 0
+repmgr_nat_switch_latency_seconds_bucket{cluster="default",le="0.25"} 0
+repmgr_nat_switch_latency_seconds_bucket{cluster="default",le="0.5"} 1
+repmgr_nat_switch_latency_seconds_bucket{cluster="default",le="1"} 1
+repmgr_nat_switch_latency_seconds_bucket{cluster="default",le="2.5"} 1
+repmgr_nat_switch_latency_seconds_bucket{cluster="default",le="5"} 1
+repmgr_nat_switch_latency_seconds_bucket{cluster="default",le="10"} 1
+repmgr_nat_switch_latency_seconds_bucket{cluster="default",le="30"} 1
+repmgr_nat_switch_latency_seconds_bucket{cluster="default",le="60"} 1
+repmgr_nat_switch_latency_seconds_bucket{cluster="default",le="120"} 1
+repmgr_nat_switch_latency_seconds_bucket{cluster="default",le="300"} 1
+repmgr_nat_switch_latency_seconds_bucket{cluster="default",le="+Inf"} 1
+repmgr_nat_switch_latency_seconds_sum{cluster="default"} 0.27
+repmgr_nat_switch_latency_seconds_count{cluster="default"} 1
 # HELP repmgr_nat_actions_total Plans watch carried out, by result.
 # TYPE repmgr_nat_actions_total counter
-repmgr_nat_actions_total{result="ok"} 1
-repmgr_nat_actions_total{result="failed"} 0
+repmgr_nat_actions_total{cluster="default",result="ok"} 1
+repmgr_nat_actions_total{cluster="default",result="failed"} 0
 # HELP repmgr_nat_events_total repmgr events handled (repmgr-nat event), by event and outcome: ok, ignored, refused, failed, bad_input.
 # TYPE repmgr_nat_events_total counter
-repmgr_nat_events_total{event="repmgrd_failover_follow",outcome="ignored"} 1
-repmgr_nat_events_total{event="standby_promote",outcome="ok"} 2
+repmgr_nat_events_total{cluster="default",event="repmgrd_failover_follow",outcome="ignored"} 1
+repmgr_nat_events_total{cluster="default",event="standby_promote",outcome="ok"} 2
 "#;
         assert_eq!(text, expected);
     }
@@ -651,7 +656,7 @@ repmgr_nat_events_total{event="standby_promote",outcome="ok"} 2
     fn the_alerting_rules_name_only_what_watch_exports() {
         let mut events = EventCounts::default();
         events.count("standby_promote", "ok");
-        let text = render(&golden_snapshot(), &events, "0.1.0");
+        let text = render(&golden_snapshot(), &events, "0.1.0", "default");
         let families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/alerts");
         let mut files = vec![(
@@ -676,7 +681,7 @@ repmgr_nat_events_total{event="standby_promote",outcome="ok"} 2
             for states in yaml.split("state=").skip(1) {
                 let states = states.trim_start_matches('~').trim_start_matches('"');
                 for state in states[..states.find('"').unwrap()].split('|') {
-                    let sample = format!("repmgr_nat_primary_state{{state=\"{state}\"}}");
+                    let sample = format!("repmgr_nat_primary_state{{cluster=\"default\",state=\"{state}\"}}");
                     assert!(text.contains(&sample), "{file} names state {state:?}, which watch never renders");
                 }
             }
@@ -685,9 +690,9 @@ repmgr_nat_events_total{event="standby_promote",outcome="ok"} 2
 
     #[test]
     fn nothing_seen_yet_renders_zeros_and_no_nodes() {
-        let text = render(&Tracker::new(0).snapshot().clone(), &EventCounts::default(), "0.1.0");
-        assert!(text.contains("\nrepmgr_nat_passes_total 0\n"), "{text}");
-        assert!(text.contains("\nrepmgr_nat_primary_state{state=\"none\"} 1\n"), "{text}");
+        let text = render(&Tracker::new(0).snapshot().clone(), &EventCounts::default(), "0.1.0", "default");
+        assert!(text.contains("\nrepmgr_nat_passes_total{cluster=\"default\"} 0\n"), "{text}");
+        assert!(text.contains("\nrepmgr_nat_primary_state{cluster=\"default\",state=\"none\"} 1\n"), "{text}");
         assert!(!text.contains("repmgr_nat_node_up{"), "{text}");
         assert!(text.ends_with("# TYPE repmgr_nat_events_total counter\n"), "{text}");
     }

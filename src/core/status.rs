@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::core::config::{Config, Node, NodeId};
+use crate::core::config::{Config, Instance, Node, NodeId};
 use crate::core::plan::Situation;
 use crate::core::ruleset::{self, Live, Open, Record, Route, Routing};
 use crate::core::view::{Answer, Arbitration, Lsn, Primary, Role, View};
@@ -316,6 +316,53 @@ fn rules_problems(
         problems.push(format!("the rules hold {routing}; the record says {said}"));
     }
     problems
+}
+
+/// One instance in `status --all`: its report, or why it has none.
+#[derive(Debug, Serialize)]
+pub struct OfInstance {
+    pub instance: String,
+    pub config: String,
+    pub report: Option<Report>,
+    pub error: Option<String>,
+}
+
+impl OfInstance {
+    pub fn new(instance: &Instance, report: Result<Report, String>) -> OfInstance {
+        let (report, error) = match report {
+            Ok(report) => (Some(report), None),
+            Err(e) => (None, Some(e)),
+        };
+        OfInstance {
+            instance: instance.name().to_string(),
+            config: instance.config_path().display().to_string(),
+            report,
+            error,
+        }
+    }
+
+    pub fn to_text(&self, now_ms: u64) -> String {
+        let head = format!("== instance {} ({})\n", self.instance, self.config);
+        match (&self.report, &self.error) {
+            (Some(report), _) => head + &report.to_text(now_ms),
+            (None, error) => {
+                head + &crate::logging::escape(&format!("cannot read: {}", error.as_deref().unwrap_or("?"))) + "\n"
+            }
+        }
+    }
+}
+
+/// `status --all --json`: every instance's.
+#[derive(Debug, Serialize)]
+pub struct All<'a> {
+    pub version: u32,
+    pub instances: &'a [OfInstance],
+}
+
+impl<'a> All<'a> {
+    pub fn new(instances: &'a [OfInstance]) -> All<'a> {
+        All { version: JSON_VERSION, instances }
+    }
 }
 
 impl Report {

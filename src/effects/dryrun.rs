@@ -85,7 +85,7 @@ impl NatSwitch for PrintNat<'_> {
         let switch = ruleset::switch(cfg, &live, route).map_err(nat::refused)?;
         *self.after.lock().expect("after") = Some(record);
         if self.via_sudo {
-            self.out.say(&format!("{}\n# which runs as root:", ViaSudo::switch_cmd(record)));
+            self.out.say(&format!("{}\n# which runs as root:", ViaSudo::switch_cmd(self.cfg, record)));
         }
         match &switch.restore {
             Some(text) => self.out.say(&format!("{} <<EOF\n{text}EOF", firewall::restore_cmd())),

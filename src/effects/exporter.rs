@@ -124,10 +124,11 @@ fn read_bounded(file: &File) -> std::io::Result<String> {
 /// Serves `GET /metrics` on `addr` from a thread of its own: the snapshot of watch's last
 /// pass and the events' counts in `dir`. An address that cannot be listened on is logged
 /// once and tried again every `REBIND_EVERY`: watch goes on without metrics meanwhile.
-pub fn serve(addr: SocketAddr, snapshot: Arc<Mutex<Snapshot>>, dir: PathBuf) {
+/// Every series carries `cluster="<instance>"`.
+pub fn serve(addr: SocketAddr, snapshot: Arc<Mutex<Snapshot>>, dir: PathBuf, cluster: String) {
     let body: Body = Arc::new(move || {
         let snapshot = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
-        metrics::render(&snapshot, &read_event_counts(&dir), env!("CARGO_PKG_VERSION"))
+        metrics::render(&snapshot, &read_event_counts(&dir), env!("CARGO_PKG_VERSION"), &cluster)
     });
     let spawned = thread::Builder::new().name("metrics".into()).spawn(move || listen(addr, REBIND_EVERY, &body));
     if let Err(e) = spawned {

@@ -176,7 +176,7 @@ pub fn refused(e: anyhow::Error) -> anyhow::Error {
     crate::exit::Exit::Refused(format!("{e:#}")).into()
 }
 
-/// The unprivileged side: `sudo -n /usr/bin/repmgr-nat route ...`.
+/// The unprivileged side: `sudo -n /usr/bin/repmgr-nat [--instance NAME] route ...`.
 pub struct ViaSudo<'a> {
     pub cfg: &'a Config,
 }
@@ -184,19 +184,23 @@ pub struct ViaSudo<'a> {
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ViaSudo<'_> {
-    pub fn route_cmd(args: &[&str]) -> Cmd {
-        Cmd::new(exec::system_tool("sudo")).args(["-n", INSTALLED_PATH, "route"]).args(args.iter().copied())
+    pub fn route_cmd(cfg: &Config, args: &[&str]) -> Cmd {
+        Cmd::new(exec::system_tool("sudo"))
+            .args(["-n", INSTALLED_PATH])
+            .args(cfg.instance.args())
+            .arg("route")
+            .args(args.iter().copied())
     }
 
     /// `route <id> --ports <open> --timeline <t>` (no timeline when it is unknown).
-    pub fn switch_cmd(record: Record) -> Cmd {
+    pub fn switch_cmd(cfg: &Config, record: Record) -> Cmd {
         let (id, open, timeline) =
             (record.route.node.id().to_string(), record.route.open.to_string(), record.timeline.to_string());
         let mut args = vec![id.as_str(), "--ports", open.as_str()];
         if record.timeline > 0 {
             args.extend(["--timeline", timeline.as_str()]);
         }
-        Self::route_cmd(&args)
+        Self::route_cmd(cfg, &args)
     }
 
     fn run(&self, cmd: &Cmd) -> Result<String> {
@@ -210,7 +214,7 @@ impl ViaSudo<'_> {
 
 impl NatSwitch for ViaSudo<'_> {
     fn live(&self) -> Result<Live> {
-        let text = self.run(&Self::route_cmd(&["--show"]))?;
+        let text = self.run(&Self::route_cmd(self.cfg, &["--show"]))?;
         Ok(Live::parse(self.cfg, &text))
     }
 
@@ -220,7 +224,7 @@ impl NatSwitch for ViaSudo<'_> {
     }
 
     fn switch(&self, record: Record) -> Result<bool> {
-        let cmd = Self::switch_cmd(record);
+        let cmd = Self::switch_cmd(self.cfg, record);
         match self.run(&cmd)?.trim() {
             "changed" => Ok(true),
             "unchanged" => Ok(false),

@@ -388,7 +388,8 @@ pub fn scrape(addr: SocketAddr) -> Result<String, String> {
 /// The value of one series in Prometheus' text format, written as it is exposed
 /// (`name` or `name{label="value",...}`).
 pub fn series(text: &str, name: &str) -> Option<f64> {
-    crate::series::exposed(text).into_iter().find(|(series, _)| series == name)?.1.parse().ok()
+    let exposed = crate::series::exposed(text);
+    exposed.into_iter().find(|(series, _)| crate::series::without_cluster(series) == name)?.1.parse().ok()
 }
 
 // ------------------------------------------------------------------------------- impostor

@@ -32,6 +32,19 @@ pub fn exposed(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A series as one instance's watch exports it, its `cluster` label (always the first)
+/// left out: `name{cluster="default",node="1"}` is `name{node="1"}`.
+pub fn without_cluster(series: &str) -> String {
+    let Some((name, labels)) = series.strip_suffix('}').and_then(|s| s.split_once('{')) else {
+        return series.to_string();
+    };
+    let rest = match labels.strip_prefix("cluster=\"").and_then(|l| l.split_once('"')) {
+        Some((_, rest)) => rest.trim_start_matches(','),
+        None => labels,
+    };
+    if rest.is_empty() { name.to_string() } else { format!("{name}{{{rest}}}") }
+}
+
 fn labelled(series: &str) -> String {
     let ours = format!("job=\"{JOB}\",instance=\"{INSTANCE}\"");
     match series.strip_suffix('}').and_then(|s| s.split_once('{')) {
@@ -122,6 +135,14 @@ mod tests {
         repmgr_nat_primary_node_id 1\n\
         repmgr_nat_primary_state{state=\"legit\"} 1\n\
         repmgr_nat_switch_latency_seconds_bucket{le=\"+Inf\"} 0\n";
+
+    #[test]
+    fn the_cluster_label_is_left_out_for_lookups() {
+        assert_eq!(without_cluster("repmgr_nat_passes_total{cluster=\"default\"}"), "repmgr_nat_passes_total");
+        assert_eq!(without_cluster("repmgr_nat_node_up{cluster=\"two\",node=\"1\"}"), "repmgr_nat_node_up{node=\"1\"}");
+        assert_eq!(without_cluster("repmgr_nat_node_up{node=\"1\"}"), "repmgr_nat_node_up{node=\"1\"}");
+        assert_eq!(without_cluster("up"), "up");
+    }
 
     #[test]
     fn an_exposition_gets_the_jobs_labels() {

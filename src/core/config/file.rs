@@ -12,13 +12,13 @@ use serde::Deserialize;
 
 use super::*;
 
-pub(super) fn parse(text: &str) -> Result<Config> {
+pub(super) fn parse(text: &str, instance: &Instance) -> Result<Config> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         // toml's message spans several lines (it quotes the offending line);
         // keep the first one so the error stays one line in repmgr's log.
         anyhow::anyhow!("{}", e.message().lines().next().unwrap_or("invalid TOML"))
     })?;
-    raw.validate()
+    raw.validate(instance)
 }
 
 #[derive(Deserialize)]
@@ -122,50 +122,42 @@ struct RawBarman {
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawNat {
-    dnat_chain: String,
-    snat_chain: String,
+    /// The chains' names default to the instance's (`Instance::chain`).
+    dnat_chain: Option<String>,
+    snat_chain: Option<String>,
     hold: bool,
-    hold_chain: String,
+    hold_chain: Option<String>,
     no_primary: NoPrimary,
 }
 
 impl Default for RawNat {
     fn default() -> Self {
-        RawNat {
-            dnat_chain: "repmgr_dnat".into(),
-            snat_chain: "repmgr_snat".into(),
-            hold: true,
-            hold_chain: "repmgr_hold".into(),
-            no_primary: NoPrimary::Hold,
-        }
+        RawNat { dnat_chain: None, snat_chain: None, hold: true, hold_chain: None, no_primary: NoPrimary::Hold }
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawState {
-    dir: String,
+    /// Defaults to the instance's (`Instance::dir`).
+    dir: Option<String>,
     lock_timeout: Option<i64>,
 }
 
-impl Default for RawState {
-    fn default() -> Self {
-        RawState { dir: "/var/lib/repmgr-nat".into(), lock_timeout: None }
-    }
-}
 
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawWatch {
     interval_ms: i64,
-    dir: String,
+    /// Defaults to the instance's (`Instance::dir`).
+    dir: Option<String>,
     /// An address and port, or `""` / `false` for none.
     metrics: Option<toml::Value>,
 }
 
 impl Default for RawWatch {
     fn default() -> Self {
-        RawWatch { interval_ms: 250, dir: "/run/repmgr-nat".into(), metrics: None }
+        RawWatch { interval_ms: 250, dir: None, metrics: None }
     }
 }
 
@@ -228,7 +220,7 @@ impl RawBarman {
 }
 
 impl RawConfig {
-    fn validate(self) -> Result<Config> {
+    fn validate(self, instance: &Instance) -> Result<Config> {
         let proxy = address("proxy.address", &self.proxy.address)?;
         let own_address = self.proxy.own_address.map(|a| address("proxy.own_address", &a)).transpose()?;
         if own_address == Some(proxy) {
@@ -315,20 +307,23 @@ impl RawConfig {
         };
 
         let barman = self.barman.map(RawBarman::validate).transpose()?;
+        let chain = |key: &str, role: &str, value: Option<String>| {
+            chain_name(&format!("nat.{key}"), value.unwrap_or_else(|| instance.chain(role)))
+        };
         let nat = Nat {
-            dnat_chain: chain_name("nat.dnat_chain", self.nat.dnat_chain)?,
-            snat_chain: chain_name("nat.snat_chain", self.nat.snat_chain)?,
+            dnat_chain: chain("dnat_chain", "dnat", self.nat.dnat_chain)?,
+            snat_chain: chain("snat_chain", "snat", self.nat.snat_chain)?,
             hold: self.nat.hold,
-            hold_chain: chain_name("nat.hold_chain", self.nat.hold_chain)?,
+            hold_chain: chain("hold_chain", "hold", self.nat.hold_chain)?,
             no_primary: self.nat.no_primary,
         };
         if nat.dnat_chain == nat.snat_chain {
             bail!("nat: dnat_chain and snat_chain must differ");
         }
 
-        let dir = PathBuf::from(&self.state.dir);
+        let dir = PathBuf::from(self.state.dir.unwrap_or_else(|| instance.dir(State::DIR)));
         if !dir.is_absolute() {
-            bail!("state.dir: {:?} is not an absolute path", self.state.dir);
+            bail!("state.dir: {:?} is not an absolute path", dir);
         }
         // By default a run waits as long as a promotion can hold the lock, so that an
         // event arriving during one is handled after it rather than failing.
@@ -342,11 +337,15 @@ impl RawConfig {
         if !(10..=10_000).contains(&interval_ms) {
             bail!("watch.interval_ms: {interval_ms} is not between 10 and 10000");
         }
-        let watch_dir = PathBuf::from(&self.watch.dir);
+        let watch_dir = PathBuf::from(self.watch.dir.unwrap_or_else(|| instance.dir(Watch::DIR)));
         if !watch_dir.is_absolute() {
-            bail!("watch.dir: {:?} is not an absolute path", self.watch.dir);
+            bail!("watch.dir: {:?} is not an absolute path", watch_dir);
         }
-        let metrics = metrics_address(self.watch.metrics)?;
+        let metrics = match (self.watch.metrics, instance) {
+            // one listener per watch: a named instance chooses its own port
+            (None, Instance::Named(_)) => None,
+            (value, _) => metrics_address(value)?,
+        };
         let watch = Watch { interval: Duration::from_millis(interval_ms as u64), dir: watch_dir, metrics };
 
         Ok(Config {
@@ -360,6 +359,7 @@ impl RawConfig {
             state,
             watch,
             repmgr_user: os_user("repmgr.user", self.repmgr.user)?,
+            instance: instance.clone(),
         })
     }
 }
