@@ -29,7 +29,8 @@ const BARMAN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
     let cfg = &ctx.cfg;
-    let path = path.unwrap_or(Path::new(config::DEFAULT_PATH));
+    let instance_path = cfg.instance.config_path();
+    let path = path.unwrap_or(&instance_path);
     // SAFETY: geteuid cannot fail and has no side effects.
     let uid = unsafe { libc::geteuid() };
     let user = OsUser::named(&cfg.repmgr_user).ok();
@@ -58,7 +59,7 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
             resolved: resolve(hosts, cfg.postgres.connect_timeout),
             nodes,
             barman: barman.join().expect("barman"),
-            units: units(),
+            units: units(cfg),
             tools: ["iptables-save", "iptables-restore", "conntrack", "sudo"]
                 .map(|tool| (tool.to_string(), exec::system_tool(tool).is_file()))
                 .to_vec(),
@@ -88,7 +89,7 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
 }
 
 /// Where systemd runs: what `systemctl is-enabled` says of the package's units.
-fn units() -> Option<Vec<(String, String)>> {
+fn units(cfg: &Config) -> Option<Vec<(String, String)>> {
     if !Path::new("/run/systemd/system").is_dir() {
         return None;
     }
@@ -99,7 +100,7 @@ fn units() -> Option<Vec<(String, String)>> {
             Err(e) => format!("unknown ({e})"),
         }
     };
-    let units = ["repmgr-nat-setup.service", "repmgr-nat-watch.service"];
+    let units = ["repmgr-nat-setup", "repmgr-nat-watch"].map(|base| cfg.instance.unit(base));
     Some(units.iter().map(|unit| (unit.to_string(), state(unit))).collect())
 }
 

@@ -111,11 +111,14 @@ fn render_main_page(man: &clap_mangen::Man, readme: &str, w: &mut dyn Write) -> 
     roff.control("SH", ["FILES"]);
     for (path, what) in [
         ("/etc/repmgr-nat.toml", "the configuration (root's, mode 0644)"),
+        ("/etc/repmgr-nat/NAME.toml", "the configuration of instance NAME (--instance NAME), one per further cluster"),
         ("/etc/sudoers.d/repmgr-nat", "what repmgr's OS user may run as root and as barman"),
         ("/var/lib/repmgr-nat", "the recorded route and the run lock (state.dir)"),
         ("/run/repmgr-nat", "what watch saw last, the events' counts, receive-wal's output (watch.dir)"),
         ("/usr/lib/systemd/system/repmgr-nat-setup.service", "the boot step (setup)"),
         ("/usr/lib/systemd/system/repmgr-nat-watch.service", "the service (watch)"),
+        ("/usr/lib/systemd/system/repmgr-nat-setup@.service", "the boot step of instance %i"),
+        ("/usr/lib/systemd/system/repmgr-nat-watch@.service", "the service of instance %i"),
     ] {
         roff.control("TP", []);
         roff.text([italic(path)]);

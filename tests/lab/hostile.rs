@@ -52,6 +52,14 @@ fn sudo_lets_postgres_name_a_configured_node_and_nothing_else() {
         &["-n", ROUTE, "route", "2\n", "--ports", "all"],
         &["-n", ROUTE, "route", "２", "--ports", "all"],
         &["-n", ROUTE, "route", "--show", "--show"],
+        &["-n", ROUTE, "--instance", "../etc/x", "route", "1", "--ports", "all"],
+        &["-n", ROUTE, "--instance", "/tmp/repmgr-nat-evil", "route", "--show"],
+        &["-n", ROUTE, "--instance", "Two", "route", "--show"],
+        &["-n", ROUTE, "--instance=two", "route", "--show"],
+        &["-n", ROUTE, "--instance", "two", "--config", evil, "route", "--show"],
+        &["-n", ROUTE, "route", "1", "--ports", "all", "--instance", "two"],
+        &["-n", ROUTE, "--instance", "two", "--instance", "three", "route", "--show"],
+        &["-n", ROUTE, "--instance", "a234567890123456x", "route", "--show"],
         &["-n", ROUTE, "setup"],
         &["-n", ROUTE, "teardown"],
         &["-n", "/usr/sbin/iptables", "-t", "nat", "-F"],
@@ -95,13 +103,25 @@ fn sudo_lets_postgres_name_a_configured_node_and_nothing_else() {
         let run = sudo("postgres", &["-n", ROUTE, "route", id, "--ports", "all"]).expect(2, id);
         assert!(run.stderr.contains("node id") && run.stderr.lines().count() == 1, "{id}: {}", run.stderr);
     }
+    // instance names that pass the sudoers pattern but name no instance, or the default's
+    for name in ["nope", "default", "a234567890123456"] {
+        let run = sudo("postgres", &["-n", ROUTE, "--instance", name, "route", "1", "--ports", "all"]).expect(2, name);
+        assert_eq!(run.stderr.lines().count(), 1, "one line: {name}: {}", run.stderr);
+    }
     // the environment does not reach route: it reads its own config, whatever is set, and
     // gives its children an environment of its own; asking sudo to keep a variable is
     // refused, or has no effect
-    let env = [("REPMGR_NAT_CONFIG", evil), ("XTABLES_LIBDIR", "/tmp/xt"), ("LD_PRELOAD", "/tmp/x.so")];
+    let env = [
+        ("REPMGR_NAT_CONFIG", evil),
+        ("REPMGR_NAT_INSTANCE", "nope"),
+        ("XTABLES_LIBDIR", "/tmp/xt"),
+        ("LD_PRELOAD", "/tmp/x.so"),
+    ];
     let run = lab.in_proxy("postgres", &env, "sudo", &["-n", ROUTE, "route", "1", "--ports", "all"]);
     assert_eq!(run.expect(0, "route with the environment set").stdout.trim(), "unchanged");
-    for keep in ["--preserve-env=XTABLES_LIBDIR", "--preserve-env=REPMGR_NAT_CONFIG"] {
+    for keep in
+        ["--preserve-env=XTABLES_LIBDIR", "--preserve-env=REPMGR_NAT_CONFIG", "--preserve-env=REPMGR_NAT_INSTANCE"]
+    {
         let run = lab.in_proxy("postgres", &env, "sudo", &["-n", keep, ROUTE, "route", "1", "--ports", "all"]);
         let refused = run.code != 0 && (run.stderr.starts_with("sudo: ") || run.stderr.contains("route reads only"));
         assert!(refused || run.stdout.trim() == "unchanged", "sudo {keep}: {}{}", run.stdout, run.stderr);

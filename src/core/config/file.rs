@@ -144,7 +144,6 @@ struct RawState {
     lock_timeout: Option<i64>,
 }
 
-
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawWatch {

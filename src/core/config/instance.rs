@@ -78,6 +78,15 @@ impl Instance {
         }
     }
 
+    /// A unit of this instance: `repmgr-nat-watch.service`, or the template's
+    /// `repmgr-nat-watch@<name>.service`.
+    pub fn unit(&self, base: &str) -> String {
+        match self {
+            Instance::Default => format!("{base}.service"),
+            Instance::Named(name) => format!("{base}@{name}.service"),
+        }
+    }
+
     /// What a command line that runs repmgr-nat for this instance says first.
     pub fn args(&self) -> Vec<String> {
         match self {
@@ -177,6 +186,8 @@ mod tests {
         assert_eq!(two.chain("snat"), "repmgr_two_snat");
         assert_eq!(two.dir("/run/repmgr-nat"), "/run/repmgr-nat/instances/two");
         assert_eq!(two.args(), ["--instance", "two"]);
+        assert_eq!(default.unit("repmgr-nat-watch"), "repmgr-nat-watch.service");
+        assert_eq!(two.unit("repmgr-nat-watch"), "repmgr-nat-watch@two.service");
         assert_eq!(Instance::of_file("two.toml"), Some(two));
         assert_eq!(Instance::of_file("ca.crt"), None);
         assert_eq!(Instance::of_file("two.toml~"), None);
