@@ -398,7 +398,7 @@ fn setup(ctx: &Ctx, cli: &Cli) -> Result<()> {
         })?;
     }
     let exe = std::env::current_exe().context("cannot tell which program this is")?;
-    let mut args: Vec<String> = Vec::new();
+    let mut args: Vec<String> = cfg.instance.args();
     if let Some(path) = &cli.config {
         args.extend(["--config".into(), path.display().to_string()]);
     }

@@ -67,9 +67,18 @@ impl StateDir {
         StateDir { dir: dir.to_path_buf(), owner: 0 }
     }
 
-    /// Creates the directory (mode 0755) if it is missing, then checks that it and every
-    /// directory above it are root's.
+    /// Creates the directory (mode 0755, and any missing above it: a named instance's is
+    /// inside the default's) if it is missing, then checks that it and every directory
+    /// above it are root's.
     pub fn create(&self) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        if let Some(parent) = self.dir.parent().filter(|p| !p.exists()) {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
         match fs::create_dir(&self.dir) {
             Ok(()) => fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755))
                 .with_context(|| format!("cannot set the mode of {}", self.dir.display()))?,
