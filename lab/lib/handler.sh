@@ -134,18 +134,17 @@ install_repmgr_nat() {
     state_set DEB "$RNAT_DEB"
     local own=
     two_proxies && own=$PROXY_A_IP
-    rnat_config "$own" 1 "$RNAT_STATE_DIR" "$WATCH_DIR" >"$RNAT_CONFIG" || die "cannot write $RNAT_CONFIG"
+    { echo "# $MARKER"; rnat_config "$own" 1 "$RNAT_STATE_DIR" "$WATCH_DIR"; } >"$RNAT_CONFIG" || die "cannot write $RNAT_CONFIG"
     # what the watch unit's RuntimeDirectory= gives it: a directory of repmgr's OS user
     run install -d -o postgres -g postgres -m 0755 "$WATCH_DIR"
     if two_proxies; then proxy2_install; fi
 }
 
-# rnat_config OWN_ADDRESS BARMAN STATE_DIR WATCH_DIR: a proxy's /etc/repmgr-nat.toml, with
-# the marker line; OWN_ADDRESS "" for none, BARMAN 0 for a proxy without barman (no
-# [barman], no ports.barman).
+# rnat_config OWN_ADDRESS BARMAN STATE_DIR WATCH_DIR: a proxy's /etc/repmgr-nat.toml,
+# without the marker line (the caller's); OWN_ADDRESS "" for none, BARMAN 0 for a proxy
+# without barman (no [barman], no ports.barman).
 rnat_config() {
     local own=$1 barman=$2 state=$3 watch=$4
-    echo "# $MARKER"
     echo "[proxy]"
     echo "address = \"$PROXY_IP\""
     [[ -z $own ]] || echo "own_address = \"$own\""
