@@ -109,7 +109,7 @@ cmd_down() {
         rm -f "$pidf"
     done
     local -a jobs=()
-    for n in "${NODES[@]}"; do
+    for n in "${DB_NODES[@]}"; do
         [[ -f $(node_data "$n")/postmaster.pid ]] || continue
         # after a reboot the pid names some other process: pg_ctl must not signal it
         if from_before_boot "$(node_data "$n")/postmaster.pid"; then rm -f "$(node_data "$n")/postmaster.pid"; continue; fi
@@ -151,7 +151,7 @@ cmd_down() {
         rm -rf -- "$save" && mkdir -p "$save" || problems+=("saving logs to $save")
         cp -a "$LAB_DIR/logs/." "$save/" 2>/dev/null || true
         if [[ -f $EVENTS_LOG ]]; then cp -a "$EVENTS_LOG" "$save/" || true; fi
-        for n in "${NODES[@]}"; do
+        for n in "${DB_NODES[@]}"; do
             for f in "$(node_pglog "$n")" "$(node_repmgrd_log "$n")" "$(node_conf "$n")"; do
                 if [[ -f $f ]]; then cp -a "$f" "$save/$n-$(basename "$f")" || true; fi
             done
@@ -188,11 +188,13 @@ up_cleanup() {
 }
 
 cmd_up() {
-    local mode=repmgr-nat cron=1 assist=1 proxies=1
+    local mode=repmgr-nat cron=1 assist=1 proxies=1 clusters=1
     while (($#)); do
         case $1 in
         --proxies) proxies=${2:-}; shift ;;
         --proxies=*) proxies=${1#*=} ;;
+        --clusters) clusters=${2:-}; shift ;;
+        --clusters=*) clusters=${1#*=} ;;
         --no-assist) assist=0 ;;
         --handler) mode=${2:-}; shift ;;
         --handler=*) mode=${1#*=} ;;
@@ -204,6 +206,9 @@ cmd_up() {
     [[ $mode == repmgr-nat || $mode == scripts ]] || die "up: --handler must be repmgr-nat or scripts, not '$mode'"
     [[ $proxies == 1 || $proxies == 2 ]] || die "up: --proxies must be 1 or 2, not '$proxies'"
     [[ $proxies == 1 || $mode == repmgr-nat ]] || die "up: two proxies need the repmgr-nat handler"
+    [[ $clusters == 1 || $clusters == 2 ]] || die "up: --clusters must be 1 or 2, not '$clusters'"
+    [[ $clusters == 1 || $mode == repmgr-nat ]] || die "up: two clusters need the repmgr-nat handler (its instances)"
+    [[ $clusters == 1 || $proxies == 1 ]] || die "up: two clusters behind two proxies are not built yet: one of --clusters 2, --proxies 2"
     check_deps "$mode"
     UP_T0=$(now_ms)
 
@@ -220,6 +225,7 @@ cmd_up() {
     state_set ASSIST "$assist"
     state_set CRON "$cron"
     state_set PROXIES "$proxies"
+    state_set CLUSTERS "$clusters"
     step "build lab/kit" build_kit
     [[ $mode == scripts ]] || step "build repmgr-nat's package" build_repmgr_nat
     step "network" net_up
@@ -230,6 +236,7 @@ cmd_up() {
     step "db1: initdb, start, users" db1_create
     step "db1: repmgr primary register" db1_register
     step "db2: clone, start, register" db2_clone
+    if two_clusters; then step "db3 (the second cluster): initdb, start, users" db3_create; fi
     step "repmgrd on db1, db2" repmgrd_start db1 db2
     if ((cron)); then step "barman cron loop" cron_start; fi
     step "wait: barman check all OK" barman_wait_ok 60
