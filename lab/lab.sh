@@ -22,7 +22,7 @@ usage() {
 usage: lab.sh COMMAND [ARGS]   (as root; every command and its output: lab/README.md, "Commands")
   lifecycle  deps | up [--handler repmgr-nat|scripts] [--proxies 1|2] [--clusters 1|2] [--no-cron] [--no-assist]
              down [--purge-logs] | status
-  cluster    psql [-d DB] [-U USER] NODE|proxy-app|proxy-barman|recovered SQL | stop|start NODE
+  cluster    psql [-d DB] [-U USER] NODE|proxy-app|proxy-app-two|proxy-barman|recovered SQL | stop|start NODE
              freeze|thaw NODE | partition|heal NODE | pgctl NODE ACTION   (NODE: db1, db2; db3 with --clusters 2)
              wait-primary|wait-standby NODE [S]
              rejoin NODE [--clone] | switchover NODE | repmgr NODE ARGS... | repmgrd start|stop NODE
@@ -43,13 +43,17 @@ cmd_psql() {
         *) break ;;
         esac
     done
-    (($# == 2)) || die "usage: lab.sh psql [-d DB] [-U USER] NODE|proxy-app|proxy-barman|recovered SQL"
-    local target=$1 sql=$2
+    (($# == 2)) || die "usage: lab.sh psql [-d DB] [-U USER] NODE|proxy-app|proxy-app-two|proxy-barman|recovered SQL"
+    local target=$1 sql=$2 port=$APP_PORT
     case $target in
-    proxy-app)
+    proxy-app | proxy-app-two)
+        if [[ $target == proxy-app-two ]]; then
+            two_clusters || die "psql proxy-app-two: the lab has one cluster (up --clusters 2 has two)"
+            port=$TWO_APP_PORT
+        fi
         # any lab user: the passwords come from postgres' pgpass (read by root here)
         ip netns exec app env -i PATH="$SYS_PATH" LANG=C.UTF-8 PGPASSFILE="$PGPASS_POSTGRES" PGCONNECT_TIMEOUT=2 \
-            "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$PROXY_IP" -p "$APP_PORT" -U "${user:-app}" -d "${db:-app}" -c "$sql"
+            "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$PROXY_IP" -p "$port" -U "${user:-app}" -d "${db:-app}" -c "$sql"
         ;;
     recovered) recovered_psql "${db:-postgres}" "$sql" ;;
     proxy-barman)
@@ -57,7 +61,7 @@ cmd_psql() {
             -U "${user:-barman}" -d "${db:-postgres}" -c "$sql"
         ;;
     *)
-        is_node "$target" || die "psql: unknown target '$target' ($(lab_nodes), proxy-app, proxy-barman, recovered)"
+        is_node "$target" || die "psql: unknown target '$target' ($(lab_nodes), proxy-app, proxy-app-two, proxy-barman, recovered)"
         node_psql "$target" "${db:-postgres}" "$sql" "${user:-postgres}"
         ;;
     esac
@@ -325,6 +329,9 @@ cmd_env() {
         "KIT_BIN=${LAB_KIT_BIN:-$REPO_ROOT/target/release/lab-kit}" "SYS_PATH=$SYS_PATH" "WATCH_PID=$WATCH_PID" \
         "CLUSTERS=$(state_get CLUSTERS)" "DB3_IP=$DB3_IP" "DB3_ID=3" "DB3_DATA=$(node_data db3)" \
         "DB3_SOCKET_DIR=$(node_sock db3)" "DB3_PG_LOG=$(node_pglog db3)" \
+        "TWO_CONFIG=$TWO_CONFIG" "TWO_STATE_DIR=$TWO_STATE_DIR" "TWO_WATCH_DIR=$TWO_WATCH_DIR" \
+        "TWO_APP_PORT=$TWO_APP_PORT" "TWO_METRICS=$TWO_METRICS" \
+        "TWO_APP_CONNINFO=host=$PROXY_IP port=$TWO_APP_PORT user=app password=$PW_APP dbname=app connect_timeout=1" \
         "LAB_SH=$LAB_ROOT/lab.sh"; do
         local k=${kv%%=*} v=${kv#*=}
         if [[ $v == *' '* ]]; then printf "%s='%s'\n" "$k" "$v"; else printf '%s=%s\n' "$k" "$v"; fi
@@ -343,6 +350,7 @@ cmd_status() {
         node_running "$n" && { node_repmgr "$n" cluster show 2>&1 || true; break; }
     done
     echo "== app port: $(cmd_psql proxy-app 'select host(inet_server_addr())' 2>&1 | head -n1)"
+    two_clusters && echo "== app port two: $(cmd_psql proxy-app-two 'select host(inet_server_addr())' 2>&1 | head -n1)"
     local p
     two_proxies && echo "== $PROXY_IP held by: $(vip_holders)"
     for p in $(lab_proxies); do

@@ -126,7 +126,10 @@ cmd_down() {
     ((${#jobs[@]})) && { wait "${jobs[@]}" || true; }
     # 2. anything still inside the lab's namespaces (all of it was started by the lab)
     ns_kill_all || problems+=("processes in the lab's namespaces (ip netns pids NS)")
-    # 3. repmgr-nat's package, purged in the proxy's namespace
+    # 3. repmgr-nat's package, purged in the proxy's namespace (the second instance's files
+    #    first: the purge removes /var/lib/repmgr-nat, and /etc/repmgr-nat if the package has it)
+    local left
+    while read -r left; do [[ -z $left ]] || problems+=("$left"); done < <(two_remove)
     uninstall_repmgr_nat || problems+=("dpkg --purge repmgr-nat (see $DOWN_LOG)")
     # 4. namespaces
     net_down || problems+=("namespaces")
@@ -135,7 +138,6 @@ cmd_down() {
     for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG"; do
         if [[ -e $f ]] && has_marker "$f"; then rm -f -- "$f" || problems+=("$f"); fi
     done
-    local left
     while read -r left; do [[ -z $left ]] || problems+=("$left"); done < <(proxy2_remove)
     if [[ -e $BARMAN_SERVER_HOME/.repmgr-nat-lab ]]; then
         rm -rf -- "$BARMAN_SERVER_HOME" || problems+=("$BARMAN_SERVER_HOME")
@@ -160,8 +162,8 @@ cmd_down() {
     if [[ -e $LAB_DIR ]]; then rm -rf -- "$LAB_DIR" || problems+=("$LAB_DIR"); fi
     # 7. verify
     for n in "${LAB_NAMESPACES[@]}"; do ns_is_lab "$n" && problems+=("namespace $n still exists"); done
-    for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG" "$PROXY2_CONFIG"; do [[ -e $f ]] && has_marker "$f" && problems+=("$f still exists"); done
-    [[ -e $PROXY2_STATE_DIR/.repmgr-nat-lab ]] && problems+=("$PROXY2_STATE_DIR still exists")
+    for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG" "$PROXY2_CONFIG" "$TWO_CONFIG"; do [[ -e $f ]] && has_marker "$f" && problems+=("$f still exists"); done
+    for f in "$PROXY2_STATE_DIR" "$TWO_STATE_DIR"; do [[ -e $f/.repmgr-nat-lab ]] && problems+=("$f still exists"); done
     ((ours)) && dpkg_knows repmgr-nat && problems+=("the package repmgr-nat is still installed")
     if ((${#problems[@]})); then
         die "down could not clean up: ${problems[*]}"
@@ -283,6 +285,7 @@ preflight() {
     local mode=$1 f
     for f in "$SUDOERS_LAB" "$BARMAN_CONF" "$PGPASS_POSTGRES" "$PGPASS_BARMAN"; do claim_path "$f"; done
     proxy2_preflight
+    two_preflight
     if [[ $mode == scripts ]]; then
         claim_path "$SUDOERS_SCRIPTS"
         [[ -d $(seed_dir) ]] || die "the article's scripts are missing: $(seed_dir) does not exist (set SEED_SCRIPTS)"
