@@ -42,7 +42,7 @@ two_install() { # after the package: its config, state and watch directories
     rnat_config "" 0 "$TWO_STATE_DIR" "$TWO_WATCH_DIR" two | write_marked "$TWO_CONFIG" 0644 root:root '#'
 }
 
-two_remove() { # down, before the package's purge (which removes /var/lib/repmgr-nat): the problems, one a line
+two_remove() { # down, after the package's purge (which removes /var/lib/repmgr-nat): the problems, one a line
     if [[ -e $TWO_CONFIG ]] && has_marker "$TWO_CONFIG"; then rm -f -- "$TWO_CONFIG" || echo "$TWO_CONFIG"; fi
     if [[ -e $TWO_MADE_ETC && -d $TWO_ETC ]]; then rmdir -- "$TWO_ETC" 2>/dev/null || echo "$TWO_ETC (not empty)"; fi
     if [[ -e $TWO_STATE_DIR/.repmgr-nat-lab ]]; then rm -rf -- "$TWO_STATE_DIR" || echo "$TWO_STATE_DIR"; fi

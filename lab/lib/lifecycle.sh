@@ -126,10 +126,8 @@ cmd_down() {
     ((${#jobs[@]})) && { wait "${jobs[@]}" || true; }
     # 2. anything still inside the lab's namespaces (all of it was started by the lab)
     ns_kill_all || problems+=("processes in the lab's namespaces (ip netns pids NS)")
-    # 3. repmgr-nat's package, purged in the proxy's namespace (the second instance's files
-    #    first: the purge removes /var/lib/repmgr-nat, and /etc/repmgr-nat if the package has it)
-    local left
-    while read -r left; do [[ -z $left ]] || problems+=("$left"); done < <(two_remove)
+    # 3. repmgr-nat's package, purged in the proxy's namespace (its removal tears down every
+    #    instance it finds a config of: the second cluster's files stay until after it)
     uninstall_repmgr_nat || problems+=("dpkg --purge repmgr-nat (see $DOWN_LOG)")
     # 4. namespaces
     net_down || problems+=("namespaces")
@@ -138,7 +136,9 @@ cmd_down() {
     for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG"; do
         if [[ -e $f ]] && has_marker "$f"; then rm -f -- "$f" || problems+=("$f"); fi
     done
+    local left
     while read -r left; do [[ -z $left ]] || problems+=("$left"); done < <(proxy2_remove)
+    while read -r left; do [[ -z $left ]] || problems+=("$left"); done < <(two_remove)
     if [[ -e $BARMAN_SERVER_HOME/.repmgr-nat-lab ]]; then
         rm -rf -- "$BARMAN_SERVER_HOME" || problems+=("$BARMAN_SERVER_HOME")
         # barman's lock files for the server live next to its directory
