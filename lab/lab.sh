@@ -10,6 +10,7 @@ umask 022
 LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib
 source "$LIB/common.sh"
 source "$LIB/proxies.sh"
+source "$LIB/clusters.sh"
 source "$LIB/net.sh"
 source "$LIB/pg.sh"
 source "$LIB/barman.sh"
@@ -19,9 +20,11 @@ source "$LIB/lifecycle.sh"
 usage() {
     cat <<EOF
 usage: lab.sh COMMAND [ARGS]   (as root; every command and its output: lab/README.md, "Commands")
-  lifecycle  deps | up [--handler repmgr-nat|scripts] [--proxies 1|2] [--no-cron] [--no-assist] | down [--purge-logs] | status
-  cluster    psql [-d DB] [-U USER] db1|db2|proxy-app|proxy-barman|recovered SQL | stop|start NODE
-             freeze|thaw NODE | partition|heal NODE | pgctl NODE ACTION | wait-primary|wait-standby NODE [S]
+  lifecycle  deps | up [--handler repmgr-nat|scripts] [--proxies 1|2] [--clusters 1|2] [--no-cron] [--no-assist]
+             down [--purge-logs] | status
+  cluster    psql [-d DB] [-U USER] NODE|proxy-app|proxy-app-two|proxy-barman|recovered SQL | stop|start NODE
+             freeze|thaw NODE | partition|heal NODE | pgctl NODE ACTION   (NODE: db1, db2; db3 with --clusters 2)
+             wait-primary|wait-standby NODE [S]
              rejoin NODE [--clone] | switchover NODE | repmgr NODE ARGS... | repmgrd start|stop NODE
   barman     barman ARGS... | backup | recover BACKUP_ID | cron start|stop|status
   handler    event NODE ID EVENT [SUCCESS] | events [--summary|drop|pass] | watch start|stop|kill|status [PROXY] | nat [PROXY]
@@ -40,21 +43,27 @@ cmd_psql() {
         *) break ;;
         esac
     done
-    (($# == 2)) || die "usage: lab.sh psql [-d DB] [-U USER] db1|db2|proxy-app|proxy-barman|recovered SQL"
-    local target=$1 sql=$2
+    (($# == 2)) || die "usage: lab.sh psql [-d DB] [-U USER] NODE|proxy-app|proxy-app-two|proxy-barman|recovered SQL"
+    local target=$1 sql=$2 port=$APP_PORT
     case $target in
-    db1 | db2) node_psql "$target" "${db:-postgres}" "$sql" "${user:-postgres}" ;;
-    proxy-app)
+    proxy-app | proxy-app-two)
+        if [[ $target == proxy-app-two ]]; then
+            two_clusters || die "psql proxy-app-two: the lab has one cluster (up --clusters 2 has two)"
+            port=$TWO_APP_PORT
+        fi
         # any lab user: the passwords come from postgres' pgpass (read by root here)
         ip netns exec app env -i PATH="$SYS_PATH" LANG=C.UTF-8 PGPASSFILE="$PGPASS_POSTGRES" PGCONNECT_TIMEOUT=2 \
-            "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$PROXY_IP" -p "$APP_PORT" -U "${user:-app}" -d "${db:-app}" -c "$sql"
+            "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$PROXY_IP" -p "$port" -U "${user:-app}" -d "${db:-app}" -c "$sql"
         ;;
     recovered) recovered_psql "${db:-postgres}" "$sql" ;;
     proxy-barman)
         as barman proxy env PGCONNECT_TIMEOUT=2 "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$(ns_ip proxy)" -p "$BARMAN_PORT" \
             -U "${user:-barman}" -d "${db:-postgres}" -c "$sql"
         ;;
-    *) die "psql: unknown target '$target' (db1, db2, proxy-app, proxy-barman, recovered)" ;;
+    *)
+        is_node "$target" || die "psql: unknown target '$target' ($(lab_nodes), proxy-app, proxy-app-two, proxy-barman, recovered)"
+        node_psql "$target" "${db:-postgres}" "$sql" "${user:-postgres}"
+        ;;
     esac
 }
 
@@ -99,12 +108,12 @@ cmd_pgctl() { # NODE ACTION: the node's pg_ctl wrapper (stop: immediate, as a cr
 }
 
 cmd_repmgr() {
-    (($# >= 1)) || die "usage: lab.sh repmgr NODE ARGS..."; check_node "$1"
+    (($# >= 1)) || die "usage: lab.sh repmgr NODE ARGS..."; check_repmgr_node "$1"
     node_repmgr "$@"
 }
 
 cmd_repmgrd() {
-    (($# == 2)) || die "usage: lab.sh repmgrd start|stop NODE"; check_node "$2"
+    (($# == 2)) || die "usage: lab.sh repmgrd start|stop NODE"; check_repmgr_node "$2"
     case $1 in
     start) repmgrd_start "$2" ;;
     stop) repmgrd_stop "$2" ;;
@@ -124,7 +133,7 @@ is_streaming_standby() {
 }
 
 cmd_wait_primary() {
-    (($# >= 1)) || die "usage: lab.sh wait-primary NODE [TIMEOUT]"; check_node "$1"
+    (($# >= 1)) || die "usage: lab.sh wait-primary NODE [TIMEOUT]"; check_repmgr_node "$1"
     local t0; t0=$(now_ms)
     if ! wait_until "${2:-30}" is_primary "$1"; then
         node_repmgr "$1" cluster show >&2 || true
@@ -134,7 +143,7 @@ cmd_wait_primary() {
 }
 
 cmd_wait_standby() {
-    (($# >= 1)) || die "usage: lab.sh wait-standby NODE [TIMEOUT]"; check_node "$1"
+    (($# >= 1)) || die "usage: lab.sh wait-standby NODE [TIMEOUT]"; check_repmgr_node "$1"
     local t0; t0=$(now_ms)
     if ! wait_until "${2:-30}" is_streaming_standby "$1"; then
         tail -n 15 "$(node_pglog "$1")" | sed 's/^/    /' >&2
@@ -146,7 +155,7 @@ cmd_wait_standby() {
 cmd_rejoin() {
     local clone=0
     [[ ${2:-} == --clone ]] && { clone=1; set -- "$1"; }
-    (($# == 1)) || die "usage: lab.sh rejoin NODE [--clone]"; check_node "$1"
+    (($# == 1)) || die "usage: lab.sh rejoin NODE [--clone]"; check_repmgr_node "$1"
     local n=$1 p
     p=$(node_other "$n")
     [[ $(in_recovery "$p") == f ]] || die "rejoin $n: $p is not a running primary"
@@ -192,7 +201,7 @@ cmd_rejoin() {
 }
 
 cmd_switchover() {
-    (($# == 1)) || die "usage: lab.sh switchover NODE (the standby that becomes primary)"; check_node "$1"
+    (($# == 1)) || die "usage: lab.sh switchover NODE (the standby that becomes primary)"; check_repmgr_node "$1"
     local n=$1 old
     old=$(node_other "$n")
     [[ $(in_recovery "$n") == t ]] || die "switchover: $n is not a running standby"
@@ -213,7 +222,7 @@ cmd_recover() {
 # crossing (logged in the events log like any other run). Exit code: the handler's.
 cmd_event() {
     (($# == 3 || $# == 4)) || die "usage: lab.sh event NODE NODE_ID EVENT [SUCCESS]  (e.g. lab.sh event db2 2 standby_promote 1)"
-    check_node "$1"
+    check_repmgr_node "$1"
     local n=$1; shift
     as postgres "$n" sudo -n "$LAB_DIR/bin/lab-event" "$@"
 }
@@ -318,6 +327,11 @@ cmd_env() {
         "APP_CONNINFO=host=$PROXY_IP port=$APP_PORT user=app password=$PW_APP dbname=app connect_timeout=1" \
         "REPMGR_PASSWORD=$PW_REPMGR" "BARMAN_PASSWORD=$PW_BARMAN" "STREAMING_BARMAN_PASSWORD=$PW_STREAMING" \
         "KIT_BIN=${LAB_KIT_BIN:-$REPO_ROOT/target/release/lab-kit}" "SYS_PATH=$SYS_PATH" "WATCH_PID=$WATCH_PID" \
+        "CLUSTERS=$(state_get CLUSTERS)" "DB3_IP=$DB3_IP" "DB3_ID=3" "DB3_DATA=$(node_data db3)" \
+        "DB3_SOCKET_DIR=$(node_sock db3)" "DB3_PG_LOG=$(node_pglog db3)" \
+        "TWO_CONFIG=$TWO_CONFIG" "TWO_STATE_DIR=$TWO_STATE_DIR" "TWO_WATCH_DIR=$TWO_WATCH_DIR" \
+        "TWO_APP_PORT=$TWO_APP_PORT" "TWO_METRICS=$TWO_METRICS" \
+        "TWO_APP_CONNINFO=host=$PROXY_IP port=$TWO_APP_PORT user=app password=$PW_APP dbname=app connect_timeout=1" \
         "LAB_SH=$LAB_ROOT/lab.sh"; do
         local k=${kv%%=*} v=${kv#*=}
         if [[ $v == *' '* ]]; then printf "%s='%s'\n" "$k" "$v"; else printf '%s=%s\n' "$k" "$v"; fi
@@ -327,7 +341,7 @@ cmd_env() {
 cmd_status() {
     local n role
     echo "== lab (handler $(state_get HANDLER), cron $(state_get CRON))"
-    for n in "${NODES[@]}"; do
+    for n in $(lab_nodes); do
         case $(in_recovery "$n") in t) role=standby ;; f) role=primary ;; *) role='down / not answering' ;; esac
         printf '%s %-15s %s\n' "$n" "$(node_ip "$n")" "$role"
     done
@@ -336,6 +350,7 @@ cmd_status() {
         node_running "$n" && { node_repmgr "$n" cluster show 2>&1 || true; break; }
     done
     echo "== app port: $(cmd_psql proxy-app 'select host(inet_server_addr())' 2>&1 | head -n1)"
+    two_clusters && echo "== app port two: $(cmd_psql proxy-app-two 'select host(inet_server_addr())' 2>&1 | head -n1)"
     local p
     two_proxies && echo "== $PROXY_IP held by: $(vip_holders)"
     for p in $(lab_proxies); do
@@ -343,7 +358,7 @@ cmd_status() {
         ip netns exec "$p" iptables-save -t nat | grep -E '^(-A|:repmgr)' || true
     done
     echo "== slots"
-    for n in "${NODES[@]}"; do echo "$n: $(node_psql "$n" postgres "select string_agg(slot_name || case when active then ' (active)' else '' end, ', ') from pg_replication_slots" 2>/dev/null || echo '?')"; done
+    for n in $(lab_nodes); do echo "$n: $(node_psql "$n" postgres "select string_agg(slot_name || case when active then ' (active)' else '' end, ', ') from pg_replication_slots" 2>/dev/null || echo '?')"; done
     echo "== barman check"
     barman_as check "$BARMAN_SERVER" 2>&1 || true
     echo "== handler runs"

@@ -6,14 +6,16 @@ LAB_NET=198.51.100.0/24
 PROXY_IP=198.51.100.3           # the proxy's; with two proxies the address they share (VRRP)
 DB1_IP=198.51.100.11
 DB2_IP=198.51.100.12
+DB3_IP=198.51.100.13            # the second cluster's only node: only with `up --clusters 2`
 APP_IP=198.51.100.20
 PG_PORT=5432
 BARMAN_PORT=54321
 APP_PORT=54322
-NODES=(db1 db2)
+NODES=(db1 db2)                 # the repmgr cluster
+DB_NODES=(db1 db2 db3)          # every database node a lab may have (db3: only with `up --clusters 2`)
 NS_BRIDGE=rnlab                 # namespace that holds the bridge
 BRIDGE=rnlab-br0
-LAB_NAMESPACES=(db1 db2 proxy proxy2 app "$NS_BRIDGE")   # proxy2: only with `up --proxies 2`
+LAB_NAMESPACES=(db1 db2 db3 proxy proxy2 app "$NS_BRIDGE")   # proxy2: only with `up --proxies 2`, db3 with `--clusters 2`
 
 # ---- paths ----------------------------------------------------------------------------
 LAB_DIR=/var/tmp/repmgr-nat-lab          # fixed: the sudoers entries name files in it
@@ -64,15 +66,18 @@ REPO_ROOT=$(cd "$LAB_ROOT/.." && pwd)
 # a namespace's own address (with two proxies, proxy's own is not the shared PROXY_IP)
 ns_ip() {
     case $1 in
-    db1) echo "$DB1_IP" ;; db2) echo "$DB2_IP" ;; app) echo "$APP_IP" ;; proxy2) echo "$PROXY_B_IP" ;;
+    db1) echo "$DB1_IP" ;; db2) echo "$DB2_IP" ;; db3) echo "$DB3_IP" ;; app) echo "$APP_IP" ;; proxy2) echo "$PROXY_B_IP" ;;
     proxy) if two_proxies; then echo "$PROXY_A_IP"; else echo "$PROXY_IP"; fi ;;
     esac
 }
 ns_ips() { case $1 in proxy) echo "$PROXY_IP $PROXY_A_IP" ;; *) ns_ip "$1" ;; esac; } # any it may have had
 node_ip() { check_node "$1"; ns_ip "$1"; }
-node_id() { case $1 in db1) echo 1 ;; db2) echo 2 ;; *) die "unknown node '$1' (db1 or db2)" ;; esac; }
+node_id() { check_node "$1"; echo "${1#db}"; }   # repmgr's node_id; db3's in repmgr-nat's instance "two"
 node_other() { case $1 in db1) echo db2 ;; db2) echo db1 ;; *) die "unknown node '$1' (db1 or db2)" ;; esac; }
-check_node() { [[ $1 == db1 || $1 == db2 ]] || die "unknown node '$1' (expected db1 or db2)"; }
+is_node() { [[ " $(lab_nodes) " == *" $1 "* ]]; }            # a database node of this lab
+is_repmgr_node() { [[ " ${NODES[*]} " == *" $1 "* ]]; }     # one of its repmgr cluster
+check_node() { is_node "$1" || die "unknown node '$1' (expected one of: $(lab_nodes))"; }
+check_repmgr_node() { is_repmgr_node "$1" || die "$1 is not a node of the repmgr cluster (db1 or db2)"; }
 node_dir() { echo "$LAB_DIR/$1"; }
 node_data() { echo "$LAB_DIR/$1/data"; }
 node_sock() { echo "$LAB_DIR/$1/run"; }

@@ -134,29 +134,32 @@ install_repmgr_nat() {
     state_set DEB "$RNAT_DEB"
     local own=
     two_proxies && own=$PROXY_A_IP
-    rnat_config "$own" 1 "$RNAT_STATE_DIR" "$WATCH_DIR" >"$RNAT_CONFIG" || die "cannot write $RNAT_CONFIG"
+    { echo "# $MARKER"; rnat_config "$own" 1 "$RNAT_STATE_DIR" "$WATCH_DIR"; } >"$RNAT_CONFIG" || die "cannot write $RNAT_CONFIG"
     # what the watch unit's RuntimeDirectory= gives it: a directory of repmgr's OS user
     run install -d -o postgres -g postgres -m 0755 "$WATCH_DIR"
     if two_proxies; then proxy2_install; fi
+    if two_clusters; then two_install; fi
 }
 
-# rnat_config OWN_ADDRESS BARMAN STATE_DIR WATCH_DIR: a proxy's /etc/repmgr-nat.toml, with
-# the marker line; OWN_ADDRESS "" for none, BARMAN 0 for a proxy without barman (no
-# [barman], no ports.barman).
+# rnat_config OWN_ADDRESS BARMAN STATE_DIR WATCH_DIR [INSTANCE]: a proxy's /etc/repmgr-nat.toml,
+# without the marker line (the caller's); OWN_ADDRESS "" for none, BARMAN 0 for a proxy
+# without barman (no [barman], no ports.barman). INSTANCE two: the second cluster's
+# (`up --clusters 2`): db3 alone behind TWO_APP_PORT, chains repmgr_two_*, a metrics
+# address of its own.
 rnat_config() {
-    local own=$1 barman=$2 state=$3 watch=$4
-    echo "# $MARKER"
+    local own=$1 barman=$2 state=$3 watch=$4 instance=${5:-} app=$APP_PORT n
+    local -a members=("${NODES[@]}")
+    [[ $instance != two ]] || { app=$TWO_APP_PORT; members=(db3); }
     echo "[proxy]"
     echo "address = \"$PROXY_IP\""
     [[ -z $own ]] || echo "own_address = \"$own\""
     echo "[ports]"
     echo "postgres = $PG_PORT"
     ((barman == 0)) || echo "barman = $BARMAN_PORT"
+    echo "app = $app"
+    echo "[nodes]"
+    for n in "${members[@]}"; do echo "$(node_id "$n") = \"$(node_ip "$n")\""; done
     cat <<EOF
-app = $APP_PORT
-[nodes]
-1 = "$DB1_IP"
-2 = "$DB2_IP"
 [postgres]
 user = "repmgr_nat"
 dbname = "postgres"
@@ -171,12 +174,19 @@ server = "$BARMAN_SERVER"
 slot = "$BARMAN_SLOT"
 archive_timeout = 30
 EOF
+    [[ -z $instance ]] || cat <<EOF
+[nat]
+dnat_chain = "repmgr_${instance}_dnat"
+snat_chain = "repmgr_${instance}_snat"
+hold_chain = "repmgr_${instance}_hold"
+EOF
     cat <<EOF
 [state]
 dir = "$state"
 [watch]
 dir = "$watch"
 EOF
+    [[ $instance != two ]] || echo "metrics = \"$TWO_METRICS\""
 }
 
 # down: `dpkg --purge`, in the proxy's namespace, where its prerm tears the chains down (in

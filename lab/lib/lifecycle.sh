@@ -109,7 +109,7 @@ cmd_down() {
         rm -f "$pidf"
     done
     local -a jobs=()
-    for n in "${NODES[@]}"; do
+    for n in "${DB_NODES[@]}"; do
         [[ -f $(node_data "$n")/postmaster.pid ]] || continue
         # after a reboot the pid names some other process: pg_ctl must not signal it
         if from_before_boot "$(node_data "$n")/postmaster.pid"; then rm -f "$(node_data "$n")/postmaster.pid"; continue; fi
@@ -126,7 +126,8 @@ cmd_down() {
     ((${#jobs[@]})) && { wait "${jobs[@]}" || true; }
     # 2. anything still inside the lab's namespaces (all of it was started by the lab)
     ns_kill_all || problems+=("processes in the lab's namespaces (ip netns pids NS)")
-    # 3. repmgr-nat's package, purged in the proxy's namespace
+    # 3. repmgr-nat's package, purged in the proxy's namespace (its removal tears down every
+    #    instance it finds a config of: the second cluster's files stay until after it)
     uninstall_repmgr_nat || problems+=("dpkg --purge repmgr-nat (see $DOWN_LOG)")
     # 4. namespaces
     net_down || problems+=("namespaces")
@@ -137,6 +138,7 @@ cmd_down() {
     done
     local left
     while read -r left; do [[ -z $left ]] || problems+=("$left"); done < <(proxy2_remove)
+    while read -r left; do [[ -z $left ]] || problems+=("$left"); done < <(two_remove)
     if [[ -e $BARMAN_SERVER_HOME/.repmgr-nat-lab ]]; then
         rm -rf -- "$BARMAN_SERVER_HOME" || problems+=("$BARMAN_SERVER_HOME")
         # barman's lock files for the server live next to its directory
@@ -151,7 +153,7 @@ cmd_down() {
         rm -rf -- "$save" && mkdir -p "$save" || problems+=("saving logs to $save")
         cp -a "$LAB_DIR/logs/." "$save/" 2>/dev/null || true
         if [[ -f $EVENTS_LOG ]]; then cp -a "$EVENTS_LOG" "$save/" || true; fi
-        for n in "${NODES[@]}"; do
+        for n in "${DB_NODES[@]}"; do
             for f in "$(node_pglog "$n")" "$(node_repmgrd_log "$n")" "$(node_conf "$n")"; do
                 if [[ -f $f ]]; then cp -a "$f" "$save/$n-$(basename "$f")" || true; fi
             done
@@ -160,8 +162,8 @@ cmd_down() {
     if [[ -e $LAB_DIR ]]; then rm -rf -- "$LAB_DIR" || problems+=("$LAB_DIR"); fi
     # 7. verify
     for n in "${LAB_NAMESPACES[@]}"; do ns_is_lab "$n" && problems+=("namespace $n still exists"); done
-    for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG" "$PROXY2_CONFIG"; do [[ -e $f ]] && has_marker "$f" && problems+=("$f still exists"); done
-    [[ -e $PROXY2_STATE_DIR/.repmgr-nat-lab ]] && problems+=("$PROXY2_STATE_DIR still exists")
+    for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG" "$PROXY2_CONFIG" "$TWO_CONFIG"; do [[ -e $f ]] && has_marker "$f" && problems+=("$f still exists"); done
+    for f in "$PROXY2_STATE_DIR" "$TWO_STATE_DIR"; do [[ -e $f/.repmgr-nat-lab ]] && problems+=("$f still exists"); done
     ((ours)) && dpkg_knows repmgr-nat && problems+=("the package repmgr-nat is still installed")
     if ((${#problems[@]})); then
         die "down could not clean up: ${problems[*]}"
@@ -188,11 +190,13 @@ up_cleanup() {
 }
 
 cmd_up() {
-    local mode=repmgr-nat cron=1 assist=1 proxies=1
+    local mode=repmgr-nat cron=1 assist=1 proxies=1 clusters=1
     while (($#)); do
         case $1 in
         --proxies) proxies=${2:-}; shift ;;
         --proxies=*) proxies=${1#*=} ;;
+        --clusters) clusters=${2:-}; shift ;;
+        --clusters=*) clusters=${1#*=} ;;
         --no-assist) assist=0 ;;
         --handler) mode=${2:-}; shift ;;
         --handler=*) mode=${1#*=} ;;
@@ -204,6 +208,9 @@ cmd_up() {
     [[ $mode == repmgr-nat || $mode == scripts ]] || die "up: --handler must be repmgr-nat or scripts, not '$mode'"
     [[ $proxies == 1 || $proxies == 2 ]] || die "up: --proxies must be 1 or 2, not '$proxies'"
     [[ $proxies == 1 || $mode == repmgr-nat ]] || die "up: two proxies need the repmgr-nat handler"
+    [[ $clusters == 1 || $clusters == 2 ]] || die "up: --clusters must be 1 or 2, not '$clusters'"
+    [[ $clusters == 1 || $mode == repmgr-nat ]] || die "up: two clusters need the repmgr-nat handler (its instances)"
+    [[ $clusters == 1 || $proxies == 1 ]] || die "up: two clusters behind two proxies are not built yet: one of --clusters 2, --proxies 2"
     check_deps "$mode"
     UP_T0=$(now_ms)
 
@@ -220,6 +227,7 @@ cmd_up() {
     state_set ASSIST "$assist"
     state_set CRON "$cron"
     state_set PROXIES "$proxies"
+    state_set CLUSTERS "$clusters"
     step "build lab/kit" build_kit
     [[ $mode == scripts ]] || step "build repmgr-nat's package" build_repmgr_nat
     step "network" net_up
@@ -230,6 +238,7 @@ cmd_up() {
     step "db1: initdb, start, users" db1_create
     step "db1: repmgr primary register" db1_register
     step "db2: clone, start, register" db2_clone
+    if two_clusters; then step "db3 (the second cluster): initdb, start, users" db3_create; fi
     step "repmgrd on db1, db2" repmgrd_start db1 db2
     if ((cron)); then step "barman cron loop" cron_start; fi
     step "wait: barman check all OK" barman_wait_ok 60
@@ -276,6 +285,7 @@ preflight() {
     local mode=$1 f
     for f in "$SUDOERS_LAB" "$BARMAN_CONF" "$PGPASS_POSTGRES" "$PGPASS_BARMAN"; do claim_path "$f"; done
     proxy2_preflight
+    two_preflight
     if [[ $mode == scripts ]]; then
         claim_path "$SUDOERS_SCRIPTS"
         [[ -d $(seed_dir) ]] || die "the article's scripts are missing: $(seed_dir) does not exist (set SEED_SCRIPTS)"

@@ -24,9 +24,10 @@ ns_is_lab() {
 }
 
 net_up() {
-    local ns hosts proxies
+    local ns hosts nodes proxies
+    read -r -a nodes <<<"$(lab_nodes)"
     read -r -a proxies <<<"$(lab_proxies)"
-    hosts=(db1 db2 "${proxies[@]}" app)
+    hosts=("${nodes[@]}" "${proxies[@]}" app)
     for ns in "${LAB_NAMESPACES[@]}"; do
         ns_exists "$ns" && die "network namespace '$ns' exists and is not the lab's (no $(ns_ip "$ns" || echo "$BRIDGE") in it): remove it yourself (ip netns del $ns) after checking what runs there (ip netns pids $ns)"
     done
@@ -49,7 +50,7 @@ net_up() {
     # (with two proxies, each proxy's own address: the shared one comes with keepalived)
     local p out
     for p in $(lab_proxies); do
-        for ns in db1 db2 app; do
+        for ns in "${nodes[@]}" app; do
             out=$(ip netns exec "$ns" timeout 3 bash -c "exec 3<>/dev/tcp/$(ns_ip "$p")/9" 2>&1 || true)
             if [[ $out != *refused* ]]; then
                 die "namespace $ns cannot reach the proxy $(ns_ip "$p") over the bridge (expected 'connection refused' from port 9); check: ip -n $ns addr; ip -n $NS_BRIDGE link"

@@ -2,11 +2,15 @@
 # PostgreSQL 15 + repmgr on the database nodes.
 
 # Per-node settings go on the command line (pg_ctl -o), never in postgresql.conf: `repmgr
-# standby clone` and pg_rewind copy postgresql.conf from the other node.
+# standby clone` and pg_rewind copy postgresql.conf from the other node. db3 (a cluster of
+# its own, no standby, no barman) commits without waiting for a synchronous standby.
 node_pg_opts() {
     local n=$1
-    printf -- "-c listen_addresses=%s -c port=%s -c unix_socket_directories=%s -c cluster_name=%s -c synchronous_commit=on -c 'synchronous_standby_names=FIRST 1 (%s, barman_receive_wal)' -c ssl=on -c ssl_cert_file=%s -c ssl_key_file=%s" \
-        "$(node_ip "$n")" "$PG_PORT" "$(node_sock "$n")" "$n" "$(node_other "$n")" "$TLS_DIR/$n.crt" "$TLS_DIR/$n.key"
+    printf -- "-c listen_addresses=%s -c port=%s -c unix_socket_directories=%s -c cluster_name=%s -c ssl=on -c ssl_cert_file=%s -c ssl_key_file=%s" \
+        "$(node_ip "$n")" "$PG_PORT" "$(node_sock "$n")" "$n" "$TLS_DIR/$n.crt" "$TLS_DIR/$n.key"
+    if is_repmgr_node "$n"; then
+        printf -- " -c synchronous_commit=on -c 'synchronous_standby_names=FIRST 1 (%s, barman_receive_wal)'" "$(node_other "$n")"
+    fi
 }
 
 # The lab's certificate authority, and a certificate for each node signed by it, naming the
@@ -19,7 +23,7 @@ write_tls_certs() {
     local n
     run openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=repmgr-nat-lab CA" \
         -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.crt"
-    for n in "${NODES[@]}"; do
+    for n in $(lab_nodes); do
         run openssl req -newkey rsa:2048 -nodes -subj "/CN=$n" -keyout "$TLS_DIR/$n.key" -out "$TLS_DIR/$n.csr"
         printf 'subjectAltName = IP:%s\n' "$(node_ip "$n")" >"$TLS_DIR/$n.ext"
         run openssl x509 -req -days 2 -in "$TLS_DIR/$n.csr" -CA "$TLS_DIR/ca.crt" -CAkey "$TLS_DIR/ca.key" \
@@ -107,16 +111,18 @@ node_dirs() {
     local n=$1
     install -d -o postgres -g postgres -m 0755 "$(node_dir "$n")" "$(node_sock "$n")" || die "cannot create $(node_dir "$n")"
     : >"$(node_pglog "$n")" && chown postgres:postgres "$(node_pglog "$n")"
-    : >"$(node_repmgrd_log "$n")" && chown postgres:postgres "$(node_repmgrd_log "$n")"
     write_pgctl "$n"
+    is_repmgr_node "$n" || return 0
+    : >"$(node_repmgrd_log "$n")" && chown postgres:postgres "$(node_repmgrd_log "$n")"
     write_repmgr_conf "$n"
 }
 
-db1_init() {
-    local n=db1 data
-    data=$(node_data $n)
+# db_init NODE: initdb, the lab's pg_hba.conf and postgresql.conf, started, its roles
+db_init() {
+    local n=$1 data
+    data=$(node_data "$n")
     HINT="$LAB_LOG"
-    run as postgres $n "$PG_BIN/initdb" -D "$data" -U postgres -E UTF8 --no-locale -N \
+    run as postgres "$n" "$PG_BIN/initdb" -D "$data" -U postgres -E UTF8 --no-locale -N \
         --auth-local=trust --auth-host=scram-sha-256
     cat >"$data/pg_hba.conf" <<EOF
 # $MARKER
@@ -131,10 +137,10 @@ hostnossl  all          repmgr_nat  $PROXY_B_IP/32   reject
 host       all          all     $LAB_NET  scram-sha-256
 host       replication  all     $LAB_NET  scram-sha-256
 EOF
-    cat >>"$data/postgresql.conf" <<EOF
-
-# ---- repmgr-nat lab (copied to db2 by the clone; per-node settings are on pg_ctl's command line)
-shared_preload_libraries = 'repmgr'
+    {
+        printf "\n# ---- repmgr-nat lab (copied to db2 by the clone; per-node settings are on pg_ctl's command line)\n"
+        if is_repmgr_node "$n"; then echo "shared_preload_libraries = 'repmgr'"; fi
+        cat <<EOF
 wal_level = replica
 wal_log_hints = on
 max_wal_senders = 10
@@ -147,21 +153,29 @@ shared_buffers = 32MB
 password_encryption = scram-sha-256
 log_line_prefix = '%m [%p] %q%u@%d '
 EOF
+    } >>"$data/postgresql.conf"
     chown postgres:postgres "$data/pg_hba.conf"
-    HINT=$(node_pglog $n)
-    run as postgres $n "$(node_pgctl $n)" start
+    HINT=$(node_pglog "$n")
+    run as postgres "$n" "$(node_pgctl "$n")" start
+    write_bootstrap_sql "$n"
     # No synchronous standby exists yet: bootstrap writes commit locally.
-    run as postgres $n env "PGOPTIONS=-c synchronous_commit=local" "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 \
-        -h "$(node_sock $n)" -p "$PG_PORT" -U postgres -d postgres -f "$LAB_DIR/bootstrap.sql"
+    run as postgres "$n" env "PGOPTIONS=-c synchronous_commit=local" "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 \
+        -h "$(node_sock "$n")" -p "$PG_PORT" -U postgres -d postgres -f "$(node_dir "$n")/bootstrap.sql"
 }
 
-write_bootstrap_sql() {
-    cat >"$LAB_DIR/bootstrap.sql" <<EOF
+write_bootstrap_sql() { # NODE: its roles, in its directory (repmgr's and barman's only in the repmgr cluster)
+    local n=$1
+    {
+        if is_repmgr_node "$n"; then
+            cat <<EOF
 CREATE ROLE repmgr LOGIN SUPERUSER PASSWORD '$PW_REPMGR';
 ALTER ROLE repmgr SET search_path TO repmgr, "\$user", public;
 CREATE DATABASE repmgr OWNER repmgr;
 CREATE ROLE barman LOGIN SUPERUSER PASSWORD '$PW_BARMAN';
 CREATE ROLE streaming_barman LOGIN REPLICATION PASSWORD '$PW_STREAMING';
+EOF
+        fi
+        cat <<EOF
 -- repmgr-nat's own role, with no more than README.md (Security) says it needs
 CREATE ROLE repmgr_nat LOGIN REPLICATION PASSWORD '$PW_RNAT';
 GRANT pg_signal_backend, pg_read_all_stats TO repmgr_nat;
@@ -176,7 +190,8 @@ CREATE TABLE $APP_TABLE (
     written_at timestamptz DEFAULT clock_timestamp()
 );
 EOF
-    chmod 0644 "$LAB_DIR/bootstrap.sql"
+    } >"$(node_dir "$n")/bootstrap.sql"
+    chmod 0644 "$(node_dir "$n")/bootstrap.sql"
 }
 
 write_pgpass_files() {
@@ -223,8 +238,7 @@ nudge_stop() { touch "$LAB_DIR/db1/nudge.stop"; }
 db1_create() { # both nodes' directories; db1 initialised, started, its users; the password files
     node_dirs db1
     node_dirs db2
-    write_bootstrap_sql
-    db1_init
+    db_init db1
     write_pgpass_files
 }
 

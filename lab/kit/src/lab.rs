@@ -32,6 +32,10 @@ pub const PROXY: &str = "198.51.100.3";
 /// (proxy's, with barman; proxy2's, without).
 pub const PROXY_A: &str = "198.51.100.4";
 pub const PROXY_B: &str = "198.51.100.5";
+/// With two clusters (`up --clusters 2`, e.g. `Lab::up_with(&Session::take(), &["--clusters",
+/// "2"], &[])`): the second cluster's only node, db3, a primary without repmgr, behind
+/// repmgr-nat's instance "two" (`lab.sh env`: TWO_CONFIG, TWO_APP_PORT, TWO_APP_CONNINFO).
+pub const DB3: &str = "198.51.100.13";
 
 /// barman's port and the application port.
 pub const BOTH: &[u16] = &[54321, 54322];
@@ -264,6 +268,11 @@ impl Lab {
     /// The proxies' namespaces: proxy, and proxy2 with `up --proxies 2`.
     pub fn proxies(&self) -> Vec<&'static str> {
         if self.env.get("PROXIES").map(String::as_str) == Some("2") { vec!["proxy", "proxy2"] } else { vec!["proxy"] }
+    }
+
+    /// How many clusters the lab has: 1, or 2 with `up --clusters 2` (db3 and its instance).
+    pub fn clusters(&self) -> usize {
+        if self.env.get("CLUSTERS").map(String::as_str) == Some("2") { 2 } else { 1 }
     }
 
     /// repmgr-nat's chains in `proxy` for a route to `node` (sorted): with two proxies each
