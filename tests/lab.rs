@@ -12,6 +12,8 @@ mod check;
 mod common;
 #[path = "lab/hostile.rs"]
 mod hostile;
+#[path = "lab/instances.rs"]
+mod instances;
 #[path = "lab/package.rs"]
 mod package;
 #[path = "lab/proxies.rs"]

@@ -300,14 +300,15 @@ impl Lab {
         self.ok(&["nat", proxy]).lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect()
     }
 
-    /// The lines of the proxy's tables that concern repmgr-nat: its chains, their rules,
-    /// the jumps to them.
+    /// The lines of the proxy's tables that concern repmgr-nat's default instance: its
+    /// chains, their rules, the jumps to them (not instance two's, `repmgr_two_*`).
     pub fn our_rules(&self) -> Vec<String> {
         self.our_rules_in("proxy")
     }
 
     pub fn our_rules_in(&self, proxy: &str) -> Vec<String> {
-        self.nat_in(proxy).lines().filter(|l| l.contains("repmgr_")).map(str::to_string).collect()
+        let ours = |l: &&str| l.contains("repmgr_") && !l.contains("repmgr_two_");
+        self.nat_in(proxy).lines().filter(ours).map(str::to_string).collect()
     }
 
     /// Which proxy holds the shared address: "proxy", "proxy2", "proxy proxy2" (a frozen

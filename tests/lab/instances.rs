@@ -1,0 +1,88 @@
+//! Two clusters behind one proxy (`lab.sh up --clusters 2`): the default instance fronts
+//! db1 and db2 (repmgr, barman), instance "two" fronts db3 (/etc/repmgr-nat/two.toml, its
+//! own chains, state directory, watch directory and metrics port). A failover in one moves
+//! only its own rules and record; a config that claims what the other claims is refused
+//! before anything changes.
+
+use lab_kit::clients::series;
+use lab_kit::lab::{DB3, Session};
+
+use crate::common::{CONVERGE, DB2, Lab, Restore};
+
+/// Instance two's rules (iptables-save lines of its chains and the jumps to them).
+fn rules_of_two(lab: &Lab) -> Vec<String> {
+    let mut lines: Vec<String> = lab.nat().lines().filter(|l| l.contains("repmgr_two_")).map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+fn record_of_two(lab: &Lab) -> String {
+    let dir = lab.env["TWO_STATE_DIR"].clone();
+    std::fs::read_to_string(std::path::Path::new(&dir).join("route")).unwrap_or_default()
+}
+
+#[test]
+fn a_failover_in_one_cluster_moves_its_rules_and_leaves_the_other_instance_alone() {
+    let lab = Lab::up_with(&Session::take(), &["--clusters", "2"], &[]);
+    assert_eq!(lab.clusters(), 2, "lab.sh env: {:?}", lab.env.get("CLUSTERS"));
+    let two = |user: &str, args: &[&str]| {
+        let all: Vec<&str> = ["--instance", "two"].iter().chain(args).copied().collect();
+        lab.repmgr_nat(user, &all)
+    };
+
+    // instance two's boot step: its own chains, routed to db3, its own record
+    two("root", &["setup"]).expect(0, "setup of instance two");
+    let port = lab.env["TWO_APP_PORT"].clone();
+    let to_db3 = format!("-j DNAT --to-destination {DB3}:5432");
+    let before = rules_of_two(&lab);
+    assert!(before.iter().any(|l| l.contains(&format!("--dport {port} ")) && l.ends_with(&to_db3)), "{before:#?}");
+    assert_eq!(record_of_two(&lab).split_whitespace().take(2).collect::<Vec<_>>(), ["3", "all"]);
+    let record_before = record_of_two(&lab);
+    // its watch, as repmgr-nat-watch@two runs it, with its metrics labelled cluster="two"
+    let watch_two = lab.spawn_in_proxy("postgres", &lab.env["REPMGR_NAT_BIN"], &["--instance", "two", "watch"]);
+    let metrics = |addr: &str| lab.lab(&["exec", "proxy", "--", &lab.env["KIT_BIN"], "metrics", "--addr", addr]).stdout;
+    let two_addr = lab.env["TWO_METRICS"].clone();
+    lab.wait_until("instance two's metrics: db3 routed", CONVERGE, || {
+        let m = metrics(&two_addr);
+        series(&m, "repmgr_nat_route_node_id") == Some(3.0) && m.contains("cluster=\"two\"")
+    });
+
+    // the default instance fails over: db1 dies, repmgrd promotes db2, watch follows
+    lab.ok(&["watch", "start"]);
+    lab.ok(&["stop", "db1"]);
+    lab.ok(&["wait-primary", "db2", "60"]);
+    lab.wait_until("the default instance's rules on db2", CONVERGE, || lab.routed(DB2));
+    lab.wait_barman_ok(CONVERGE);
+
+    // instance two's rules, record and metrics did not move
+    assert_eq!(rules_of_two(&lab), before, "instance two's rules changed");
+    assert_eq!(record_of_two(&lab), record_before, "instance two's record changed");
+    let m = metrics(&two_addr);
+    assert_eq!(series(&m, "repmgr_nat_route_node_id"), Some(3.0), "{m}");
+    assert_eq!(series(&m, "repmgr_nat_switches_total"), Some(0.0), "instance two switched:\n{m}");
+    let default = metrics("127.0.0.1:9721");
+    assert_eq!(series(&default, "repmgr_nat_route_node_id"), Some(2.0), "{default}");
+    assert!(default.contains("cluster=\"default\"") && !default.contains("cluster=\"two\""), "{default}");
+    // every instance at once: both consistent
+    let all = lab.repmgr_nat("postgres", &["status", "--all"]);
+    let all = all.expect(0, "status --all after the failover");
+    assert!(all.stdout.contains("== instance default") && all.stdout.contains("== instance two"), "{}", all.stdout);
+
+    // a third config that claims the default's chain is refused, and so is the default
+    // while it is there, before anything changes
+    let three = "/etc/repmgr-nat/three.toml";
+    let _three = Restore::file(three);
+    let text = std::fs::read_to_string(&lab.env["TWO_CONFIG"]).unwrap();
+    let text = text.replace("repmgr_two_dnat", "repmgr_dnat").replace(&two_addr, "127.0.0.1:9723");
+    std::fs::write(three, text).unwrap();
+    let nat = lab.nat();
+    for args in [&["--instance", "three", "setup"][..], &["setup"]] {
+        let run = lab.repmgr_nat("root", args).expect(2, &format!("{args:?} with three.toml claiming repmgr_dnat"));
+        assert_eq!(run.stderr.lines().count(), 1, "one line: {}", run.stderr);
+        assert!(run.stderr.contains("chain repmgr_dnat"), "{}", run.stderr);
+    }
+    assert_eq!(lab.nat(), nat, "a refused config changed the tables");
+    drop(_three);
+    lab.repmgr_nat("root", &["setup"]).expect(0, "setup once three.toml is gone");
+    lab.stop(watch_two);
+}
