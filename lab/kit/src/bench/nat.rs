@@ -267,6 +267,11 @@ pub fn measure(lab: &Lab, handler: Handler, count: usize, dir: &Path) -> Vec<Nat
 // ------------------------------------------------------------------------------- scaling
 pub const SCALE_NODES: [usize; 3] = [2, 8, 32];
 pub const SCALE_PORTS: [usize; 3] = [1, 4, 16];
+/// Instances configured on the host (the default one switched, the others only read).
+pub const SCALE_INSTANCES: [usize; 3] = [1, 4, 16];
+/// Where the other instances' configs go, and the prefix of their names.
+const INSTANCES_DIR: &str = "/etc/repmgr-nat";
+const BENCH_INSTANCE: &str = "bench";
 const SCALE_NS: &str = "rnlab-bench";
 /// Addresses nothing uses (the lab is down; it never uses these).
 const SCALE_PROXY: &str = "198.51.100.200";
@@ -276,6 +281,9 @@ const CONFIG: &str = "/etc/repmgr-nat.toml";
 pub struct ScaleResult {
     pub nodes: usize,
     pub ports: usize,
+    /// Instances configured (the switched one included); 1 in the nodes x ports runs.
+    #[serde(default = "one")]
+    pub instances: usize,
     pub switch: Option<Spread>,
     pub rules: usize,
     pub execs: usize,
@@ -298,6 +306,42 @@ fn scale_config(nodes: usize, ports: usize, state: &Path) -> String {
         state.display()
     ));
     text
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Another instance's config (`bench<k>`, k from 1): two nodes and an application port of
+/// its own, no barman; every other default its own.
+fn other_instance_config(k: usize) -> String {
+    format!(
+        "# lab-kit bench: written for a scaling run, removed afterwards\n[proxy]\naddress = \"{SCALE_PROXY}\"\n\
+         [ports]\npostgres = 5432\napp = {}\n[nodes]\n1 = \"198.51.100.{}\"\n2 = \"198.51.100.{}\"\n\
+         [postgres]\nuser = \"repmgr_nat\"\ndbname = \"postgres\"\n",
+        55000 + k,
+        160 + 2 * k,
+        161 + 2 * k
+    )
+}
+
+/// Writes the configs of `count` other instances into /etc/repmgr-nat (made if missing);
+/// what to remove afterwards.
+fn other_instances(count: usize) -> Result<Vec<PathBuf>, String> {
+    let mut made = Vec::new();
+    if !Path::new(INSTANCES_DIR).exists() {
+        std::fs::create_dir(INSTANCES_DIR).map_err(|e| format!("{INSTANCES_DIR}: {e}"))?;
+        made.push(PathBuf::from(INSTANCES_DIR));
+    }
+    for k in 1..=count {
+        let path = Path::new(INSTANCES_DIR).join(format!("{BENCH_INSTANCE}{k}.toml"));
+        if path.exists() {
+            return Err(format!("{} exists and is not the benchmark's", path.display()));
+        }
+        std::fs::write(&path, other_instance_config(k)).map_err(|e| format!("{}: {e}", path.display()))?;
+        made.insert(0, path);
+    }
+    Ok(made)
 }
 
 fn in_scale_ns(program: &str, args: &[&str]) -> Result<String, String> {
@@ -363,7 +407,7 @@ fn scale_one(
     )?;
     let execs =
         std::fs::read_to_string(&*trace).map_err(|e| e.to_string())?.lines().filter(|l| l.contains("execve(")).count();
-    Ok(ScaleResult { nodes, ports, switch: Spread::of(&result.us), rules, execs, failed: None })
+    Ok(ScaleResult { nodes, ports, instances: 1, switch: Spread::of(&result.us), rules, execs, failed: None })
 }
 
 /// repmgr-nat route as root in a throwaway namespace for every nodes x ports
@@ -379,6 +423,7 @@ pub fn scaling(count: usize, dir: &Path) -> Vec<ScaleResult> {
             rules: 0,
             execs: 0,
             failed: Some(format!("namespace {SCALE_NS} exists and is not the benchmark's")),
+            instances: 1,
         }];
     }
     let bin = crate::lab::repo().join("target/release/repmgr-nat").to_string_lossy().into_owned();
@@ -394,6 +439,7 @@ pub fn scaling(count: usize, dir: &Path) -> Vec<ScaleResult> {
             let r = scale_one(&bin, nodes, ports, count, &state, dir).unwrap_or_else(|why| ScaleResult {
                 nodes,
                 ports,
+                instances: 1,
                 switch: None,
                 rules: 0,
                 execs: 0,
@@ -401,6 +447,21 @@ pub fn scaling(count: usize, dir: &Path) -> Vec<ScaleResult> {
             });
             results.push(r);
         }
+    }
+    // the default instance's switch (2 nodes, 1 port) with others configured beside it:
+    // every run reads their configs, to refuse one that claims what another claims
+    for instances in SCALE_INSTANCES {
+        let made = other_instances(instances - 1);
+        let r = made.as_ref().map_err(Clone::clone).and_then(|_| scale_one(&bin, 2, 1, count, &state, dir));
+        for path in made.iter().flatten() {
+            let _ = if path.is_dir() { std::fs::remove_dir(path) } else { std::fs::remove_file(path) };
+        }
+        results.push(match r {
+            Ok(r) => ScaleResult { instances, ..r },
+            Err(why) => {
+                ScaleResult { nodes: 2, ports: 1, instances, switch: None, rules: 0, execs: 0, failed: Some(why) }
+            }
+        });
     }
     let _ = Command::new("ip").args(["netns", "del", SCALE_NS]).status();
     let _ = std::fs::remove_file(CONFIG);

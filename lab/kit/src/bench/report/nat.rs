@@ -2,7 +2,7 @@
 //! cluster size.
 
 use super::{Report, msu, ratio};
-use crate::bench::nat::{Mode, NatResult, SCALE_NODES, SCALE_PORTS};
+use crate::bench::nat::{Mode, NatResult, SCALE_INSTANCES, SCALE_NODES, SCALE_PORTS, ScaleResult};
 use crate::stats::Spread;
 
 impl Report<'_> {
@@ -112,24 +112,40 @@ impl Report<'_> {
         for nodes in SCALE_NODES {
             let mut row = format!("| {nodes} |");
             for ports in SCALE_PORTS {
-                let cell = match self.r.scaling.iter().find(|s| s.nodes == nodes && s.ports == ports) {
-                    None => "not run".into(),
-                    Some(s) => match (&s.failed, s.switch) {
-                        (Some(why), _) => format!("failed: {why}"),
-                        (None, Some(sw)) => format!(
-                            "{} (p90 {}; {} rules, {} processes)",
-                            msu(sw.median),
-                            msu(sw.p90),
-                            s.rules,
-                            s.execs
-                        ),
-                        (None, None) => "-".into(),
-                    },
-                };
-                row.push_str(&format!(" {cell} |"));
+                let found = self.r.scaling.iter().find(|s| s.nodes == nodes && s.ports == ports && s.instances == 1);
+                row.push_str(&format!(" {} |", scale_cell(found)));
             }
             self.line(row);
         }
         self.line("");
+        if self.r.scaling.iter().any(|s| s.instances > 1) {
+            self.line("The same switch (2 nodes, 1 application port) with other instances configured beside it:");
+            self.line("");
+            let heads: Vec<String> = SCALE_INSTANCES.iter().map(|n| n.to_string()).collect();
+            self.line(format!("| instances configured | {} |", heads.join(" | ")));
+            self.line(format!("|---|{}", "---|".repeat(SCALE_INSTANCES.len())));
+            let cells: Vec<String> = SCALE_INSTANCES
+                .iter()
+                .map(|n| {
+                    let found = self.r.scaling.iter().find(|s| s.nodes == 2 && s.ports == 1 && s.instances == *n);
+                    scale_cell(found)
+                })
+                .collect();
+            self.line(format!("| switch | {} |", cells.join(" | ")));
+            self.line("");
+        }
+    }
+}
+
+fn scale_cell(found: Option<&ScaleResult>) -> String {
+    match found {
+        None => "not run".into(),
+        Some(s) => match (&s.failed, s.switch) {
+            (Some(why), _) => format!("failed: {why}"),
+            (None, Some(sw)) => {
+                format!("{} (p90 {}; {} rules, {} processes)", msu(sw.median), msu(sw.p90), s.rules, s.execs)
+            }
+            (None, None) => "-".into(),
+        },
     }
 }
