@@ -137,7 +137,8 @@ fn reconcile(ctx: &Ctx, primary: Option<&str>, boot: bool) -> Result<()> {
     adapters.effects(|fx| handler::run(&ctx.cfg, fx, Ask::Reconcile { named }, "reconcile"))
 }
 
-/// The root step: reads only the default config; shows the chains, or switches them.
+/// The root step: reads only the instance's root-owned config (`/etc/repmgr-nat.toml`, or
+/// `/etc/repmgr-nat/<name>.toml`); shows the chains, or switches them.
 fn route_command(
     inv: &Invocation,
     node_id: Option<&str>,
@@ -148,7 +149,7 @@ fn route_command(
     if let Some(path) = &inv.config {
         return Err(Exit::BadInput(format!(
             "route reads only {}; --config {} and REPMGR_NAT_CONFIG are refused",
-            config::DEFAULT_PATH,
+            inv.instance.config_path().display(),
             path.display()
         ))
         .into());
