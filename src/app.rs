@@ -521,7 +521,7 @@ pub fn sudo_list(user: Option<&str>, cmd: &Cmd) -> Cmd {
 pub fn sudo_refusal(user: Option<&str>, cmd: &Cmd) -> Option<String> {
     match exec::run_status(&sudo_list(user, cmd), None, Duration::from_secs(10)) {
         Ok(out) if out.status.success() => None,
-        Ok(out) => Some(out.stderr.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").to_string()),
+        Ok(out) => Some(exec::first_line(&out.stderr).unwrap_or("").to_string()),
         Err(e) => Some(e.to_string()),
     }
 }

@@ -33,9 +33,9 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
     let path = path.unwrap_or(&instance_path);
     // SAFETY: geteuid cannot fail and has no side effects.
     let uid = unsafe { libc::geteuid() };
-    let user = OsUser::named(&cfg.repmgr_user).ok();
+    let user = OsUser::named(&cfg.repmgr_user).map_err(|e| format!("{e:#}"));
     let facts = std::thread::scope(|s| {
-        let sudo = s.spawn(|| sudo(cfg, ctx.root, user.as_ref().filter(|u| ctx.root || u.uid == uid)));
+        let sudo = s.spawn(|| sudo(cfg, ctx.root, user.as_ref(), uid));
         let nodes = s.spawn(|| (!ctx.root).then(|| nodes(ctx)).transpose());
         let barman = s.spawn(|| cfg.barman.as_ref().filter(|_| ctx.root).map(barman_server));
         // as root, one iptables-save: the whole table for the shadowing check, ours read from it
@@ -96,7 +96,7 @@ fn units(cfg: &Config) -> Option<Vec<(String, String)>> {
     let state = |unit: &str| {
         let cmd = Cmd::new(exec::system_tool("systemctl")).args(["is-enabled", unit]);
         match exec::run_status(&cmd, None, ASK_TIMEOUT) {
-            Ok(out) => out.stdout.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("not installed").to_string(),
+            Ok(out) => exec::first_line(&out.stdout).unwrap_or("not installed").to_string(),
             Err(e) => format!("unknown ({e})"),
         }
     };
@@ -111,15 +111,16 @@ fn trusted(path: &Path) -> Result<(), String> {
 
 /// sudo's answer for every command line repmgr's OS user runs through it: as root for
 /// that user (`sudo -l -U`), as that user for itself (`sudo -l`), all at once.
-fn sudo(cfg: &Config, root: bool, user: Option<&OsUser>) -> Result<Sudo, String> {
-    let Some(user) = user else {
-        return Err(match OsUser::named(&cfg.repmgr_user) {
-            Err(e) => format!("{e:#} (repmgr.user in the config): name the OS user repmgr runs as"),
-            Ok(_) => format!(
+fn sudo(cfg: &Config, root: bool, user: Result<&OsUser, &String>, uid: u32) -> Result<Sudo, String> {
+    let user = match user {
+        Err(e) => return Err(format!("{e} (repmgr.user in the config): name the OS user repmgr runs as")),
+        Ok(user) if !root && user.uid != uid => {
+            return Err(format!(
                 "check runs neither as root nor as repmgr.user ({}), whose grants these are: run it as one of them",
                 cfg.repmgr_user
-            ),
-        });
+            ));
+        }
+        Ok(user) => user,
     };
     let asked: Vec<(bool, SudoAnswer)> = std::thread::scope(|s| {
         let asking: Vec<_> = app::sudo_commands(cfg)

@@ -144,6 +144,11 @@ pub fn last_line(text: &str) -> Option<&str> {
     text.lines().map(str::trim).rfind(|l| !l.is_empty())
 }
 
+/// The first line of `text` that says anything, trimmed.
+pub fn first_line(text: &str) -> Option<&str> {
+    text.lines().map(str::trim).find(|l| !l.is_empty())
+}
+
 /// Runs `cmd` to completion, feeding `stdin`; a non-zero exit is an error.
 pub fn run(cmd: &Cmd, stdin: Option<&str>, timeout: Duration) -> Result<Output, ExecError> {
     let output = run_status(cmd, stdin, timeout)?;
