@@ -237,7 +237,11 @@ pub fn write(o: &Opts, count: u64) -> Result<(), String> {
                 emit(&format!("{t} err {}{}", if e.sent { "" } else { "sent=no " }, e.reason));
                 true
             }
-            None if stopped() => break,
+            // stopped with the insert in flight: it may still commit, so it was attempted
+            None if stopped() => {
+                emit(&format!("{t} err stopped in flight (commit not acknowledged)"));
+                break;
+            }
             None => {
                 emit(&format!("{t} err timeout after {} ms (commit not acknowledged)", o.timeout_ms));
                 true
