@@ -492,6 +492,60 @@ mod tests {
         );
     }
 
+    /// Nor on the rules: with a legitimate primary, status says the rules are wrong
+    /// (routed elsewhere, ports closed, chains missing) exactly when watch would switch them
+    /// (`decide(Ask::Watch)` plans a route), for every routing of every node and ports.
+    #[test]
+    fn rules_problems_are_what_watch_would_route() {
+        use crate::core::plan::{Ask, Decision, Step, decide};
+        let cfg = example();
+        let v = view(&[(1, up_with(Role::Standby, 2, true, None)), (2, up(Role::Primary, 2, true))]);
+        let mut routings = vec![Routing::Nothing];
+        for id in [1, 2] {
+            for open in [Open::None, Open::Barman, Open::All] {
+                routings.push(Routing::To(Route::new(node(id), open)));
+            }
+        }
+        let mut seen_both = [0, 0];
+        for routing in routings {
+            for in_place in [true, false] {
+                let live = match &routing {
+                    Routing::To(route) => Live::installed(&cfg, *route),
+                    _ => Live::parse(&cfg, ""),
+                };
+                // not in place: a jump deleted by hand
+                let live = match in_place {
+                    true => live,
+                    false => {
+                        let text: String = live
+                            .render()
+                            .lines()
+                            .filter(|l| l != &"-A PREROUTING -j repmgr_dnat")
+                            .map(|l| format!("{l}\n"))
+                            .collect();
+                        Live::parse(&cfg, &text)
+                    }
+                };
+                let record = match routing {
+                    Routing::To(route) => Some(Record { route, timeline: 2 }),
+                    _ => None,
+                };
+                let situation = Situation::read(&cfg, &v, &live, record);
+                let routes = match decide(&cfg, Ask::Watch, &situation) {
+                    Decision::Act(steps) => steps.iter().any(|s| matches!(s, Step::Route(_))),
+                    _ => false,
+                };
+                let mut seen = seen(&v, Ok(live), Ok(record));
+                seen.watch = Some(WatchReport { passed_ms: 0, ..watch_report() });
+                let problems = assess(&cfg, seen).problems;
+                let said = problems.iter().any(|p| p.starts_with("the rules hold") || p.starts_with("chains, jumps"));
+                assert_eq!(said, routes, "{routing} in place {in_place}: {problems:?}");
+                seen_both[usize::from(said)] += 1;
+            }
+        }
+        assert_eq!(seen_both, [1, 13], "one right routing, thirteen wrong ones");
+    }
+
     /// status restates none of the policy on barman's slots: for every view, it reports
     /// a slot problem on a node exactly when watch would make, end or drop something there
     /// (`decide(Ask::Watch)`); only barman not streaming from the primary is status's own
