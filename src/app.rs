@@ -221,7 +221,7 @@ fn load(instance: &Instance, requested: Option<&Path>) -> Result<Config> {
     Ok(cfg)
 }
 
-fn read_config(instance: &Instance, path: &Path) -> Result<Config> {
+pub fn read_config(instance: &Instance, path: &Path) -> Result<Config> {
     let text = privilege::read_trusted(path).map_err(bad_input)?;
     Config::parse_instance(&text, instance).map_err(|e| bad_input(e.context(format!("bad config {}", path.display()))))
 }

@@ -71,6 +71,14 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
             },
             nat_save,
             two_proxies: cfg.own_address.map(|_| two_proxies(ctx.root)),
+            instances: app::installed_instances()
+                .into_iter()
+                .filter(|other| *other != cfg.instance)
+                .map(|other| {
+                    let read = app::read_config(&other, &other.config_path()).map(drop).map_err(|e| format!("{e:#}"));
+                    (other.name().to_string(), read)
+                })
+                .collect(),
         })
     })?;
     let report = check::assess(cfg, &facts);

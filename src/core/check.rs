@@ -193,6 +193,9 @@ pub struct Facts {
     /// The IPv4 addresses of the host names repmgr's conninfos give (those that are neither
     /// an address nor a node's `name`).
     pub resolved: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// The host's other instances (`--instance`), each config as read, or why it cannot be:
+    /// one that cannot is compared with no other.
+    pub instances: Vec<(String, Result<(), String>)>,
 }
 
 /// The verdicts, in the order an operator fixes things.
@@ -206,6 +209,9 @@ pub fn assess(cfg: &Config, facts: &Facts) -> Report {
     )];
     if let Some(sudo) = &facts.sudo {
         checks.extend(sudo_lines(cfg, sudo));
+    }
+    if !facts.instances.is_empty() {
+        checks.push(instances_line(&facts.instances));
     }
     checks.push(state_line(cfg, facts));
     if let Some(units) = &facts.units {
@@ -236,6 +242,24 @@ pub fn assess(cfg: &Config, facts: &Facts) -> Report {
 }
 
 const SUDOERS: &str = "/etc/sudoers.d/repmgr-nat";
+
+/// The other instances: each config must be usable, or it is compared with no other, and a
+/// chain, port or node it shares with another goes unseen until its own runs refuse it.
+fn instances_line(instances: &[(String, Result<(), String>)]) -> Line {
+    let names: Vec<&str> = instances.iter().map(|(name, _)| name.as_str()).collect();
+    let name = format!("the other instances of this host ({}) share nothing with this one", names.join(", "));
+    let broken: Vec<String> = instances
+        .iter()
+        .filter_map(|(name, read)| read.as_ref().err().map(|why| format!("instance {name}: {why}")))
+        .collect();
+    match broken.is_empty() {
+        true => Line::ok(name, ""),
+        false => Line::failed(
+            name,
+            format!("{}; fix it (repmgr-nat --instance NAME check says more), or remove the file", broken.join("; ")),
+        ),
+    }
+}
 
 fn sudo_lines(cfg: &Config, sudo: &Result<Sudo, String>) -> Vec<Line> {
     let sudo = match sudo {
@@ -922,7 +946,27 @@ mod tests {
             )),
             two_proxies: None,
             resolved: BTreeMap::new(),
+            instances: Vec::new(),
         }
+    }
+
+    #[test]
+    fn another_instance_that_cannot_be_read_is_named() {
+        let cfg = example();
+        let mut facts = clean();
+        assert!(!assess(&cfg, &facts).to_text().contains("other instances"), "none: no line");
+        facts.instances = vec![("two".into(), Ok(()))];
+        assert_eq!(
+            line(&cfg, &facts, "the other instances"),
+            "OK  the other instances of this host (two) share nothing with this one"
+        );
+        facts.instances.push(("three".into(), Err("bad config /etc/repmgr-nat/three.toml: ports.app: 0".into())));
+        assert_eq!(
+            line(&cfg, &facts, "the other instances"),
+            "FAILED  the other instances of this host (two, three) share nothing with this one: instance three: bad \
+             config /etc/repmgr-nat/three.toml: ports.app: 0; fix it (repmgr-nat --instance NAME check says more), or \
+             remove the file"
+        );
     }
 
     /// The one line named `name` (its start), as text.
