@@ -75,7 +75,8 @@ node_ip() { check_node "$1"; ns_ip "$1"; }
 node_id() { check_node "$1"; echo "${1#db}"; }   # repmgr's node_id; db3's in repmgr-nat's instance "two"
 node_other() { case $1 in db1) echo db2 ;; db2) echo db1 ;; *) die "unknown node '$1' (db1 or db2)" ;; esac; }
 is_node() { [[ " $(lab_nodes) " == *" $1 "* ]]; }            # a database node of this lab
-is_repmgr_node() { [[ " ${NODES[*]} " == *" $1 "* ]]; }     # one of its repmgr cluster
+is_cluster_node() { [[ " ${NODES[*]} " == *" $1 "* ]]; }    # one of its cluster (db1, db2)
+is_repmgr_node() { is_cluster_node "$1"; }                   # ... run by repmgr
 check_node() { is_node "$1" || die "unknown node '$1' (expected one of: $(lab_nodes))"; }
 check_repmgr_node() { is_repmgr_node "$1" || die "$1 is not a node of the repmgr cluster (db1 or db2)"; }
 node_dir() { echo "$LAB_DIR/$1"; }
