@@ -60,6 +60,7 @@ etcd_start() {
         --initial-cluster lab=http://127.0.0.1:2380 --initial-cluster-state new \
         --initial-cluster-token "$PATRONI_SCOPE" </dev/null >>"$ETCD_LOG" 2>&1 &
     echo $! >"$ETCD_PID"
+    disown
     wait_until 15 etcd_healthy || die "etcd did not answer healthy on $ETCD_IP:$ETCD_PORT within 15 s"
     PHASE_NAME+=" ($ETCD_IP:$ETCD_PORT, pid $(cat "$ETCD_PID"), etcd $("$ETCD_BIN" --version | awk 'NR == 1 { print $3 }'))"
 }
@@ -179,6 +180,7 @@ patroni_start() {
         env -i HOME=/var/lib/postgresql USER=postgres LOGNAME=postgres PATH="$SYS_PATH" LANG=C.UTF-8 \
         "$PATRONI_BIN" "$(patroni_conf "$n")" </dev/null >>"$log" 2>&1 &
     echo $! >"$pidf"
+    disown   # not this shell's job: a failing up kills it without a word from bash
     if ! wait_until 20 patroni_answers "$n"; then
         tail -n 15 "$log" | sed 's/^/    /' >&2
         die "$n: Patroni's REST API did not answer within 20 s (pid $(cat "$pidf"), alive: $(pid_alive "$pidf" && echo yes || echo no)); look at $log"
