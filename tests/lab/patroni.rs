@@ -7,8 +7,9 @@
 use std::path::Path;
 
 use lab_kit::lab::Session;
-use lab_kit::proof::{self, Case};
+use lab_kit::proof::Case;
 
+use crate::barman::proves;
 use crate::common::{CONVERGE, DB1, DB2, Lab, assert_writes_on, writer};
 
 fn patroni_lab() -> Lab {
@@ -121,9 +122,10 @@ fn switchovers_with_patronictl_move_ports_and_barman_and_patroni_never_drops_bar
 
 #[test]
 fn barman_restores_every_acknowledged_commit_across_a_patroni_failover() {
-    let lab = patroni_lab();
-    let backup = proof::prepare(&lab);
-    let compared = proof::run(Case::Failover, &lab, &backup, &std::env::temp_dir());
-    let rows = compared.verdict().unwrap_or_else(|e| panic!("barman's restore of {backup}: {e}"));
-    eprintln!("proof: {} attempts, {} acknowledged, {rows} rows restored", compared.attempted, compared.acknowledged);
+    proves(patroni_lab(), Case::Failover);
+}
+
+#[test]
+fn barman_restores_every_acknowledged_commit_across_a_patronictl_switchover() {
+    proves(patroni_lab(), Case::Switchover);
 }
