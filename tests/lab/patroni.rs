@@ -120,6 +120,23 @@ fn switchovers_with_patronictl_move_ports_and_barman_and_patroni_never_drops_bar
     assert!(lab.events().is_empty(), "an event ran, yet there is no repmgr: {:?}", lab.events());
 }
 
+/// The same switchover without `ignore_slots`: Patroni drops barman's slot on the old leader
+/// once it is a replica (README "barman's slot and Patroni's slot management"), and watch
+/// makes it again, empty. This is what the setting is for, and it shows the log check above
+/// can fail.
+#[test]
+fn without_ignore_slots_patroni_drops_barmans_slot_on_the_demoted_leader() {
+    let lab = patroni_lab();
+    lab.ok(&["watch", "start"]);
+    barman_slots(&lab, "db1");
+    lab.ok(&["patronictl", "db1", "edit-config", "--force", "-s", "ignore_slots=null"]);
+    let config = lab.ok(&["patronictl", "db1", "show-config"]);
+    assert!(!config.contains("ignore_slots"), "{config}");
+    lab.ok(&["switchover", "db2"]);
+    lab.wait_until("Patroni's drop of barman's slot on db1", CONVERGE, || patroni_dropped_barman(&lab, "db1"));
+    barman_slots(&lab, "db2");
+}
+
 #[test]
 fn barman_restores_every_acknowledged_commit_across_a_patroni_failover() {
     proves(patroni_lab(), Case::Failover);
