@@ -1,7 +1,8 @@
 #!/bin/bash
 # shellcheck source-path=SCRIPTDIR/lib
-# The repmgr-nat lab: a whole cluster (PostgreSQL 15 + repmgr/repmgrd on db1 and db2, barman
-# and the NAT on the proxy, a client namespace) in network namespaces on this machine.
+# The repmgr-nat lab: a whole cluster (PostgreSQL 15 + repmgr/repmgrd on db1 and db2, or
+# Patroni and etcd with `up --manager patroni`, barman and the NAT on the proxy, a client
+# namespace) in network namespaces on this machine.
 # See lab/README.md. Run `lab.sh help` for the commands.
 set -euo pipefail
 export LC_ALL=C.UTF-8
@@ -15,17 +16,19 @@ source "$LIB/net.sh"
 source "$LIB/pg.sh"
 source "$LIB/barman.sh"
 source "$LIB/handler.sh"
+source "$LIB/patroni.sh"
 source "$LIB/lifecycle.sh"
 
 usage() {
     cat <<EOF
 usage: lab.sh COMMAND [ARGS]   (as root; every command and its output: lab/README.md, "Commands")
-  lifecycle  deps | up [--handler repmgr-nat|scripts] [--proxies 1|2] [--clusters 1|2] [--no-cron] [--no-assist]
+  lifecycle  deps | up [--manager repmgr|patroni] [--handler repmgr-nat|scripts] [--proxies 1|2] [--clusters 1|2] [--no-cron] [--no-assist]
              down [--purge-logs] | status
   cluster    psql [-d DB] [-U USER] NODE|proxy-app|proxy-app-two|proxy-barman|recovered SQL | stop|start NODE
              freeze|thaw NODE | partition|heal NODE | pgctl NODE ACTION   (NODE: db1, db2; db3 with --clusters 2)
-             wait-primary|wait-standby NODE [S]
-             rejoin NODE [--clone] | switchover NODE | repmgr NODE ARGS... | repmgrd start|stop NODE
+             wait-primary|wait-standby NODE [S] | switchover NODE
+             rejoin NODE [--clone] | repmgr NODE ARGS... | repmgrd start|stop NODE   (repmgr)
+             patronictl NODE ARGS...   (Patroni; stop|start NODE then stop or start Patroni with PostgreSQL)
   barman     barman ARGS... | backup | recover BACKUP_ID | cron start|stop|status
   handler    event NODE ID EVENT [SUCCESS] | events [--summary|drop|pass] | watch start|stop|kill|status [PROXY] | nat [PROXY]
   proxies    vip | proxy-down|proxy-up PROXY | proxy-freeze|proxy-thaw PROXY   (PROXY: proxy, proxy2)
@@ -124,30 +127,43 @@ cmd_repmgrd() {
 # in_recovery NODE -> t|f (empty when the node does not answer)
 in_recovery() { node_psql "$1" postgres "select pg_is_in_recovery()" 2>/dev/null || true; }
 
-is_primary() { # out of recovery, and repmgr records it as the primary
-    [[ $(in_recovery "$1") == f ]] &&
+is_primary() { # out of recovery, and repmgr records it as the primary (Patroni: it holds the leader key)
+    [[ $(in_recovery "$1") == f ]] || return 1
+    if patroni_lab; then
+        patroni_leader "$1"
+    else
         [[ $(node_psql "$1" repmgr "select type from repmgr.nodes where node_id = $(node_id "$1") and active" 2>/dev/null) == primary ]]
+    fi
 }
-is_streaming_standby() {
-    [[ $(in_recovery "$1") == t && $(node_psql "$1" postgres "select status from pg_stat_wal_receiver" 2>/dev/null) == streaming ]]
+manager_logs() { # NODE...: where to look (the manager's logs)
+    local n
+    for n; do if patroni_lab; then printf '%s ' "$(patroni_log "$n")"; else printf '%s ' "$(node_repmgrd_log "$n")"; fi; done
+}
+is_streaming_standby() { # in recovery and streaming (Patroni: and the primary's synchronous standby, synchronous_mode)
+    [[ $(in_recovery "$1") == t && $(node_psql "$1" postgres "select status from pg_stat_wal_receiver" 2>/dev/null) == streaming ]] || return 1
+    ! patroni_lab || sync_standby_of "$(node_other "$1")" "$1"
 }
 
 cmd_wait_primary() {
-    (($# >= 1)) || die "usage: lab.sh wait-primary NODE [TIMEOUT]"; check_repmgr_node "$1"
+    (($# >= 1)) || die "usage: lab.sh wait-primary NODE [TIMEOUT]"; check_cluster_node "$1"
     local t0; t0=$(now_ms)
     if ! wait_until "${2:-30}" is_primary "$1"; then
-        node_repmgr "$1" cluster show >&2 || true
-        die "$1 is not primary after ${2:-30}s (in recovery: $(in_recovery "$1")); look at $(node_repmgrd_log db1) $(node_repmgrd_log db2) $EVENTS_LOG"
+        if patroni_lab; then node_patronictl "$1" list >&2 || true; else node_repmgr "$1" cluster show >&2 || true; fi
+        die "$1 is not primary after ${2:-30}s (in recovery: $(in_recovery "$1")); look at $(manager_logs db1 db2)$EVENTS_LOG"
     fi
     say "$1 is primary ($(bc_div $(($(now_ms) - t0))) s)"
 }
 
 cmd_wait_standby() {
-    (($# >= 1)) || die "usage: lab.sh wait-standby NODE [TIMEOUT]"; check_repmgr_node "$1"
+    (($# >= 1)) || die "usage: lab.sh wait-standby NODE [TIMEOUT]"; check_cluster_node "$1"
     local t0; t0=$(now_ms)
     if ! wait_until "${2:-30}" is_streaming_standby "$1"; then
         tail -n 15 "$(node_pglog "$1")" | sed 's/^/    /' >&2
-        die "$1 is not a streaming standby after ${2:-30}s (in recovery: $(in_recovery "$1")); look at $(node_pglog "$1") $(node_repmgrd_log "$1")"
+        if patroni_lab; then
+            tail -n 15 "$(patroni_log "$1")" | sed 's/^/    /' >&2
+            say "pg_stat_replication on $(node_other "$1"): $(node_psql "$(node_other "$1")" postgres "select application_name, state, sync_state from pg_stat_replication" 2>&1 | tr '\n' ' ')" >&2
+        fi
+        die "$1 is not a streaming standby after ${2:-30}s (in recovery: $(in_recovery "$1")); look at $(node_pglog "$1") $(manager_logs "$1")"
     fi
     say "$1 is a streaming standby ($(bc_div $(($(now_ms) - t0))) s)"
 }
@@ -200,16 +216,45 @@ cmd_rejoin() {
     cmd_wait_standby "$n" 30
 }
 
+# switchover NODE: repmgr's `standby switchover` on NODE, or Patroni's `patronictl
+# switchover --candidate NODE --force` (the old leader restarts as a replica by itself);
+# then until NODE is the primary and the other its streaming standby.
 cmd_switchover() {
-    (($# == 1)) || die "usage: lab.sh switchover NODE (the standby that becomes primary)"; check_repmgr_node "$1"
+    (($# == 1)) || die "usage: lab.sh switchover NODE (the standby that becomes primary)"; check_cluster_node "$1"
     local n=$1 old
     old=$(node_other "$n")
     [[ $(in_recovery "$n") == t ]] || die "switchover: $n is not a running standby"
     [[ $(in_recovery "$old") == f ]] || die "switchover: $old is not the running primary"
-    node_repmgr "$n" standby switchover --force-rewind --verbose ||
-        die "repmgr standby switchover to $n failed; look at $(node_repmgrd_log "$n") $(node_repmgrd_log "$old") $EVENTS_LOG"
+    if patroni_lab; then
+        node_patronictl "$n" switchover --candidate "$n" --force ||
+            die "patronictl switchover to $n failed; look at $(manager_logs "$n" "$old")"
+    else
+        node_repmgr "$n" standby switchover --force-rewind --verbose ||
+            die "repmgr standby switchover to $n failed; look at $(manager_logs "$n" "$old")$EVENTS_LOG"
+    fi
     cmd_wait_primary "$n" 30
-    cmd_wait_standby "$old" 30
+    cmd_wait_standby "$old" 60
+}
+
+# stop|start NODE: with Patroni on db1 or db2, the node's Patroni with its PostgreSQL (a
+# crash: Patroni killed, pg_ctl stop -m immediate; Patroni started again, which rejoins the
+# node as a replica, rewound when it has to); elsewhere pg_ctl (immediate, or a start).
+cmd_stop_start() {
+    (($# == 2)) || die "usage: lab.sh stop|start NODE"; check_node "$2"
+    if patroni_lab && is_cluster_node "$2"; then
+        if [[ $1 == stop ]]; then patroni_crash "$2"; else patroni_start "$2"; say "$2: Patroni started (pid $(cat "$(patroni_pid "$2")"))"; fi
+    elif [[ $1 == stop ]]; then
+        cmd_pgctl "$2" immediate
+    else
+        cmd_pgctl "$2" start
+    fi
+}
+
+cmd_patronictl() {
+    (($# >= 1)) || die "usage: lab.sh patronictl NODE ARGS..."
+    patroni_lab || die "patronictl: the lab runs repmgr (up --manager patroni runs Patroni)"
+    check_cluster_node "$1"
+    node_patronictl "$@"
 }
 
 cmd_recover() {
@@ -332,6 +377,11 @@ cmd_env() {
         "TWO_CONFIG=$TWO_CONFIG" "TWO_STATE_DIR=$TWO_STATE_DIR" "TWO_WATCH_DIR=$TWO_WATCH_DIR" \
         "TWO_APP_PORT=$TWO_APP_PORT" "TWO_METRICS=$TWO_METRICS" \
         "TWO_APP_CONNINFO=host=$PROXY_IP port=$TWO_APP_PORT user=app password=$PW_APP dbname=app connect_timeout=1" \
+        "MANAGER=$(lab_manager)" "ETCD_IP=$ETCD_IP" "ETCD_PORT=$ETCD_PORT" "ETCD_LOG=$ETCD_LOG" \
+        "PATRONI_PORT=$PATRONI_PORT" "PATRONI_SCOPE=$PATRONI_SCOPE" \
+        "DB1_PATRONI_CONF=$(patroni_conf db1)" "DB2_PATRONI_CONF=$(patroni_conf db2)" \
+        "DB1_PATRONI_LOG=$(patroni_log db1)" "DB2_PATRONI_LOG=$(patroni_log db2)" \
+        "DB1_PATRONI_PID=$(patroni_pid db1)" "DB2_PATRONI_PID=$(patroni_pid db2)" \
         "LAB_SH=$LAB_ROOT/lab.sh"; do
         local k=${kv%%=*} v=${kv#*=}
         if [[ $v == *' '* ]]; then printf "%s='%s'\n" "$k" "$v"; else printf '%s=%s\n' "$k" "$v"; fi
@@ -340,15 +390,20 @@ cmd_env() {
 
 cmd_status() {
     local n role
-    echo "== lab (handler $(state_get HANDLER), cron $(state_get CRON))"
+    echo "== lab (manager $(lab_manager), handler $(state_get HANDLER), cron $(state_get CRON))"
     for n in $(lab_nodes); do
         case $(in_recovery "$n") in t) role=standby ;; f) role=primary ;; *) role='down / not answering' ;; esac
         printf '%s %-15s %s\n' "$n" "$(node_ip "$n")" "$role"
     done
-    echo "== repmgr cluster show"
-    for n in "${NODES[@]}"; do
-        node_running "$n" && { node_repmgr "$n" cluster show 2>&1 || true; break; }
-    done
+    if patroni_lab; then
+        echo "== patronictl list"
+        node_patronictl db1 list 2>&1 || true
+    else
+        echo "== repmgr cluster show"
+        for n in "${NODES[@]}"; do
+            node_running "$n" && { node_repmgr "$n" cluster show 2>&1 || true; break; }
+        done
+    fi
     echo "== app port: $(cmd_psql proxy-app 'select host(inet_server_addr())' 2>&1 | head -n1)"
     two_clusters && echo "== app port two: $(cmd_psql proxy-app-two 'select host(inet_server_addr())' 2>&1 | head -n1)"
     local p
@@ -389,10 +444,9 @@ main() {
         ;;
     status) cmd_status "$@" ;;
     psql) cmd_psql "$@" ;;
-    stop) cmd_pgctl "${1:-}" immediate ;;
+    stop | start) cmd_stop_start "$cmd" "$@" ;;
     freeze | thaw) cmd_freeze "$cmd" "$@" ;;
     partition | heal) cmd_partition "$cmd" "$@" ;;
-    start) cmd_pgctl "${1:-}" start ;;
     pgctl) cmd_pgctl "$@" ;;
     wait-primary) cmd_wait_primary "$@" ;;
     wait-standby) cmd_wait_standby "$@" ;;
@@ -400,6 +454,7 @@ main() {
     switchover) cmd_switchover "$@" ;;
     repmgr) cmd_repmgr "$@" ;;
     repmgrd) cmd_repmgrd "$@" ;;
+    patronictl) cmd_patronictl "$@" ;;
     barman) barman_as "$@" ;;
     backup) barman_backup ;;
     recover) cmd_recover "$@" ;;

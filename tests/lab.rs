@@ -16,6 +16,8 @@ mod hostile;
 mod instances;
 #[path = "lab/package.rs"]
 mod package;
+#[path = "lab/patroni.rs"]
+mod patroni;
 #[path = "lab/proxies.rs"]
 mod proxies;
 #[path = "lab/watch.rs"]

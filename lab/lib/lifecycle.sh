@@ -4,6 +4,7 @@
 # ============================================================================ deps
 DEPS_PKGS=(iptables iproute2 sudo conntrack postgresql-15 postgresql-15-repmgr barman libssl-dev pkg-config openssl acl
     keepalived conntrackd    # `up --proxies 2`
+    patroni etcd-server      # `up --manager patroni`; their own services are disabled (the lab runs them itself)
     prometheus)              # its promtool tests the alerting rules (tests/alerts/run); no server
 
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
@@ -29,7 +30,9 @@ cmd_deps() {
         } || rc=$?
         ((made_policy)) && has_marker "$policy" && rm -f "$policy"
         ((rc == 0)) || die "apt-get failed (exit $rc): see its output above"
-        [[ " ${missing[*]} " != *" prometheus "* ]] || no_prometheus_server
+        [[ " ${missing[*]} " != *" prometheus "* ]] || no_server prometheus "the Prometheus server (only promtool is used)"
+        [[ " ${missing[*]} " != *" etcd-server "* ]] || no_server etcd "etcd's own server (the lab starts one in its namespace)"
+        [[ " ${missing[*]} " != *" patroni "* ]] || no_server patroni "Patroni's own service (the lab starts Patroni on its nodes)"
     fi
     for p in "${DEPS_PKGS[@]}"; do pkg_installed "$p" || die "package $p is still not installed after apt-get"; done
     # The lab does not use Debian's own clusters: none may be running.
@@ -42,24 +45,29 @@ cmd_deps() {
     fi
     [[ -x $PG_BIN/postgres && -x $PG_BIN/repmgr && -x $PG_BIN/repmgrd && -x /usr/bin/barman ]] ||
         die "PostgreSQL 15, repmgr or barman binaries are missing under $PG_BIN or /usr/bin"
+    [[ -x $PATRONI_BIN && -x $PATRONICTL_BIN && -x $ETCD_BIN ]] || die "patroni, patronictl or etcd is missing under /usr/bin"
     say "deps: ok"
 }
 
-# The prometheus package enables its server (and starts it, where no policy-rc.d refuses):
-# the lab wants its promtool only. Run only when deps installed it: a server the machine
-# had before is not the lab's.
-no_prometheus_server() {
+# no_server SERVICE WHAT: a service a package enables (and starts, where no policy-rc.d
+# refuses) that the lab does not want: prometheus (the lab wants its promtool only), etcd
+# and patroni (the lab runs its own, in its namespaces). Run only when deps installed the
+# package: a server the machine had before is not the lab's.
+no_server() {
+    local svc=$1 what=$2
     if [[ -d /run/systemd/system ]]; then
-        systemctl disable --now prometheus.service || die "cannot stop and disable prometheus.service"
-    else
-        if command -v systemctl >/dev/null; then
-            systemctl disable prometheus.service || die "cannot disable prometheus.service"
+        if systemctl cat "$svc.service" >/dev/null 2>&1; then
+            systemctl disable --now "$svc.service" || die "cannot stop and disable $svc.service"
         fi
-        if [[ -x /etc/init.d/prometheus ]] && /etc/init.d/prometheus status >/dev/null 2>&1; then
-            /etc/init.d/prometheus stop || die "cannot stop the Prometheus server: /etc/init.d/prometheus stop"
+    else
+        if command -v systemctl >/dev/null && [[ -e /lib/systemd/system/$svc.service || -e /usr/lib/systemd/system/$svc.service ]]; then
+            systemctl disable "$svc.service" || die "cannot disable $svc.service"
+        fi
+        if [[ -x /etc/init.d/$svc ]] && /etc/init.d/"$svc" status >/dev/null 2>&1; then
+            /etc/init.d/"$svc" stop || die "cannot stop $what: /etc/init.d/$svc stop"
         fi
     fi
-    say "deps: the Prometheus server is disabled and not running (only promtool is used)"
+    say "deps: $what is disabled and not running"
 }
 
 check_deps() {
@@ -101,6 +109,7 @@ cmd_down() {
     local pidf pid ns
     ha_thaw_all   # a proxy frozen by `lab.sh proxy-freeze` must hear TERM
     ha_kill
+    patroni_kill_all   # before PostgreSQL: a Patroni still there would start it again
     for pidf in "$WATCH_PID" "$(watch_pid proxy2)" "$CRON_PID" "$(node_repmgrd_pid db1)" "$(node_repmgrd_pid db2)"; do
         if pid=$(lab_pid "$pidf"); then
             kill -TERM "$pid" 2>/dev/null || true
@@ -154,7 +163,7 @@ cmd_down() {
         cp -a "$LAB_DIR/logs/." "$save/" 2>/dev/null || true
         if [[ -f $EVENTS_LOG ]]; then cp -a "$EVENTS_LOG" "$save/" || true; fi
         for n in "${DB_NODES[@]}"; do
-            for f in "$(node_pglog "$n")" "$(node_repmgrd_log "$n")" "$(node_conf "$n")"; do
+            for f in "$(node_pglog "$n")" "$(node_repmgrd_log "$n")" "$(node_conf "$n")" "$(patroni_log "$n")" "$(patroni_conf "$n")"; do
                 if [[ -f $f ]]; then cp -a "$f" "$save/$n-$(basename "$f")" || true; fi
             done
         done
@@ -190,9 +199,11 @@ up_cleanup() {
 }
 
 cmd_up() {
-    local mode=repmgr-nat cron=1 assist=1 proxies=1 clusters=1
+    local mode=repmgr-nat cron=1 assist=1 proxies=1 clusters=1 manager=repmgr
     while (($#)); do
         case $1 in
+        --manager) manager=${2:-}; shift ;;
+        --manager=*) manager=${1#*=} ;;
         --proxies) proxies=${2:-}; shift ;;
         --proxies=*) proxies=${1#*=} ;;
         --clusters) clusters=${2:-}; shift ;;
@@ -211,11 +222,17 @@ cmd_up() {
     [[ $clusters == 1 || $clusters == 2 ]] || die "up: --clusters must be 1 or 2, not '$clusters'"
     [[ $clusters == 1 || $mode == repmgr-nat ]] || die "up: two clusters need the repmgr-nat handler (its instances)"
     [[ $clusters == 1 || $proxies == 1 ]] || die "up: two clusters behind two proxies are not built yet: one of --clusters 2, --proxies 2"
+    [[ $manager == repmgr || $manager == patroni ]] || die "up: --manager must be repmgr or patroni, not '$manager'"
+    if [[ $manager == patroni ]]; then
+        [[ $mode == repmgr-nat ]] || die "up: Patroni needs the repmgr-nat handler (its watch; the scripts need repmgr's events)"
+        [[ $proxies == 1 ]] || die "up: Patroni behind two proxies is not built yet: one of --manager patroni, --proxies 2"
+        [[ $clusters == 1 ]] || die "up: Patroni with a second cluster is not built yet: one of --manager patroni, --clusters 2"
+    fi
     check_deps "$mode"
     UP_T0=$(now_ms)
 
     step "down (previous lab)" cmd_down
-    step "preflight" preflight "$mode"
+    step "preflight" preflight "$mode" "$manager"
     trap up_cleanup EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
@@ -228,6 +245,7 @@ cmd_up() {
     state_set CRON "$cron"
     state_set PROXIES "$proxies"
     state_set CLUSTERS "$clusters"
+    state_set MANAGER "$manager"
     step "build lab/kit" build_kit
     [[ $mode == scripts ]] || step "build repmgr-nat's package" build_repmgr_nat
     step "network" net_up
@@ -235,19 +253,33 @@ cmd_up() {
     step "handler: install + boot step" install_handler "$mode"
     if two_proxies; then step "proxies: conntrackd, keepalived" ha_start; fi
     step "barman config" barman_configure
-    step "db1: initdb, start, users" db1_create
-    step "db1: repmgr primary register" db1_register
-    step "db2: clone, start, register" db2_clone
-    if two_clusters; then step "db3 (the second cluster): initdb, start, users" db3_create; fi
-    step "repmgrd on db1, db2" repmgrd_start db1 db2
-    if ((cron)); then step "barman cron loop" cron_start; fi
-    step "wait: barman check all OK" barman_wait_ok 60
+    if [[ $manager == patroni ]]; then
+        step "etcd (Patroni's DCS)" etcd_start
+        step "db1: Patroni bootstraps it (initdb, start, users)" patroni_db1
+        step "db2: Patroni makes it a replica (basebackup, synchronous standby)" patroni_db2
+        if ((cron)); then step "barman cron loop" cron_start; fi
+        # no events with Patroni: watch, as its unit runs it, routes to the leader, makes
+        # barman's slots and starts receive-wal
+        if ((assist)); then nudge_start; fi
+        step "watch (the trigger with Patroni)" watch_start proxy
+        if ((assist)); then step "barman: the first WAL file archived (bring-up assist)" barman_first_wal; fi
+        step "wait: barman check all OK" barman_wait_ok 60
+        nudge_stop
+    else
+        step "db1: initdb, start, users" db1_create
+        step "db1: repmgr primary register" db1_register
+        step "db2: clone, start, register" db2_clone
+        if two_clusters; then step "db3 (the second cluster): initdb, start, users" db3_create; fi
+        step "repmgrd on db1, db2" repmgrd_start db1 db2
+        if ((cron)); then step "barman cron loop" cron_start; fi
+        step "wait: barman check all OK" barman_wait_ok 60
+    fi
     step "wait: app port reaches db1" wait_app_reaches "$DB1_IP"
     if two_proxies; then step "watch on both proxies, both can serve" watch_both; fi
 
     UP_DONE=1
     trap - EXIT INT TERM
-    say "up: done in $(bc_div $(($(now_ms) - UP_T0))) s (handler $mode, cron $( ((cron)) && echo on || echo off)); \`lab.sh status\` shows it, \`lab.sh down\` removes it"
+    say "up: done in $(bc_div $(($(now_ms) - UP_T0))) s (manager $manager, handler $mode, cron $( ((cron)) && echo on || echo off)); \`lab.sh status\` shows it, \`lab.sh down\` removes it"
 }
 
 # Two proxies: watch runs on both all the time, as the packaged unit would, and both pass
@@ -282,7 +314,7 @@ install_handler() { # MODE: the lab's own scripts, the handler, its boot step
 # Refuse early (before anything is created) when a path the lab would write belongs to
 # somebody else.
 preflight() {
-    local mode=$1 f
+    local mode=$1 manager=$2 f
     for f in "$SUDOERS_LAB" "$BARMAN_CONF" "$PGPASS_POSTGRES" "$PGPASS_BARMAN"; do claim_path "$f"; done
     proxy2_preflight
     two_preflight
@@ -301,6 +333,7 @@ preflight() {
     fi
     [[ -e $LAB_DIR ]] && die "$LAB_DIR still exists after down; remove it"
     getent passwd postgres >/dev/null && getent passwd barman >/dev/null || die "the postgres or barman OS user is missing: run lab.sh deps"
+    [[ $manager != patroni ]] || getent passwd etcd >/dev/null || die "the etcd OS user is missing: run lab.sh deps"
     return 0
 }
 

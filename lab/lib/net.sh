@@ -28,6 +28,7 @@ net_up() {
     read -r -a nodes <<<"$(lab_nodes)"
     read -r -a proxies <<<"$(lab_proxies)"
     hosts=("${nodes[@]}" "${proxies[@]}" app)
+    if patroni_lab; then hosts+=(etcd); fi   # Patroni's DCS
     for ns in "${LAB_NAMESPACES[@]}"; do
         ns_exists "$ns" && die "network namespace '$ns' exists and is not the lab's (no $(ns_ip "$ns" || echo "$BRIDGE") in it): remove it yourself (ip netns del $ns) after checking what runs there (ip netns pids $ns)"
     done

@@ -1,9 +1,11 @@
 # shellcheck shell=bash
-# PostgreSQL 15 + repmgr on the database nodes.
+# PostgreSQL 15 + repmgr on the database nodes (with Patroni: lib/patroni.sh).
 
 # Per-node settings go on the command line (pg_ctl -o), never in postgresql.conf: `repmgr
 # standby clone` and pg_rewind copy postgresql.conf from the other node. db3 (a cluster of
-# its own, no standby, no barman) commits without waiting for a synchronous standby.
+# its own, no standby, no barman) commits without waiting for a synchronous standby. With
+# Patroni, Patroni starts PostgreSQL with its own configuration (lib/patroni.sh) and writes
+# synchronous_standby_names itself: this is only for `lab.sh pgctl` behind its back.
 node_pg_opts() {
     local n=$1
     printf -- "-c listen_addresses=%s -c port=%s -c unix_socket_directories=%s -c cluster_name=%s -c ssl=on -c ssl_cert_file=%s -c ssl_key_file=%s" \
@@ -117,6 +119,21 @@ node_dirs() {
     write_repmgr_conf "$n"
 }
 
+# The lab's pg_hba.conf lines (Patroni writes them from its postgresql.pg_hba, a list of
+# them). repmgr-nat's role, from the proxy, must come over TLS (every test proves it does;
+# with two proxies, from each proxy's own address).
+pg_hba_lines() {
+    cat <<EOF
+local      all          all                      trust
+local      replication  all                      trust
+hostnossl  all          repmgr_nat  $PROXY_IP/32   reject
+hostnossl  all          repmgr_nat  $PROXY_A_IP/32   reject
+hostnossl  all          repmgr_nat  $PROXY_B_IP/32   reject
+host       all          all     $LAB_NET  scram-sha-256
+host       replication  all     $LAB_NET  scram-sha-256
+EOF
+}
+
 # db_init NODE: initdb, the lab's pg_hba.conf and postgresql.conf, started, its roles
 db_init() {
     local n=$1 data
@@ -124,19 +141,11 @@ db_init() {
     HINT="$LAB_LOG"
     run as postgres "$n" "$PG_BIN/initdb" -D "$data" -U postgres -E UTF8 --no-locale -N \
         --auth-local=trust --auth-host=scram-sha-256
-    cat >"$data/pg_hba.conf" <<EOF
-# $MARKER
-# TYPE     DATABASE     USER    ADDRESS          METHOD
-local      all          all                      trust
-local      replication  all                      trust
-# repmgr-nat (its role, from the proxy) must come over TLS: every test proves it does
-# (with two proxies, from each proxy's own address)
-hostnossl  all          repmgr_nat  $PROXY_IP/32   reject
-hostnossl  all          repmgr_nat  $PROXY_A_IP/32   reject
-hostnossl  all          repmgr_nat  $PROXY_B_IP/32   reject
-host       all          all     $LAB_NET  scram-sha-256
-host       replication  all     $LAB_NET  scram-sha-256
-EOF
+    {
+        echo "# $MARKER"
+        echo "# TYPE     DATABASE     USER    ADDRESS          METHOD"
+        pg_hba_lines
+    } >"$data/pg_hba.conf"
     {
         printf "\n# ---- repmgr-nat lab (copied to db2 by the clone; per-node settings are on pg_ctl's command line)\n"
         if is_repmgr_node "$n"; then echo "shared_preload_libraries = 'repmgr'"; fi
@@ -163,7 +172,7 @@ EOF
         -h "$(node_sock "$n")" -p "$PG_PORT" -U postgres -d postgres -f "$(node_dir "$n")/bootstrap.sql"
 }
 
-write_bootstrap_sql() { # NODE: its roles, in its directory (repmgr's and barman's only in the repmgr cluster)
+write_bootstrap_sql() { # NODE: its roles, in its directory (barman's only in the cluster, repmgr's only with repmgr)
     local n=$1
     {
         if is_repmgr_node "$n"; then
@@ -171,6 +180,10 @@ write_bootstrap_sql() { # NODE: its roles, in its directory (repmgr's and barman
 CREATE ROLE repmgr LOGIN SUPERUSER PASSWORD '$PW_REPMGR';
 ALTER ROLE repmgr SET search_path TO repmgr, "\$user", public;
 CREATE DATABASE repmgr OWNER repmgr;
+EOF
+        fi
+        if is_cluster_node "$n"; then
+            cat <<EOF
 CREATE ROLE barman LOGIN SUPERUSER PASSWORD '$PW_BARMAN';
 CREATE ROLE streaming_barman LOGIN REPLICATION PASSWORD '$PW_STREAMING';
 EOF

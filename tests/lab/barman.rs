@@ -7,9 +7,9 @@ use lab_kit::proof::{self, CONVERGE, Case};
 
 use crate::common::Lab;
 
+/// barman's restore of a base backup taken on `lab` before `case` (the Patroni lab's too).
 #[track_caller]
-fn proves(case: Case) {
-    let lab = Lab::up();
+pub fn proves(lab: Lab, case: Case) {
     let backup = proof::prepare(&lab);
     let compared = proof::run(case, &lab, &backup, &std::env::temp_dir());
     let rows = compared.verdict().unwrap_or_else(|e| panic!("barman's restore of {backup}: {e}"));
@@ -18,22 +18,22 @@ fn proves(case: Case) {
 
 #[test]
 fn barman_restores_every_acknowledged_commit_after_an_automatic_failover() {
-    proves(Case::Failover);
+    proves(Lab::up(), Case::Failover);
 }
 
 #[test]
 fn barman_restores_every_acknowledged_commit_after_a_switchover() {
-    proves(Case::Switchover);
+    proves(Lab::up(), Case::Switchover);
 }
 
 #[test]
 fn barman_restores_every_acknowledged_commit_after_two_failovers_in_a_row() {
-    proves(Case::TwoFailovers);
+    proves(Lab::up(), Case::TwoFailovers);
 }
 
 #[test]
 fn barman_away_at_a_failover_streams_on_from_the_standby_slot_and_loses_nothing() {
-    proves(Case::BarmanAway);
+    proves(Lab::up(), Case::BarmanAway);
 }
 
 /// The same with the slot on the primary only (the article's rule): the WAL barman missed

@@ -36,6 +36,10 @@ pub const PROXY_B: &str = "198.51.100.5";
 /// "2"], &[])`): the second cluster's only node, db3, a primary without repmgr, behind
 /// repmgr-nat's instance "two" (`lab.sh env`: TWO_CONFIG, TWO_APP_PORT, TWO_APP_CONNINFO).
 pub const DB3: &str = "198.51.100.13";
+/// With Patroni (`up --manager patroni`, `Lab::up_with(&Session::take(), &["--manager",
+/// "patroni"], &[])`): db1 and db2 run Patroni instead of repmgr, and etcd, its DCS, runs in
+/// a namespace of its own at this address (`lab.sh env`: MANAGER, DB1_PATRONI_LOG, ...).
+pub const ETCD: &str = "198.51.100.30";
 
 /// barman's port and the application port.
 pub const BOTH: &[u16] = &[54321, 54322];

@@ -18,9 +18,9 @@ pub const CONVERGE: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Case {
-    /// db1 stops under write load; repmgrd promotes db2.
+    /// db1 stops under write load; repmgrd (or Patroni) promotes db2.
     Failover,
-    /// `repmgr standby switchover` to db2 under write load.
+    /// `repmgr standby switchover` (or `patronictl switchover`) to db2 under write load.
     Switchover,
     /// db1 -> db2, db1 rejoined, then db2 -> db1.
     TwoFailovers,
