@@ -193,7 +193,8 @@ fn count_event(inv: &Invocation, ctx: Option<Ctx>, event: &str, handled: &Result
 
 /// The instance's config (the default instance's at `requested`, if given); as root,
 /// only a file only root can change. Refused when it claims a chain, port, node, barman
-/// server or directory another instance of this host claims: both are, until one changes.
+/// server or directory another instance of this host claims, unless this one was set up
+/// (routed) and the other never was: a newcomer cannot silence an instance that works.
 fn load(instance: &Instance, requested: Option<&Path>) -> Result<Config> {
     let path = requested.map_or_else(|| instance.config_path(), Path::to_path_buf);
     let cfg = read_config(instance, &path)?;
@@ -207,18 +208,33 @@ fn load(instance: &Instance, requested: Option<&Path>) -> Result<Config> {
             }
         };
         let shared = config::instance::collisions(&cfg, &theirs);
-        if !shared.is_empty() {
-            return Err(bad_input(anyhow::anyhow!(
-                "config {}: {} shares {} with {} ({}); two instances may share none of these: change one",
-                path.display(),
-                instance,
-                shared.join(", "),
-                other,
-                other.config_path().display()
-            )));
+        if shared.is_empty() {
+            continue;
         }
+        if routed_before(&cfg) && !routed_before(&theirs) {
+            log::warn!(
+                "{} ({}) claims {} too, and is refused until it changes; {instance} goes on",
+                other,
+                other.config_path().display(),
+                shared.join(", ")
+            );
+            continue;
+        }
+        return Err(bad_input(anyhow::anyhow!(
+            "config {}: {} shares {} with {} ({}); two instances may share none of these: change one",
+            path.display(),
+            instance,
+            shared.join(", "),
+            other,
+            other.config_path().display()
+        )));
     }
     Ok(cfg)
+}
+
+/// The instance routed before: its state directory holds a record.
+fn routed_before(cfg: &Config) -> bool {
+    cfg.state.dir.join("route").exists()
 }
 
 pub fn read_config(instance: &Instance, path: &Path) -> Result<Config> {

@@ -75,8 +75,16 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
                 .into_iter()
                 .filter(|other| *other != cfg.instance)
                 .map(|other| {
-                    let read = app::read_config(&other, &other.config_path()).map(drop).map_err(|e| format!("{e:#}"));
-                    (other.name().to_string(), read)
+                    let read = app::read_config(&other, &other.config_path()).map_err(|e| format!("{e:#}"));
+                    let shares = read.map(|theirs| config::instance::collisions(cfg, &theirs)).and_then(|shared| {
+                        match shared.is_empty() {
+                            true => Ok(()),
+                            false => {
+                                Err(format!("it claims {} too, and is refused until it changes", shared.join(", ")))
+                            }
+                        }
+                    });
+                    (other.name().to_string(), shares)
                 })
                 .collect(),
         })

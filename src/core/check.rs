@@ -243,8 +243,9 @@ pub fn assess(cfg: &Config, facts: &Facts) -> Report {
 
 const SUDOERS: &str = "/etc/sudoers.d/repmgr-nat";
 
-/// The other instances: each config must be usable, or it is compared with no other, and a
-/// chain, port or node it shares with another goes unseen until its own runs refuse it.
+/// The other instances: each config must be usable (or it is compared with no other) and
+/// claim nothing this one claims (a newcomer that does is refused; this one, routed before,
+/// goes on).
 fn instances_line(instances: &[(String, Result<(), String>)]) -> Line {
     let names: Vec<&str> = instances.iter().map(|(name, _)| name.as_str()).collect();
     let name = format!("the other instances of this host ({}) share nothing with this one", names.join(", "));

@@ -68,21 +68,31 @@ fn a_failover_in_one_cluster_moves_its_rules_and_leaves_the_other_instance_alone
     let all = all.expect(0, "status --all after the failover");
     assert!(all.stdout.contains("== instance default") && all.stdout.contains("== instance two"), "{}", all.stdout);
 
-    // a third config that claims the default's chain is refused, and so is the default
-    // while it is there, before anything changes
+    // a third config that claims the default's chain is refused before anything changes;
+    // the default, which routed before, goes on and says why on every run
     let three = "/etc/repmgr-nat/three.toml";
     let _three = Restore::file(three);
     let text = std::fs::read_to_string(&lab.env["TWO_CONFIG"]).unwrap();
-    let text = text.replace("repmgr_two_dnat", "repmgr_dnat").replace(&two_addr, "127.0.0.1:9723");
+    let text = text
+        .replace("repmgr_two_dnat", "repmgr_dnat")
+        .replace(&two_addr, "127.0.0.1:9723")
+        .replace(&lab.env["TWO_STATE_DIR"], "/var/lib/repmgr-nat/three");
     std::fs::write(three, text).unwrap();
     let nat = lab.nat();
-    for args in [&["--instance", "three", "setup"][..], &["setup"]] {
-        let run = lab.repmgr_nat("root", args).expect(2, &format!("{args:?} with three.toml claiming repmgr_dnat"));
-        assert_eq!(run.stderr.lines().count(), 1, "one line: {}", run.stderr);
-        assert!(run.stderr.contains("chain repmgr_dnat"), "{}", run.stderr);
-    }
+    let run = lab.repmgr_nat("root", &["--instance", "three", "setup"]).expect(2, "setup of three claiming repmgr_dnat");
+    assert_eq!(run.stderr.lines().count(), 1, "one line: {}", run.stderr);
+    assert!(run.stderr.contains("chain repmgr_dnat") && run.stderr.contains("/etc/repmgr-nat.toml"), "{}", run.stderr);
     assert_eq!(lab.nat(), nat, "a refused config changed the tables");
+    let run = lab.repmgr_nat("root", &["setup"]).expect(0, "the default's setup beside the newcomer");
+    assert!(run.stderr.contains("instance three") && run.stderr.contains("refused until it changes"), "{}", run.stderr);
+    lab.repmgr_nat("postgres", &["status"]).expect(0, "the default's status beside the newcomer");
+    let check = lab.repmgr_nat("root", &["check"]);
+    assert!(
+        check.stdout.lines().any(|l| l.starts_with("FAILED  the other instances") && l.contains("instance three")),
+        "{}",
+        check.stdout
+    );
+    assert!(lab.routed(DB2), "the default's rules moved");
     drop(_three);
-    lab.repmgr_nat("root", &["setup"]).expect(0, "setup once three.toml is gone");
     lab.stop(watch_two);
 }
