@@ -90,6 +90,9 @@ pub enum Handler {
     Watch,
     /// The watch service alone: every event lost before it reaches the proxy
     WatchOnly,
+    /// The watch service on a Patroni cluster (`lab.sh up --manager patroni`): no repmgr,
+    /// no events; the failover scenario only
+    Patroni,
 }
 
 impl Handler {
@@ -99,6 +102,7 @@ impl Handler {
             Handler::RepmgrNat => "repmgr-nat",
             Handler::Watch => "watch",
             Handler::WatchOnly => "watch-only",
+            Handler::Patroni => "patroni",
         }
     }
 
@@ -108,6 +112,7 @@ impl Handler {
             Handler::RepmgrNat => "repmgr-nat (events)",
             Handler::Watch => "repmgr-nat (events + watch)",
             Handler::WatchOnly => "repmgr-nat (watch, every event lost)",
+            Handler::Patroni => "repmgr-nat (watch) on Patroni",
         }
     }
 
@@ -116,7 +121,16 @@ impl Handler {
     }
 
     fn watch(self) -> bool {
-        matches!(self, Handler::Watch | Handler::WatchOnly)
+        matches!(self, Handler::Watch | Handler::WatchOnly | Handler::Patroni)
+    }
+
+    /// `lab.sh up`'s options for this handler.
+    fn up_args(self) -> Vec<&'static str> {
+        let mut args = vec!["--handler", self.lab_handler()];
+        if self == Handler::Patroni {
+            args.extend(["--manager", "patroni"]);
+        }
+        args
     }
 }
 
@@ -325,6 +339,9 @@ pub fn run(args: Args, command: String) -> Result<(), String> {
         for &scenario in &args.scenarios {
             if handler == Handler::WatchOnly && scenario == Scenario::Duplicate {
                 continue; // a lost duplicate event is no scenario
+            }
+            if handler == Handler::Patroni && scenario != Scenario::Failover {
+                continue; // repmgr's commands and events; Patroni's switchover is in the lab tests
             }
             let dir = out.join(handler.name()).join(scenario.name());
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;

@@ -136,8 +136,7 @@ pub fn run(
     let mut nat = Vec::new();
     let logs = dir.join("lab-logs");
     let outcome = attempt(|| {
-        let lab =
-            Lab::up_with(session, &["--handler", handler.lab_handler()], &[("LAB_SAVE_LOGS", &logs.to_string_lossy())]);
+        let lab = Lab::up_with(session, &handler.up_args(), &[("LAB_SAVE_LOGS", &logs.to_string_lossy())]);
         if handler.watch() {
             lab.ok(&["watch", "start"]);
             lab.wait_until("watch's slot on the standby", Duration::from_secs(30), || {
@@ -154,7 +153,7 @@ pub fn run(
         }
         let clients = start_clients(&lab, dir);
         lab.wait_samples("the writer's first acknowledged write", &dir.join("write.txt"), |s| s.iter().any(|s| s.ok()));
-        let t0 = act(&lab, scenario, &args.phase, &mut result);
+        let t0 = act(&lab, handler, scenario, &args.phase, &mut result);
         settle(&lab, t0, &dir.join("watch.txt"), &mut result);
         std::thread::sleep(Duration::from_secs(1));
         for child in [clients.watch, clients.connect, clients.write] {
@@ -174,7 +173,7 @@ pub fn run(
 }
 
 /// What the scenario does at T0; returns T0.
-fn act(lab: &Lab, scenario: Scenario, phase: &str, result: &mut ScenarioResult) -> u64 {
+fn act(lab: &Lab, handler: Handler, scenario: Scenario, phase: &str, result: &mut ScenarioResult) -> u64 {
     let planned = plan_t0(phase);
     let command = |result: &mut ScenarioResult, args: &[&str]| {
         let t = now_ms();
@@ -187,7 +186,9 @@ fn act(lab: &Lab, scenario: Scenario, phase: &str, result: &mut ScenarioResult) 
             let t0 = now_ms();
             lab.ok(&["stop", "db1"]);
             lab.ok(&["wait-primary", "db2", "60"]);
-            lab.wait_event("repmgrd_failover_promote", "2", t0, SETTLE.as_secs());
+            if handler != Handler::Patroni {
+                lab.wait_event("repmgrd_failover_promote", "2", t0, SETTLE.as_secs());
+            }
             t0
         }
         Scenario::Promote => {
