@@ -198,12 +198,12 @@ fn count_event(inv: &Invocation, ctx: Option<Ctx>, event: &str, handled: &Result
 fn load(instance: &Instance, requested: Option<&Path>) -> Result<Config> {
     let path = requested.map_or_else(|| instance.config_path(), Path::to_path_buf);
     let cfg = read_config(instance, &path)?;
-    for other in installed_instances().into_iter().filter(|other| other != instance) {
-        let theirs = match read_config(&other, &other.config_path()) {
+    for (other, theirs) in others(&cfg) {
+        let theirs = match theirs {
             Ok(theirs) => theirs,
             // its own runs refuse it, and say why
             Err(e) => {
-                log::debug!("{other} not compared: {e:#}");
+                log::debug!("{other} not compared: {e}");
                 continue;
             }
         };
@@ -232,12 +232,24 @@ fn load(instance: &Instance, requested: Option<&Path>) -> Result<Config> {
     Ok(cfg)
 }
 
-/// The instance routed before: its state directory holds a record.
-fn routed_before(cfg: &Config) -> bool {
-    cfg.state.dir.join("route").exists()
+/// Every other instance of this host than `cfg`'s, with its config, or why it cannot be
+/// read.
+pub fn others(cfg: &Config) -> Vec<(Instance, Result<Config, String>)> {
+    let others = installed_instances().into_iter().filter(|other| *other != cfg.instance);
+    others
+        .map(|other| {
+            let theirs = read_config(&other, &other.config_path()).map_err(|e| format!("{e:#}"));
+            (other, theirs)
+        })
+        .collect()
 }
 
-pub fn read_config(instance: &Instance, path: &Path) -> Result<Config> {
+/// The instance routed before: its state directory holds a record.
+fn routed_before(cfg: &Config) -> bool {
+    StateDir::new(&cfg.state.dir).has_record()
+}
+
+fn read_config(instance: &Instance, path: &Path) -> Result<Config> {
     let text = privilege::read_trusted(path).map_err(bad_input)?;
     Config::parse_instance(&text, instance).map_err(|e| bad_input(e.context(format!("bad config {}", path.display()))))
 }
@@ -381,6 +393,8 @@ fn status_all(inv: &Invocation, json: bool) -> Result<()> {
     }
 }
 
+/// keepalived's check: exit 0 when this proxy host can serve, 1 (and why) when not. It
+/// reads only the config and watch.json: cheap enough to run every second.
 fn can_serve(ctx: &Ctx) -> Result<()> {
     let report = watch_file::read(&ctx.cfg);
     let running = report.as_ref().is_some_and(|r| watch_file::runs(r.pid));

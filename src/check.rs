@@ -71,19 +71,18 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
             },
             nat_save,
             two_proxies: cfg.own_address.map(|_| two_proxies(ctx.root)),
-            instances: app::installed_instances()
+            instances: app::others(cfg)
                 .into_iter()
-                .filter(|other| *other != cfg.instance)
-                .map(|other| {
-                    let read = app::read_config(&other, &other.config_path()).map_err(|e| format!("{e:#}"));
-                    let shares = read.map(|theirs| config::instance::collisions(cfg, &theirs)).and_then(|shared| {
-                        match shared.is_empty() {
+                .map(|(other, theirs)| {
+                    let shares =
+                        theirs.map(|theirs| config::instance::collisions(cfg, &theirs)).and_then(|shared| match shared
+                            .is_empty()
+                        {
                             true => Ok(()),
                             false => {
                                 Err(format!("it claims {} too, and is refused until it changes", shared.join(", ")))
                             }
-                        }
-                    });
+                        });
                     (other.name().to_string(), shares)
                 })
                 .collect(),

@@ -222,6 +222,11 @@ impl StateDir {
         }
     }
 
+    /// Whether root recorded a route here (whatever it says).
+    pub fn has_record(&self) -> bool {
+        fs::symlink_metadata(self.dir.join(RECORD)).is_ok()
+    }
+
     /// Whether `teardown` ran since the last `setup`.
     pub fn torn_down(&self) -> bool {
         fs::symlink_metadata(self.dir.join(TORN_DOWN)).is_ok()

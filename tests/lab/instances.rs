@@ -79,7 +79,8 @@ fn a_failover_in_one_cluster_moves_its_rules_and_leaves_the_other_instance_alone
         .replace(&lab.env["TWO_STATE_DIR"], "/var/lib/repmgr-nat/three");
     std::fs::write(three, text).unwrap();
     let nat = lab.nat();
-    let run = lab.repmgr_nat("root", &["--instance", "three", "setup"]).expect(2, "setup of three claiming repmgr_dnat");
+    let run =
+        lab.repmgr_nat("root", &["--instance", "three", "setup"]).expect(2, "setup of three claiming repmgr_dnat");
     assert_eq!(run.stderr.lines().count(), 1, "one line: {}", run.stderr);
     assert!(run.stderr.contains("chain repmgr_dnat") && run.stderr.contains("/etc/repmgr-nat.toml"), "{}", run.stderr);
     assert_eq!(lab.nat(), nat, "a refused config changed the tables");
