@@ -89,11 +89,15 @@ pub fn run(cli: Cli) -> Result<()> {
             inv.as_root("check-config")?;
             check_config(&inv.reading()?)
         }
-        Command::Route { node_id, ports, timeline, show } => {
+        Command::Route { node_id, ports, timeline, show, follow } => {
             inv.as_root("route")?;
-            privilege::block_callers_signals();
+            // a follow holds no lock and writes nothing but its readings: its caller may
+            // end it any time
+            if !*follow {
+                privilege::block_callers_signals();
+            }
             crate::logging::never_block_on_output();
-            route_command(&inv, node_id.as_deref(), *ports, timeline.as_deref(), *show)
+            route_command(&inv, node_id.as_deref(), *ports, timeline.as_deref(), (*show, *follow))
         }
     }
 }
@@ -144,7 +148,7 @@ fn route_command(
     node_id: Option<&str>,
     ports: Option<Open>,
     timeline: Option<&str>,
-    show: bool,
+    (show, follow): (bool, bool),
 ) -> Result<()> {
     if let Some(path) = &inv.config {
         return Err(Exit::BadInput(format!(
@@ -156,7 +160,7 @@ fn route_command(
     }
     let ctx = inv.reading()?;
     match (node_id, ports, show) {
-        (_, _, true) => route_show(&ctx),
+        (_, _, true) => route_show(&ctx, follow),
         (Some(node_id), Some(open), false) => {
             let timeline = timeline.map(|t| ruleset::parse_timeline(t).map_err(bad_input)).transpose()?;
             route(&ctx, node(&ctx.cfg, node_id)?, open, timeline)
@@ -556,9 +560,16 @@ pub fn sudo_refusal(user: Option<&str>, cmd: &Cmd) -> Option<String> {
     }
 }
 
-/// `route --show`: the chains, their rules and the jumps, as iptables-save prints them.
-fn route_show(ctx: &Ctx) -> Result<()> {
-    let text = Adapters::new(ctx).direct(|direct| direct.live())?.render();
+/// `route --show`: the chains, their rules and the jumps, as iptables-save prints them;
+/// with `--follow`, again whenever the tables change, until the reader goes.
+fn route_show(ctx: &Ctx, follow: bool) -> Result<()> {
+    let adapters = Adapters::new(ctx);
+    if follow {
+        let stdout = std::io::stdout();
+        let mut changes = crate::effects::follow::Kernel::new(&stdout, crate::effects::firewall::notifies());
+        return adapters.direct(|direct| crate::effects::follow::follow(direct, &mut changes, &mut stdout.lock()));
+    }
+    let text = adapters.direct(|direct| direct.live())?.render();
     print!("{text}");
     Ok(())
 }

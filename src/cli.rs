@@ -114,6 +114,10 @@ pub enum Command {
         /// Print what the chains hold now (iptables-save lines), change nothing
         #[arg(long, conflicts_with_all = ["node_id", "ports", "timeline"])]
         show: bool,
+        /// With --show: stay, and print them again whenever the tables change and every
+        /// few seconds, until the reader goes (what watch reads instead of asking again)
+        #[arg(long, conflicts_with_all = ["node_id", "ports", "timeline"])]
+        follow: bool,
     },
 }
 
@@ -131,9 +135,11 @@ mod tests {
     fn route_takes_a_node_and_ports_or_show() {
         let cli = Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "barman"]).unwrap();
         assert!(
-            matches!(cli.command, Command::Route { node_id: Some(ref n), ports: Some(Open::Barman), timeline: None, show: false } if n == "2")
+            matches!(cli.command, Command::Route { node_id: Some(ref n), ports: Some(Open::Barman), timeline: None, show: false, follow: false } if n == "2")
         );
         assert!(Cli::try_parse_from(["repmgr-nat", "route", "--show"]).is_ok());
+        assert!(Cli::try_parse_from(["repmgr-nat", "route", "--show", "--follow"]).is_ok());
+        assert!(Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "all", "--follow"]).is_err());
         assert!(Cli::try_parse_from(["repmgr-nat", "route", "2"]).is_err());
         assert!(Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "everything"]).is_err());
         assert!(Cli::try_parse_from(["repmgr-nat", "route", "2", "--ports", "all", "--show"]).is_err());

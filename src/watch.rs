@@ -1,8 +1,8 @@
 //! `repmgr-nat watch`: the level-triggered service. It keeps a connection to every node
 //! and asks each one every `watch.interval_ms` (every 50 ms while the routed primary does
 //! not answer: a promotion is near; at once when the kept connection ends, as a node's
-//! shutdown ends it), reads the nat table twice a second through the same
-//! `sudo ... route --show` as the other commands, and whenever the legitimate primary,
+//! shutdown ends it), follows the nat table through one `sudo ... route --show --follow`
+//! (a reading whenever it changes; `nat_cache`), and whenever the legitimate primary,
 //! the rules, the slot or barman disagree it carries out the plan an event would, through
 //! the same code and under the same run lock. A lost event, a nat table flushed by someone
 //! else, a slot dropped by hand: each costs one pass, not an outage.
@@ -232,7 +232,7 @@ impl Watcher {
             return None;
         }
         let _lock = self.gate.take(self.clock.now())?;
-        self.nat.forget();
+        self.nat.forget(self.clock.now());
         let result = handler::act_on(cfg, fx, Ask::Watch, "watch", view);
         self.metrics.acted(result.is_ok());
         let mut after = None;

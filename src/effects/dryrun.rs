@@ -73,6 +73,10 @@ impl NatSwitch for PrintNat<'_> {
         self.real.recorded()
     }
 
+    fn follow(&self) -> Result<Option<Box<dyn crate::effects::follow::Feed>>> {
+        self.real.follow()
+    }
+
     fn switch(&self, record: Record) -> Result<bool> {
         let cfg = self.cfg;
         let route = record.route;

@@ -167,19 +167,9 @@ pub fn run_watching(
     timeout: Duration,
     tick: &mut dyn FnMut(),
 ) -> Result<Output, ExecError> {
-    use std::os::unix::process::CommandExt;
     let name = cmd.to_string();
     log::debug!("run: {name}");
-    let mut command = Command::new(&cmd.program);
-    if cmd.own_group {
-        command.process_group(0);
-    }
-    let mut child = command
-        .args(&cmd.args)
-        .env_clear()
-        .env("PATH", SYSTEM_PATH)
-        .env("LC_ALL", "C")
-        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+    let mut child = command(cmd)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -243,7 +233,6 @@ pub fn run_watching(
 /// holds nothing of repmgr's or ssh's open, so neither waits for it). A thread reaps it
 /// should it end while this program runs.
 pub fn spawn_detached(cmd: &Cmd, output: Option<&Path>) -> Result<u32, ExecError> {
-    use std::os::unix::process::CommandExt;
     log::debug!("start: {cmd}");
     let spawn_error = |error| ExecError::Spawn { cmd: cmd.to_string(), error };
     let (stdout, stderr) = match output {
@@ -253,20 +242,45 @@ pub fn spawn_detached(cmd: &Cmd, output: Option<&Path>) -> Result<u32, ExecError
         }
         None => (Stdio::null(), Stdio::null()),
     };
-    let mut child = Command::new(&cmd.program)
-        .args(&cmd.args)
-        .env_clear()
-        .env("PATH", SYSTEM_PATH)
-        .env("LC_ALL", "C")
+    let mut child = command(&cmd.clone().own_group())
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
-        .process_group(0)
         .spawn()
         .map_err(spawn_error)?;
     let pid = child.id();
     thread::spawn(move || child.wait());
     Ok(pid)
+}
+
+/// Starts `cmd` with nothing on its input and its output piped to us, and does not wait
+/// for it: for a child that keeps writing (`route --show --follow`). The caller reads
+/// its output and reaps it.
+pub fn spawn_piped(cmd: &Cmd) -> Result<std::process::Child, ExecError> {
+    log::debug!("start: {cmd}");
+    command(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| ExecError::Spawn { cmd: cmd.to_string(), error })
+}
+
+/// The process `cmd` describes: its arguments, our environment and its own, its own
+/// process group if it asks for one.
+fn command(cmd: &Cmd) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(&cmd.program);
+    if cmd.own_group {
+        command.process_group(0);
+    }
+    command
+        .args(&cmd.args)
+        .env_clear()
+        .env("PATH", SYSTEM_PATH)
+        .env("LC_ALL", "C")
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)));
+    command
 }
 
 fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {

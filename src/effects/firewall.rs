@@ -82,6 +82,13 @@ impl Firewall for Iptables {
     }
 }
 
+/// Whether the iptables in use is iptables-nft, whose every change the kernel notifies
+/// (`iptables-save --version` says `(nf_tables)`), not the legacy one.
+pub fn notifies() -> bool {
+    let cmd = Cmd::new(exec::system_tool("iptables-save")).own_group().arg("--version");
+    exec::run(&cmd, None, TIMEOUT).is_ok_and(|out| out.stdout.contains("(nf_tables)"))
+}
+
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
 /// Whether this network namespace forwards IPv4 (anyone may read it).

@@ -8,6 +8,7 @@ pub mod dryrun;
 pub mod exec;
 pub mod exporter;
 pub mod firewall;
+pub mod follow;
 pub mod nat;
 pub mod pgpass;
 pub mod privilege;

@@ -10,6 +10,7 @@ use crate::core::config::Config;
 use crate::core::ruleset::{self, Live, Record};
 use crate::effects::exec::{self, Cmd};
 use crate::effects::firewall::Firewall;
+use crate::effects::follow::{Feed, SudoFeed};
 use crate::effects::state::StateDir;
 
 /// Where sudoers.d/repmgr-nat expects the program: the unprivileged side asks sudo to run
@@ -24,6 +25,11 @@ pub trait NatSwitch {
     /// Switches the chains to the record's route and records it; true if a rule changed.
     /// A timeline of 0 (unknown) keeps the recorded one.
     fn switch(&self, record: Record) -> Result<bool>;
+    /// Readings as the tables change (`route --show --follow`), instead of asking again
+    /// and again; none where reading is cheap (root's own process reads them directly).
+    fn follow(&self) -> Result<Option<Box<dyn Feed>>> {
+        Ok(None)
+    }
 }
 
 pub struct Direct<'a> {
@@ -230,6 +236,10 @@ impl NatSwitch for ViaSudo<'_> {
             "unchanged" => Ok(false),
             other => bail!("{cmd} answered {other:?}, expected changed or unchanged"),
         }
+    }
+
+    fn follow(&self) -> Result<Option<Box<dyn Feed>>> {
+        Ok(Some(Box::new(SudoFeed::start(self.cfg)?)))
     }
 }
 

@@ -1,44 +1,234 @@
-//! The nat table as the last pass read it: reading it goes through sudo, so a pass reuses
-//! a reading younger than `Watch::NAT_EVERY`; an action forgets it.
+//! The nat table as watch last knew it. Reading it goes through sudo, so watch follows
+//! it instead (`route --show --follow`, see `effects::follow`): root writes a reading
+//! whenever the tables change, and a pass takes the latest one taken after what it knew.
+//! While the feed is missing, ended or silent, a pass reuses a reading younger than
+//! `Watch::NAT_EVERY` and reads through sudo otherwise, and the feed is started again
+//! after `RESTART`. An action forgets what was known; watch's own switch sets it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
 use crate::core::config::{Config, Watch};
-use crate::core::ruleset::Routing;
+use crate::core::ruleset::{Live, Routing};
+use crate::effects::follow::Feed;
 use crate::effects::nat::NatSwitch;
+
+/// A feed that ended or fell silent is started again this long after.
+const RESTART: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 pub(super) struct NatCache {
-    /// The route, whether everything else of ours is in place, and when it was read.
+    /// The route, whether everything else of ours is in place, and when it was read (by
+    /// watch, or by root for the feed) or set.
     read: Option<(Routing, bool, Instant)>,
+    /// When what was known was last forgotten: a reading taken before it is not used.
+    forgotten: Option<Instant>,
+    feed: Option<Box<dyn Feed>>,
+    /// The feed has given a reading.
+    heard: bool,
+    /// No feed before this (after one failed); none yet: start one now.
+    next_start: Option<Instant>,
+    /// What was last said about the feed's trouble, said again only when it changes.
+    said: Option<String>,
 }
 
 impl NatCache {
-    /// The route and whether everything else is in place, read again when older than
-    /// `Watch::NAT_EVERY` at `now`.
+    /// The route and whether everything else is in place, as of `now`.
     pub(super) fn get(&mut self, cfg: &Config, nat: &dyn NatSwitch, now: Instant) -> Result<(Routing, bool)> {
-        match &self.read {
-            Some((routing, in_place, at)) if now.duration_since(*at) < Watch::NAT_EVERY => {
-                Ok((routing.clone(), *in_place))
+        if let Some((live, taken)) = self.following(nat, now).and_then(|feed| feed.latest()) {
+            self.take(cfg, &live, taken);
+            if let Some((routing, in_place, _)) = &self.read {
+                return Ok((routing.clone(), *in_place));
             }
-            _ => {
-                let live = nat.live()?;
-                let (routing, in_place) = (live.routing(cfg), live.in_place(cfg));
-                self.read = Some((routing.clone(), in_place, now));
-                Ok((routing, in_place))
+        } else if let Some((routing, in_place, at)) = &self.read
+            && now.duration_since(*at) < Watch::NAT_EVERY
+        {
+            return Ok((routing.clone(), *in_place));
+        }
+        let live = nat.live()?;
+        let (routing, in_place) = (live.routing(cfg), live.in_place(cfg));
+        self.read = Some((routing.clone(), in_place, now));
+        Ok((routing, in_place))
+    }
+
+    /// Keeps `live`, taken at `taken`, unless what is known (or was forgotten) is newer.
+    fn take(&mut self, cfg: &Config, live: &Live, taken: Instant) {
+        let newer_than = self.read.as_ref().map(|(_, _, at)| *at).or(self.forgotten);
+        if newer_than.is_none_or(|known| taken > known) {
+            self.read = Some((live.routing(cfg), live.in_place(cfg), taken));
+        }
+    }
+
+    /// The feed if it can be trusted at `now`, started (again) when it is time.
+    fn following(&mut self, nat: &dyn NatSwitch, now: Instant) -> Option<&dyn Feed> {
+        if let Some(why) = self.feed.as_ref().and_then(|feed| feed.trouble(now)) {
+            self.trouble(format!("the rules' feed {why}"));
+            (self.feed, self.heard) = (None, false);
+            self.next_start = Some(now + RESTART);
+        }
+        if self.feed.is_none() && self.next_start.is_none_or(|at| now >= at) {
+            match nat.follow() {
+                Ok(feed) => {
+                    self.feed = feed;
+                    // no feed here (root reads directly): never asked again
+                    self.next_start = Some(now + Duration::from_secs(u32::MAX as u64));
+                }
+                Err(e) => {
+                    self.trouble(format!("cannot start the rules' feed: {e:#}"));
+                    self.next_start = Some(now + RESTART);
+                }
             }
+        }
+        let feed = self.feed.as_deref()?;
+        if !self.heard && feed.latest().is_some() {
+            log::info!("watch: following the tables (route --show --follow): a reading whenever they change");
+            (self.heard, self.said) = (true, None);
+        }
+        Some(feed)
+    }
+
+    fn trouble(&mut self, why: String) {
+        if self.said.as_ref() != Some(&why) {
+            log::warn!(
+                "watch: {why}: reading the rules through sudo twice a second, another feed in {} s",
+                RESTART.as_secs()
+            );
+            self.said = Some(why);
         }
     }
 
     /// Read the table again next time: something switched it, or may have.
-    pub(super) fn forget(&mut self) {
+    pub(super) fn forget(&mut self, now: Instant) {
         self.read = None;
+        self.forgotten = Some(now);
     }
 
     /// What the table holds now, known without reading it (watch's own switch).
     pub(super) fn set(&mut self, routing: Routing, in_place: bool, now: Instant) {
         self.read = Some((routing, in_place, now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::config::tests::{example, node};
+    use crate::core::ruleset::{Open, Route};
+    use crate::effects::testing::{Fake, rec};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::sync::atomic::Ordering;
+
+    /// A feed as a test feeds it: the latest reading, and its trouble.
+    #[derive(Default)]
+    struct Fed {
+        latest: Option<(Live, Instant)>,
+        trouble: Option<String>,
+    }
+
+    struct FakeFeed(Rc<RefCell<Fed>>);
+
+    impl Feed for FakeFeed {
+        fn latest(&self) -> Option<(Live, Instant)> {
+            self.0.borrow().latest.clone()
+        }
+        fn trouble(&self, _: Instant) -> Option<String> {
+            self.0.borrow().trouble.clone()
+        }
+    }
+
+    /// The table as `Fake` holds it, with a feed whose readings the test writes.
+    struct Followed {
+        fake: Fake,
+        fed: Rc<RefCell<Fed>>,
+        started: RefCell<u32>,
+    }
+
+    impl Followed {
+        fn routed_to_1() -> Followed {
+            let fake = Fake::new(rec(1, Open::All, 1), Default::default());
+            Followed { fake, fed: Default::default(), started: RefCell::new(0) }
+        }
+    }
+
+    impl NatSwitch for Followed {
+        fn live(&self) -> Result<Live> {
+            self.fake.live()
+        }
+        fn recorded(&self) -> Result<Option<crate::core::ruleset::Record>> {
+            self.fake.recorded()
+        }
+        fn switch(&self, record: crate::core::ruleset::Record) -> Result<bool> {
+            self.fake.switch(record)
+        }
+        fn follow(&self) -> Result<Option<Box<dyn Feed>>> {
+            *self.started.borrow_mut() += 1;
+            Ok(Some(Box::new(FakeFeed(Rc::clone(&self.fed)))))
+        }
+    }
+
+    fn routed(id: u32) -> Routing {
+        Routing::To(Route::new(node(id), Open::All))
+    }
+
+    fn installed(id: u32) -> Live {
+        Live::installed(&example(), Route::new(node(id), Open::All))
+    }
+
+    #[test]
+    fn with_a_feed_a_pass_reads_nothing_and_takes_only_readings_newer_than_what_it_knew() {
+        let cfg = example();
+        let nat = Followed::routed_to_1();
+        let reads = || nat.fake.reads.swap(0, Ordering::Relaxed);
+        let mut cache = NatCache::default();
+        let t0 = Instant::now();
+        // no reading from the feed yet: read through sudo
+        assert_eq!(cache.get(&cfg, &nat, t0).unwrap(), (routed(1), true));
+        assert_eq!(reads(), 1);
+        nat.fed.borrow_mut().latest = Some((installed(1), t0 + Duration::from_millis(10)));
+        for after in [100, 1000, 60_000] {
+            assert_eq!(cache.get(&cfg, &nat, t0 + Duration::from_millis(after)).unwrap(), (routed(1), true));
+        }
+        assert_eq!(reads(), 0, "the feed's reading, however old: it says when the tables change");
+        // someone flushes the table: root's next reading says so
+        nat.fed.borrow_mut().latest = Some((Live::default(), t0 + Duration::from_secs(61)));
+        assert_eq!(cache.get(&cfg, &nat, t0 + Duration::from_secs(61)).unwrap(), (Routing::Nothing, false));
+        // watch switches to node 2; a reading root took before that arrives late
+        let switched = t0 + Duration::from_secs(62);
+        cache.set(routed(2), true, switched);
+        nat.fed.borrow_mut().latest = Some((Live::default(), switched - Duration::from_millis(1)));
+        assert_eq!(cache.get(&cfg, &nat, switched).unwrap(), (routed(2), true), "an older reading is not taken");
+        nat.fed.borrow_mut().latest = Some((installed(2), switched + Duration::from_millis(5)));
+        assert_eq!(cache.get(&cfg, &nat, switched + Duration::from_millis(10)).unwrap(), (routed(2), true));
+        // forgotten (another run held the lock): read through sudo unless root read since
+        cache.forget(switched + Duration::from_millis(20));
+        assert_eq!(cache.get(&cfg, &nat, switched + Duration::from_millis(30)).unwrap(), (routed(1), true));
+        assert_eq!((reads(), *nat.started.borrow()), (1, 1));
+    }
+
+    #[test]
+    fn a_feed_in_trouble_is_dropped_the_table_read_twice_a_second_and_a_feed_started_later() {
+        let cfg = example();
+        let nat = Followed::routed_to_1();
+        let reads = || nat.fake.reads.swap(0, Ordering::Relaxed);
+        let mut cache = NatCache::default();
+        let t0 = Instant::now();
+        nat.fed.borrow_mut().latest = Some((installed(1), t0));
+        assert_eq!(cache.get(&cfg, &nat, t0 + Duration::from_millis(1)).unwrap(), (routed(1), true));
+        assert_eq!(reads(), 0);
+        nat.fed.borrow_mut().trouble = Some("ended (exit status: 1): sudo: a password is required".into());
+        // (after the last pass, reads through sudo): a reading younger than NAT_EVERY is kept
+        let passes = [(1, 0), (100, 0), (400, 1), (500, 1)];
+        let mut at = t0 + Duration::from_millis(1);
+        for (i, (after, expected)) in passes.into_iter().enumerate() {
+            at += Duration::from_millis(after);
+            cache.get(&cfg, &nat, at).unwrap();
+            assert_eq!(reads(), expected, "pass {i}");
+        }
+        assert_eq!(*nat.started.borrow(), 1, "not started again before RESTART");
+        nat.fed.borrow_mut().trouble = None;
+        cache.get(&cfg, &nat, at + RESTART).unwrap();
+        assert_eq!((*nat.started.borrow(), reads()), (2, 0), "a new feed, its reading taken");
     }
 }

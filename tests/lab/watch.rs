@@ -54,6 +54,13 @@ fn watch_repairs_the_tables_and_survives_a_kill_in_the_middle_of_a_switch() {
         lab.ok(&all);
     };
 
+    // watch follows the tables (one root process that writes a reading after each change)
+    // rather than asking sudo twice a second
+    let log = lab.env["WATCH_LOG"].clone();
+    let said = |what: &str| std::fs::read_to_string(&log).is_ok_and(|l| l.contains(what));
+    lab.wait_until("watch following the tables", CONVERGE, || said("watch: following the tables"));
+    assert_eq!(follows(), 1, "one route --show --follow");
+
     // flushed by someone (a firewall reload, an operator)
     for table in ["nat", "filter"] {
         iptables(&["-t", table, "-F"]);
@@ -66,9 +73,10 @@ fn watch_repairs_the_tables_and_survives_a_kill_in_the_middle_of_a_switch() {
     iptables(&["-t", "nat", "-D", "repmgr_dnat", "2"]);
     lab.wait_until("the application port's rule restored", CONVERGE, || lab.routed(DB1));
     assert_eq!(lab.app_reaches().unwrap(), DB1);
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!log_text.contains("through sudo twice a second"), "watch stopped following the tables:\n{log_text}");
 
     // killed (SIGKILL) right after the switch of a failover, while it restarts barman
-    let log = lab.env["WATCH_LOG"].clone();
     lab.ok(&["repmgrd", "stop", "db1"]);
     lab.ok(&["repmgrd", "stop", "db2"]);
     lab.ok(&["stop", "db1"]);
@@ -82,6 +90,19 @@ fn watch_repairs_the_tables_and_survives_a_kill_in_the_middle_of_a_switch() {
     assert_eq!(lab.slots("db2"), ["barman"]);
     lab.wait_barman_ok(CONVERGE);
     assert_eq!(lab.app_reaches().unwrap(), DB2);
+    // the killed watch's follow ended with its reader: only the new watch's is left
+    lab.wait_until("one route --show --follow", CONVERGE, || follows() == 1);
+}
+
+/// How many `repmgr-nat ... route --show --follow` run (root's side, not sudo's).
+fn follows() -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| {
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"repmgr-nat")) && args.contains(&&b"--follow"[..])
+        })
+        .count()
 }
 
 #[test]
