@@ -458,6 +458,18 @@ mod tests {
         follow(&fake, &mut Scripted(vec![Wake::Changed; 3]), &mut Gone).unwrap();
     }
 
+    /// The real poll(2), without notifications (no root needed): quiet while the pipe is
+    /// read, the reader gone at once when its end closes.
+    #[test]
+    fn the_kernel_wait_sees_the_reader_go() {
+        let (reader, writer) = std::io::pipe().unwrap();
+        let mut kernel = Kernel::new(&writer, false);
+        assert_eq!(kernel.every(), Watch::NAT_EVERY, "no notifications: a reading twice a second");
+        assert_eq!(kernel.wait(Duration::from_millis(20)), Wake::Quiet);
+        drop(reader);
+        assert_eq!(kernel.wait(Duration::from_secs(60)), Wake::ReaderGone);
+    }
+
     #[test]
     fn the_reader_keeps_the_latest_reading_with_when_root_took_it() {
         let cfg = example();
