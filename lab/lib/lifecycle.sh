@@ -6,14 +6,17 @@ DEPS_PKGS=(iptables iproute2 sudo conntrack postgresql-15 postgresql-15-repmgr b
     keepalived conntrackd    # `up --proxies 2`
     patroni etcd-server      # `up --manager patroni`; their own services are disabled (the lab runs them itself)
     prometheus)              # its promtool tests the alerting rules (tests/alerts/run); no server
+# Installed by deps too, but needed by lab/bench alone (no `up` asks for them): HAProxy
+# with Patroni's example config, the anchor beside the NAT on Patroni (its own service disabled).
+BENCH_PKGS=(haproxy)
 
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 cmd_deps() {
-    local p missing=()
-    for p in "${DEPS_PKGS[@]}"; do pkg_installed "$p" || missing+=("$p"); done
+    local p missing=() all=("${DEPS_PKGS[@]}" "${BENCH_PKGS[@]}")
+    for p in "${all[@]}"; do pkg_installed "$p" || missing+=("$p"); done
     if ((${#missing[@]} == 0)); then
-        say "deps: all present (${DEPS_PKGS[*]})"
+        say "deps: all present (${all[*]})"
     else
         say "deps: installing ${missing[*]}"
         # Do not let the packages start services (PostgreSQL's main cluster, ...): a
@@ -26,15 +29,16 @@ cmd_deps() {
         local rc=0
         {
             DEBIAN_FRONTEND=noninteractive apt-get update &&
-                DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${DEPS_PKGS[@]}"
+                DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${all[@]}"
         } || rc=$?
         ((made_policy)) && has_marker "$policy" && rm -f "$policy"
         ((rc == 0)) || die "apt-get failed (exit $rc): see its output above"
         [[ " ${missing[*]} " != *" prometheus "* ]] || no_server prometheus "the Prometheus server (only promtool is used)"
         [[ " ${missing[*]} " != *" etcd-server "* ]] || no_server etcd "etcd's own server (the lab starts one in its namespace)"
         [[ " ${missing[*]} " != *" patroni "* ]] || no_server patroni "Patroni's own service (the lab starts Patroni on its nodes)"
+        [[ " ${missing[*]} " != *" haproxy "* ]] || no_server haproxy "HAProxy's own service (lab/bench starts one in the proxy namespace)"
     fi
-    for p in "${DEPS_PKGS[@]}"; do pkg_installed "$p" || die "package $p is still not installed after apt-get"; done
+    for p in "${all[@]}"; do pkg_installed "$p" || die "package $p is still not installed after apt-get"; done
     # The lab does not use Debian's own clusters: none may be running.
     if command -v pg_lsclusters >/dev/null; then
         local ver name

@@ -235,8 +235,13 @@ impl Lab {
     /// A lab client (`lab-kit probe KIND`) in the app namespace through the application
     /// port, every `interval_ms`, output into `file`; stopped with `stop`.
     pub fn client(&self, kind: &str, interval_ms: u64, extra: &[&str], file: &Path) -> Child {
+        self.client_to(&self.env["APP_CONNINFO"], kind, interval_ms, extra, file)
+    }
+
+    /// The same through `conninfo` (another port, e.g. HAProxy's beside the NAT).
+    pub fn client_to(&self, conninfo: &str, kind: &str, interval_ms: u64, extra: &[&str], file: &Path) -> Child {
         let interval = interval_ms.to_string();
-        let mut args = vec!["probe", kind, "--conninfo", &self.env["APP_CONNINFO"], "--interval-ms", &interval];
+        let mut args = vec!["probe", kind, "--conninfo", conninfo, "--interval-ms", &interval];
         args.extend(extra);
         self.spawn(&args, file)
     }
@@ -466,17 +471,23 @@ impl Lab {
 
     /// Stops a background client (SIGTERM: it prints what it has and exits) and waits.
     pub fn stop(&self, mut child: Child) {
-        // SAFETY: kill has no memory preconditions; the pid is our own child's.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        if !poll_until(Duration::from_secs(10), || child.try_wait().ok().flatten().is_some()) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        terminate(&mut child);
     }
 
     /// Leaves the lab up when this goes (`lab.sh down` removes it later).
     pub fn leave_up(self) {
         std::mem::forget(self);
+    }
+}
+
+/// Stops a process this one started, by its pid: SIGTERM, SIGKILL if it has not ended
+/// within 10 s; waited for.
+pub fn terminate(child: &mut Child) {
+    // SAFETY: kill has no memory preconditions; the pid is our own child's.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    if !poll_until(Duration::from_secs(10), || child.try_wait().ok().flatten().is_some()) {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 

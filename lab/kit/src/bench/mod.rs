@@ -1,7 +1,8 @@
 //! The benchmark (`lab/bench`): repmgr-nat against the article's scripts, side by side in
 //! the lab, in one run. It measures and asserts nothing; BENCHMARKS.md keeps its reports.
 //!
-//! 1. Failover scenarios, each on a freshly built lab, for each handler.
+//! 1. Failover scenarios, each on a freshly built lab, for each handler (on Patroni, also
+//!    through HAProxy configured as Patroni ships it, in the same run).
 //! 2. The NAT switch alone, each handler's way, on the duplicate scenario's lab.
 //! 3. barman's proof: rows written, acknowledged and restored from a backup taken before
 //!    the failover.
@@ -14,6 +15,7 @@
 //!
 //! Every result is typed, kept as JSON beside the report, and rendered by `report`.
 
+mod haproxy;
 mod nat;
 mod proxy;
 mod report;
@@ -93,6 +95,9 @@ pub enum Handler {
     /// The watch service on a Patroni cluster (`lab.sh up --manager patroni`): no repmgr,
     /// no events; the failover scenario only
     Patroni,
+    /// The same, the clients' connects and writes also through HAProxy in the proxy's
+    /// namespace, configured as Patroni's example haproxy.cfg: the side-by-side anchor
+    PatroniHaproxy,
 }
 
 impl Handler {
@@ -103,6 +108,7 @@ impl Handler {
             Handler::Watch => "watch",
             Handler::WatchOnly => "watch-only",
             Handler::Patroni => "patroni",
+            Handler::PatroniHaproxy => "patroni-haproxy",
         }
     }
 
@@ -113,6 +119,7 @@ impl Handler {
             Handler::Watch => "repmgr-nat (events + watch)",
             Handler::WatchOnly => "repmgr-nat (watch, every event lost)",
             Handler::Patroni => "repmgr-nat (watch) on Patroni",
+            Handler::PatroniHaproxy => "repmgr-nat (watch) on Patroni, HAProxy beside",
         }
     }
 
@@ -121,13 +128,18 @@ impl Handler {
     }
 
     fn watch(self) -> bool {
-        matches!(self, Handler::Watch | Handler::WatchOnly | Handler::Patroni)
+        matches!(self, Handler::Watch | Handler::WatchOnly) || self.patroni()
+    }
+
+    /// Whether the cluster is Patroni's (no repmgr, no events; the failover scenario only).
+    fn patroni(self) -> bool {
+        matches!(self, Handler::Patroni | Handler::PatroniHaproxy)
     }
 
     /// `lab.sh up`'s options for this handler.
     fn up_args(self) -> Vec<&'static str> {
         let mut args = vec!["--handler", self.lab_handler()];
-        if self == Handler::Patroni {
+        if self.patroni() {
             args.extend(["--manager", "patroni"]);
         }
         args
@@ -340,7 +352,7 @@ pub fn run(args: Args, command: String) -> Result<(), String> {
             if handler == Handler::WatchOnly && scenario == Scenario::Duplicate {
                 continue; // a lost duplicate event is no scenario
             }
-            if handler == Handler::Patroni && scenario != Scenario::Failover {
+            if handler.patroni() && scenario != Scenario::Failover {
                 continue; // repmgr's commands and events; Patroni's switchover is in the lab tests
             }
             let dir = out.join(handler.name()).join(scenario.name());

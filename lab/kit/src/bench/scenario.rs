@@ -1,13 +1,16 @@
 //! One failover scenario on a freshly built lab, and what it measures: what the
 //! application saw through the port (three clients), when PostgreSQL finished the
-//! promotion, how long repmgr waited for each handler run, and barman's continuity.
+//! promotion, how long repmgr waited for each handler run, and barman's continuity. On
+//! Patroni with HAProxy beside (`Handler::PatroniHaproxy`), the same clients' connects
+//! and writes go through HAProxy's port too, in the same run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::haproxy::Haproxy;
 use super::{Args, Handler, Scenario, attempt, nat};
 use crate::events::EventRun;
 use crate::lab::{DB1, DB2, Lab, Session, poll_until};
@@ -54,6 +57,10 @@ pub struct ScenarioResult {
     pub connects_after_promote: Connects,
     /// When the first write the new primary acknowledged came back.
     pub first_write_ms: Option<u64>,
+    /// The same connects and writes through HAProxy's port, in the same run
+    /// (`Handler::PatroniHaproxy`).
+    #[serde(default)]
+    pub haproxy: Option<Port>,
     pub runs: Vec<Run>,
     /// `repmgr standby promote|switchover` or the duplicate event: how long, exit code.
     pub command: Option<(u64, i32)>,
@@ -62,6 +69,15 @@ pub struct ScenarioResult {
     pub wal_gap: Option<String>,
     pub failed: Vec<String>,
     pub notes: Vec<String>,
+}
+
+/// What the `connect` and `write` clients saw through one port.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Port {
+    pub connects: Connects,
+    /// From when the promote path began (see `ScenarioResult::connects_after_promote`).
+    pub connects_after_promote: Connects,
+    pub first_write_ms: Option<u64>,
 }
 
 impl ScenarioResult {
@@ -105,18 +121,22 @@ fn sleep_until(t: u64) {
     }
 }
 
-struct Clients {
-    watch: Child,
-    connect: Child,
-    write: Child,
-}
-
-fn start_clients(lab: &Lab, dir: &Path) -> Clients {
-    Clients {
-        watch: lab.client("watch", WATCH_MS, &[], &dir.join("watch.txt")),
-        connect: lab.client("connect", CONNECT_MS, &["--timeout-ms", "5000"], &dir.join("connect.txt")),
-        write: lab.client("write", WRITE_MS, &["--count", "100000000"], &dir.join("write.txt")),
+/// The clients through the NAT's application port (watch, connect, write), then those
+/// through HAProxy's (connect, write into haproxy-*.txt) when it runs; back once every
+/// writer had a write acknowledged.
+fn start_clients(lab: &Lab, dir: &Path, haproxy: Option<&Haproxy>) -> Vec<Child> {
+    let mut clients = vec![lab.client("watch", WATCH_MS, &[], &dir.join("watch.txt"))];
+    let mut ports = vec![(lab.env["APP_CONNINFO"].clone(), "")];
+    if haproxy.is_some() {
+        ports.push((Haproxy::conninfo(lab), "haproxy-"));
     }
+    for (conninfo, prefix) in &ports {
+        let file = |kind: &str| dir.join(format!("{prefix}{kind}.txt"));
+        clients.push(lab.client_to(conninfo, "connect", CONNECT_MS, &["--timeout-ms", "5000"], &file("connect")));
+        clients.push(lab.client_to(conninfo, "write", WRITE_MS, &["--count", "100000000"], &file("write")));
+        lab.wait_samples("the writer's first acknowledged write", &file("write"), |s| s.iter().any(|s| s.ok()));
+    }
+    clients
 }
 
 fn read_samples(path: &Path) -> Vec<samples::Sample> {
@@ -146,20 +166,25 @@ pub fn run(
         if handler == Handler::WatchOnly {
             lab.ok(&["events", "drop"]);
         }
+        let haproxy = (handler == Handler::PatroniHaproxy).then(|| Haproxy::start(dir));
         if scenario == Scenario::Promote {
             // repmgrd could promote by itself: the operator's promote must be the only one
             lab.ok(&["repmgrd", "stop", "db1"]);
             lab.ok(&["repmgrd", "stop", "db2"]);
         }
-        let clients = start_clients(&lab, dir);
-        lab.wait_samples("the writer's first acknowledged write", &dir.join("write.txt"), |s| s.iter().any(|s| s.ok()));
+        let clients = start_clients(&lab, dir, haproxy.as_ref());
         let t0 = act(&lab, handler, scenario, &args.phase, &mut result);
-        settle(&lab, t0, &dir.join("watch.txt"), &mut result);
+        let mut answering = vec![dir.join("watch.txt")];
+        answering.extend(haproxy.is_some().then(|| dir.join("haproxy-connect.txt")));
+        settle(&lab, t0, &answering, &mut result);
         std::thread::sleep(Duration::from_secs(1));
-        for child in [clients.watch, clients.connect, clients.write] {
+        for child in clients {
             lab.stop(child);
         }
         measure(&lab, handler, scenario, t0, dir, &mut result);
+        if let Some(haproxy) = haproxy {
+            result.notes.push(marked(&haproxy, t0));
+        }
         barman_continuity(&lab, scenario, &mut result);
         if scenario == Scenario::Duplicate && !args.no_nat && !handler.watch() {
             // the last scenario's lab is healthy (both nodes up): the NAT switches run on it
@@ -186,7 +211,7 @@ fn act(lab: &Lab, handler: Handler, scenario: Scenario, phase: &str, result: &mu
             let t0 = now_ms();
             lab.ok(&["stop", "db1"]);
             lab.ok(&["wait-primary", "db2", "60"]);
-            if handler != Handler::Patroni {
+            if !handler.patroni() {
                 lab.wait_event("repmgrd_failover_promote", "2", t0, SETTLE.as_secs());
             }
             t0
@@ -223,29 +248,55 @@ fn act(lab: &Lab, handler: Handler, scenario: Scenario, phase: &str, result: &mu
     t0
 }
 
-/// Until no handler run since T0 is still going and the application port answered for
-/// the last 2 s (or SETTLE after T0).
-fn settle(lab: &Lab, t0: u64, watch: &Path, result: &mut ScenarioResult) {
-    let settled = poll_until(Duration::from_millis((t0 + SETTLE.as_millis() as u64).saturating_sub(now_ms())), || {
-        let running = lab.events().iter().any(|r| r.begin_ms >= t0 && r.end.is_none());
-        let text = std::fs::read_to_string(watch).unwrap_or_default();
+/// Until no handler run since T0 is still going and every client in `answering` (the
+/// NAT's `watch`, HAProxy's `connect`) answered for the last 2 s (or SETTLE after T0).
+fn settle(lab: &Lab, t0: u64, answering: &[PathBuf], result: &mut ScenarioResult) {
+    let answers = |path: &PathBuf| {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
         let samples = samples::parse(&text).unwrap_or_default();
         let now = now_ms();
         let last_err = samples.iter().rev().find(|s| !s.ok()).map_or(0, |s| s.at);
         let last = samples.last().map_or(0, |s| s.at);
-        !running && now - last_err > 2000 && now - last < 500
+        now - last_err > 2000 && now - last < 500
+    };
+    let settled = poll_until(Duration::from_millis((t0 + SETTLE.as_millis() as u64).saturating_sub(now_ms())), || {
+        let running = lab.events().iter().any(|r| r.begin_ms >= t0 && r.end.is_none());
+        !running && answering.iter().all(answers)
     });
     if !settled {
         result.notes.push(format!("not settled {} s after T0", SETTLE.as_secs()));
     }
 }
 
+/// When HAProxy last changed each server's state, from its stats page (whole seconds).
+fn marked(haproxy: &Haproxy, t0: u64) -> String {
+    let now = now_ms();
+    let servers: Vec<String> = haproxy
+        .servers()
+        .iter()
+        .map(|(name, status, lastchg)| {
+            let at = (now - lastchg * 1000) as f64 / 1000.0 - t0 as f64 / 1000.0;
+            format!("{name} {status} since ~{at:.0} s after T0")
+        })
+        .collect();
+    format!("HAProxy's stats page at the end: {}", servers.join(", "))
+}
+
+/// What the `connect` and `write` clients saw through a port (their files `<prefix>connect.txt`
+/// and `<prefix>write.txt`), the connects also from `path` after T0 (the promote path).
+fn port(dir: &Path, prefix: &str, t0: u64, path: Option<u64>, primary: &str) -> Port {
+    let connects = read_samples(&dir.join(format!("{prefix}connect.txt")));
+    let writes = read_samples(&dir.join(format!("{prefix}write.txt")));
+    Port {
+        connects: Connects::of(&connects, t0, primary),
+        connects_after_promote: path.map_or_else(Connects::default, |p| Connects::of(&connects, t0 + p, primary)),
+        first_write_ms: samples::first_ack_on(&writes, t0, primary),
+    }
+}
+
 fn measure(lab: &Lab, handler: Handler, scenario: Scenario, t0: u64, dir: &Path, result: &mut ScenarioResult) {
     let (primary, log) = if scenario.promotes() { (DB2, "DB2_PG_LOG") } else { (DB1, "DB1_PG_LOG") };
     result.outage = Outage::of(&read_samples(&dir.join("watch.txt")), t0);
-    let connects = read_samples(&dir.join("connect.txt"));
-    result.connects = Connects::of(&connects, t0, primary);
-    result.first_write_ms = samples::first_ack_on(&read_samples(&dir.join("write.txt")), t0, primary);
     if scenario.promotes() {
         let text = std::fs::read_to_string(&lab.env[log]).unwrap_or_default();
         result.ready_ms = pglog::ready_after(&text, t0).map(|t| t - t0);
@@ -255,8 +306,11 @@ fn measure(lab: &Lab, handler: Handler, scenario: Scenario, t0: u64, dir: &Path,
         .expect("events.txt");
     result.promotion_ms = runs.iter().find(|r| r.event == "standby_promote").map(|r| r.begin_ms - t0);
     let path = if handler.watch() { result.ready_ms } else { result.ready_ms.max(result.promotion_ms) };
-    if let Some(path) = path {
-        result.connects_after_promote = Connects::of(&connects, t0 + path, primary);
+    let nat = port(dir, "", t0, path, primary);
+    (result.connects, result.connects_after_promote, result.first_write_ms) =
+        (nat.connects, nat.connects_after_promote, nat.first_write_ms);
+    if handler == Handler::PatroniHaproxy {
+        result.haproxy = Some(port(dir, "haproxy-", t0, result.ready_ms, primary));
     }
     result.runs = runs
         .iter()

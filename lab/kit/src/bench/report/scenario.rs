@@ -5,7 +5,8 @@
 use std::fmt::Write;
 
 use super::{Report, ratio, secs};
-use crate::bench::scenario::{BARMAN_BOUND, ScenarioResult};
+use crate::bench::haproxy;
+use crate::bench::scenario::{BARMAN_BOUND, Port, ScenarioResult};
 use crate::bench::{Handler, Scenario};
 
 impl Report<'_> {
@@ -221,22 +222,35 @@ impl Report<'_> {
                     );
                     format!("**{a}** / **{b}**")
                 };
-                self.line(format!(
-                    "| {} | {} | {} | {} | {} | {} / {}, {} held (of {}) | {} | {judged} |",
-                    scenario.name(),
-                    h.title(),
-                    secs(Some(ready)),
-                    after(open),
-                    after(s.first_write_ms),
-                    s.connects.failed,
-                    s.connects_after_promote.failed,
-                    s.connects.held,
-                    s.connects.attempts,
-                    secs(Some(s.connects.longest_wait_ms)),
-                ));
+                let nat = Port {
+                    connects: s.connects.clone(),
+                    connects_after_promote: s.connects_after_promote.clone(),
+                    first_write_ms: s.first_write_ms,
+                };
+                self.promotion_row(scenario, h.title(), ready, &nat, &judged);
+                if let Some(haproxy) = &s.haproxy {
+                    self.promotion_row(scenario, haproxy::TITLE, ready, haproxy, "");
+                }
             }
         }
         self.line("");
+    }
+
+    /// One row of the promotion table: what the clients saw through one port.
+    fn promotion_row(&mut self, scenario: Scenario, title: &str, ready: u64, port: &Port, judged: &str) {
+        let after = |t: Option<u64>| t.map_or("-".into(), |t| format!("{:+.3} s", (t as f64 - ready as f64) / 1000.0));
+        self.line(format!(
+            "| {} | {title} | {} | {} | {} | {} / {}, {} held (of {}) | {} | {judged} |",
+            scenario.name(),
+            secs(Some(ready)),
+            after(port.connects.first_on_primary_ms),
+            after(port.first_write_ms),
+            port.connects.failed,
+            port.connects_after_promote.failed,
+            port.connects.held,
+            port.connects.attempts,
+            secs(Some(port.connects.longest_wait_ms)),
+        ));
     }
 
     pub(super) fn runs_list(&mut self) {
