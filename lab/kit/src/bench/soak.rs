@@ -16,9 +16,10 @@ pub struct Cost {
     pub seconds: f64,
     /// CPU time (user + system) over wall time, percent of one core.
     pub cpu_percent: f64,
-    /// The same with the processes watch started and waited for (`sudo repmgr-nat route
-    /// --show` twice a second: sudo, the root step, iptables-save). None in runs from before
-    /// it was measured.
+    /// The same with the processes watch started: those it waited for (`sudo repmgr-nat
+    /// route --show`: sudo, the root step, iptables-save) and those still running (`sudo
+    /// repmgr-nat route --show --follow` and the iptables-save it waits for). None in runs
+    /// from before it was measured.
     #[serde(default)]
     pub cpu_with_children_percent: Option<f64>,
     pub rss_start_kb: u64,
@@ -60,8 +61,8 @@ impl Soak {
     }
 }
 
-/// A process's CPU time (clock ticks: its own utime + stime, and cutime + cstime, that of
-/// the children it waited for) and its VmRSS (kB).
+/// A process's CPU time (clock ticks: its own utime + stime; and its children's: cutime +
+/// cstime, those it waited for, and its running descendants') and its VmRSS (kB).
 struct Usage {
     own: u64,
     children: u64,
@@ -69,14 +70,42 @@ struct Usage {
 }
 
 fn usage(pid: u32) -> Option<Usage> {
+    let (_, own, children) = stat(pid)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(Usage { own, children: children + descendants(pid), rss_kb })
+}
+
+/// A process's parent, its CPU time and that of the children it waited for (clock ticks).
+fn stat(pid: u32) -> Option<(u32, u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| fields.get(i)?.parse::<u64>().ok();
-    let (own, children) = (tick(11)? + tick(12)?, tick(13)? + tick(14)?);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
-    Some(Usage { own, children, rss_kb })
+    let number = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((number(1)? as u32, number(11)? + number(12)?, number(13)? + number(14)?))
+}
+
+/// The CPU time of `pid`'s descendants still running (with the children they waited for).
+fn descendants(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    let procs: Vec<(u32, (u32, u64, u64))> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| Some((p, stat(p)?)))
+        .collect();
+    let mut tree = vec![pid];
+    let mut ticks = 0;
+    // parents before children is not promised by /proc's order: repeat until nothing joins
+    loop {
+        let joined: Vec<&(u32, (u32, u64, u64))> =
+            procs.iter().filter(|(p, (parent, ..))| tree.contains(parent) && !tree.contains(p)).collect();
+        if joined.is_empty() {
+            return ticks;
+        }
+        for (p, (_, own, children)) in joined {
+            tree.push(*p);
+            ticks += own + children;
+        }
+    }
 }
 
 /// Watches watch for `length`, calling `each` with the second it is in, about once a

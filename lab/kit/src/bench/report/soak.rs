@@ -11,7 +11,7 @@ impl Report<'_> {
             self.line(format!("Failed: {why}"));
         }
         self.line(
-            "| phase | length | watch CPU (% of one core) | with the processes it runs (sudo route --show) | RSS start / largest / end | passes |",
+            "| phase | length | watch CPU (% of one core) | with the processes it runs (route --show --follow, or sudo route --show) | RSS start / largest / end | passes |",
         );
         self.line("|---|---|---|---|---|---|");
         for (name, cost) in [("idle (no change)", &s.idle), ("writes (about 1 MB of rows a second)", &s.load)] {
