@@ -137,27 +137,30 @@ fn sudo(cfg: &Config, root: bool, user: Result<&OsUser, &String>, uid: u32) -> R
         }
         Ok(user) => user,
     };
-    let asked: Vec<(bool, SudoAnswer)> = std::thread::scope(|s| {
-        let asking: Vec<_> = app::sudo_commands(cfg)
+    let ask = |cmd: &exec::Cmd| {
+        let refused = app::sudo_refusal(root.then_some(user.name.as_str()), cmd)
+            .map(|said| if said.is_empty() { "refused".to_string() } else { said });
+        let words = cmd.args.strip_prefix(&["-n".to_string()]).unwrap_or(&cmd.args).join(" ");
+        SudoAnswer { command: format!("sudo {words}"), refused }
+    };
+    // the follow last: watch reads the tables without it, so check-config does not ask it
+    let mut asked: Vec<(bool, SudoAnswer)> = std::thread::scope(|s| {
+        let mut cmds = app::sudo_commands(cfg);
+        cmds.push(nat::ViaSudo::route_cmd(cfg, &["--show", "--follow"]));
+        let asking: Vec<_> = cmds
             .into_iter()
-            .map(|cmd| {
-                s.spawn(move || {
-                    let route = cmd.args.iter().any(|a| a == nat::INSTALLED_PATH);
-                    let refused = app::sudo_refusal(root.then_some(user.name.as_str()), &cmd)
-                        .map(|said| if said.is_empty() { "refused".to_string() } else { said });
-                    let words = cmd.args.strip_prefix(&["-n".to_string()]).unwrap_or(&cmd.args).join(" ");
-                    (route, SudoAnswer { command: format!("sudo {words}"), refused })
-                })
-            })
+            .map(|cmd| s.spawn(move || (cmd.args.iter().any(|a| a == nat::INSTALLED_PATH), ask(&cmd))))
             .collect();
         asking.into_iter().map(|t| t.join().expect("sudo -l")).collect()
     });
+    let (_, follow) = asked.pop().expect("the follow was asked");
     let (route, barman): (Vec<_>, Vec<_>) = asked.into_iter().partition(|(route, _)| *route);
     Ok(Sudo {
         user: user.name.clone(),
         program: nat::INSTALLED_PATH.to_string(),
         route: route.into_iter().map(|(_, a)| a).collect(),
         barman: barman.into_iter().map(|(_, a)| a).collect(),
+        follow,
     })
 }
 

@@ -115,6 +115,8 @@ pub struct Sudo {
     pub route: Vec<SudoAnswer>,
     /// barman's three commands for this config's server (none without `[barman]`).
     pub barman: Vec<SudoAnswer>,
+    /// `route --show --follow`, which watch reads the tables through when sudo admits it.
+    pub follow: SudoAnswer,
 }
 
 /// A node's settings and the grants of repmgr-nat's role there.
@@ -293,6 +295,18 @@ fn sudo_lines(cfg: &Config, sudo: &Result<Sudo, String>) -> Vec<Line> {
                 "refused: {}; edit {SUDOERS} (visudo -f {SUDOERS}): its route lines must name {user} and {}",
                 refused.join("; "),
                 sudo.program
+            ),
+        ),
+    });
+    let name = format!("sudo admits {user}'s follow of the tables");
+    lines.push(match &sudo.follow.refused {
+        None => Line::ok(name, "watch follows the tables: a reading whenever they change"),
+        Some(said) => Line::warn(
+            name,
+            format!(
+                "refused ({said}): watch reads the tables through sudo twice a second instead (three processes \
+                 each time); the packaged {SUDOERS} admits `{}`",
+                sudo.follow.command
             ),
         ),
     });
@@ -929,6 +943,7 @@ mod tests {
                 program: "/usr/bin/repmgr-nat".into(),
                 route: vec![answered("sudo /usr/bin/repmgr-nat route --show")],
                 barman: vec![answered("sudo -u barman /usr/bin/barman receive-wal main_backup")],
+                follow: answered("sudo /usr/bin/repmgr-nat route --show --follow"),
             })),
             state: Ok(()),
             torn_down: false,
@@ -992,6 +1007,7 @@ mod tests {
             [
                 "config /etc/repmgr-nat.toml as the root step reads it",
                 "sudo admits postgres's route commands",
+                "sudo admits postgres's follow of the tables",
                 "sudo admits postgres's barman commands for server main_backup",
                 "state dir /var/lib/repmgr-nat and run lock",
                 "watch runs and its last pass is fresh",
@@ -1046,6 +1062,24 @@ mod tests {
             text.contains("(mode 666); `route` (run through sudo) refuses it: chown root:root and chmod 0644"),
             "{text}"
         );
+    }
+
+    /// An older sudoers file without `--follow`: watch works without it, so a warning that
+    /// says what it costs, which fails nothing.
+    #[test]
+    fn a_sudoers_file_without_the_follow_is_a_warning() {
+        let mut facts = clean();
+        let Some(Ok(sudo)) = &mut facts.sudo else { unreachable!() };
+        sudo.follow.refused = Some("Sorry, user postgres is not allowed".into());
+        let text = line(&verify_full(), &facts, "sudo admits postgres's follow");
+        assert!(
+            text.starts_with(
+                "WARN  sudo admits postgres's follow of the tables: refused (Sorry, user postgres is not allowed): \
+                 watch reads the tables through sudo twice a second"
+            ),
+            "{text}"
+        );
+        assert_eq!(assess(&verify_full(), &facts).failed(), 0);
     }
 
     #[test]
