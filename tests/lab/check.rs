@@ -10,6 +10,7 @@ use crate::common::{CONVERGE, Lab, PROXY, Restore};
 const BOUNDED: Duration = Duration::from_secs(90);
 const BARMAN_CONF: &str = "/etc/barman.d/main_backup.conf";
 const CONFIG: &str = "/etc/repmgr-nat.toml";
+const SUDOERS: &str = "/etc/sudoers.d/repmgr-nat";
 
 /// `check` as `user`: its exit code and lines.
 fn check(lab: &Lab, user: &str) -> (i32, Vec<String>) {
@@ -58,6 +59,31 @@ fn check_is_all_ok_on_a_clean_lab_and_names_each_misconfiguration() {
     lab.wait_until("watch passes", CONVERGE, || lab.watch_passes() > 2);
     all_ok(&lab, "postgres");
     all_ok(&lab, "root");
+
+    // a sudoers file from before `route --show --follow` (as an edited one stays on an
+    // upgrade): a warning; watch started then reads the tables through sudo, and still
+    // repairs a flushed table
+    {
+        let _sudoers = Restore::file(SUDOERS);
+        let text = std::fs::read_to_string(SUDOERS).unwrap();
+        assert!(text.contains("route --show( --follow)?$"), "{text}");
+        std::fs::write(SUDOERS, text.replace("route --show( --follow)?$", "route --show$")).unwrap();
+        let (code, lines) = check(&lab, "postgres");
+        let warned = "WARN  sudo admits postgres's follow of the tables: refused";
+        assert!(code == 0 && lines.iter().any(|l| l.starts_with(warned)), "{}", lines.join("\n"));
+        lab.ok(&["watch", "kill"]);
+        lab.ok(&["watch", "start"]);
+        let log = lab.env["WATCH_LOG"].clone();
+        lab.wait_until("watch reading the tables through sudo", CONVERGE, || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("reading the rules through sudo twice a second"))
+        });
+        lab.ok(&["exec", "proxy", "--", "iptables", "-t", "nat", "-F", "repmgr_dnat"]);
+        lab.wait_until("the flushed chain restored", CONVERGE, || lab.routed(crate::common::DB1));
+    }
+    lab.ok(&["watch", "kill"]);
+    lab.ok(&["watch", "start"]);
+    lab.wait_until("watch passes", CONVERGE, || lab.watch_passes() > 2);
+    ok_line(&lab, "postgres", "sudo admits postgres's follow of the tables");
 
     // barman's slot_name differs from barman.slot (as root: barman is asked)
     {
