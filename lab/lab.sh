@@ -25,7 +25,7 @@ usage: lab.sh COMMAND [ARGS]   (as root; every command and its output: lab/READM
   lifecycle  deps | up [--manager repmgr|patroni] [--handler repmgr-nat|scripts] [--proxies 1|2] [--clusters 1|2] [--no-cron] [--no-assist]
              down [--purge-logs] | status
   cluster    psql [-d DB] [-U USER] NODE|proxy-app|proxy-app-two|proxy-barman|recovered SQL | stop|start NODE
-             freeze|thaw NODE | partition|heal NODE | pgctl NODE ACTION   (NODE: db1, db2; db3 with --clusters 2)
+             freeze|thaw NODE | partition|heal NODE | pgctl NODE ACTION   (NODE: db1, db2; db3, db4 with --clusters 2)
              wait-primary|wait-standby NODE [S] | switchover NODE
              rejoin NODE [--clone] | repmgr NODE ARGS... | repmgrd start|stop NODE   (repmgr)
              patronictl NODE ARGS...   (Patroni; stop|start NODE then stop or start Patroni with PostgreSQL)
@@ -373,9 +373,10 @@ cmd_env() {
         "REPMGR_PASSWORD=$PW_REPMGR" "BARMAN_PASSWORD=$PW_BARMAN" "STREAMING_BARMAN_PASSWORD=$PW_STREAMING" \
         "KIT_BIN=${LAB_KIT_BIN:-$REPO_ROOT/target/release/lab-kit}" "SYS_PATH=$SYS_PATH" "WATCH_PID=$WATCH_PID" \
         "CLUSTERS=$(state_get CLUSTERS)" "DB3_IP=$DB3_IP" "DB3_ID=3" "DB3_DATA=$(node_data db3)" \
-        "DB3_SOCKET_DIR=$(node_sock db3)" "DB3_PG_LOG=$(node_pglog db3)" \
+        "DB3_SOCKET_DIR=$(node_sock db3)" "DB3_PG_LOG=$(node_pglog db3)" "DB4_IP=$DB4_IP" \
         "TWO_CONFIG=$TWO_CONFIG" "TWO_STATE_DIR=$TWO_STATE_DIR" "TWO_WATCH_DIR=$TWO_WATCH_DIR" \
         "TWO_APP_PORT=$TWO_APP_PORT" "TWO_METRICS=$TWO_METRICS" \
+        "TWO_BARMAN_PORT=$TWO_BARMAN_PORT" "TWO_BARMAN_SERVER=$TWO_BARMAN_SERVER" \
         "TWO_APP_CONNINFO=host=$PROXY_IP port=$TWO_APP_PORT user=app password=$PW_APP dbname=app connect_timeout=1" \
         "MANAGER=$(lab_manager)" "ETCD_IP=$ETCD_IP" "ETCD_PORT=$ETCD_PORT" "ETCD_LOG=$ETCD_LOG" \
         "PATRONI_PORT=$PATRONI_PORT" "PATRONI_SCOPE=$PATRONI_SCOPE" \

@@ -10,20 +10,38 @@ barman_configure() {
         die "$BARMAN_SERVER_HOME exists and was not made by the lab (no .repmgr-nat-lab inside): it holds somebody's barman data for '$BARMAN_SERVER'; move it away and run up again"
     fi
     [[ -d /etc/barman.d ]] || die "/etc/barman.d is missing: is barman installed? run: lab.sh deps"
-    write_marked "$BARMAN_CONF" 0644 root:root ';' <<EOF
-[$BARMAN_SERVER]
-description = "repmgr-nat lab: the primary, reached through the proxy's NAT"
-conninfo = host=$(ns_ip proxy) port=$BARMAN_PORT user=barman dbname=postgres connect_timeout=2
-streaming_conninfo = host=$(ns_ip proxy) port=$BARMAN_PORT user=streaming_barman connect_timeout=2
+    barman_server_conf "$BARMAN_SERVER" "$BARMAN_PORT" "the primary" | write_marked "$BARMAN_CONF" 0644 root:root ';'
+    barman_server_home "$BARMAN_SERVER_HOME"
+    if two_clusters; then two_barman_configure; fi
+}
+
+# barman_server_conf NAME PORT WHAT: a server streaming from WHAT through the proxy's PORT
+barman_server_conf() {
+    cat <<EOF
+[$1]
+description = "repmgr-nat lab: $3, reached through the proxy's NAT"
+conninfo = host=$(ns_ip proxy) port=$2 user=barman dbname=postgres connect_timeout=2
+streaming_conninfo = host=$(ns_ip proxy) port=$2 user=streaming_barman connect_timeout=2
 backup_method = postgres
 streaming_archiver = on
 slot_name = $BARMAN_SLOT
 path_prefix = $PG_BIN
 EOF
-    # A fresh home for the server (WAL of an older lab would break 'systemid coherence').
-    rm -rf "$BARMAN_SERVER_HOME"
-    install -d -o barman -g barman -m 0750 "$BARMAN_SERVER_HOME" || die "cannot create $BARMAN_SERVER_HOME"
-    echo "$MARKER" >"$BARMAN_SERVER_HOME/.repmgr-nat-lab"
+}
+
+# barman_server_home HOME: a fresh one (WAL of an older lab would break 'systemid coherence')
+barman_server_home() {
+    rm -rf "$1"
+    install -d -o barman -g barman -m 0750 "$1" || die "cannot create $1"
+    echo "$MARKER" >"$1/.repmgr-nat-lab"
+}
+
+# barman_server_remove HOME NAME: at down, a home the lab made, and barman's lock files for
+# the server (next to it); the problems, one a line
+barman_server_remove() {
+    [[ -e $1/.repmgr-nat-lab ]] || return 0
+    rm -rf -- "$1" || echo "$1"
+    rm -f -- /var/lib/barman/."$2"-*.lock || echo "barman lock files of $2"
 }
 
 # barman check exits non-zero when any check FAILED (lab-kit's barman::Check reads the lines)

@@ -6,17 +6,19 @@ LAB_NET=198.51.100.0/24
 PROXY_IP=198.51.100.3           # the proxy's; with two proxies the address they share (VRRP)
 DB1_IP=198.51.100.11
 DB2_IP=198.51.100.12
-DB3_IP=198.51.100.13            # the second cluster's only node: only with `up --clusters 2`
+DB3_IP=198.51.100.13            # the second cluster's primary, then db4 its standby: only with `up --clusters 2`
+DB4_IP=198.51.100.14
 APP_IP=198.51.100.20
 ETCD_IP=198.51.100.30           # Patroni's DCS, in a namespace of its own: only with `up --manager patroni`
 PG_PORT=5432
 BARMAN_PORT=54321
 APP_PORT=54322
 NODES=(db1 db2)                 # the cluster (repmgr's, or Patroni's with `up --manager patroni`)
-DB_NODES=(db1 db2 db3)          # every database node a lab may have (db3: only with `up --clusters 2`)
+TWO_NODES=(db3 db4)             # the second cluster (repmgr's too): only with `up --clusters 2`
+DB_NODES=(db1 db2 db3 db4)      # every database node a lab may have
 NS_BRIDGE=rnlab                 # namespace that holds the bridge
 BRIDGE=rnlab-br0
-LAB_NAMESPACES=(db1 db2 db3 proxy proxy2 app etcd "$NS_BRIDGE")   # proxy2: only with `up --proxies 2`, db3 with `--clusters 2`, etcd with `--manager patroni`
+LAB_NAMESPACES=(db1 db2 db3 db4 proxy proxy2 app etcd "$NS_BRIDGE")   # proxy2: only with `up --proxies 2`, db3 and db4 with `--clusters 2`, etcd with `--manager patroni`
 
 # ---- paths ----------------------------------------------------------------------------
 LAB_DIR=/var/tmp/repmgr-nat-lab          # fixed: the sudoers entries name files in it
@@ -67,18 +69,19 @@ REPO_ROOT=$(cd "$LAB_ROOT/.." && pwd)
 # a namespace's own address (with two proxies, proxy's own is not the shared PROXY_IP)
 ns_ip() {
     case $1 in
-    db1) echo "$DB1_IP" ;; db2) echo "$DB2_IP" ;; db3) echo "$DB3_IP" ;; app) echo "$APP_IP" ;; proxy2) echo "$PROXY_B_IP" ;;
+    db1) echo "$DB1_IP" ;; db2) echo "$DB2_IP" ;; db3) echo "$DB3_IP" ;; db4) echo "$DB4_IP" ;; app) echo "$APP_IP" ;; proxy2) echo "$PROXY_B_IP" ;;
     etcd) echo "$ETCD_IP" ;;
     proxy) if two_proxies; then echo "$PROXY_A_IP"; else echo "$PROXY_IP"; fi ;;
     esac
 }
 ns_ips() { case $1 in proxy) echo "$PROXY_IP $PROXY_A_IP" ;; *) ns_ip "$1" ;; esac; } # any it may have had
 node_ip() { check_node "$1"; ns_ip "$1"; }
-node_id() { check_node "$1"; echo "${1#db}"; }   # repmgr's node_id; db3's in repmgr-nat's instance "two"
-node_other() { case $1 in db1) echo db2 ;; db2) echo db1 ;; *) die "unknown node '$1' (db1 or db2)" ;; esac; }
+node_id() { check_node "$1"; echo "${1#db}"; }   # repmgr's node_id (3 and 4 in the second cluster)
+node_other() { case $1 in db1) echo db2 ;; db2) echo db1 ;; db3) echo db4 ;; db4) echo db3 ;; *) die "unknown node '$1' (db1 or db2)" ;; esac; }
 is_node() { [[ " $(lab_nodes) " == *" $1 "* ]]; }            # a database node of this lab
 is_cluster_node() { [[ " ${NODES[*]} " == *" $1 "* ]]; }    # one of its cluster (db1, db2)
-is_repmgr_node() { is_cluster_node "$1" && ! patroni_lab; }  # ... run by repmgr
+is_two_node() { two_clusters && [[ " ${TWO_NODES[*]} " == *" $1 "* ]]; }   # one of the second cluster's
+is_repmgr_node() { { is_cluster_node "$1" && ! patroni_lab; } || is_two_node "$1"; }  # ... run by repmgr
 check_node() { is_node "$1" || die "unknown node '$1' (expected one of: $(lab_nodes))"; }
 check_cluster_node() { is_cluster_node "$1" || die "$1 is not a node of the cluster (db1 or db2)"; }
 check_repmgr_node() {

@@ -144,18 +144,22 @@ install_repmgr_nat() {
 # rnat_config OWN_ADDRESS BARMAN STATE_DIR WATCH_DIR [INSTANCE]: a proxy's /etc/repmgr-nat.toml,
 # without the marker line (the caller's); OWN_ADDRESS "" for none, BARMAN 0 for a proxy
 # without barman (no [barman], no ports.barman). INSTANCE two: the second cluster's
-# (`up --clusters 2`): db3 alone behind TWO_APP_PORT, chains repmgr_two_*, a metrics
-# address of its own.
+# (`up --clusters 2`): db3 and db4 behind TWO_BARMAN_PORT and TWO_APP_PORT, barman server
+# two, chains repmgr_two_*, a metrics address of its own.
 rnat_config() {
     local own=$1 barman=$2 state=$3 watch=$4 instance=${5:-} app=$APP_PORT n
+    local barman_port=$BARMAN_PORT server=$BARMAN_SERVER
     local -a members=("${NODES[@]}")
-    [[ $instance != two ]] || { app=$TWO_APP_PORT; members=(db3); }
+    if [[ $instance == two ]]; then
+        app=$TWO_APP_PORT barman_port=$TWO_BARMAN_PORT server=$TWO_BARMAN_SERVER
+        members=("${TWO_NODES[@]}")
+    fi
     echo "[proxy]"
     echo "address = \"$PROXY_IP\""
     [[ -z $own ]] || echo "own_address = \"$own\""
     echo "[ports]"
     echo "postgres = $PG_PORT"
-    ((barman == 0)) || echo "barman = $BARMAN_PORT"
+    ((barman == 0)) || echo "barman = $barman_port"
     echo "app = $app"
     echo "[nodes]"
     for n in "${members[@]}"; do echo "$(node_id "$n") = \"$(node_ip "$n")\""; done
@@ -170,7 +174,7 @@ connect_timeout = 2
 EOF
     ((barman == 0)) || cat <<EOF
 [barman]
-server = "$BARMAN_SERVER"
+server = "$server"
 slot = "$BARMAN_SLOT"
 archive_timeout = 30
 EOF

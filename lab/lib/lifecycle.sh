@@ -114,7 +114,8 @@ cmd_down() {
     ha_thaw_all   # a proxy frozen by `lab.sh proxy-freeze` must hear TERM
     ha_kill
     patroni_kill_all   # before PostgreSQL: a Patroni still there would start it again
-    for pidf in "$WATCH_PID" "$(watch_pid proxy2)" "$CRON_PID" "$(node_repmgrd_pid db1)" "$(node_repmgrd_pid db2)"; do
+    for pidf in "$WATCH_PID" "$(watch_pid proxy2)" "$CRON_PID" "$(node_repmgrd_pid db1)" "$(node_repmgrd_pid db2)" \
+        "$(node_repmgrd_pid db3)" "$(node_repmgrd_pid db4)"; do
         if pid=$(lab_pid "$pidf"); then
             kill -TERM "$pid" 2>/dev/null || true
             echo "down: kill -TERM $pid ($pidf)" >>"$DOWN_LOG"
@@ -152,11 +153,7 @@ cmd_down() {
     local left
     while read -r left; do [[ -z $left ]] || problems+=("$left"); done < <(proxy2_remove)
     while read -r left; do [[ -z $left ]] || problems+=("$left"); done < <(two_remove)
-    if [[ -e $BARMAN_SERVER_HOME/.repmgr-nat-lab ]]; then
-        rm -rf -- "$BARMAN_SERVER_HOME" || problems+=("$BARMAN_SERVER_HOME")
-        # barman's lock files for the server live next to its directory
-        rm -f -- /var/lib/barman/."$BARMAN_SERVER"-*.lock || problems+=("barman lock files")
-    fi
+    while read -r left; do [[ -z $left ]] || problems+=("$left"); done < <(barman_server_remove "$BARMAN_SERVER_HOME" "$BARMAN_SERVER")
     # 6. keep the logs, then remove the lab directory
     local save=${LAB_SAVE_LOGS:-$LAB_LOGS_SAVE_DEFAULT}
     if ((purge)); then
@@ -175,7 +172,7 @@ cmd_down() {
     if [[ -e $LAB_DIR ]]; then rm -rf -- "$LAB_DIR" || problems+=("$LAB_DIR"); fi
     # 7. verify
     for n in "${LAB_NAMESPACES[@]}"; do ns_is_lab "$n" && problems+=("namespace $n still exists"); done
-    for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG" "$PROXY2_CONFIG" "$TWO_CONFIG"; do [[ -e $f ]] && has_marker "$f" && problems+=("$f still exists"); done
+    for f in "${MARKED_FILES[@]}" "$RNAT_CONFIG" "$PROXY2_CONFIG" "$TWO_CONFIG" "$TWO_SUDOERS" "$TWO_BARMAN_CONF"; do [[ -e $f ]] && has_marker "$f" && problems+=("$f still exists"); done
     for f in "$PROXY2_STATE_DIR" "$TWO_STATE_DIR"; do [[ -e $f/.repmgr-nat-lab ]] && problems+=("$f still exists"); done
     ((ours)) && dpkg_knows repmgr-nat && problems+=("the package repmgr-nat is still installed")
     if ((${#problems[@]})); then
@@ -273,8 +270,11 @@ cmd_up() {
         step "db1: initdb, start, users" db1_create
         step "db1: repmgr primary register" db1_register
         step "db2: clone, start, register" db2_clone
-        if two_clusters; then step "db3 (the second cluster): initdb, start, users" db3_create; fi
         step "repmgrd on db1, db2" repmgrd_start db1 db2
+        if two_clusters; then
+            step "db3, db4 (the second cluster): initdb, register, clone" two_create
+            step "repmgrd on db3, db4" repmgrd_start db3 db4
+        fi
         if ((cron)); then step "barman cron loop" cron_start; fi
         step "wait: barman check all OK" barman_wait_ok 60
     fi

@@ -2,8 +2,7 @@
 # PostgreSQL 15 + repmgr on the database nodes (with Patroni: lib/patroni.sh).
 
 # Per-node settings go on the command line (pg_ctl -o), never in postgresql.conf: `repmgr
-# standby clone` and pg_rewind copy postgresql.conf from the other node. db3 (a cluster of
-# its own, no standby, no barman) commits without waiting for a synchronous standby. With
+# standby clone` and pg_rewind copy postgresql.conf from the other node. With
 # Patroni, Patroni starts PostgreSQL with its own configuration (lib/patroni.sh) and writes
 # synchronous_standby_names itself: this is only for `lab.sh pgctl` behind its back.
 node_pg_opts() {
@@ -92,12 +91,18 @@ service_stop_command='$(node_pgctl "$n") stop'
 service_restart_command='$(node_pgctl "$n") restart'
 service_reload_command='$(node_pgctl "$n") reload'
 service_promote_command='$(node_pgctl "$n") promote'
-# The event crosses to the proxy as it would over ssh: sudo + ip netns exec stand in for ssh.
-event_notification_command='sudo -n $LAB_DIR/bin/lab-event %n %e %s'
+$(event_notification "$n")
 # repmgr's ssh calls (switchover) go through the lab's ssh stand-in on PATH.
 ssh_options='-q -o ConnectTimeout=10'
 EOF
     chmod 0644 "$conf"
+}
+
+# The event crosses to the proxy as it would over ssh: sudo + ip netns exec stand in for
+# ssh. The second cluster has none: its instance's watch is the trigger.
+event_notification() {
+    is_two_node "$1" && return 0
+    echo "event_notification_command='sudo -n $LAB_DIR/bin/lab-event %n %e %s'"
 }
 
 pg_as() { local n=$1; shift; as postgres "$n" "$@"; }
@@ -182,7 +187,7 @@ ALTER ROLE repmgr SET search_path TO repmgr, "\$user", public;
 CREATE DATABASE repmgr OWNER repmgr;
 EOF
         fi
-        if is_cluster_node "$n"; then
+        if is_cluster_node "$n" || is_two_node "$n"; then
             cat <<EOF
 CREATE ROLE barman LOGIN SUPERUSER PASSWORD '$PW_BARMAN';
 CREATE ROLE streaming_barman LOGIN REPLICATION PASSWORD '$PW_STREAMING';

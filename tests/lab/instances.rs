@@ -1,11 +1,13 @@
-//! Two clusters behind one proxy (`lab.sh up --clusters 2`): the default instance fronts
-//! db1 and db2 (repmgr, barman), instance "two" fronts db3 (/etc/repmgr-nat/two.toml, its
-//! own chains, state directory, watch directory and metrics port). A failover in one moves
-//! only its own rules and record; a config that claims what the other claims is refused
-//! before anything changes.
+//! Two repmgr clusters behind one proxy (`lab.sh up --clusters 2`), barman streaming from
+//! both: the default instance fronts db1 and db2 (barman server main_backup), instance
+//! "two" fronts db3 and db4 (/etc/repmgr-nat/two.toml, barman server two, its own chains,
+//! state directory, watch directory and metrics port). A failover in one moves only its own
+//! rules, slot, record and barman, and barman restores every commit acknowledged across it;
+//! a config that claims what another claims is refused before anything changes.
 
 use lab_kit::clients::series;
 use lab_kit::lab::{DB3, Session};
+use lab_kit::proof::{self, Case};
 
 use crate::common::{CONVERGE, DB2, Lab, Restore};
 
@@ -19,6 +21,11 @@ fn rules_of_two(lab: &Lab) -> Vec<String> {
 fn record_of_two(lab: &Lab) -> String {
     let dir = lab.env["TWO_STATE_DIR"].clone();
     std::fs::read_to_string(std::path::Path::new(&dir).join("route")).unwrap_or_default()
+}
+
+/// `barman check two` passes (barman asked in the proxy's namespace, as barman).
+fn barman_two_ok(lab: &Lab) -> bool {
+    lab.lab(&["barman", "check", "two"]).code == 0
 }
 
 #[test]
@@ -46,17 +53,29 @@ fn a_failover_in_one_cluster_moves_its_rules_and_leaves_the_other_instance_alone
         let m = metrics(&two_addr);
         series(&m, "repmgr_nat_route_node_id") == Some(3.0) && m.contains("cluster=\"two\"")
     });
+    // barman streams from db3 through instance two's port (watch two made the slots and
+    // started receive-wal two); one WAL file archived, as the README says for a cluster
+    // without repmgr's primary_register event
+    lab.wait_until("barman's stream from db3", CONVERGE, || lab.barman_walsender("db3").is_some());
+    lab.wait_until("watch two's slot on db4", CONVERGE, || lab.slot_active("db4") == Some(false));
+    lab.ok(&["barman", "switch-wal", "--force", "--archive", "--archive-timeout=30", "two"]);
+    lab.wait_until("barman check two", CONVERGE, || barman_two_ok(&lab));
+    let stream_before = lab.barman_walsender("db3");
 
-    // the default instance fails over: db1 dies, repmgrd promotes db2, watch follows
-    lab.ok(&["watch", "start"]);
-    lab.ok(&["stop", "db1"]);
-    lab.ok(&["wait-primary", "db2", "60"]);
-    lab.wait_until("the default instance's rules on db2", CONVERGE, || lab.routed(DB2));
+    // the default instance fails over under writes (db1 dies, repmgrd promotes db2, watch
+    // follows), and barman restores every acknowledged commit from a backup taken before
+    let backup = proof::prepare(&lab);
+    let compared = proof::run(Case::Failover, &lab, &backup, &std::env::temp_dir());
+    let rows = compared.verdict().unwrap_or_else(|e| panic!("barman's restore of {backup}: {e}"));
+    eprintln!("proof: {} attempts, {} acknowledged, {rows} rows restored", compared.attempted, compared.acknowledged);
     lab.wait_barman_ok(CONVERGE);
 
-    // instance two's rules, record and metrics did not move
+    // instance two's rules, record, slot, barman stream and metrics did not move
     assert_eq!(rules_of_two(&lab), before, "instance two's rules changed");
     assert_eq!(record_of_two(&lab), record_before, "instance two's record changed");
+    assert_eq!(lab.barman_walsender("db3"), stream_before, "barman's stream from db3 was restarted");
+    assert_eq!(lab.slot_active("db4"), Some(false), "watch two's slot on db4");
+    assert!(barman_two_ok(&lab), "barman check two: {}", lab.lab(&["barman", "check", "two"]).stdout);
     let m = metrics(&two_addr);
     assert_eq!(series(&m, "repmgr_nat_route_node_id"), Some(3.0), "{m}");
     assert_eq!(series(&m, "repmgr_nat_switches_total"), Some(0.0), "instance two switched:\n{m}");

@@ -33,8 +33,9 @@ pub const PROXY: &str = "198.51.100.3";
 pub const PROXY_A: &str = "198.51.100.4";
 pub const PROXY_B: &str = "198.51.100.5";
 /// With two clusters (`up --clusters 2`, e.g. `Lab::up_with(&Session::take(), &["--clusters",
-/// "2"], &[])`): the second cluster's only node, db3, a primary without repmgr, behind
-/// repmgr-nat's instance "two" (`lab.sh env`: TWO_CONFIG, TWO_APP_PORT, TWO_APP_CONNINFO).
+/// "2"], &[])`): the second repmgr cluster's primary, db3 (db4, 198.51.100.14, its
+/// standby), behind repmgr-nat's instance "two", streamed by barman's server two (`lab.sh
+/// env`: TWO_CONFIG, TWO_APP_PORT, TWO_BARMAN_PORT, TWO_BARMAN_SERVER, TWO_APP_CONNINFO).
 pub const DB3: &str = "198.51.100.13";
 /// With Patroni (`up --manager patroni`, `Lab::up_with(&Session::take(), &["--manager",
 /// "patroni"], &[])`): db1 and db2 run Patroni instead of repmgr, and etcd, its DCS, runs in
@@ -279,7 +280,8 @@ impl Lab {
         if self.env.get("PROXIES").map(String::as_str) == Some("2") { vec!["proxy", "proxy2"] } else { vec!["proxy"] }
     }
 
-    /// How many clusters the lab has: 1, or 2 with `up --clusters 2` (db3 and its instance).
+    /// How many clusters the lab has: 1, or 2 with `up --clusters 2` (db3, db4 and their
+    /// instance).
     pub fn clusters(&self) -> usize {
         if self.env.get("CLUSTERS").map(String::as_str) == Some("2") { 2 } else { 1 }
     }

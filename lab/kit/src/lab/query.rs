@@ -17,7 +17,7 @@ impl Lab {
         writes.compare(&rows).unwrap_or_else(|e| panic!("{target}'s rows: {e}"))
     }
 
-    /// A query; target is db1|db2|db3 (local socket), proxy-app (from the app namespace
+    /// A query; target is db1|db2|db3|db4 (local socket), proxy-app (from the app namespace
     /// through the application port; proxy-app-two: instance two's), proxy-barman (from
     /// the proxy, as barman does) or recovered (the instance `lab.sh recover` started).
     #[track_caller]
