@@ -150,6 +150,11 @@ mod tests {
             let fake = Fake::new(rec(1, Open::All, 1), Default::default());
             Followed { fake, fed: Default::default(), started: RefCell::new(0) }
         }
+
+        /// The table's reads through sudo since the last call.
+        fn reads(&self) -> usize {
+            self.fake.reads.swap(0, Ordering::Relaxed)
+        }
     }
 
     impl NatSwitch for Followed {
@@ -178,11 +183,8 @@ mod tests {
 
     #[test]
     fn with_a_feed_a_pass_reads_nothing_and_takes_only_readings_newer_than_what_it_knew() {
-        let cfg = example();
-        let nat = Followed::routed_to_1();
-        let reads = || nat.fake.reads.swap(0, Ordering::Relaxed);
-        let mut cache = NatCache::default();
-        let t0 = Instant::now();
+        let (cfg, nat, mut cache, t0) = (example(), Followed::routed_to_1(), NatCache::default(), Instant::now());
+        let reads = || nat.reads();
         // no reading from the feed yet: read through sudo
         assert_eq!(cache.get(&cfg, &nat, t0).unwrap(), (routed(1), true));
         assert_eq!(reads(), 1);
@@ -209,11 +211,8 @@ mod tests {
 
     #[test]
     fn a_feed_in_trouble_is_dropped_the_table_read_twice_a_second_and_a_feed_started_later() {
-        let cfg = example();
-        let nat = Followed::routed_to_1();
-        let reads = || nat.fake.reads.swap(0, Ordering::Relaxed);
-        let mut cache = NatCache::default();
-        let t0 = Instant::now();
+        let (cfg, nat, mut cache, t0) = (example(), Followed::routed_to_1(), NatCache::default(), Instant::now());
+        let reads = || nat.reads();
         nat.fed.borrow_mut().latest = Some((installed(1), t0));
         assert_eq!(cache.get(&cfg, &nat, t0 + Duration::from_millis(1)).unwrap(), (routed(1), true));
         assert_eq!(reads(), 0);
