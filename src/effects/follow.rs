@@ -181,7 +181,8 @@ impl Kernel {
         if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
             return Some(Wake::ReaderGone);
         }
-        if fds[1].revents & libc::POLLIN != 0 {
+        // POLLERR too: an overrun (ENOBUFS) stays reported until a recv clears it
+        if fds[1].revents & (libc::POLLIN | libc::POLLERR) != 0 {
             self.drain(netlink);
             return Some(Wake::Changed);
         }

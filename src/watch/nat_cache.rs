@@ -17,6 +17,17 @@ use crate::effects::nat::NatSwitch;
 /// A feed that ended or fell silent is started again this long after.
 const RESTART: Duration = Duration::from_secs(30);
 
+/// When a feed is started while there is none.
+#[derive(Default)]
+enum Start {
+    #[default]
+    Now,
+    /// After one ended or could not start.
+    After(Instant),
+    /// Where there is none to have (root reads the tables directly).
+    Never,
+}
+
 #[derive(Default)]
 pub(super) struct NatCache {
     /// The route, whether everything else of ours is in place, and when it was read (by
@@ -27,8 +38,8 @@ pub(super) struct NatCache {
     feed: Option<Box<dyn Feed>>,
     /// The feed has given a reading.
     heard: bool,
-    /// No feed before this (after one failed); none yet: start one now.
-    next_start: Option<Instant>,
+    /// When to start a feed while there is none.
+    start: Start,
     /// What was last said about the feed's trouble, said again only when it changes.
     said: Option<String>,
 }
@@ -65,18 +76,20 @@ impl NatCache {
         if let Some(why) = self.feed.as_ref().and_then(|feed| feed.trouble(now)) {
             self.trouble(format!("the rules' feed {why}"));
             (self.feed, self.heard) = (None, false);
-            self.next_start = Some(now + RESTART);
+            self.start = Start::After(now + RESTART);
         }
-        if self.feed.is_none() && self.next_start.is_none_or(|at| now >= at) {
+        let due = match self.start {
+            Start::Now => true,
+            Start::After(at) => now >= at,
+            Start::Never => false,
+        };
+        if self.feed.is_none() && due {
             match nat.follow() {
-                Ok(feed) => {
-                    self.feed = feed;
-                    // no feed here (root reads directly): never asked again
-                    self.next_start = Some(now + Duration::from_secs(u32::MAX as u64));
-                }
+                Ok(Some(feed)) => self.feed = Some(feed),
+                Ok(None) => self.start = Start::Never,
                 Err(e) => {
                     self.trouble(format!("cannot start the rules' feed: {e:#}"));
-                    self.next_start = Some(now + RESTART);
+                    self.start = Start::After(now + RESTART);
                 }
             }
         }
