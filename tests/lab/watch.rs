@@ -96,8 +96,9 @@ fn watch_repairs_the_tables_and_survives_a_kill_in_the_middle_of_a_switch() {
 
 /// How many `repmgr-nat ... route --show --follow` run (root's side, not sudo's).
 fn follows() -> usize {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
-    dir.filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+    lab_kit::lab::pids()
+        .into_iter()
+        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
         .filter(|cmdline| {
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
             args.first().is_some_and(|a| a.ends_with(b"repmgr-nat")) && args.contains(&&b"--follow"[..])

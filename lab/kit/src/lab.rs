@@ -482,6 +482,12 @@ impl Lab {
     }
 }
 
+/// Every process of this machine, by pid (as /proc lists them; empty if it cannot be read).
+pub fn pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+}
+
 /// Stops a process this one started, by its pid: SIGTERM, SIGKILL if it has not ended
 /// within 10 s; waited for.
 pub fn terminate(child: &mut Child) {
