@@ -2,7 +2,9 @@
 //! -i`: the binary, the sudoers file and the units where the package puts them). Here a
 //! failover through it with watch's metrics scraped meanwhile, then `dpkg --purge`, which
 //! must leave no rule, chain or file behind; a removal with watch still running and a jump
-//! someone added, and one whose teardown cannot finish; upgrades the new program refuses.
+//! someone added, and one whose teardown cannot finish; an upgrade from the previous release
+//! (0.1.0, one cluster a host: tests/previous-deb builds it), then upgrades the new program
+//! refuses.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -10,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lab_kit::clients::series;
-use lab_kit::lab::poll_until;
+use lab_kit::lab::{Session, poll_until};
 use lab_kit::now_ms;
 use lab_kit::series::{alert_names, freeze, grid, none_fire};
 
@@ -236,12 +238,65 @@ fn removal_leaves_nothing_forwarding_with_watch_running_and_says_so_when_it_cann
     lab.ok(&["watch", "stop"]);
 }
 
+/// A package's path: `var` from the environment (tests/run builds both once), or what
+/// `script` builds and prints on its last line.
+fn package(var: &str, script: &str) -> String {
+    if let Ok(path) = std::env::var(var) {
+        return path;
+    }
+    let out = std::process::Command::new(crate::common::repo().join(script)).output().expect(script);
+    assert!(out.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string()
+}
+
 #[test]
-fn an_upgrade_that_would_stop_switching_is_refused_and_the_old_watch_keeps_running() {
-    let lab = Lab::up();
+fn an_upgrade_from_the_single_cluster_release_moves_nothing_and_one_that_would_stop_switching_is_refused() {
+    let deb = package("REPMGR_NAT_DEB", "packaging/deb");
+    let previous = package("REPMGR_NAT_PREVIOUS_DEB", "tests/previous-deb");
+    // a host set up and watched with 0.1.0, the release before instances
+    let lab = Lab::up_with(&Session::take(), &[], &[("REPMGR_NAT_DEB", previous.as_str())]);
+    let version = || lab.in_proxy("root", &[], "dpkg-query", &["-W", "-f=${Version}", "repmgr-nat"]).stdout;
+    assert_eq!(version(), "0.1.0-1");
     lab.ok(&["watch", "start"]);
     lab.wait_until("watch passes", CONVERGE, || lab.watch_passes() > 2);
-    let upgrade = || lab.in_proxy("root", &[], "dpkg", &["-i", "--force-confold", &lab.env["REPMGR_NAT_DEB"]]);
+    let kept = [
+        "/etc/repmgr-nat.toml",
+        "/usr/lib/systemd/system/repmgr-nat-setup.service",
+        "/usr/lib/systemd/system/repmgr-nat-watch.service",
+    ];
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let before: Vec<String> = kept.iter().map(|p| read(p)).collect();
+    let (rules, record) = (lab.nat(), lab.record());
+    assert!(record.starts_with("1 all "), "the record: {record:?}");
+
+    // the upgrade as apt makes it, nothing edited but the config: no question, no refusal
+    let run = lab.in_proxy("root", &[], "dpkg", &["-i", &deb]).expect(0, "the upgrade from 0.1.0");
+    assert!(!run.stderr.contains("REFUSED"), "{}", run.stderr);
+    assert_ne!(version(), "0.1.0-1");
+    assert!(read("/etc/sudoers.d/repmgr-nat").contains("--follow"), "the unedited sudoers file was not replaced");
+    for path in ["repmgr-nat-setup@.service", "repmgr-nat-watch@.service"] {
+        assert!(Path::new("/usr/lib/systemd/system").join(path).is_file(), "the upgrade did not install {path}");
+    }
+    let after: Vec<String> = kept.iter().map(|p| read(p)).collect();
+    assert_eq!(after, before, "the upgrade changed the config or a unit");
+    assert_eq!((lab.nat(), lab.record()), (rules.clone(), record.clone()), "the upgrade moved the rules or the record");
+
+    // watch restarted with the new program, as the package's postinst has systemd do: it
+    // follows the tables, agrees with the old record and switches nothing
+    lab.ok(&["watch", "stop"]);
+    lab.ok(&["watch", "start"]);
+    let log = lab.env["WATCH_LOG"].clone();
+    lab.wait_until("the new watch following the tables", CONVERGE, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("watch: following the tables"))
+    });
+    let passes = lab.watch_passes();
+    lab.wait_until("the new watch passes", CONVERGE, || lab.watch_passes() >= passes + 4);
+    assert_eq!((lab.nat(), lab.record()), (rules, record), "the new watch moved the rules or the record");
+    lab.repmgr_nat("postgres", &["status"]).expect(0, "status after the upgrade");
+    assert_eq!(lab.app_reaches().unwrap(), DB1);
+
+    // upgrades of it the new program refuses
+    let upgrade = || lab.in_proxy("root", &[], "dpkg", &["-i", "--force-confold", &deb]);
     let state = || lab.in_proxy("root", &[], "dpkg-query", &["-W", "-f=${db:Status-Status}", "repmgr-nat"]).stdout;
 
     // sudoers grants kept from before that no longer admit what repmgr-nat runs
