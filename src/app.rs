@@ -84,7 +84,11 @@ pub fn run(cli: Cli) -> Result<()> {
             inv.as_root("teardown")?;
             teardown(&inv.reading()?)
         }
-        Command::Check { json } => crate::check::run(&inv.reading()?, inv.config.as_deref(), *json),
+        Command::Check { json, nagios: false } => crate::check::run(&inv.reading()?, inv.config.as_deref(), *json),
+        Command::Check { nagios: true, .. } => {
+            let report = inv.reading().and_then(|ctx| crate::check::report(&ctx, inv.config.as_deref()));
+            crate::check::nagios(&inv.instance, report)
+        }
         Command::CheckConfig => {
             inv.as_root("check-config")?;
             check_config(&inv.reading()?)

@@ -13,6 +13,7 @@ use crate::app;
 use crate::clock::now_ms;
 use crate::core::check::two_proxies::{self, Daemons, Keepalived, TwoProxies};
 use crate::core::check::{self, BarmanServer, Facts, Sudo, SudoAnswer};
+use crate::core::config::instance::Instance;
 use crate::core::config::{self, Config};
 use crate::core::ruleset::Live;
 use crate::effects::exec::{self, Cmd};
@@ -21,6 +22,7 @@ use crate::effects::nat::{self, NatSwitch, ViaSudo};
 use crate::effects::privilege::{self, OsUser};
 use crate::effects::state::StateDir;
 use crate::effects::{barman, watch_file};
+use crate::exit::Exit;
 
 /// How long sudo may take to judge one command line, or systemctl to say a unit's state.
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,6 +30,39 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 const BARMAN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
+    let report = report(ctx, path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    match report.failed() {
+        0 => Ok(()),
+        n => Err(anyhow::anyhow!("check: {n} of {} checks failed", report.checks.len())),
+    }
+}
+
+/// `check --nagios`: the report as a Nagios plugin prints it, and its state as the exit
+/// code; UNKNOWN (3) with the reason when there is no report (the config cannot be read).
+pub fn nagios(instance: &Instance, report: Result<check::Report>) -> Result<()> {
+    let service = match instance {
+        Instance::Default => "REPMGR-NAT".to_string(),
+        Instance::Named(name) => format!("REPMGR-NAT {name}"),
+    };
+    let (text, code) = match &report {
+        Ok(report) => report.to_nagios(&service),
+        Err(e) => (check::nagios_unknown(&service, &format!("{e:#}")), check::plugin::UNKNOWN),
+    };
+    print!("{text}");
+    match (code, report) {
+        (check::plugin::OK, _) => Ok(()),
+        (code, Err(e)) => Err(Exit::Code(code, format!("{e:#}")).into()),
+        (code, Ok(_)) => Err(Exit::Code(code, text.lines().next().unwrap_or_default().to_string()).into()),
+    }
+}
+
+/// Everything `check` finds, judged.
+pub fn report(ctx: &Ctx, path: Option<&Path>) -> Result<check::Report> {
     let cfg = &ctx.cfg;
     let instance_path = cfg.instance.config_path();
     let path = path.unwrap_or(&instance_path);
@@ -88,19 +123,10 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
                 .collect(),
         })
     })?;
-    let report = check::assess(cfg, &facts);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.to_text());
-    }
     if !ctx.root {
         log::debug!("as root, check also asks barman and reads the whole nat table: sudo repmgr-nat check");
     }
-    match report.failed() {
-        0 => Ok(()),
-        n => Err(anyhow::anyhow!("check: {n} of {} checks failed", report.checks.len())),
-    }
+    Ok(check::assess(cfg, &facts))
 }
 
 /// Where systemd runs: what `systemctl is-enabled` says of the package's units.

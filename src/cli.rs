@@ -89,8 +89,12 @@ pub enum Command {
     /// it asks barman and reads the whole nat table: run it both ways
     Check {
         /// Print JSON
-        #[arg(long)]
+        #[arg(long, conflicts_with = "nagios")]
         json: bool,
+        /// Print and exit as a Nagios plugin: a first line with the state, what failed and
+        /// the counts; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (it could not check)
+        #[arg(long)]
+        nagios: bool,
     },
     /// As root: read the config as the root step does and ask sudo whether it admits every
     /// command repmgr's OS user runs through it; asks no node, reads no table (the package

@@ -9,6 +9,9 @@
 //! | 2    | bad input: command line, config, unknown node id, malformed event       |
 //! | 3    | refused: the cluster contradicts the request (nothing changed)          |
 //! | 4    | `status`: the nodes, the rules and the record do not agree              |
+//!
+//! `check --nagios` exits as a Nagios plugin does instead: 0 OK, 1 WARNING, 2 CRITICAL,
+//! 3 UNKNOWN (it could not check).
 
 use std::fmt;
 
@@ -26,12 +29,14 @@ pub enum Exit {
     Refused(String),
     /// `status` found disagreement.
     Inconsistent(String),
+    /// A code another program's convention sets (`check --nagios`: a plugin's state).
+    Code(u8, String),
 }
 
 impl fmt::Display for Exit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Exit::BadInput(why) | Exit::Refused(why) | Exit::Inconsistent(why) => f.write_str(why),
+            Exit::BadInput(why) | Exit::Refused(why) | Exit::Inconsistent(why) | Exit::Code(_, why) => f.write_str(why),
         }
     }
 }
@@ -44,6 +49,7 @@ pub fn code(err: &anyhow::Error) -> u8 {
         Some(Exit::BadInput(_)) => BAD_INPUT,
         Some(Exit::Refused(_)) => REFUSED,
         Some(Exit::Inconsistent(_)) => INCONSISTENT,
+        Some(Exit::Code(code, _)) => *code,
         None => FAILED,
     }
 }

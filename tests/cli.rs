@@ -308,6 +308,28 @@ fn check_prints_one_line_per_check_names_what_to_change_and_exits_1() {
     assert!(checks.iter().all(|c| c["name"].is_string() && c["ok"].is_boolean() && c["detail"].is_string()));
     let watch_check = checks.iter().find(|c| c["name"] == "watch runs and its last pass is fresh").unwrap();
     assert_eq!(watch_check["ok"], false);
+
+    // as a Nagios plugin: CRITICAL, what failed first, the same lines after
+    let out = run(&["--config", path(&config), "check", "--nagios"]);
+    assert_eq!(out.status.code(), Some(2), "CRITICAL");
+    let nagios = String::from_utf8_lossy(&out.stdout);
+    let first = nagios.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("REPMGR-NAT CRITICAL - ") && first.contains("watch runs and its last pass is fresh"),
+        "{first}"
+    );
+    assert!(first.contains(&format!(" | checks={};;;0 failed=", checks.len())), "{first}");
+    assert_eq!(nagios.lines().count(), checks.len() + 1, "{nagios}");
+}
+
+#[test]
+fn check_as_a_nagios_plugin_is_unknown_when_it_cannot_check() {
+    let out = run(&["--config", "/nonexistent/repmgr-nat.toml", "check", "--nagios"]);
+    assert_eq!(out.status.code(), Some(3), "UNKNOWN");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("REPMGR-NAT UNKNOWN - ") && stdout.contains("/nonexistent/repmgr-nat.toml"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    refused(&["check", "--json", "--nagios"], 2, "cannot be used with");
 }
 
 /// The name of the user running the test.

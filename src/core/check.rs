@@ -92,6 +92,46 @@ impl Report {
     }
 }
 
+/// The states of a Nagios plugin (Icinga's, NRPE's), which are its exit codes.
+pub mod plugin {
+    pub const OK: u8 = 0;
+    pub const WARNING: u8 = 1;
+    pub const CRITICAL: u8 = 2;
+    pub const UNKNOWN: u8 = 3;
+}
+
+impl Report {
+    /// The report as a Nagios plugin prints it, and the plugin's state: a first line
+    /// `SERVICE STATE - what failed (or warns) | performance data`, then the lines of
+    /// `to_text` as the long output. CRITICAL when a check failed, WARNING when one warns.
+    pub fn to_nagios(&self, service: &str) -> (String, u8) {
+        let named = |level: Level| -> Vec<&str> {
+            self.checks.iter().filter(|l| l.level == level).map(|l| l.name.as_str()).collect()
+        };
+        let (failed, warned, total) = (named(Level::Failed), named(Level::Warn), self.checks.len());
+        let (state, code, summary) = match (failed.is_empty(), warned.is_empty()) {
+            (false, _) => (
+                "CRITICAL",
+                plugin::CRITICAL,
+                format!("{} of {total} checks failed: {}", failed.len(), failed.join("; ")),
+            ),
+            (true, false) => {
+                ("WARNING", plugin::WARNING, format!("{} of {total} checks warn: {}", warned.len(), warned.join("; ")))
+            }
+            (true, true) => ("OK", plugin::OK, format!("{total} checks OK")),
+        };
+        let perf = format!("checks={total};;;0 failed={};;;0 warnings={};;;0", failed.len(), warned.len());
+        // `|` starts a plugin's performance data, wherever it stands
+        let clean = |text: &str| text.replace('|', "/");
+        (format!("{service} {state} - {} | {perf}\n{}", clean(&summary), clean(&self.to_text())), code)
+    }
+}
+
+/// What a Nagios plugin prints when it could not check at all (state UNKNOWN).
+pub fn nagios_unknown(service: &str, why: &str) -> String {
+    format!("{service} UNKNOWN - {}\n", escape(why).replace('|', "/"))
+}
+
 /// Control characters (from a server's message, barman's output) escaped: one line each.
 fn escape(text: &str) -> String {
     text.chars().flat_map(|c| if c.is_control() { c.escape_default().collect() } else { vec![c] }).collect()
@@ -1080,6 +1120,50 @@ mod tests {
             "{text}"
         );
         assert_eq!(assess(&verify_full(), &facts).failed(), 0);
+    }
+
+    /// A Nagios plugin's output: the state, what is wrong and the counts on the first
+    /// line, every line after it; CRITICAL over WARNING over OK; no `|` but the one.
+    #[test]
+    fn the_nagios_form_says_the_worst_state_first() {
+        let cfg = verify_full();
+        let mut facts = clean();
+        let (text, code) = assess(&cfg, &facts).to_nagios("REPMGR-NAT");
+        let total = assess(&cfg, &facts).checks.len();
+        assert_eq!(code, plugin::OK);
+        let first = format!("REPMGR-NAT OK - {total} checks OK | checks={total};;;0 failed=0;;;0 warnings=0;;;0");
+        assert_eq!(text.lines().next(), Some(first.as_str()));
+        assert_eq!(
+            text.lines().skip(1).collect::<Vec<_>>(),
+            assess(&cfg, &facts).to_text().lines().collect::<Vec<_>>()
+        );
+
+        let Some(Ok(sudo)) = &mut facts.sudo else { unreachable!() };
+        sudo.follow.refused = Some("Sorry | not allowed".into());
+        let (text, code) = assess(&cfg, &facts).to_nagios("REPMGR-NAT two");
+        assert_eq!(code, plugin::WARNING);
+        assert_eq!(
+            text.lines().next().unwrap(),
+            format!(
+                "REPMGR-NAT two WARNING - 1 of {total} checks warn: sudo admits postgres's follow of the tables \
+                 | checks={total};;;0 failed=0;;;0 warnings=1;;;0"
+            )
+        );
+        assert!(text.contains("refused (Sorry / not allowed)"), "{text}");
+        assert_eq!(text.matches('|').count(), 1, "{text}");
+
+        facts.forwarding = Ok(false);
+        facts.config_trusted = Err("mode 666".into());
+        let (text, code) = assess(&cfg, &facts).to_nagios("REPMGR-NAT");
+        assert_eq!(code, plugin::CRITICAL);
+        assert!(
+            text.starts_with(&format!(
+                "REPMGR-NAT CRITICAL - 2 of {total} checks failed: config /etc/repmgr-nat.toml as the root step reads \
+                 it; net.ipv4.ip_forward = 1 | checks={total};;;0 failed=2;;;0 warnings=1;;;0\n"
+            )),
+            "{text}"
+        );
+        assert_eq!(nagios_unknown("REPMGR-NAT", "bad config x|y:\n z"), "REPMGR-NAT UNKNOWN - bad config x/y:\\n z\n");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `repmgr-nat check` against the real deployment: watch not started yet is named; then
 //! every line OK on a clean lab with watch running, as postgres and as root; then misconfigurations made for real, each named in the output
-//! with what to change, and each repaired (also when the test fails half-way).
+//! with what to change, and each repaired (also when the test fails half-way); `--nagios`
+//! says OK, WARNING and CRITICAL with the same verdicts.
 
 use std::time::Duration;
 
@@ -17,6 +18,12 @@ fn check(lab: &Lab, user: &str) -> (i32, Vec<String>) {
     let run = lab.repmgr_nat_within(BOUNDED, user, &["check"]);
     assert!(run.code == 0 || run.code == 1, "check as {user} exited {}:\n{}{}", run.code, run.stdout, run.stderr);
     (run.code, run.stdout.lines().map(str::to_string).collect())
+}
+
+/// `check --nagios` as `user`: the plugin's state (its exit code) and first line.
+fn nagios(lab: &Lab, user: &str) -> (i32, String) {
+    let run = lab.repmgr_nat_within(BOUNDED, user, &["check", "--nagios"]);
+    (run.code, run.stdout.lines().next().unwrap_or_default().to_string())
 }
 
 #[track_caller]
@@ -59,6 +66,8 @@ fn check_is_all_ok_on_a_clean_lab_and_names_each_misconfiguration() {
     lab.wait_until("watch passes", CONVERGE, || lab.watch_passes() > 2);
     all_ok(&lab, "postgres");
     all_ok(&lab, "root");
+    let (code, first) = nagios(&lab, "root");
+    assert!(code == 0 && first.starts_with("REPMGR-NAT OK - "), "check --nagios as root: {code} {first}");
 
     // a sudoers file from before `route --show --follow` (as an edited one stays on an
     // upgrade): a warning; watch started then reads the tables through sudo, and still
@@ -71,6 +80,9 @@ fn check_is_all_ok_on_a_clean_lab_and_names_each_misconfiguration() {
         let (code, lines) = check(&lab, "postgres");
         let warned = "WARN  sudo admits postgres's follow of the tables: refused";
         assert!(code == 0 && lines.iter().any(|l| l.starts_with(warned)), "{}", lines.join("\n"));
+        let (code, first) = nagios(&lab, "postgres");
+        let warning = "REPMGR-NAT WARNING - 1 of ";
+        assert!(code == 1 && first.starts_with(warning) && first.contains("follow of the tables"), "{code} {first}");
         lab.ok(&["watch", "kill"]);
         lab.ok(&["watch", "start"]);
         let log = lab.env["WATCH_LOG"].clone();
@@ -92,6 +104,11 @@ fn check_is_all_ok_on_a_clean_lab_and_names_each_misconfiguration() {
         assert!(text.contains("slot_name = barman\n"), "{text}");
         std::fs::write(BARMAN_CONF, text.replace("slot_name = barman\n", "slot_name = barman_other\n")).unwrap();
         let line = failed(&lab, "root", "barman slot_name is barman.slot (barman): ");
+        let (code, first) = nagios(&lab, "root");
+        assert!(
+            code == 2 && first.starts_with("REPMGR-NAT CRITICAL - 1 of ") && first.contains("slot_name"),
+            "{first}"
+        );
         assert!(
             line.contains(&format!("slot_name = barman_other in {BARMAN_CONF}, but repmgr-nat keeps the slot barman")),
             "{line}"
@@ -184,4 +201,6 @@ fn check_is_all_ok_on_a_clean_lab_and_names_each_misconfiguration() {
     // everything repaired: all OK again, both ways
     all_ok(&lab, "postgres");
     all_ok(&lab, "root");
+    let (code, first) = nagios(&lab, "root");
+    assert!(code == 0 && first.starts_with("REPMGR-NAT OK - "), "check --nagios as root: {code} {first}");
 }
