@@ -311,7 +311,7 @@ node 2 (10.8.2.1): SELECT pg_create_physical_replication_slot($1, true);  -- $1 
 -A repmgr_snat -d 10.8.2.1/32 -p tcp -m tcp --dport 5432 -j SNAT --to-source 10.8.3.1
 COMMIT
 EOF
-/usr/sbin/conntrack -D -p tcp --orig-dst 10.8.3.1 --reply-src 10.8.1.1
+/usr/sbin/conntrack -D -p tcp --orig-dst 10.8.3.1 --reply-src 10.8.1.1 --reply-port-src 5432
 # and records node 2 ports all (timeline 2)
 {sudo} -n -u barman /usr/bin/barman receive-wal --stop main_backup  # begun beside the steps before
 {sudo} -n -u barman /usr/bin/barman receive-wal main_backup &

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -315,6 +315,11 @@ impl Config {
             Some(barman) => Ok(&barman.slot),
             None => bail!("no [barman] section: this proxy manages no slot"),
         }
+    }
+
+    /// Where `node`'s PostgreSQL listens.
+    pub fn postgres_addr(&self, node: Node) -> SocketAddrV4 {
+        SocketAddrV4::new(node.addr, self.ports.postgres)
     }
 
     /// The configured node with this id, or an error naming the known ones.

@@ -2,7 +2,7 @@
 //! print every change instead of making it: the ruleset transaction, the conntrack
 //! commands, the SQL with its parameters and the barman commands.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Mutex;
 
 use anyhow::Result;
@@ -96,7 +96,7 @@ impl NatSwitch for PrintNat<'_> {
             None => self.out.say(&format!("# the tables hold {route} already")),
         }
         for (node, port) in &switch.cuts {
-            self.out.say(&firewall::forget_cmd(cfg.proxy, *port, node.addr()).to_string());
+            self.out.say(&firewall::forget_cmd(cfg.proxy, *port, cfg.postgres_addr(*node)).to_string());
         }
         self.out.say(&format!("# and records {record}"));
         Ok(switch.changed)
@@ -117,7 +117,7 @@ impl Firewall for PrintFirewall<'_> {
         self.out.say(&format!("{} <<EOF\n{text}EOF", firewall::restore_cmd()));
         Ok(())
     }
-    fn forget(&self, proxy: Ipv4Addr, port: Option<u16>, node: Ipv4Addr) -> Result<bool> {
+    fn forget(&self, proxy: Ipv4Addr, port: Option<u16>, node: SocketAddrV4) -> Result<bool> {
         self.out.say(&firewall::forget_cmd(proxy, port, node).to_string());
         Ok(true)
     }

@@ -5,7 +5,7 @@
 //! process group of its own (a caller's terminal signals never reach it mid-switch); the
 //! xtables lock is waited for `XTABLES_WAIT` seconds at most.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
@@ -22,9 +22,9 @@ pub trait Firewall {
     /// Applies an `iptables-restore --noflush` transaction.
     fn restore(&self, text: &str) -> Result<()>;
     /// Deletes the connection tracking entries of connections to `proxy` that were
-    /// forwarded to `node` (on `port` of the proxy, or on any port). Returns false
-    /// when there were none.
-    fn forget(&self, proxy: Ipv4Addr, port: Option<u16>, node: Ipv4Addr) -> Result<bool>;
+    /// forwarded to `node`'s PostgreSQL (on `port` of the proxy, or on any port). Returns
+    /// false when there were none.
+    fn forget(&self, proxy: Ipv4Addr, port: Option<u16>, node: SocketAddrV4) -> Result<bool>;
     /// Turns on IPv4 forwarding; returns true if it was off.
     fn enable_forwarding(&self) -> Result<bool>;
 }
@@ -33,8 +33,9 @@ pub trait Firewall {
 pub struct Iptables;
 
 /// `conntrack -D` for the connections to `proxy` (on `port`, or any port) that were
-/// forwarded to `node`.
-pub fn forget_cmd(proxy: Ipv4Addr, port: Option<u16>, node: Ipv4Addr) -> Cmd {
+/// forwarded to `node`'s address and PostgreSQL port: never another cluster's, whose
+/// PostgreSQL may run on the same host on another port behind the same proxy address.
+pub fn forget_cmd(proxy: Ipv4Addr, port: Option<u16>, node: SocketAddrV4) -> Cmd {
     let mut cmd = Cmd::new(exec::system_tool("conntrack"))
         .own_group()
         .args(["-D", "-p", "tcp", "--orig-dst"])
@@ -42,7 +43,7 @@ pub fn forget_cmd(proxy: Ipv4Addr, port: Option<u16>, node: Ipv4Addr) -> Cmd {
     if let Some(port) = port {
         cmd = cmd.arg("--orig-port-dst").arg(port.to_string());
     }
-    cmd.arg("--reply-src").arg(node.to_string())
+    cmd.arg("--reply-src").arg(node.ip().to_string()).arg("--reply-port-src").arg(node.port().to_string())
 }
 
 /// `iptables-restore --noflush -w 5`: replaces the declared chains in one transaction.
@@ -61,7 +62,7 @@ impl Firewall for Iptables {
         Ok(())
     }
 
-    fn forget(&self, proxy: Ipv4Addr, port: Option<u16>, node: Ipv4Addr) -> Result<bool> {
+    fn forget(&self, proxy: Ipv4Addr, port: Option<u16>, node: SocketAddrV4) -> Result<bool> {
         let cmd = forget_cmd(proxy, port, node);
         let out = exec::run_status(&cmd, None, TIMEOUT)?;
         match out.code() {

@@ -109,7 +109,7 @@ impl Direct<'_> {
         for (node, port) in cuts {
             let started = Instant::now();
             let through = port.map(|p| format!(" through port {p}")).unwrap_or_default();
-            said.push(match self.fw.forget(cfg.proxy, port, node.addr()) {
+            said.push(match self.fw.forget(cfg.proxy, port, cfg.postgres_addr(node)) {
                 Ok(found) => (
                     log::Level::Info,
                     format!(
@@ -293,7 +293,10 @@ mod tests {
         assert_eq!(fw.calls(), Vec::<String>::new(), "a dry run changed the tables");
         let printed = out.captured();
         assert!(printed.contains(plan.restore.as_deref().unwrap()), "{printed}");
-        assert!(printed.contains("conntrack -D -p tcp --orig-dst 10.8.3.1 --reply-src 10.8.1.1"), "{printed}");
+        assert!(
+            printed.contains("conntrack -D -p tcp --orig-dst 10.8.3.1 --reply-src 10.8.1.1 --reply-port-src 5432"),
+            "{printed}"
+        );
         // someone else's rule in our chain: both refuse, exit 3
         let foreign = fw.tables.borrow().restore("*nat\n-A repmgr_dnat -p udp -j ACCEPT\nCOMMIT\n").unwrap();
         *fw.tables.borrow_mut() = foreign;

@@ -3,7 +3,7 @@
 //! typed `Call`, the calls named in `failing` failed.
 
 use std::cell::RefCell;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Mutex;
 
 use anyhow::{Result, anyhow};
@@ -189,8 +189,8 @@ impl Firewall for FakeFirewall {
         *self.tables.borrow_mut() = next;
         Ok(())
     }
-    fn forget(&self, _proxy: Ipv4Addr, port: Option<u16>, node: Ipv4Addr) -> Result<bool> {
-        self.call(format!("forget {node}{}", port.map(|p| format!(":{p}")).unwrap_or_default()))?;
+    fn forget(&self, _proxy: Ipv4Addr, port: Option<u16>, node: SocketAddrV4) -> Result<bool> {
+        self.call(format!("forget {}{}", node.ip(), port.map(|p| format!(":{p}")).unwrap_or_default()))?;
         Ok(true)
     }
     fn enable_forwarding(&self) -> Result<bool> {
