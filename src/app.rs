@@ -76,6 +76,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status { json, all: false } => status(&inv.reading()?, *json),
         Command::Status { json, all: true } => status_all(&inv, *json),
         Command::CanServe => can_serve(&inv.reading()?),
+        Command::Instances => {
+            installed_instances().iter().for_each(|instance| println!("{}", instance.name()));
+            Ok(())
+        }
         Command::Setup => {
             inv.as_root("setup")?;
             setup(&inv.reading()?, &cli)
@@ -219,7 +223,7 @@ fn load(instance: &Instance, requested: Option<&Path>) -> Result<Config> {
         if shared.is_empty() {
             continue;
         }
-        if routed_before(&cfg) && !routed_before(&theirs) {
+        if routed_before(&cfg, &theirs) && !routed_before(&theirs, &cfg) {
             log::warn!(
                 "{} ({}) claims {} too, and is refused until it changes; {instance} goes on",
                 other,
@@ -252,9 +256,10 @@ pub fn others(cfg: &Config) -> Vec<(Instance, Result<Config, String>)> {
         .collect()
 }
 
-/// The instance routed before: its state directory holds a record.
-fn routed_before(cfg: &Config) -> bool {
-    StateDir::new(&cfg.state.dir).has_record()
+/// `cfg`'s instance routed before, beside `other`'s: its state directory holds a record,
+/// and the record is its own (a directory both name is the one whose default it is).
+fn routed_before(cfg: &Config, other: &Config) -> bool {
+    config::instance::owns_state_dir(cfg, other) && StateDir::new(&cfg.state.dir).has_record()
 }
 
 fn read_config(instance: &Instance, path: &Path) -> Result<Config> {
@@ -263,15 +268,26 @@ fn read_config(instance: &Instance, path: &Path) -> Result<Config> {
 }
 
 /// The instances configured on this host: the default one if its file exists, then every
-/// `/etc/repmgr-nat/<name>.toml`, by name.
+/// `/etc/repmgr-nat/<name>.toml`, by name. A `.toml` there whose name is no instance's is
+/// said on the log, once per run that asks.
 pub fn installed_instances() -> Vec<Instance> {
     let mut found: Vec<Instance> = Vec::new();
     if Path::new(config::DEFAULT_PATH).exists() {
         found.push(Instance::Default);
     }
     if let Ok(entries) = std::fs::read_dir(config::instance::DIR) {
-        let mut named: Vec<Instance> =
-            entries.flatten().filter_map(|e| e.file_name().to_str().and_then(Instance::of_file)).collect();
+        let mut named = Vec::new();
+        for name in entries.flatten().filter_map(|e| e.file_name().into_string().ok()) {
+            match Instance::of_file(&name) {
+                Some(instance) => named.push(instance),
+                None if name.ends_with(".toml") => log::warn!(
+                    "{}/{name} is no instance's config and is ignored: {}",
+                    config::instance::DIR,
+                    Instance::parse(name.trim_end_matches(".toml")).err().map_or(String::new(), |e| format!("{e:#}"))
+                ),
+                None => {}
+            }
+        }
         named.sort();
         found.extend(named);
     }

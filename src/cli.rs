@@ -100,6 +100,9 @@ pub enum Command {
     /// command repmgr's OS user runs through it; asks no node, reads no table (the package
     /// runs it before restarting watch on an upgrade)
     CheckConfig,
+    /// The instances configured on this host, a name a line: `default` (/etc/repmgr-nat.toml)
+    /// first, then each /etc/repmgr-nat/NAME.toml (any user; the package's scripts use it)
+    Instances,
     /// For keepalived's vrrp_script (any user that reads the config and watch.dir, no
     /// sudo): exit 0 when this proxy host can serve, 1 when its watch is not running or
     /// its application ports have missed the legitimate primary for 2 s

@@ -114,5 +114,21 @@ fn a_failover_in_one_cluster_moves_its_rules_and_leaves_the_other_instance_alone
     );
     assert!(lab.routed(DB2), "the default's rules moved");
     drop(_three);
+
+    // the default's config copied verbatim, its state directory too (the usual first step
+    // of adding a cluster): the record there stays the default's, so the copy alone is
+    // refused and the default goes on
+    let four = "/etc/repmgr-nat/four.toml";
+    let _four = Restore::file(four);
+    std::fs::copy("/etc/repmgr-nat.toml", four).unwrap();
+    let listed = lab.repmgr_nat("postgres", &["instances"]).expect(0, "instances");
+    assert_eq!(listed.stdout, "default\nfour\ntwo\n");
+    let run = lab.repmgr_nat("root", &["--instance", "four", "setup"]).expect(2, "setup of a verbatim copy");
+    assert!(run.stderr.contains("state.dir /var/lib/repmgr-nat"), "{}", run.stderr);
+    let run = lab.repmgr_nat("root", &["setup"]).expect(0, "the default's setup beside its copy");
+    assert!(run.stderr.contains("instance four") && run.stderr.contains("refused until it changes"), "{}", run.stderr);
+    lab.repmgr_nat("postgres", &["status"]).expect(0, "the default's status beside its copy");
+    assert!(lab.routed(DB2), "the default's rules moved");
+    drop(_four);
     lab.stop(watch_two);
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 
-use super::{Config, DEFAULT_PATH, quoted};
+use super::{Config, DEFAULT_PATH, State, quoted};
 
 /// Where the named instances' configs live: `<DIR>/<name>.toml`.
 pub const DIR: &str = "/etc/repmgr-nat";
@@ -157,6 +157,14 @@ pub fn collisions(a: &Config, b: &Config) -> Vec<String> {
     found
 }
 
+/// Whether a record in `a`'s state directory is `a`'s, beside `b`: the directory is not
+/// `b`'s too, or, when both name it (a config copied from the other), it is the one `a`'s
+/// instance has by default. A copy cannot take over the record of the instance it was
+/// copied from.
+pub fn owns_state_dir(a: &Config, b: &Config) -> bool {
+    a.state.dir != b.state.dir || a.state.dir == a.instance.dir(State::DIR)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +221,24 @@ mod tests {
         assert_eq!(two.state.dir, PathBuf::from("/var/lib/repmgr-nat/instances/two"));
         assert_eq!(two.watch.metrics, None, "a named instance chooses its own metrics port");
         assert_eq!(collisions(&default, &two), Vec::<String>::new());
+    }
+
+    /// The example copied verbatim as instance two names the default's state directory:
+    /// the record there stays the default's, so the copy is the newcomer, refused alone.
+    #[test]
+    fn a_copied_config_never_owns_the_state_directory_it_copied() {
+        let default = Config::parse(EXAMPLE).unwrap();
+        let copy = Config::parse_instance(EXAMPLE, &Instance::Named("two".into())).unwrap();
+        assert_eq!(copy.state.dir, default.state.dir);
+        assert!(owns_state_dir(&default, &copy));
+        assert!(!owns_state_dir(&copy, &default));
+        // the other way round: the default pointed at instance two's own directory
+        let two = second("");
+        let text = EXAMPLE.replace("/var/lib/repmgr-nat\"", "/var/lib/repmgr-nat/instances/two\"");
+        let pointed = Config::parse(&text).unwrap();
+        assert!(owns_state_dir(&two, &pointed) && !owns_state_dir(&pointed, &two));
+        // a directory of each: each owns its own
+        assert!(owns_state_dir(&default, &two) && owns_state_dir(&two, &default));
     }
 
     #[test]
