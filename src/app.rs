@@ -166,6 +166,14 @@ fn route_command(
         ))
         .into());
     }
+    if follow && !crate::effects::follow::is_pipe(&std::io::stdout()) {
+        return Err(Exit::BadInput(
+            "route --show --follow writes only to a pipe, whose reader's going ends it (standard output is not one); \
+             route --show reads the tables once"
+                .into(),
+        )
+        .into());
+    }
     let ctx = inv.reading()?;
     match (node_id, ports, show) {
         (_, _, true) => route_show(&ctx, follow),

@@ -156,6 +156,16 @@ fn route_and_setup_need_root_and_route_takes_no_other_config() {
         );
         // before any config is read
         refused(&["--config", "/nonexistent/repmgr-nat.toml", "watch"], 2, "watch must not run as root");
+        // a follow into a file or /dev/null would never end: refused before the config
+        let out = Command::new(env!("CARGO_BIN_EXE_repmgr-nat"))
+            .args(["--instance", "nonexistent", "route", "--show", "--follow"])
+            .env_clear()
+            .stdout(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("writes only to a pipe") && stderr.lines().count() == 1, "{stderr}");
     } else {
         refused(&["route", "1", "--ports", "all"], 2, "must run as root");
         refused(&["setup"], 2, "must run as root");

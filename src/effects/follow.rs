@@ -50,6 +50,17 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Whether `fd` is a pipe, the only output a follow writes to: its reader's going ends
+/// the follow. Into a file or /dev/null nothing would ever end this root process, which
+/// repmgr's OS user could then start without bound.
+pub fn is_pipe(fd: &impl AsRawFd) -> bool {
+    // SAFETY: fstat writes into a zeroed struct we own; the fd is borrowed, open.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd.as_raw_fd(), &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+    }
+}
+
 /// One reading, as root writes it.
 pub fn frame(taken_ns: u64, text: &str) -> String {
     let newline = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
@@ -288,7 +299,8 @@ impl Heard {
 }
 
 /// `sudo -n repmgr-nat [--instance NAME] route --show --follow`, read by a thread of its
-/// own. Dropping it ends the child: SIGTERM, and its output's reader gone.
+/// own. Dropping it ends the child: its output's reader goes at the next reading (within
+/// a heartbeat), and a sudo that runs the command as its child passes SIGTERM on.
 pub struct SudoFeed {
     heard: Arc<Mutex<Heard>>,
     child: Arc<Mutex<Child>>,
@@ -370,7 +382,10 @@ impl Feed for SudoFeed {
 
 impl Drop for SudoFeed {
     /// Ends root's follow without waiting for it: its output's reader goes at the next
-    /// reading (within a heartbeat), and sudo is asked to end it at once.
+    /// reading (within a heartbeat). SIGTERM ends it at once where sudo runs it as its
+    /// child and relays signals; where sudo executed it in its own place (no PAM session,
+    /// no pty: the packaged sudoers for `route --show`), the process is root's and the
+    /// kill is refused, which changes nothing.
     fn drop(&mut self) {
         self.heard.lock().expect("heard").dropped = true;
         // try_lock: the reader thread holds it only to reap a child that already ended
@@ -378,7 +393,7 @@ impl Drop for SudoFeed {
             && matches!(child.try_wait(), Ok(None))
         {
             // SAFETY: kill(2) on our own child, running and not reaped (only a wait under
-            // the lock we hold reaps it); sudo passes SIGTERM on
+            // the lock we hold reaps it)
             unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         }
     }
@@ -464,6 +479,9 @@ mod tests {
     #[test]
     fn the_kernel_wait_sees_the_reader_go() {
         let (reader, writer) = std::io::pipe().unwrap();
+        assert!(is_pipe(&writer) && is_pipe(&reader));
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(!is_pipe(&file), "/dev/null would never end a follow");
         let mut kernel = Kernel::new(&writer, false);
         assert_eq!(kernel.every(), Watch::NAT_EVERY, "no notifications: a reading twice a second");
         assert_eq!(kernel.wait(Duration::from_millis(20)), Wake::Quiet);
