@@ -14,6 +14,7 @@
 //! action, and barman's receive-wal (`receive_wal`, its policy in `core::receive_wal`); it
 //! reads the time through `Clock`, so its tests set it.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -233,7 +234,9 @@ impl Watcher {
         }
         let _lock = self.gate.take(self.clock.now())?;
         self.nat.forget(self.clock.now());
-        let result = handler::act_on(cfg, fx, Ask::Watch, "watch", view);
+        let timed = nat_cache::Timed { inner: fx.nat, clock: &*self.clock, switched: Cell::new(None) };
+        let result = handler::act_on(cfg, &Effects { nat: &timed, ..*fx }, Ask::Watch, "watch", view);
+        let switched = timed.switched.get();
         self.metrics.acted(result.is_ok());
         let mut after = None;
         let (steps, result) = match result {
@@ -242,7 +245,7 @@ impl Watcher {
                 // a dry run changed nothing: the rules are still what it saw
                 let carried_out: &[Step] = if self.dry_run { &[] } else { &acted.steps };
                 let (routing, in_place, record) = acted.seen.after(carried_out);
-                self.nat.set(routing.clone(), in_place, self.clock.now());
+                self.nat.set(routing.clone(), in_place, switched.unwrap_or_else(|| self.clock.now()));
                 after = Some((routing, record));
                 (acted.steps, "ok".to_string())
             }

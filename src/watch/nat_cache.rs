@@ -3,14 +3,18 @@
 //! whenever the tables change, and a pass takes the latest one taken after what it knew.
 //! While the feed is missing, ended or silent, a pass reuses a reading younger than
 //! `Watch::NAT_EVERY` and reads through sudo otherwise, and the feed is started again
-//! after `RESTART`. An action forgets what was known; watch's own switch sets it.
+//! after `RESTART`. An action forgets what was known; watch's own switch sets it, as of
+//! when the switch returned (`Timed`): a change after it, while the action's later steps
+//! run, is root's next reading and newer.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+use crate::clock::Clock;
 use crate::core::config::{Config, Watch};
-use crate::core::ruleset::{Live, Routing};
+use crate::core::ruleset::{Live, Record, Routing};
 use crate::effects::follow::Feed;
 use crate::effects::nat::NatSwitch;
 
@@ -117,15 +121,45 @@ impl NatCache {
         self.forgotten = Some(now);
     }
 
-    /// What the table holds now, known without reading it (watch's own switch).
-    pub(super) fn set(&mut self, routing: Routing, in_place: bool, now: Instant) {
-        self.read = Some((routing, in_place, now));
+    /// What the table holds since `at`, known without reading it: when watch's own last
+    /// switch returned. A reading taken after it (a flush while the steps after the switch
+    /// still ran) is newer, and taken.
+    pub(super) fn set(&mut self, routing: Routing, in_place: bool, at: Instant) {
+        self.read = Some((routing, in_place, at));
+    }
+}
+
+/// A switch that notes when its last switch returned, for `NatCache::set`.
+pub(super) struct Timed<'a> {
+    pub(super) inner: &'a dyn NatSwitch,
+    pub(super) clock: &'a dyn Clock,
+    pub(super) switched: Cell<Option<Instant>>,
+}
+
+impl NatSwitch for Timed<'_> {
+    fn live(&self) -> Result<Live> {
+        self.inner.live()
+    }
+
+    fn recorded(&self) -> Result<Option<Record>> {
+        self.inner.recorded()
+    }
+
+    fn switch(&self, record: Record) -> Result<bool> {
+        let changed = self.inner.switch(record)?;
+        self.switched.set(Some(self.clock.now()));
+        Ok(changed)
+    }
+
+    fn follow(&self) -> Result<Option<Box<dyn Feed>>> {
+        self.inner.follow()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::FakeClock;
     use crate::core::config::tests::{example, node};
     use crate::core::ruleset::{Open, Route};
     use crate::effects::testing::{Fake, rec};
@@ -242,5 +276,24 @@ mod tests {
         nat.fed.borrow_mut().trouble = None;
         cache.get(&cfg, &nat, at + RESTART).unwrap();
         assert_eq!((*nat.started.borrow(), reads()), (2, 0), "a new feed, its reading taken");
+    }
+
+    /// watch's own switch known from when it returned, not from when the steps after it
+    /// ended: a flush in between, which root's feed reports, is taken.
+    #[test]
+    fn what_a_switch_left_is_known_from_when_it_returned() {
+        let (cfg, nat, mut cache, clock) = (example(), Followed::routed_to_1(), NatCache::default(), FakeClock::new());
+        let timed = Timed { inner: &nat, clock: &clock, switched: Cell::new(None) };
+        timed.live().unwrap();
+        assert_eq!(timed.switched.get(), None, "a reading is no switch");
+        clock.advance(Duration::from_millis(40));
+        timed.switch(rec(2, Open::All, 2).unwrap()).unwrap();
+        let returned = timed.switched.get().expect("noted");
+        assert_eq!(returned, clock.now());
+        // barman's steps take 2 s more; a flush 0.1 s after the switch is root's latest
+        clock.advance(Duration::from_secs(2));
+        cache.set(routed(2), true, returned);
+        nat.fed.borrow_mut().latest = Some((Live::default(), returned + Duration::from_millis(100)));
+        assert_eq!(cache.get(&cfg, &nat, clock.now()).unwrap(), (Routing::Nothing, false));
     }
 }
