@@ -18,8 +18,11 @@ use crate::core::ruleset::{Live, Record, Routing};
 use crate::effects::follow::Feed;
 use crate::effects::nat::NatSwitch;
 
-/// A feed that ended or fell silent is started again this long after.
+/// A feed that ended or fell silent is started again this long after; twice as long after
+/// each one in a row that never gave a reading (sudo refuses it: each refusal is a line in
+/// the auth log), up to `RESTART_MAX`.
 const RESTART: Duration = Duration::from_secs(30);
+const RESTART_MAX: Duration = Duration::from_secs(3600);
 
 /// When a feed is started while there is none.
 #[derive(Default)]
@@ -42,6 +45,8 @@ pub(super) struct NatCache {
     feed: Option<Box<dyn Feed>>,
     /// The feed has given a reading.
     heard: bool,
+    /// Feeds in a row that ended or could not start without a reading.
+    unheard: u32,
     /// When to start a feed while there is none.
     start: Start,
     /// What was last said about the feed's trouble, said again only when it changes.
@@ -78,9 +83,9 @@ impl NatCache {
     /// The feed if it can be trusted at `now`, started (again) when it is time.
     fn following(&mut self, nat: &dyn NatSwitch, now: Instant) -> Option<&dyn Feed> {
         if let Some(why) = self.feed.as_ref().and_then(|feed| feed.trouble(now)) {
-            self.trouble(format!("the rules' feed {why}"));
+            self.unheard = if self.heard { 0 } else { self.unheard + 1 };
             (self.feed, self.heard) = (None, false);
-            self.start = Start::After(now + RESTART);
+            self.retry(format!("the rules' feed {why}"), now);
         }
         let due = match self.start {
             Start::Now => true,
@@ -92,24 +97,27 @@ impl NatCache {
                 Ok(Some(feed)) => self.feed = Some(feed),
                 Ok(None) => self.start = Start::Never,
                 Err(e) => {
-                    self.trouble(format!("cannot start the rules' feed: {e:#}"));
-                    self.start = Start::After(now + RESTART);
+                    self.unheard += 1;
+                    self.retry(format!("cannot start the rules' feed: {e:#}"), now);
                 }
             }
         }
         let feed = self.feed.as_deref()?;
         if !self.heard && feed.latest().is_some() {
             log::info!("watch: following the tables (route --show --follow): a reading whenever they change");
-            (self.heard, self.said) = (true, None);
+            (self.heard, self.said, self.unheard) = (true, None, 0);
         }
         Some(feed)
     }
 
-    fn trouble(&mut self, why: String) {
+    /// Says why there is no feed (once while it stays the same), and when the next starts.
+    fn retry(&mut self, why: String, now: Instant) {
+        let after = RESTART.saturating_mul(1 << self.unheard.saturating_sub(1).min(7)).min(RESTART_MAX);
+        self.start = Start::After(now + after);
         if self.said.as_ref() != Some(&why) {
             log::warn!(
                 "watch: {why}: reading the rules through sudo twice a second, another feed in {} s",
-                RESTART.as_secs()
+                after.as_secs()
             );
             self.said = Some(why);
         }
@@ -276,6 +284,39 @@ mod tests {
         nat.fed.borrow_mut().trouble = None;
         cache.get(&cfg, &nat, at + RESTART).unwrap();
         assert_eq!((*nat.started.borrow(), reads()), (2, 0), "a new feed, its reading taken");
+    }
+
+    /// A feed sudo refuses ends at once, again and again: started again after 30 s, then
+    /// twice as long each time, up to an hour; one that gives a reading starts over.
+    #[test]
+    fn a_feed_that_never_gives_a_reading_is_tried_less_and_less_often() {
+        let (cfg, nat, mut cache, t0) = (example(), Followed::routed_to_1(), NatCache::default(), Instant::now());
+        nat.fed.borrow_mut().trouble = Some("ended (exit status: 1): sudo: a password is required".into());
+        let started = || *nat.started.borrow();
+        let mut at = t0;
+        cache.get(&cfg, &nat, at).unwrap();
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            let before = started();
+            let from = at;
+            while started() == before {
+                at += Duration::from_secs(1);
+                cache.get(&cfg, &nat, at).unwrap();
+            }
+            // a pass (1 s) sees it end, then it waits
+            waits.push((at - from).as_secs() - 1);
+        }
+        assert_eq!(waits, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        // the sudoers file fixed: the next feed gives a reading, and the count starts over
+        nat.fed.borrow_mut().trouble = None;
+        nat.fed.borrow_mut().latest = Some((installed(1), at));
+        at += Duration::from_secs(3600);
+        cache.get(&cfg, &nat, at).unwrap();
+        nat.fed.borrow_mut().trouble = Some("ended (exit status: 0)".into());
+        let before = started();
+        cache.get(&cfg, &nat, at + Duration::from_secs(1)).unwrap();
+        cache.get(&cfg, &nat, at + Duration::from_secs(1) + RESTART).unwrap();
+        assert_eq!(started(), before + 1, "30 s after a feed that was heard");
     }
 
     /// watch's own switch known from when it returned, not from when the steps after it
