@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::schedule::{
-    FROZEN_PRIMARY_MS, FROZEN_STANDBY_MS, HOLDER_DOWN_MS, Kind, Node, Other, PARTITION_MS, State, Transition,
+    FROZEN_PRIMARY_MS, FROZEN_STANDBY_MS, HOLDER_DOWN_MS, Kind, MEANWHILE_AFTER_MS, Meanwhile, Node, Other,
+    PARTITION_MS, State, Transition,
 };
 use crate::lab::{Lab, poll_until};
 use crate::now_ms;
@@ -96,13 +97,51 @@ impl Hands<'_> {
         self.run(QUICK, &["exec", proxy, "--", "sh", "-c", &script]);
     }
 
-    /// Does `t` to the cluster in `state`.
+    /// Does `t` to the cluster in `state`: the events dropped around it, a watch down
+    /// around it, a momentary fault from another thread while it runs.
     pub fn perform(&mut self, t: Transition, state: State) {
-        let (p, o) = (state.primary, state.primary.other());
         if t.events_dropped {
             self.run(QUICK, &["events", "drop"]);
         }
-        match t.kind {
+        if let Some(Meanwhile::WatchDown { proxy }) = t.meanwhile {
+            self.run(QUICK, &["watch", "kill", proxy]);
+        }
+        let lab = self.lab;
+        let momentary = t.meanwhile.filter(|m| !matches!(m, Meanwhile::WatchDown { .. }));
+        let during = std::thread::scope(|s| {
+            let fault = momentary.map(|m| {
+                s.spawn(move || {
+                    let mut hands = Hands { lab, commands: Vec::new() };
+                    Self::sleep(MEANWHILE_AFTER_MS);
+                    match m {
+                        Meanwhile::TablesFlush { proxy } => hands.flush_tables(proxy, false),
+                        Meanwhile::ReceiveWalStop => hands.receive_wal_stop(),
+                        Meanwhile::WatchDown { .. } => unreachable!("not momentary"),
+                    }
+                    hands.commands
+                })
+            });
+            self.transition(t.kind, state);
+            fault.map(|f| f.join().expect("the fault meanwhile"))
+        });
+        self.commands.extend(during.unwrap_or_default());
+        self.commands.sort_by_key(|c| c.at_ms);
+        if let Some(Meanwhile::WatchDown { proxy }) = t.meanwhile {
+            self.run(QUICK, &["watch", "start", proxy]);
+        }
+        if t.events_dropped {
+            self.run(QUICK, &["events", "pass"]);
+        }
+    }
+
+    fn receive_wal_stop(&mut self) {
+        let server = self.lab.env["BARMAN_SERVER"].clone();
+        self.run(QUICK, &["barman", "receive-wal", "--stop", &server]);
+    }
+
+    fn transition(&mut self, kind: Kind, state: State) {
+        let (p, o) = (state.primary, state.primary.other());
+        match kind {
             Kind::Failover => {
                 self.run(QUICK, &["stop", p.name()]);
                 self.run(PROMOTION, &["wait-primary", o.name(), "30"]);
@@ -156,10 +195,7 @@ impl Hands<'_> {
                 Self::sleep(PARTITION_MS);
                 self.run(QUICK, &["heal", node.name()]);
             }
-            Kind::ReceiveWalStop => {
-                let server = self.lab.env["BARMAN_SERVER"].clone();
-                self.run(QUICK, &["barman", "receive-wal", "--stop", &server]);
-            }
+            Kind::ReceiveWalStop => self.receive_wal_stop(),
             Kind::TablesFlush { proxy } => self.flush_tables(proxy, false),
             Kind::WatchKill { proxy } => {
                 self.run(QUICK, &["watch", "kill", proxy]);
@@ -169,8 +205,7 @@ impl Hands<'_> {
                 self.run(QUICK, &["watch", "kill", proxy]);
                 if proxy == "proxy" {
                     // barman's host: its receive-wal goes with it
-                    let server = self.lab.env["BARMAN_SERVER"].clone();
-                    self.run(QUICK, &["barman", "receive-wal", "--stop", &server]);
+                    self.receive_wal_stop();
                 }
                 self.flush_tables(proxy, true);
                 // watch.dir is a tmpfs directory the unit makes again, empty
@@ -200,9 +235,6 @@ impl Hands<'_> {
                     });
                 }
             }
-        }
-        if t.events_dropped {
-            self.run(QUICK, &["events", "pass"]);
         }
     }
 }

@@ -395,10 +395,10 @@ impl<'a> Chaos<'a> {
         let clients = self.start_clients();
         let (mut state, _) = observe(lab).expect("a primary at the start");
         self.converge(0, now_ms());
-        let mut rng = Rng::new(seed);
+        let (mut rng, mut overlaps) = (Rng::new(seed), Rng::overlaps(seed));
         self.events_since = now_ms();
         for n in 1..=self.transitions {
-            let t = schedule::pick(&mut rng, state, proxies);
+            let t = schedule::pick(&mut rng, &mut overlaps, state, proxies);
             let what = t.describe(state);
             say(&format!("{n:>3}/{} {what} ...", self.transitions));
             let start = now_ms();

@@ -31,6 +31,12 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
+
+    /// The stream of a seed's overlapping faults, apart from its transitions': a seed
+    /// written down before there were overlaps still gives the same transitions.
+    pub fn overlaps(seed: u64) -> Rng {
+        Rng::new(seed.rotate_left(32) ^ 0x6F76_6572_6C61_7073)
+    }
 }
 
 /// A database node of the lab.
@@ -123,6 +129,25 @@ pub enum Kind {
     HolderDown,
 }
 
+/// A second fault while the primary moves: the stories overlap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Meanwhile {
+    /// A proxy's watch killed before the transition and started again after it: events
+    /// and the other proxy follow the promotion (keepalived moves the address off a holder
+    /// whose watch is gone), or nobody until it is back.
+    WatchDown { proxy: Proxy },
+    /// A proxy's tables flushed `MEANWHILE_AFTER_MS` into the transition.
+    TablesFlush { proxy: Proxy },
+    /// barman's receive-wal stopped `MEANWHILE_AFTER_MS` into the transition.
+    ReceiveWalStop,
+}
+
+/// When a momentary fault strikes after a promoting transition began: while the old
+/// primary is going and the new one is not yet up (repmgrd takes about 3 s to promote, a
+/// switchover longer).
+pub const MEANWHILE_AFTER_MS: u64 = 1000;
+
 /// One step of the schedule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Transition {
@@ -130,6 +155,8 @@ pub struct Transition {
     pub kind: Kind,
     /// Every repmgr event dropped before it reaches the proxies during this transition.
     pub events_dropped: bool,
+    /// A second fault during it (only where the primary moves).
+    pub meanwhile: Option<Meanwhile>,
 }
 
 /// How long a fault lasts before it is undone.
@@ -169,7 +196,13 @@ impl Transition {
             Kind::ProxyReboot { proxy } => format!("{proxy} rebooted (tables, watch.dir, processes gone; boot step)"),
             Kind::HolderDown => format!("the address's holder down {:.1} s, then up", HOLDER_DOWN_MS as f64 / 1000.0),
         };
-        if self.events_dropped { format!("{what}, every event dropped") } else { what }
+        let what = if self.events_dropped { format!("{what}, every event dropped") } else { what };
+        match self.meanwhile {
+            None => what,
+            Some(Meanwhile::WatchDown { proxy }) => format!("{what}, {proxy}'s watch down meanwhile"),
+            Some(Meanwhile::TablesFlush { proxy }) => format!("{what}, {proxy}'s tables flushed meanwhile"),
+            Some(Meanwhile::ReceiveWalStop) => format!("{what}, barman's receive-wal stopped meanwhile"),
+        }
     }
 
     /// The kind's name, for figures by kind.
@@ -236,8 +269,9 @@ fn candidates(state: State, proxies: &[Proxy]) -> Vec<(u64, Kind)> {
     c
 }
 
-/// The next transition for `state`.
-pub fn pick(rng: &mut Rng, state: State, proxies: &[Proxy]) -> Transition {
+/// The next transition for `state`; a third of those that move the primary get a second
+/// fault meanwhile, drawn from `overlaps`.
+pub fn pick(rng: &mut Rng, overlaps: &mut Rng, state: State, proxies: &[Proxy]) -> Transition {
     let c = candidates(state, proxies);
     let total: u64 = c.iter().map(|(w, _)| w).sum();
     let mut at = rng.below(total);
@@ -254,17 +288,26 @@ pub fn pick(rng: &mut Rng, state: State, proxies: &[Proxy]) -> Transition {
     // a lost event matters where the primary moves, and on the rejoin's follow
     let droppable = matches!(kind, Kind::Failover | Kind::Switchover | Kind::Promote | Kind::Rejoin { .. });
     let events_dropped = droppable && rng.below(4) == 0;
-    Transition { kind, events_dropped }
+    let moves = matches!(kind, Kind::Failover | Kind::Switchover | Kind::Promote);
+    let meanwhile = (moves && overlaps.below(3) == 0).then(|| {
+        let mut c: Vec<Meanwhile> = proxies
+            .iter()
+            .flat_map(|&proxy| [Meanwhile::WatchDown { proxy }, Meanwhile::TablesFlush { proxy }])
+            .collect();
+        c.push(Meanwhile::ReceiveWalStop);
+        c[overlaps.below(c.len() as u64) as usize]
+    });
+    Transition { kind, events_dropped, meanwhile }
 }
 
 /// The schedule a seed gives when every transition leaves the state it should: what
 /// `lab-kit chaos --plan` prints.
 pub fn plan(seed: u64, count: usize, proxies: &[Proxy]) -> Vec<(State, Transition)> {
-    let mut rng = Rng::new(seed);
+    let (mut rng, mut overlaps) = (Rng::new(seed), Rng::overlaps(seed));
     let mut state = State { primary: Node::Db1, other: Other::Standby };
     (0..count)
         .map(|_| {
-            let t = pick(&mut rng, state, proxies);
+            let t = pick(&mut rng, &mut overlaps, state, proxies);
             let before = state;
             state = t.expected(state);
             (before, t)
@@ -330,10 +373,55 @@ mod tests {
     #[test]
     fn a_transition_says_what_it_does_to_whom() {
         let state = State { primary: Node::Db2, other: Other::Standby };
-        let t = Transition { kind: Kind::Failover, events_dropped: true };
+        let t = Transition { kind: Kind::Failover, events_dropped: true, meanwhile: None };
         assert_eq!(t.describe(state), "failover: db2 stopped, repmgrd promotes db1, every event dropped");
         assert_eq!(t.expected(state), State { primary: Node::Db1, other: Other::Down });
-        let t = Transition { kind: Kind::Freeze { node: Node::Db2 }, events_dropped: false };
+        let t = Transition { kind: Kind::Freeze { node: Node::Db2 }, events_dropped: false, meanwhile: None };
         assert_eq!(t.describe(state), "db2 (primary) frozen 1.0 s");
+        let t = Transition {
+            kind: Kind::Switchover,
+            events_dropped: false,
+            meanwhile: Some(Meanwhile::WatchDown { proxy: "proxy2" }),
+        };
+        assert_eq!(t.describe(state), "switchover to db1, proxy2's watch down meanwhile");
+    }
+
+    /// A second fault only where the primary moves, about a third of those, every kind of
+    /// it; and the transitions a seed gave before there were overlaps stay the same.
+    #[test]
+    fn overlaps_come_only_with_a_moving_primary_and_leave_the_transitions_as_they_were() {
+        let all: Vec<Transition> = (0..100).flat_map(|s| plan(s, 40, TWO)).map(|(_, t)| t).collect();
+        let moving = all.iter().filter(|t| t.promotes()).count();
+        let overlapped: Vec<Meanwhile> = all.iter().filter_map(|t| t.meanwhile).collect();
+        assert!(all.iter().all(|t| t.meanwhile.is_none() || t.promotes()));
+        assert!((moving / 4..moving / 2).contains(&overlapped.len()), "{} of {moving}", overlapped.len());
+        for m in [
+            Meanwhile::WatchDown { proxy: "proxy" },
+            Meanwhile::WatchDown { proxy: "proxy2" },
+            Meanwhile::TablesFlush { proxy: "proxy" },
+            Meanwhile::TablesFlush { proxy: "proxy2" },
+            Meanwhile::ReceiveWalStop,
+        ] {
+            assert!(overlapped.contains(&m), "{m:?} never picked");
+        }
+        // a seed written down before overlaps (843, once the CI test's) gives the same dozen
+        let kinds: Vec<&str> = plan(843, 12, TWO).iter().map(|(_, t)| t.kind_name()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "manual promote",
+                "rejoin",
+                "frozen node",
+                "partition",
+                "watch killed",
+                "failover",
+                "the holder's death",
+                "rejoin",
+                "tables flushed",
+                "switchover",
+                "receive-wal stopped",
+                "switchover"
+            ]
+        );
     }
 }
