@@ -839,13 +839,13 @@ pub fn report(r: &Results) -> String {
         }
     }
     // by kind: how many, and the worst of each figure
-    let mut kinds: Vec<&str> = r.transitions.iter().map(|t| t.transition.kind_name()).collect();
+    let mut kinds: Vec<String> = r.transitions.iter().map(|t| t.transition.group()).collect();
     kinds.sort();
     kinds.dedup();
     out.push_str("\n| kind | n | without a primary, max (s) | connects failed / held | status 0, max (s) | app on primary, max (s) | barman OK, max (s) |\n");
     out.push_str("|---|---|---|---|---|---|---|\n");
     for kind in kinds {
-        let of: Vec<&TransitionResult> = r.transitions.iter().filter(|t| t.transition.kind_name() == kind).collect();
+        let of: Vec<&TransitionResult> = r.transitions.iter().filter(|t| t.transition.group() == kind).collect();
         let max = |f: &dyn Fn(&TransitionResult) -> Option<u64>| ms(of.iter().filter_map(|t| f(t)).max());
         out.push_str(&format!(
             "| {kind} | {} | {} | {} / {} | {} | {} | {} |\n",

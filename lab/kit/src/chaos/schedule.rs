@@ -223,6 +223,17 @@ impl Transition {
         }
     }
 
+    /// The kind's name with what went on meanwhile, for figures by kind: an overlapped
+    /// transition is its own row.
+    pub fn group(&self) -> String {
+        match self.meanwhile {
+            None => self.kind_name().to_string(),
+            Some(Meanwhile::WatchDown { .. }) => format!("{}, a watch down meanwhile", self.kind_name()),
+            Some(Meanwhile::TablesFlush { .. }) => format!("{}, tables flushed meanwhile", self.kind_name()),
+            Some(Meanwhile::ReceiveWalStop) => format!("{}, receive-wal stopped meanwhile", self.kind_name()),
+        }
+    }
+
     /// Whether the primary changes (what a dropped event matters for).
     pub fn promotes(&self) -> bool {
         matches!(self.kind, Kind::Failover | Kind::Switchover | Kind::Promote)
