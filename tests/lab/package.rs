@@ -251,8 +251,9 @@ fn package(var: &str, script: &str) -> String {
 
 #[test]
 fn an_upgrade_from_the_single_cluster_release_moves_nothing_and_one_that_would_stop_switching_is_refused() {
-    let deb = package("REPMGR_NAT_DEB", "packaging/deb");
+    // the previous first: its cargo deb empties target/debian, where packaging/deb puts ours
     let previous = package("REPMGR_NAT_PREVIOUS_DEB", "tests/previous-deb");
+    let deb = package("REPMGR_NAT_DEB", "packaging/deb");
     // a host set up and watched with 0.1.0, the release before instances
     let lab = Lab::up_with(&Session::take(), &[], &[("REPMGR_NAT_DEB", previous.as_str())]);
     let version = || lab.in_proxy("root", &[], "dpkg-query", &["-W", "-f=${Version}", "repmgr-nat"]).stdout;
