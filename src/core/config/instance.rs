@@ -5,7 +5,7 @@
 //! other's rules, record or barman (`collisions`).
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
@@ -159,10 +159,12 @@ pub fn collisions(a: &Config, b: &Config) -> Vec<String> {
 
 /// Whether a record in `a`'s state directory is `a`'s, beside `b`: the directory is not
 /// `b`'s too, or, when both name it (a config copied from the other), it is the one `a`'s
-/// instance has by default. A copy cannot take over the record of the instance it was
-/// copied from.
+/// instance has by default, or else `a` is the default instance and the directory is not
+/// `b`'s own default. A copy of the default's config cannot take over its record, whatever
+/// directory the default names.
 pub fn owns_state_dir(a: &Config, b: &Config) -> bool {
-    a.state.dir != b.state.dir || a.state.dir == a.instance.dir(State::DIR)
+    let own_default = |c: &Config| c.state.dir == Path::new(&c.instance.dir(State::DIR));
+    a.state.dir != b.state.dir || own_default(a) || (a.instance == Instance::Default && !own_default(b))
 }
 
 #[cfg(test)]
@@ -201,6 +203,11 @@ mod tests {
         assert_eq!(Instance::of_file("two.toml~"), None);
     }
 
+    /// `text` as instance two's config, unchanged.
+    fn second_verbatim(text: &str) -> Config {
+        Config::parse_instance(text, &Instance::Named("two".into())).unwrap()
+    }
+
     /// The example as a second cluster's, every default its own, and `extra` after it.
     fn second(extra: &str) -> Config {
         let text = EXAMPLE
@@ -228,7 +235,7 @@ mod tests {
     #[test]
     fn a_copied_config_never_owns_the_state_directory_it_copied() {
         let default = Config::parse(EXAMPLE).unwrap();
-        let copy = Config::parse_instance(EXAMPLE, &Instance::Named("two".into())).unwrap();
+        let copy = second_verbatim(EXAMPLE);
         assert_eq!(copy.state.dir, default.state.dir);
         assert!(owns_state_dir(&default, &copy));
         assert!(!owns_state_dir(&copy, &default));
@@ -239,6 +246,13 @@ mod tests {
         assert!(owns_state_dir(&two, &pointed) && !owns_state_dir(&pointed, &two));
         // a directory of each: each owns its own
         assert!(owns_state_dir(&default, &two) && owns_state_dir(&two, &default));
+        // the default in a directory of its choice, copied verbatim: still the default's
+        let text = EXAMPLE.replace("/var/lib/repmgr-nat\"", "/srv/nat-state\"");
+        let (custom, copy) = (Config::parse(&text).unwrap(), second_verbatim(&text));
+        assert!(owns_state_dir(&custom, &copy) && !owns_state_dir(&copy, &custom));
+        // two named instances in one directory neither has by default: neither
+        let three = Config::parse_instance(&text, &Instance::Named("three".into())).unwrap();
+        assert!(!owns_state_dir(&copy, &three) && !owns_state_dir(&three, &copy));
     }
 
     #[test]
