@@ -33,31 +33,35 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to.
+/// A clock that moves only when told to (from any thread: a fake adapter may move it).
 #[cfg(test)]
 pub struct FakeClock {
     start: Instant,
-    elapsed: std::cell::Cell<std::time::Duration>,
+    elapsed_ns: std::sync::atomic::AtomicU64,
 }
 
 #[cfg(test)]
 impl FakeClock {
     pub fn new() -> FakeClock {
-        FakeClock { start: Instant::now(), elapsed: Default::default() }
+        FakeClock { start: Instant::now(), elapsed_ns: Default::default() }
     }
 
     pub fn advance(&self, by: std::time::Duration) {
-        self.elapsed.set(self.elapsed.get() + by);
+        self.elapsed_ns.fetch_add(by.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn elapsed(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.elapsed_ns.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
 #[cfg(test)]
 impl Clock for FakeClock {
     fn now(&self) -> Instant {
-        self.start + self.elapsed.get()
+        self.start + self.elapsed()
     }
     /// 2026-11-21 05:23:43 UTC, and what has elapsed since.
     fn now_ms(&self) -> u64 {
-        1_795_238_623_000 + self.elapsed.get().as_millis() as u64
+        1_795_238_623_000 + self.elapsed().as_millis() as u64
     }
 }

@@ -428,6 +428,34 @@ mod tests {
         assert_eq!(reads(&rig), 1, "read again after NAT_EVERY");
     }
 
+    /// barman's steps after the switch take 2 s: what the switch left is known as of when
+    /// it returned, so a change of the tables meanwhile (root's reading, taken later) wins.
+    #[test]
+    fn what_a_switch_left_is_known_from_when_it_returned_not_when_the_action_ended() {
+        struct Slow<'a>(&'a Fake, &'a FakeClock);
+        impl crate::effects::barman::Backup for Slow<'_> {
+            fn stop_receive_wal(&self) -> Result<()> {
+                self.0.stop_receive_wal()
+            }
+            fn start_receive_wal(&self) -> Result<()> {
+                self.1.advance(Duration::from_secs(2));
+                self.0.start_receive_wal()
+            }
+            fn switch_wal(&self, while_waiting: &mut dyn FnMut()) -> Result<()> {
+                self.0.switch_wal(while_waiting)
+            }
+        }
+        let promoted = view(&[(1, down()), (2, primary(2, None))]);
+        let mut rig = Rig::new(Fake::new(rec(1, Open::All, 1), promoted.clone()));
+        let started = rig.clock.now();
+        let slow = Slow(&rig.fake, &rig.clock);
+        let fx = Effects { nat: &rig.fake, cluster: &rig.fake, backup: &slow };
+        rig.watcher.pass(&rig.cfg, &fx, &promoted);
+        assert_eq!(rig.fake.take_calls(), FAILOVER);
+        assert_eq!(rig.clock.now(), started + Duration::from_secs(2), "barman's start took 2 s");
+        assert_eq!(rig.watcher.nat.known_at(), Some(started), "known as of the switch");
+    }
+
     /// For `can-serve`: since when the application ports have missed the legitimate
     /// primary, kept from the first pass that saw it, cleared by the first that does not.
     #[test]

@@ -82,6 +82,8 @@ impl NatCache {
 
     /// The feed if it can be trusted at `now`, started (again) when it is time.
     fn following(&mut self, nat: &dyn NatSwitch, now: Instant) -> Option<&dyn Feed> {
+        // heard first: a feed that gave a reading and ended since the last pass was heard
+        self.hear();
         if let Some(why) = self.feed.as_ref().and_then(|feed| feed.trouble(now)) {
             self.unheard = if self.heard { 0 } else { self.unheard + 1 };
             (self.feed, self.heard) = (None, false);
@@ -102,12 +104,16 @@ impl NatCache {
                 }
             }
         }
-        let feed = self.feed.as_deref()?;
-        if !self.heard && feed.latest().is_some() {
+        self.hear();
+        self.feed.as_deref()
+    }
+
+    /// Notes the feed's first reading.
+    fn hear(&mut self) {
+        if !self.heard && self.feed.as_ref().is_some_and(|feed| feed.latest().is_some()) {
             log::info!("watch: following the tables (route --show --follow): a reading whenever they change");
             (self.heard, self.said, self.unheard) = (true, None, 0);
         }
-        Some(feed)
     }
 
     /// Says why there is no feed (once while it stays the same), and when the next starts.
@@ -127,6 +133,12 @@ impl NatCache {
     pub(super) fn forget(&mut self, now: Instant) {
         self.read = None;
         self.forgotten = Some(now);
+    }
+
+    /// When what is known was read or set.
+    #[cfg(test)]
+    pub(super) fn known_at(&self) -> Option<Instant> {
+        self.read.as_ref().map(|(_, _, at)| *at)
     }
 
     /// What the table holds since `at`, known without reading it: when watch's own last
@@ -317,6 +329,19 @@ mod tests {
         cache.get(&cfg, &nat, at + Duration::from_secs(1)).unwrap();
         cache.get(&cfg, &nat, at + Duration::from_secs(1) + RESTART).unwrap();
         assert_eq!(started(), before + 1, "30 s after a feed that was heard");
+        // feeds that each give a reading and end before the next pass sees them: heard,
+        // so 30 s every time
+        let mut at = at + Duration::from_secs(1) + RESTART;
+        for i in 0..3 {
+            // started at `at` without a reading; one comes and it ends before the next pass
+            *nat.fed.borrow_mut() = Fed { latest: Some((installed(1), at)), trouble: Some("ended".into()) };
+            let before = started();
+            cache.get(&cfg, &nat, at + Duration::from_secs(1)).unwrap();
+            *nat.fed.borrow_mut() = Fed::default();
+            cache.get(&cfg, &nat, at + Duration::from_secs(1) + RESTART).unwrap();
+            assert_eq!(started(), before + 1, "restart {i}: 30 s");
+            at += Duration::from_secs(1) + RESTART;
+        }
     }
 
     /// watch's own switch known from when it returned, not from when the steps after it
