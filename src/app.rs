@@ -57,7 +57,14 @@ impl Invocation {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    let instance = cli.instance.as_deref().map(Instance::parse).transpose().map_err(bad_input)?.unwrap_or_default();
+    let instance = match cli.instance.as_deref().map(Instance::parse).transpose().map_err(bad_input) {
+        Ok(instance) => instance.unwrap_or_default(),
+        // a plugin that cannot check is UNKNOWN, whatever stopped it
+        Err(e) if matches!(cli.command, Command::Check { nagios: true, .. }) => {
+            return crate::check::nagios(&Instance::Default, Err(e));
+        }
+        Err(e) => return Err(e),
+    };
     let inv = Invocation { config: cli.config.clone(), instance, root: privilege::is_root(), dry_run: cli.dry_run };
     match &cli.command {
         Command::Event { node_id, event, success } => {

@@ -34,9 +34,14 @@ fn main() -> ExitCode {
         Err(err) => {
             // one line, like every other refusal; clap's usage follows on --help
             let text = err.to_string();
-            let line = text.lines().next().unwrap_or("error: bad command line");
+            let line = text.lines().next().unwrap_or("error: bad command line").trim_start_matches("error: ");
             logging::init(log::LevelFilter::Error);
-            log::error!("{}", line.trim_start_matches("error: "));
+            log::error!("{line}");
+            // `check --nagios`: a plugin that cannot check is UNKNOWN
+            if std::env::args_os().any(|arg| arg == "--nagios") {
+                print!("{}", core::check::nagios_unknown("REPMGR-NAT", line));
+                return ExitCode::from(core::check::plugin::UNKNOWN);
+            }
             return ExitCode::from(exit::BAD_INPUT);
         }
     };

@@ -332,14 +332,23 @@ fn check_prints_one_line_per_check_names_what_to_change_and_exits_1() {
     assert_eq!(nagios.lines().count(), checks.len() + 1, "{nagios}");
 }
 
+/// Whatever stops it from checking (a config it cannot read, a bad name, a bad command
+/// line) makes the plugin UNKNOWN (3), in one line on stdout, never CRITICAL.
 #[test]
 fn check_as_a_nagios_plugin_is_unknown_when_it_cannot_check() {
-    let out = run(&["--config", "/nonexistent/repmgr-nat.toml", "check", "--nagios"]);
-    assert_eq!(out.status.code(), Some(3), "UNKNOWN");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.starts_with("REPMGR-NAT UNKNOWN - ") && stdout.contains("/nonexistent/repmgr-nat.toml"), "{stdout}");
-    assert_eq!(stdout.lines().count(), 1, "{stdout}");
-    refused(&["check", "--json", "--nagios"], 2, "cannot be used with");
+    let cases = [
+        (&["--config", "/nonexistent/repmgr-nat.toml", "check", "--nagios"][..], "/nonexistent/repmgr-nat.toml"),
+        (&["--instance", "../etc", "check", "--nagios"][..], "instance \"../etc\""),
+        (&["check", "--json", "--nagios"][..], "cannot be used with"),
+    ];
+    for (args, says) in cases {
+        let out = run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: UNKNOWN, not {stdout}");
+        assert!(stdout.starts_with("REPMGR-NAT UNKNOWN - ") && stdout.contains(says), "{args:?}: {stdout}");
+        assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    }
+    refused(&["check", "--json", "extra"], 2, "unexpected argument");
 }
 
 /// The name of the user running the test.
