@@ -57,14 +57,7 @@ impl Invocation {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    let instance = match cli.instance.as_deref().map(Instance::parse).transpose().map_err(bad_input) {
-        Ok(instance) => instance.unwrap_or_default(),
-        // a plugin that cannot check is UNKNOWN, whatever stopped it
-        Err(e) if matches!(cli.command, Command::Check { nagios: true, .. }) => {
-            return crate::check::nagios(&Instance::Default, Err(e));
-        }
-        Err(e) => return Err(e),
-    };
+    let instance = cli.instance.as_deref().map(Instance::parse).transpose().map_err(bad_input)?.unwrap_or_default();
     let inv = Invocation { config: cli.config.clone(), instance, root: privilege::is_root(), dry_run: cli.dry_run };
     match &cli.command {
         Command::Event { node_id, event, success } => {
@@ -97,8 +90,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Check { json, nagios: false } => crate::check::run(&inv.reading()?, inv.config.as_deref(), *json),
         Command::Check { nagios: true, .. } => {
-            let report = inv.reading().and_then(|ctx| crate::check::report(&ctx, inv.config.as_deref()));
-            crate::check::nagios(&inv.instance, report)
+            crate::check::nagios(&inv.instance, &crate::check::report(&inv.reading()?, inv.config.as_deref())?)
         }
         Command::CheckConfig => {
             inv.as_root("check-config")?;

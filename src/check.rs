@@ -43,21 +43,22 @@ pub fn run(ctx: &Ctx, path: Option<&Path>, json: bool) -> Result<()> {
 }
 
 /// `check --nagios`: the report as a Nagios plugin prints it, and its state as the exit
-/// code; UNKNOWN (3) with the reason when there is no report (the config cannot be read).
-pub fn nagios(instance: &Instance, report: Result<check::Report>) -> Result<()> {
-    let service = match instance {
-        Instance::Default => "REPMGR-NAT".to_string(),
-        Instance::Named(name) => format!("REPMGR-NAT {name}"),
-    };
-    let (text, code) = match &report {
-        Ok(report) => report.to_nagios(&service),
-        Err(e) => (check::nagios_unknown(&service, &format!("{e:#}")), check::plugin::UNKNOWN),
-    };
+/// code. Where there is no report, `main` says UNKNOWN (3) with the reason.
+pub fn nagios(instance: &Instance, report: &check::Report) -> Result<()> {
+    let name = (*instance != Instance::Default).then(|| instance.name());
+    let (text, code) = report.to_nagios(&nagios_service(name));
     print!("{text}");
-    match (code, report) {
-        (check::plugin::OK, _) => Ok(()),
-        (code, Err(e)) => Err(Exit::Code(code, format!("{e:#}")).into()),
-        (code, Ok(_)) => Err(Exit::Code(code, text.lines().next().unwrap_or_default().to_string()).into()),
+    match code {
+        check::plugin::OK => Ok(()),
+        code => Err(Exit::Code(code, text.lines().next().unwrap_or_default().to_string()).into()),
+    }
+}
+
+/// The service `check --nagios` names: `REPMGR-NAT`, or `REPMGR-NAT NAME` for instance NAME.
+pub fn nagios_service(instance: Option<&str>) -> String {
+    match instance {
+        None => "REPMGR-NAT".to_string(),
+        Some(name) => format!("REPMGR-NAT {name}"),
     }
 }
 

@@ -54,6 +54,11 @@ pub fn code(err: &anyhow::Error) -> u8 {
     }
 }
 
+/// Whether the error carries an exit code of another program's convention (`Exit::Code`).
+pub fn is_code(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| matches!(cause.downcast_ref::<Exit>(), Some(Exit::Code(..))))
+}
+
 /// The failure of a child repmgr-nat (the root step through sudo, setup's cluster part),
 /// keeping the exit code it chose: a refusal stays a refusal.
 pub fn of_child(code: Option<i32>, err: anyhow::Error) -> anyhow::Error {

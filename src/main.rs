@@ -23,6 +23,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use crate::core::config::instance::Instance;
+
 fn main() -> ExitCode {
     // the packaging's step, kept out of the command line users see (and its completions)
     if std::env::args_os().nth(1).is_some_and(|arg| arg == "generate") {
@@ -39,20 +41,31 @@ fn main() -> ExitCode {
             log::error!("{line}");
             // `check --nagios`: a plugin that cannot check is UNKNOWN
             if std::env::args_os().any(|arg| arg == "--nagios") {
-                print!("{}", core::check::nagios_unknown("REPMGR-NAT", line));
-                return ExitCode::from(core::check::plugin::UNKNOWN);
+                return unknown(&check::nagios_service(None), line);
             }
             return ExitCode::from(exit::BAD_INPUT);
         }
     };
     init_logging(&cli);
+    let nagios = matches!(cli.command, cli::Command::Check { nagios: true, .. })
+        .then(|| check::nagios_service(cli.instance.as_deref().filter(|name| Instance::parse(name).is_ok())));
     match app::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             log::error!("{err:#}");
-            ExitCode::from(exit::code(&err))
+            match nagios {
+                // whatever kept it from checking (a bad name, a config it cannot read)
+                Some(service) if !exit::is_code(&err) => unknown(&service, &format!("{err:#}")),
+                _ => ExitCode::from(exit::code(&err)),
+            }
         }
     }
+}
+
+/// A Nagios plugin that could not check: UNKNOWN, on stdout.
+fn unknown(service: &str, why: &str) -> ExitCode {
+    print!("{}", core::check::nagios_unknown(service, why));
+    ExitCode::from(core::check::plugin::UNKNOWN)
 }
 
 fn init_logging(cli: &cli::Cli) {
