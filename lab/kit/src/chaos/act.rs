@@ -113,20 +113,7 @@ impl Hands<'_> {
             let fault = momentary.map(|m| {
                 s.spawn(move || {
                     let mut hands = Hands { lab, commands: Vec::new() };
-                    Self::sleep(MEANWHILE_AFTER_MS);
-                    match m {
-                        Meanwhile::TablesFlush { proxy } => hands.flush_tables(proxy, false),
-                        // the old primary gone, receive-wal may have ended already
-                        Meanwhile::ReceiveWalStop => {
-                            if !hands.receive_wal_stop()
-                                && let Some(last) = hands.commands.last_mut()
-                                && last.said.as_deref().is_some_and(|s| s.contains("no such process"))
-                            {
-                                last.code = 0;
-                            }
-                        }
-                        Meanwhile::WatchDown { .. } => unreachable!("not momentary"),
-                    }
+                    hands.strike(m);
                     hands.commands
                 })
             });
@@ -140,6 +127,25 @@ impl Hands<'_> {
         }
         if t.events_dropped {
             self.run(QUICK, &["events", "pass"]);
+        }
+    }
+
+    /// A momentary fault `MEANWHILE_AFTER_MS` into a transition (from a thread of its own).
+    fn strike(&mut self, m: Meanwhile) {
+        Self::sleep(MEANWHILE_AFTER_MS);
+        match m {
+            Meanwhile::TablesFlush { proxy } => self.flush_tables(proxy, false),
+            // the old primary gone, receive-wal may have ended already
+            Meanwhile::ReceiveWalStop => {
+                if !self.receive_wal_stop()
+                    && let Some(last) = self.commands.last_mut()
+                    && last.said.as_deref().is_some_and(|s| s.contains("no such process"))
+                {
+                    last.code = 0;
+                }
+            }
+            // around the transition, not during it: `perform`
+            Meanwhile::WatchDown { .. } => {}
         }
     }
 
