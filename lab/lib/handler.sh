@@ -228,7 +228,10 @@ watch_start() { # [PROXY]
         env -i HOME="$home" USER="$user" LOGNAME="$user" PATH="$SYS_PATH" LANG=C.UTF-8 \
         ${extra[@]+"${extra[@]}"} "${exec[@]}" </dev/null >>"$log" 2>&1 &
     echo $! >"$pidf"
-    wait_until 5 test -s "$(watch_dir "$p")/watch.json" || die "watch wrote no report within 5 s in $p; look at $log"
+    # its own report: the directory keeps an earlier watch's (RuntimeDirectoryPreserve), so
+    # the file being there says nothing
+    wait_until 5 grep -q "\"pid\":$!," "$(watch_dir "$p")/watch.json" ||
+        die "watch wrote no report within 5 s in $p; look at $log"
 }
 
 repmgr_nat_boot() { # the boot step, as packaging/repmgr-nat-setup.service runs it: as root on each proxy
