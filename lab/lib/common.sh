@@ -77,7 +77,7 @@ ns_ip() {
 ns_ips() { case $1 in proxy) echo "$PROXY_IP $PROXY_A_IP" ;; *) ns_ip "$1" ;; esac; } # any it may have had
 node_ip() { check_node "$1"; ns_ip "$1"; }
 node_id() { check_node "$1"; echo "${1#db}"; }   # repmgr's node_id (3 and 4 in the second cluster)
-node_other() { case $1 in db1) echo db2 ;; db2) echo db1 ;; db3) echo db4 ;; db4) echo db3 ;; *) die "unknown node '$1' (db1 or db2)" ;; esac; }
+node_other() { case $1 in db1) echo db2 ;; db2) echo db1 ;; db3) echo db4 ;; db4) echo db3 ;; *) die "unknown node '$1' (db1 to db4)" ;; esac; }
 is_node() { [[ " $(lab_nodes) " == *" $1 "* ]]; }            # a database node of this lab
 is_cluster_node() { [[ " ${NODES[*]} " == *" $1 "* ]]; }    # one of its cluster (db1, db2)
 is_two_node() { two_clusters && [[ " ${TWO_NODES[*]} " == *" $1 "* ]]; }   # one of the second cluster's
